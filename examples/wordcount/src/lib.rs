@@ -1,0 +1,36 @@
+//! Word count: each output line is `word count`.
+mod count;
+
+use std::collections::HashMap;
+use wmr_guest::{Emitter, Group, Job};
+
+struct WordCount;
+
+impl Job for WordCount {
+    fn map(_file: &[u8], text: &[u8], out: &mut Emitter) -> Result<(), String> {
+        let text = String::from_utf8_lossy(text);
+        // In-mapper combining: one pair per distinct word in the split.
+        let mut counts = HashMap::new();
+        count::count_words(&text, &mut counts);
+        for (word, n) in counts {
+            out.emit(word, n.to_string());
+        }
+        Ok(())
+    }
+
+    fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
+        out.emit(&group.key, sum(group).to_string());
+        Ok(())
+    }
+
+    fn combine(group: &Group, out: &mut Emitter) -> Option<Result<(), String>> {
+        out.emit(&group.key, sum(group).to_string());
+        Some(Ok(()))
+    }
+}
+
+fn sum(group: &Group) -> u64 {
+    group.values.iter().map(|v| wmr_guest::parse_u64(v)).sum()
+}
+
+wmr_guest::export!(WordCount);

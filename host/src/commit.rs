@@ -1,0 +1,179 @@
+//! Where attempts write, and how one attempt per task is published.
+//!
+//! An attempt writes only below its attempt-private directory, named by task
+//! and epoch. Publishing (`commit_attempt`) is one `rename` of that
+//! directory (map) or file (reduce) to its final name, after the files were
+//! fsynced; the parent directory is fsynced after the rename. A rename is
+//! atomic, so a reader sees either no part file or a complete one. Nothing
+//! else ever writes a final name, and the scheduler asks for at most one
+//! commit per task (invariant I2), so output is never duplicated.
+//!
+//! ```text
+//! <work>/<job>/map/_attempts/m-00003.a2/part-00007   map attempt, private
+//! <work>/<job>/map/m-00003/part-00007                 committed map output
+//! <output>/_temporary/<job>/r-00007.a1/part-r-00007   reduce attempt, private
+//! <output>/part-r-00007                               committed output
+//! <output>/_SUCCESS                                   written last
+//! ```
+
+use crate::protocol::{AttemptEpoch, JobId, TaskId};
+use anyhow::{Context as _, bail};
+use std::path::{Path, PathBuf};
+
+/// The directories of one job.
+#[derive(Clone, Debug)]
+pub struct JobDirs {
+    pub job: JobId,
+    /// Intermediate data of this job (private to the job: named by its id).
+    pub work: PathBuf,
+    pub output: PathBuf,
+}
+
+pub const SUCCESS_MARKER: &str = "_SUCCESS";
+const TEMPORARY: &str = "_temporary";
+
+impl JobDirs {
+    pub fn new(job: JobId, work_root: &Path, output: &Path) -> Self {
+        JobDirs {
+            job,
+            work: work_root.join(format!("job-{job}")),
+            output: output.to_path_buf(),
+        }
+    }
+
+    /// The attempt-private location of an attempt's output.
+    pub fn attempt_path(&self, task: TaskId, epoch: AttemptEpoch) -> PathBuf {
+        match task {
+            TaskId::Map(_) => self
+                .work
+                .join("map/_attempts")
+                .join(format!("{task}.{epoch}")),
+            TaskId::Reduce(_) => self
+                .output
+                .join(TEMPORARY)
+                .join(format!("job-{}", self.job))
+                .join(format!("{task}.{epoch}")),
+        }
+    }
+
+    /// The final, published location of a task's output.
+    pub fn committed_path(&self, task: TaskId) -> PathBuf {
+        match task {
+            TaskId::Map(_) => self.work.join("map").join(task.to_string()),
+            TaskId::Reduce(r) => self.output.join(part_name(r)),
+        }
+    }
+
+    /// Where a map attempt writes reduce partition `partition`.
+    pub fn map_partition_file(dir: &Path, partition: u32) -> PathBuf {
+        dir.join(format!("part-{partition:05}"))
+    }
+
+    /// Where a reduce attempt writes its part file.
+    pub fn reduce_attempt_file(&self, task: TaskId, epoch: AttemptEpoch) -> PathBuf {
+        let TaskId::Reduce(r) = task else {
+            panic!("{task} is not a reduce task")
+        };
+        self.attempt_path(task, epoch).join(part_name(r))
+    }
+
+    /// Make sure the output directory can take this job's output: it must not
+    /// hold committed output already (as Hadoop refuses an existing output
+    /// directory). Leftovers of killed runs (`_temporary`) are removed.
+    pub fn prepare(&self) -> anyhow::Result<()> {
+        if self.output.exists() {
+            if !self.output.is_dir() {
+                bail!(
+                    "output {} exists and is not a directory",
+                    self.output.display()
+                );
+            }
+            for entry in std::fs::read_dir(&self.output)? {
+                let name = entry?.file_name();
+                if name != TEMPORARY {
+                    bail!(
+                        "output {} already holds {}: choose an empty or new directory",
+                        self.output.display(),
+                        name.to_string_lossy()
+                    );
+                }
+            }
+            remove_if_exists(&self.output.join(TEMPORARY))?;
+        }
+        std::fs::create_dir_all(&self.output)
+            .with_context(|| format!("creating output {}", self.output.display()))?;
+        std::fs::create_dir_all(self.work.join("map/_attempts"))
+            .with_context(|| format!("creating work dir {}", self.work.display()))?;
+        Ok(())
+    }
+
+    /// Publish an attempt's output: one atomic rename (I2 is the caller's:
+    /// the scheduler asks once per task, for the current epoch only).
+    pub fn commit_attempt(&self, task: TaskId, epoch: AttemptEpoch) -> anyhow::Result<()> {
+        let from = match task {
+            TaskId::Map(_) => self.attempt_path(task, epoch),
+            TaskId::Reduce(_) => self.reduce_attempt_file(task, epoch),
+        };
+        let to = self.committed_path(task);
+        if to.exists() {
+            bail!("{task} is already committed at {}", to.display());
+        }
+        std::fs::rename(&from, &to)
+            .with_context(|| format!("committing {task} {epoch}: rename {}", from.display()))?;
+        sync_dir(to.parent().expect("committed paths have parents"))?;
+        if let TaskId::Reduce(_) = task {
+            remove_if_exists(&self.attempt_path(task, epoch))?;
+        }
+        Ok(())
+    }
+
+    /// Delete an attempt's private output (a failed or stale attempt).
+    pub fn abort_attempt(&self, task: TaskId, epoch: AttemptEpoch) -> anyhow::Result<()> {
+        remove_if_exists(&self.attempt_path(task, epoch))
+    }
+
+    /// After every task committed: mark success, drop temporary data.
+    pub fn finish(&self) -> anyhow::Result<()> {
+        remove_if_exists(&self.output.join(TEMPORARY))?;
+        let marker = self.output.join(SUCCESS_MARKER);
+        std::fs::File::create(&marker)?.sync_all()?;
+        sync_dir(&self.output)?;
+        self.cleanup_work()
+    }
+
+    /// Remove this job's intermediate data and attempt leftovers.
+    pub fn cleanup_work(&self) -> anyhow::Result<()> {
+        remove_if_exists(&self.work)?;
+        let temp = self.output.join(TEMPORARY);
+        remove_if_exists(&temp.join(format!("job-{}", self.job)))?;
+        // `_temporary` itself goes once it is empty.
+        let _ = std::fs::remove_dir(&temp);
+        Ok(())
+    }
+}
+
+/// `part-r-00007`, as Hadoop names reduce outputs.
+pub fn part_name(partition: u32) -> String {
+    format!("part-r-{partition:05}")
+}
+
+fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
+    let result = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// fsync a directory so that a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}

@@ -1,0 +1,312 @@
+//! The embedded driver behind `wmr run`: the scheduler and N worker threads
+//! in one process, no set-up. It carries out the scheduler's actions exactly
+//! as a networked coordinator does, with channels instead of QUIC streams.
+
+use crate::commit::JobDirs;
+use crate::protocol::{
+    Assignment, AttemptEpoch, AttemptReport, JobId, Limits, TaskId, TenantId, WorkerId,
+};
+use crate::sandbox::Role;
+use crate::scheduler::{
+    Action, AttemptOutcome, AttemptRecord, Event, JobOutcome, JobPlan, Phase, Scheduler,
+    SchedulerConfig,
+};
+use crate::split;
+use crate::worker::Executor;
+use anyhow::Context as _;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+/// Everything `wmr run` needs to know about a job.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub map: PathBuf,
+    pub reduce: PathBuf,
+    pub inputs: Vec<String>,
+    pub output: PathBuf,
+    pub reducers: u32,
+    pub split_bytes: u64,
+    pub limits: Limits,
+    pub params: BTreeMap<String, String>,
+    pub max_attempts: u32,
+}
+
+/// Progress as the driver reports it after every event.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub phase: Phase,
+    pub committed: usize,
+    pub running: usize,
+    pub total: usize,
+}
+
+/// What a finished job did; `wmr run --json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobSummary {
+    pub job: String,
+    pub outcome: JobOutcome,
+    pub tasks: usize,
+    pub attempts: usize,
+    pub failed_attempts: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub records_out: u64,
+    pub fuel_used: u64,
+    pub wall_ms: u64,
+    pub counters: BTreeMap<String, i64>,
+    pub attempt_log: Vec<AttemptRecord>,
+}
+
+/// Compile and validate both components; errors name the file and the role.
+pub fn load_modules(
+    executor: &Executor,
+    map: &Path,
+    reduce: &Path,
+) -> anyhow::Result<(crate::protocol::ModuleHash, crate::protocol::ModuleHash)> {
+    let load = |path: &Path, role: Role| {
+        let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+        executor
+            .add_module(&bytes, role)
+            .with_context(|| format!("{}", path.display()))
+    };
+    Ok((load(map, Role::Map)?, load(reduce, Role::Reduce)?))
+}
+
+/// Run a job to the end with `workers` local worker threads.
+pub fn run_embedded(
+    spec: &JobSpec,
+    workers: u32,
+    work_root: &Path,
+    on_progress: &mut dyn FnMut(Progress),
+) -> anyhow::Result<JobSummary> {
+    assert!(workers > 0, "at least one worker");
+    let started = Instant::now();
+    let executor = Arc::new(Executor::new(work_root)?);
+    // Everything that can be wrong with the request is found before any
+    // file is written.
+    let (map_module, reduce_module) = load_modules(&executor, &spec.map, &spec.reduce)?;
+    let files = split::discover_inputs(&spec.inputs)?;
+    let splits = split::plan_splits(&files, spec.split_bytes)?;
+    let job = JobId::new();
+    let span = tracing::info_span!("job", %job);
+    let _enter = span.enter();
+    let dirs = JobDirs::new(job, work_root, &spec.output);
+    let output_existed = spec.output.exists();
+    dirs.prepare()?;
+
+    let plan = JobPlan {
+        tenant: TenantId::local(),
+        job,
+        map_module,
+        reduce_module,
+        splits,
+        reducers: spec.reducers,
+        limits: spec.limits.clone(),
+        params: spec.params.clone(),
+    };
+    let config = SchedulerConfig {
+        max_attempts: spec.max_attempts,
+        // Local workers cannot vanish; their attempts end by the sandbox's
+        // own deadline. The lease only backs that up.
+        lease: Duration::from_millis(spec.limits.timeout_ms) + Duration::from_secs(30),
+    };
+    let mut scheduler = Scheduler::new(plan, config, Instant::now());
+    let pool = WorkerPool::start(executor, workers, &spec.output);
+    for &worker in pool.senders.keys() {
+        scheduler.handle(Instant::now(), Event::WorkerJoined { worker, slots: 1 });
+    }
+    let outcome = drive(&mut scheduler, &pool, &dirs, on_progress);
+    drop(pool);
+    match &outcome {
+        JobOutcome::Completed => dirs.finish()?,
+        _ => {
+            // A job that did not complete publishes nothing.
+            dirs.cleanup_work()?;
+            remove_committed_parts(&dirs, &scheduler)?;
+            if !output_existed {
+                let _ = std::fs::remove_dir(&spec.output);
+            }
+        }
+    }
+    Ok(summarize(&scheduler, outcome, started.elapsed()))
+}
+
+/// Carry out actions and feed events until the job ends.
+fn drive(
+    scheduler: &mut Scheduler,
+    pool: &WorkerPool,
+    dirs: &JobDirs,
+    on_progress: &mut dyn FnMut(Progress),
+) -> JobOutcome {
+    let mut cancels: HashMap<(TaskId, AttemptEpoch), Arc<AtomicBool>> = HashMap::new();
+    loop {
+        while let Some(action) = scheduler.poll_action() {
+            match action {
+                Action::Assign { worker, assignment } => {
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    cancels.insert((assignment.task, assignment.epoch), cancel.clone());
+                    pool.senders[&worker]
+                        .send((*assignment, cancel))
+                        .expect("worker threads outlive the job");
+                }
+                Action::Commit { task, epoch, .. } => {
+                    let result = dirs
+                        .commit_attempt(task, epoch)
+                        .map_err(|e| format!("{e:#}"));
+                    let event = Event::CommitFinished {
+                        task,
+                        epoch,
+                        result,
+                    };
+                    scheduler.handle(Instant::now(), event);
+                }
+                Action::Discard { task, epoch, .. } => {
+                    if let Err(e) = dirs.abort_attempt(task, epoch) {
+                        tracing::warn!(%task, %epoch, "discarding attempt files: {e:#}");
+                    }
+                }
+                Action::Interrupt { task, epoch, .. } => {
+                    if let Some(cancel) = cancels.get(&(task, epoch)) {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+                Action::Finished(outcome) => {
+                    for cancel in cancels.values() {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                    return outcome;
+                }
+            }
+        }
+        let (committed, running, _) = scheduler.progress();
+        on_progress(Progress {
+            phase: scheduler.phase(),
+            committed,
+            running,
+            total: scheduler.task_count(),
+        });
+        let wait = scheduler
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        match pool.reports.recv_timeout(wait) {
+            Ok(report) => {
+                cancels.remove(&(report.task, report.epoch));
+                if !report.log.is_empty() {
+                    tracing::debug!(task = %report.task, epoch = %report.epoch, log = %report.log, "attempt log");
+                }
+                scheduler.handle(Instant::now(), Event::AttemptFinished(report));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => scheduler.handle_timeout(Instant::now()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return JobOutcome::Failed("all workers stopped".into());
+            }
+        }
+    }
+}
+
+fn remove_committed_parts(dirs: &JobDirs, scheduler: &Scheduler) -> anyhow::Result<()> {
+    for record in scheduler.attempt_log() {
+        if record.outcome == AttemptOutcome::Committed
+            && let TaskId::Reduce(_) = record.task
+        {
+            let path = dirs.committed_path(record.task);
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn summarize(scheduler: &Scheduler, outcome: JobOutcome, wall: Duration) -> JobSummary {
+    let log = scheduler.attempt_log().to_vec();
+    let mut summary = JobSummary {
+        job: scheduler.job().to_string(),
+        outcome,
+        tasks: scheduler.task_count(),
+        attempts: log.len(),
+        failed_attempts: log
+            .iter()
+            .filter(|r| matches!(r.outcome, AttemptOutcome::Failed(_)))
+            .count(),
+        bytes_in: 0,
+        bytes_out: 0,
+        records_out: 0,
+        fuel_used: 0,
+        wall_ms: wall.as_millis() as u64,
+        counters: BTreeMap::new(),
+        attempt_log: Vec::new(),
+    };
+    for record in &log {
+        let Some(stats) = &record.stats else { continue };
+        summary.fuel_used += stats.fuel_used;
+        if record.outcome != AttemptOutcome::Committed {
+            continue;
+        }
+        match record.task {
+            TaskId::Map(_) => summary.bytes_in += stats.bytes_in,
+            TaskId::Reduce(_) => {
+                summary.bytes_out += stats.bytes_out;
+                summary.records_out += stats.records_out;
+            }
+        }
+        for (name, value) in &stats.counters {
+            *summary.counters.entry(name.clone()).or_default() += value;
+        }
+    }
+    summary.attempt_log = log;
+    summary
+}
+
+/// Local worker threads, one slot each.
+struct WorkerPool {
+    senders: BTreeMap<WorkerId, mpsc::Sender<(Assignment, Arc<AtomicBool>)>>,
+    reports: mpsc::Receiver<AttemptReport>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    fn start(executor: Arc<Executor>, workers: u32, output: &Path) -> Self {
+        let (report_tx, reports) = mpsc::channel();
+        let mut senders = BTreeMap::new();
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let worker = WorkerId(i + 1);
+            let (tx, rx) = mpsc::channel::<(Assignment, Arc<AtomicBool>)>();
+            senders.insert(worker, tx);
+            let (executor, report_tx, output) =
+                (executor.clone(), report_tx.clone(), output.to_path_buf());
+            let thread = std::thread::Builder::new()
+                .name(format!("wmr-worker-{}", worker.0))
+                .spawn(move || {
+                    for (assignment, cancel) in rx {
+                        let report = executor.execute(&assignment, &output, worker, cancel);
+                        if report_tx.send(report).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .expect("spawning a worker thread");
+            threads.push(thread);
+        }
+        WorkerPool {
+            senders,
+            reports,
+            threads,
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    /// Close the assignment channels and wait: in-flight attempts finish (or
+    /// stop at their cancel flag) before the driver cleans up their files.
+    fn drop(&mut self) {
+        self.senders.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}

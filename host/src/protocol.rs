@@ -1,0 +1,210 @@
+//! The messages that cross between coordinator and workers.
+//!
+//! They are plain data (serde, encoded with postcard on the wire) so that the
+//! embedded driver and a networked one carry exactly the same thing. Every
+//! message names its tenant, job, task and attempt epoch.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Who owns a job, its modules, files and attempts.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TenantId(pub String);
+
+impl TenantId {
+    /// The tenant of `wmr run`, which has the machine to itself.
+    pub fn local() -> Self {
+        TenantId("local".into())
+    }
+}
+
+/// A job, unique across coordinator restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobId(pub uuid::Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        JobId(uuid::Uuid::new_v4())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The first 8 hex digits are plenty for humans and file names.
+        write!(f, "{}", &self.0.simple().to_string()[..8])
+    }
+}
+
+/// A task within its job: map tasks first, then reduce tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum TaskId {
+    Map(u32),
+    Reduce(u32),
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskId::Map(i) => write!(f, "m-{i:05}"),
+            TaskId::Reduce(i) => write!(f, "r-{i:05}"),
+        }
+    }
+}
+
+/// Names one attempt of a task. The coordinator raises it every time it
+/// assigns the task; only the attempt holding the current epoch may commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AttemptEpoch(pub u32);
+
+impl fmt::Display for AttemptEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a{}", self.0)
+    }
+}
+
+/// A worker (one per process; the embedded driver numbers its threads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WorkerId(pub u32);
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "w{}", self.0)
+    }
+}
+
+/// A module's SHA-256, hex: modules are content-addressed.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ModuleHash(pub String);
+
+impl ModuleHash {
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(bytes);
+        ModuleHash(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl fmt::Display for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.0[..12.min(self.0.len())])
+    }
+}
+
+/// Per-attempt resource limits, enforced inside the worker's sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Wasm fuel per guest call sequence of one attempt.
+    pub fuel: u64,
+    /// Linear memory (all memories together) per attempt, bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock time per attempt, milliseconds (epoch interruption).
+    pub timeout_ms: u64,
+    /// Bytes the guest may emit in one attempt.
+    pub output_bytes: u64,
+    /// Bytes of guest stdout/stderr/log kept in the attempt's log.
+    pub log_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 50_000_000_000,
+            memory_bytes: 512 << 20,
+            timeout_ms: 120_000,
+            output_bytes: 1 << 30,
+            log_bytes: 64 << 10,
+        }
+    }
+}
+
+/// A contiguous byte range of one input file, cut on line boundaries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputSplit {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// What a task reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskInput {
+    Map(InputSplit),
+    /// Partition `partition` of every committed map task's output: which
+    /// attempt committed it and on which worker it lives.
+    Reduce {
+        partition: u32,
+        map_outputs: Vec<(TaskId, AttemptEpoch, WorkerId)>,
+    },
+}
+
+/// One attempt to run one task: everything a worker needs, nothing more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub tenant: TenantId,
+    pub job: JobId,
+    pub task: TaskId,
+    pub epoch: AttemptEpoch,
+    /// `--map` module for map tasks, `--reduce` module for reduce tasks.
+    pub module: ModuleHash,
+    pub input: TaskInput,
+    pub reducers: u32,
+    pub limits: Limits,
+    pub params: BTreeMap<String, String>,
+}
+
+/// Why an attempt failed. The variants are the classification users see.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum AttemptFailure {
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    #[error("guest returned an error: {0}")]
+    GuestError(String),
+    #[error("out of fuel (limit {0})")]
+    OutOfFuel(u64),
+    #[error("out of memory (limit {0} bytes)")]
+    OutOfMemory(u64),
+    #[error("timed out (limit {0} ms)")]
+    TimedOut(u64),
+    #[error("output limit exceeded (limit {0} bytes)")]
+    OutputLimit(u64),
+    #[error("denied: {0}")]
+    Denied(String),
+    #[error("cancelled")]
+    Cancelled,
+    /// The host could not run the attempt (unreadable input, bad module...).
+    #[error("{0}")]
+    Host(String),
+}
+
+/// What a finished attempt measured.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptStats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub records_out: u64,
+    pub fuel_used: u64,
+    pub wall_ms: u64,
+    pub counters: BTreeMap<String, i64>,
+}
+
+/// A worker's report that an attempt ended. A success means the attempt's
+/// output is complete and durable in its attempt-private location; it is not
+/// yet visible: only the coordinator's commit publishes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptReport {
+    pub job: JobId,
+    pub task: TaskId,
+    pub epoch: AttemptEpoch,
+    pub worker: WorkerId,
+    pub outcome: Result<AttemptStats, AttemptFailure>,
+    /// Guest stdout/stderr and `log` lines, capped at `Limits::log_bytes`.
+    pub log: String,
+}

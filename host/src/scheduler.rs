@@ -1,0 +1,686 @@
+//! The coordinator's brain: a sans-IO state machine for one job.
+//!
+//! No threads, sockets, clocks or files here. The driver feeds events with
+//! [`Scheduler::handle`] / [`Scheduler::handle_timeout`] (time is an input)
+//! and carries out what [`Scheduler::poll_action`] returns: assign an attempt,
+//! commit or discard an attempt's files, interrupt a stale attempt. The
+//! embedded driver and the networked coordinator drive the same machine, and
+//! the simulation tests drive it with thousands of random schedules.
+//!
+//! Invariants (ARCHITECTURE.md has the full lifecycle):
+//! - I1 epochs only grow: each assignment of a task carries a higher epoch;
+//! - I2 only the attempt holding the task's current epoch may commit, and a
+//!   task commits at most once;
+//! - I3 a stale or failed attempt's files are discarded, never published;
+//! - I4 reduce tasks start only when every map task is committed;
+//! - I5 a worker runs at most `slots` attempts at once.
+
+use crate::protocol::{
+    Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, InputSplit, JobId,
+    Limits, ModuleHash, TaskId, TaskInput, TenantId, WorkerId,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// What a job is, as the scheduler needs it.
+#[derive(Clone, Debug)]
+pub struct JobPlan {
+    pub tenant: TenantId,
+    pub job: JobId,
+    pub map_module: ModuleHash,
+    pub reduce_module: ModuleHash,
+    pub splits: Vec<InputSplit>,
+    pub reducers: u32,
+    pub limits: Limits,
+    pub params: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Attempts per task before the job fails (Hadoop's default is 4).
+    pub max_attempts: u32,
+    /// A running attempt whose worker sends no heartbeat for this long is
+    /// presumed lost and its task reassigned with a higher epoch.
+    pub lease: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            max_attempts: 4,
+            lease: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    WorkerJoined {
+        worker: WorkerId,
+        slots: u32,
+    },
+    WorkerLost {
+        worker: WorkerId,
+    },
+    /// The worker is alive: renew the leases of all its attempts.
+    Heartbeat {
+        worker: WorkerId,
+    },
+    AttemptFinished(AttemptReport),
+    /// The driver carried out [`Action::Commit`].
+    CommitFinished {
+        task: TaskId,
+        epoch: AttemptEpoch,
+        result: Result<(), String>,
+    },
+    Cancel,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Assign {
+        worker: WorkerId,
+        assignment: Box<Assignment>,
+    },
+    /// Publish this attempt's output (atomic rename). Only ever for the
+    /// task's current epoch, at most once per task.
+    Commit {
+        task: TaskId,
+        epoch: AttemptEpoch,
+        worker: WorkerId,
+    },
+    /// Delete this attempt's private files; they must never publish.
+    Discard {
+        task: TaskId,
+        epoch: AttemptEpoch,
+        worker: WorkerId,
+    },
+    /// Interrupt a running attempt that no longer holds its task's epoch.
+    Interrupt {
+        task: TaskId,
+        epoch: AttemptEpoch,
+        worker: WorkerId,
+    },
+    Finished(JobOutcome),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobOutcome {
+    Completed,
+    Failed(String),
+    Cancelled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Phase {
+    Mapping,
+    Reducing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum TaskState {
+    Pending,
+    Running {
+        epoch: AttemptEpoch,
+        worker: WorkerId,
+        lease_until: Instant,
+    },
+    Committing {
+        epoch: AttemptEpoch,
+        worker: WorkerId,
+    },
+    Committed {
+        epoch: AttemptEpoch,
+        worker: WorkerId,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Task {
+    state: TaskState,
+    /// The newest epoch handed out for this task (0: never assigned).
+    epoch: AttemptEpoch,
+    failures: u32,
+    last_failure: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+struct WorkerSlots {
+    slots: u32,
+    running: u32,
+}
+
+/// One line of the attempt log: who ran what, when, and how it ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub task: TaskId,
+    pub epoch: AttemptEpoch,
+    pub worker: WorkerId,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub outcome: AttemptOutcome,
+    pub stats: Option<AttemptStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptOutcome {
+    Running,
+    Committed,
+    Failed(AttemptFailure),
+    /// Finished, but its epoch was no longer current: discarded unpublished.
+    RejectedStale,
+    /// Its worker was lost or its lease expired.
+    Lost,
+}
+
+pub struct Scheduler {
+    plan: JobPlan,
+    config: SchedulerConfig,
+    started: Instant,
+    phase: Phase,
+    tasks: BTreeMap<TaskId, Task>,
+    pending: VecDeque<TaskId>,
+    workers: BTreeMap<WorkerId, WorkerSlots>,
+    actions: VecDeque<Action>,
+    log: Vec<AttemptRecord>,
+    /// Index into `log` of each attempt.
+    log_index: BTreeMap<(TaskId, AttemptEpoch), usize>,
+}
+
+impl Scheduler {
+    pub fn new(plan: JobPlan, config: SchedulerConfig, now: Instant) -> Self {
+        assert!(plan.reducers > 0, "at least one reducer");
+        assert!(config.max_attempts > 0, "at least one attempt per task");
+        let mut tasks = BTreeMap::new();
+        let mut pending = VecDeque::new();
+        for i in 0..plan.splits.len() as u32 {
+            tasks.insert(TaskId::Map(i), Task::new());
+            pending.push_back(TaskId::Map(i));
+        }
+        for r in 0..plan.reducers {
+            tasks.insert(TaskId::Reduce(r), Task::new());
+        }
+        let mut scheduler = Scheduler {
+            plan,
+            config,
+            started: now,
+            phase: Phase::Mapping,
+            tasks,
+            pending,
+            workers: BTreeMap::new(),
+            actions: VecDeque::new(),
+            log: Vec::new(),
+            log_index: BTreeMap::new(),
+        };
+        // A job with no input has no map tasks: it goes straight to reduce.
+        scheduler.advance_phase();
+        scheduler
+    }
+
+    // ---- getters ----
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn job(&self) -> JobId {
+        self.plan.job
+    }
+
+    pub fn attempt_log(&self) -> &[AttemptRecord] {
+        &self.log
+    }
+
+    /// (committed, running, pending) task counts.
+    pub fn progress(&self) -> (usize, usize, usize) {
+        let mut counts = (0, 0, 0);
+        for task in self.tasks.values() {
+            match task.state {
+                TaskState::Committed { .. } => counts.0 += 1,
+                TaskState::Running { .. } | TaskState::Committing { .. } => counts.1 += 1,
+                TaskState::Pending => counts.2 += 1,
+            }
+        }
+        counts
+    }
+
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    // ---- inputs ----
+
+    pub fn handle(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::WorkerJoined { worker, slots } => {
+                self.workers
+                    .insert(worker, WorkerSlots { slots, running: 0 });
+            }
+            Event::WorkerLost { worker } => self.worker_lost(now, worker),
+            Event::Heartbeat { worker } => self.renew_leases(now, worker),
+            Event::AttemptFinished(report) => self.attempt_finished(now, report),
+            Event::CommitFinished {
+                task,
+                epoch,
+                result,
+            } => self.commit_finished(now, task, epoch, result),
+            Event::Cancel => self.cancel(now),
+        }
+        self.schedule(now);
+    }
+
+    /// Expire leases whose deadline has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<(TaskId, AttemptEpoch, WorkerId)> = self
+            .tasks
+            .iter()
+            .filter_map(|(id, t)| match t.state {
+                TaskState::Running {
+                    epoch,
+                    worker,
+                    lease_until,
+                } if lease_until <= now => Some((*id, epoch, worker)),
+                _ => None,
+            })
+            .collect();
+        for (task, epoch, worker) in expired {
+            tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, "lease expired");
+            self.actions.push_back(Action::Interrupt {
+                task,
+                epoch,
+                worker,
+            });
+            self.requeue(now, task, AttemptOutcome::Lost);
+        }
+        self.schedule(now);
+    }
+
+    // ---- outputs ----
+
+    /// The next thing the driver must do, in order.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.tasks
+            .values()
+            .filter_map(|t| match t.state {
+                TaskState::Running { lease_until, .. } => Some(lease_until),
+                _ => None,
+            })
+            .min()
+    }
+
+    // ---- transitions ----
+
+    fn worker_lost(&mut self, now: Instant, worker: WorkerId) {
+        self.workers.remove(&worker);
+        let running: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| matches!(t.state, TaskState::Running { worker: w, .. } if w == worker))
+            .map(|(id, _)| *id)
+            .collect();
+        for task in running {
+            self.requeue(now, task, AttemptOutcome::Lost);
+        }
+    }
+
+    fn renew_leases(&mut self, now: Instant, worker: WorkerId) {
+        let lease = self.config.lease;
+        for task in self.tasks.values_mut() {
+            if let TaskState::Running {
+                worker: w,
+                lease_until,
+                ..
+            } = &mut task.state
+                && *w == worker
+            {
+                *lease_until = now + lease;
+            }
+        }
+    }
+
+    /// Put a running task back in the queue; its attempt becomes stale.
+    fn requeue(&mut self, now: Instant, task: TaskId, outcome: AttemptOutcome) {
+        let t = self.tasks.get_mut(&task).expect("known task");
+        let TaskState::Running { epoch, worker, .. } = t.state else {
+            return;
+        };
+        t.state = TaskState::Pending;
+        self.release_slot(worker);
+        self.record_end(now, task, epoch, outcome, None);
+        if self.is_active() {
+            self.pending.push_front(task);
+        }
+    }
+
+    fn attempt_finished(&mut self, now: Instant, report: AttemptReport) {
+        let AttemptReport {
+            task,
+            epoch,
+            worker,
+            outcome,
+            ..
+        } = report;
+        let Some(t) = self.tasks.get_mut(&task) else {
+            tracing::warn!(job = %self.plan.job, %task, "report for an unknown task ignored");
+            return;
+        };
+        let current = matches!(t.state, TaskState::Running { epoch: e, worker: w, .. } if e == epoch && w == worker);
+        if !current {
+            // I3: a stale attempt (or a duplicate report) never publishes.
+            let duplicate_of_committed = matches!(t.state, TaskState::Committed { epoch: e, .. } | TaskState::Committing { epoch: e, .. } if e == epoch);
+            if !duplicate_of_committed {
+                tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, current = %t.epoch, "rejected stale attempt");
+                self.actions.push_back(Action::Discard {
+                    task,
+                    epoch,
+                    worker,
+                });
+                self.record_end(now, task, epoch, AttemptOutcome::RejectedStale, None);
+            }
+            return;
+        }
+        match outcome {
+            Ok(stats) => {
+                t.state = TaskState::Committing { epoch, worker };
+                self.release_slot(worker);
+                if let Some(&i) = self.log_index.get(&(task, epoch)) {
+                    self.log[i].stats = Some(stats);
+                }
+                tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, "committing");
+                self.actions.push_back(Action::Commit {
+                    task,
+                    epoch,
+                    worker,
+                });
+            }
+            Err(failure) => {
+                t.failures += 1;
+                t.last_failure = Some(format!("{worker} {epoch}: {failure}"));
+                let failures = t.failures;
+                tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, %failure, failures, "attempt failed");
+                self.actions.push_back(Action::Discard {
+                    task,
+                    epoch,
+                    worker,
+                });
+                if failures >= self.config.max_attempts {
+                    t.state = TaskState::Pending;
+                    self.release_slot(worker);
+                    self.record_end(
+                        now,
+                        task,
+                        epoch,
+                        AttemptOutcome::Failed(failure.clone()),
+                        None,
+                    );
+                    let message = format!(
+                        "task {task} failed {failures} times; last: {worker} {epoch}: {failure}"
+                    );
+                    self.fail(now, message);
+                } else {
+                    self.requeue(now, task, AttemptOutcome::Failed(failure));
+                }
+            }
+        }
+    }
+
+    fn commit_finished(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        result: Result<(), String>,
+    ) {
+        let t = self.tasks.get_mut(&task).expect("known task");
+        let TaskState::Committing { epoch: e, worker } = t.state else {
+            panic!(
+                "commit finished for {task} {epoch} which is not committing: {:?}",
+                t.state
+            );
+        };
+        assert_eq!(e, epoch, "I2: commit of a non-current epoch");
+        match result {
+            Ok(()) => {
+                t.state = TaskState::Committed { epoch, worker };
+                self.record_end(now, task, epoch, AttemptOutcome::Committed, None);
+                self.advance_phase();
+            }
+            Err(message) => {
+                t.state = TaskState::Pending;
+                t.failures += 1;
+                let failures = t.failures;
+                let failure = AttemptFailure::Host(format!("commit failed: {message}"));
+                self.record_end(
+                    now,
+                    task,
+                    epoch,
+                    AttemptOutcome::Failed(failure.clone()),
+                    None,
+                );
+                if failures >= self.config.max_attempts {
+                    self.fail(now, format!("task {task}: {failure}"));
+                } else if self.is_active() {
+                    self.pending.push_front(task);
+                }
+            }
+        }
+    }
+
+    fn cancel(&mut self, now: Instant) {
+        if !self.is_active() {
+            return;
+        }
+        self.phase = Phase::Cancelled;
+        self.interrupt_running(now);
+        self.actions
+            .push_back(Action::Finished(JobOutcome::Cancelled));
+    }
+
+    fn fail(&mut self, now: Instant, message: String) {
+        debug_assert!(self.is_active());
+        tracing::debug!(job = %self.plan.job, %message, "job failed");
+        // Running attempts of a failed job are interrupted; their late
+        // results are stale and get discarded.
+        self.phase = Phase::Failed;
+        self.interrupt_running(now);
+        self.actions
+            .push_back(Action::Finished(JobOutcome::Failed(message)));
+    }
+
+    fn interrupt_running(&mut self, now: Instant) {
+        for (task, epoch, worker) in self.running_attempts() {
+            self.actions.push_back(Action::Interrupt {
+                task,
+                epoch,
+                worker,
+            });
+            self.requeue(now, task, AttemptOutcome::Lost);
+        }
+        self.pending.clear();
+    }
+
+    fn running_attempts(&self) -> Vec<(TaskId, AttemptEpoch, WorkerId)> {
+        self.tasks
+            .iter()
+            .filter_map(|(id, t)| match t.state {
+                TaskState::Running { epoch, worker, .. } => Some((*id, epoch, worker)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn is_active(&self) -> bool {
+        matches!(self.phase, Phase::Mapping | Phase::Reducing)
+    }
+
+    /// I4: move to reducing when every map task is committed, and finish
+    /// when every reduce task is.
+    fn advance_phase(&mut self) {
+        let all_committed = |kind: fn(&TaskId) -> bool, tasks: &BTreeMap<TaskId, Task>| {
+            tasks
+                .iter()
+                .filter(|(id, _)| kind(id))
+                .all(|(_, t)| matches!(t.state, TaskState::Committed { .. }))
+        };
+        if self.phase == Phase::Mapping
+            && all_committed(|id| matches!(id, TaskId::Map(_)), &self.tasks)
+        {
+            self.phase = Phase::Reducing;
+            debug_assert!(self.pending.is_empty());
+            self.pending
+                .extend((0..self.plan.reducers).map(TaskId::Reduce));
+        }
+        if self.phase == Phase::Reducing
+            && all_committed(|id| matches!(id, TaskId::Reduce(_)), &self.tasks)
+        {
+            self.phase = Phase::Completed;
+            self.actions
+                .push_back(Action::Finished(JobOutcome::Completed));
+        }
+    }
+
+    /// Hand pending tasks to workers with free slots, least-loaded first.
+    fn schedule(&mut self, now: Instant) {
+        if !self.is_active() {
+            return;
+        }
+        while !self.pending.is_empty() {
+            let Some(worker) = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.running < w.slots)
+                .min_by_key(|(id, w)| (w.running * 1000 / w.slots.max(1), **id))
+                .map(|(id, _)| *id)
+            else {
+                return;
+            };
+            let task = self.pending.pop_front().expect("not empty");
+            self.assign(now, task, worker);
+        }
+    }
+
+    fn assign(&mut self, now: Instant, task: TaskId, worker: WorkerId) {
+        let input = match task {
+            TaskId::Map(i) => TaskInput::Map(self.plan.splits[i as usize].clone()),
+            TaskId::Reduce(partition) => TaskInput::Reduce {
+                partition,
+                map_outputs: self.committed_maps(),
+            },
+        };
+        let t = self.tasks.get_mut(&task).expect("known task");
+        debug_assert_eq!(
+            t.state,
+            TaskState::Pending,
+            "only pending tasks are assigned"
+        );
+        let epoch = AttemptEpoch(t.epoch.0 + 1);
+        debug_assert!(epoch > t.epoch, "I1: epochs only grow");
+        t.epoch = epoch;
+        t.state = TaskState::Running {
+            epoch,
+            worker,
+            lease_until: now + self.config.lease,
+        };
+        let slots = self.workers.get_mut(&worker).expect("known worker");
+        slots.running += 1;
+        debug_assert!(slots.running <= slots.slots, "I5: slots respected");
+        let module = match task {
+            TaskId::Map(_) => self.plan.map_module.clone(),
+            TaskId::Reduce(_) => self.plan.reduce_module.clone(),
+        };
+        let mut params = self.plan.params.clone();
+        params.insert("wmr.attempt".into(), epoch.0.to_string());
+        params.insert("wmr.task".into(), task.to_string());
+        tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, "assigned");
+        self.log_index.insert((task, epoch), self.log.len());
+        self.log.push(AttemptRecord {
+            task,
+            epoch,
+            worker,
+            started_ms: self.millis(now),
+            ended_ms: None,
+            outcome: AttemptOutcome::Running,
+            stats: None,
+        });
+        self.actions.push_back(Action::Assign {
+            worker,
+            assignment: Box::new(Assignment {
+                tenant: self.plan.tenant.clone(),
+                job: self.plan.job,
+                task,
+                epoch,
+                module,
+                input,
+                reducers: self.plan.reducers,
+                limits: self.plan.limits.clone(),
+                params,
+            }),
+        });
+    }
+
+    fn committed_maps(&self) -> Vec<(TaskId, AttemptEpoch, WorkerId)> {
+        self.tasks
+            .iter()
+            .filter_map(|(id, t)| match (id, &t.state) {
+                (TaskId::Map(_), TaskState::Committed { epoch, worker }) => {
+                    Some((*id, *epoch, *worker))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn release_slot(&mut self, worker: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            debug_assert!(w.running > 0);
+            w.running = w.running.saturating_sub(1);
+        }
+    }
+
+    fn record_end(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        outcome: AttemptOutcome,
+        stats: Option<AttemptStats>,
+    ) {
+        let ended = self.millis(now);
+        if let Some(&i) = self.log_index.get(&(task, epoch)) {
+            let record = &mut self.log[i];
+            // A stale attempt that reports after being marked lost keeps the
+            // later, more precise outcome.
+            record.ended_ms = Some(ended);
+            record.outcome = outcome;
+            if stats.is_some() {
+                record.stats = stats;
+            }
+        }
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_millis() as u64
+    }
+}
+
+impl Task {
+    fn new() -> Self {
+        Task {
+            state: TaskState::Pending,
+            epoch: AttemptEpoch(0),
+            failures: 0,
+            last_failure: None,
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The sequential reference (`wmr seq`): the oracle for output equality.
+//!
+//! The same components, one thread, no splitting and no partitioning: `map`
+//! once per whole input file, one global sort, `reduce` over every group in
+//! one store. No combiner (a combiner must not change the result).
+
+use crate::protocol::Limits;
+use crate::sandbox::{AttemptContext, Role, Sandbox};
+use crate::shuffle::{self, Pair};
+use crate::split;
+use anyhow::{Context as _, anyhow};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+/// Run the job sequentially and return its output, lines in key order.
+pub fn run_sequential(
+    map: &Path,
+    reduce: &Path,
+    inputs: &[String],
+    limits: &Limits,
+    params: &BTreeMap<String, String>,
+) -> anyhow::Result<Vec<u8>> {
+    let sandbox = Sandbox::new()?;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("{}", p.display()));
+    let map_module = sandbox
+        .load(&read(map)?, Role::Map)
+        .with_context(|| format!("{}", map.display()))?;
+    let reduce_module = sandbox
+        .load(&read(reduce)?, Role::Reduce)
+        .with_context(|| format!("{}", reduce.display()))?;
+    let mut params = params.clone();
+    params.insert("wmr.attempt".into(), "1".into());
+    let ctx = AttemptContext {
+        limits: limits.clone(),
+        params: Arc::new(params),
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let mut pairs: Vec<Pair> = Vec::new();
+    for file in split::discover_inputs(inputs)? {
+        let text = std::fs::read(&file).with_context(|| format!("input {}", file.display()))?;
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let sink: Arc<Mutex<Vec<Pair>>> = Arc::default();
+        let call = sandbox.run_map(
+            &map_module,
+            &ctx,
+            name.as_bytes(),
+            &text,
+            Box::new(Shared(sink.clone())),
+        );
+        call.result
+            .map_err(|f| anyhow!("map of {}: {f}", file.display()))?;
+        pairs.append(&mut sink.lock().expect("poisoned"));
+    }
+    shuffle::sort_pairs(&mut pairs);
+    let groups = shuffle::group_sorted(pairs);
+    let sink: Arc<Mutex<Vec<Pair>>> = Arc::default();
+    let mut all = std::iter::once(groups);
+    let call = sandbox.run_reduce(
+        &reduce_module,
+        &ctx,
+        &mut all,
+        Box::new(Shared(sink.clone())),
+    );
+    call.result.map_err(|f| anyhow!("reduce: {f}"))?;
+    let mut out = Vec::new();
+    for (key, value) in sink.lock().expect("poisoned").iter() {
+        shuffle::output_line(&mut out, key, value);
+    }
+    Ok(out)
+}
+
+struct Shared(Arc<Mutex<Vec<Pair>>>);
+
+impl crate::sandbox::PairSink for Shared {
+    fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+        self.0.lock().expect("poisoned").push((key, value));
+        Ok(())
+    }
+}

@@ -1,0 +1,160 @@
+//! Input discovery and splitting.
+//!
+//! As in Hadoop's `TextInputFormat`, a split never cuts a line: each split
+//! ends just after a newline (or at the end of the file), and a line longer
+//! than the split size stays whole in one split.
+
+use crate::protocol::InputSplit;
+use anyhow::{Context as _, bail};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// Expand each `--input` (a file, a directory or a glob) into files, sorted.
+/// In a directory, hidden files and names starting with `_` are skipped
+/// (Hadoop's convention for markers such as `_SUCCESS`).
+pub fn discover_inputs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    if inputs.is_empty() {
+        bail!("no --input given");
+    }
+    let mut files = Vec::new();
+    for input in inputs {
+        let path = Path::new(input);
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("input {input}: cannot list directory"))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && !is_hidden(p))
+                .collect();
+            if found.is_empty() {
+                bail!("input {input}: directory has no input files");
+            }
+            found.sort();
+            files.extend(found);
+        } else if path.is_file() {
+            files.push(path.to_path_buf());
+        } else if input.contains(['*', '?', '[']) {
+            let mut found: Vec<PathBuf> = glob::glob(input)
+                .with_context(|| format!("input {input}: bad glob"))?
+                .filter_map(|p| p.ok())
+                .filter(|p| p.is_file())
+                .collect();
+            if found.is_empty() {
+                bail!("input {input}: glob matched no files");
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            bail!("input {input}: no such file or directory");
+        }
+    }
+    files.dedup();
+    Ok(files)
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') || n.starts_with('_'))
+}
+
+/// Cut `files` into splits of at least `split_bytes` (the last split of a
+/// file may be shorter), each ending on a line boundary.
+pub fn plan_splits(files: &[PathBuf], split_bytes: u64) -> anyhow::Result<Vec<InputSplit>> {
+    assert!(split_bytes > 0, "split size must be positive");
+    let mut splits = Vec::new();
+    for path in files {
+        let mut file = File::open(path).with_context(|| format!("input {}", path.display()))?;
+        let len = file.metadata()?.len();
+        let mut start = 0;
+        while start < len {
+            let nominal = start + split_bytes;
+            let end = if nominal >= len {
+                len
+            } else {
+                line_end_at_or_after(&mut file, nominal - 1, len)?
+            };
+            debug_assert!(end > start && end <= len);
+            splits.push(InputSplit {
+                path: path.clone(),
+                offset: start,
+                len: end - start,
+            });
+            start = end;
+        }
+        if len == 0 {
+            // An empty file is still an input: one empty split.
+            splits.push(InputSplit {
+                path: path.clone(),
+                offset: 0,
+                len: 0,
+            });
+        }
+    }
+    Ok(splits)
+}
+
+/// The offset just after the first `\n` at or after `from` (or `len`).
+fn line_end_at_or_after(file: &mut File, from: u64, len: u64) -> anyhow::Result<u64> {
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = [0u8; 64 * 1024];
+    let mut pos = from;
+    while pos < len {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buf[..n].iter().position(|&b| b == b'\n') {
+            return Ok(pos + i as u64 + 1);
+        }
+        pos += n as u64;
+    }
+    Ok(len)
+}
+
+/// Read one split's bytes.
+pub fn read_split(split: &InputSplit) -> anyhow::Result<Vec<u8>> {
+    let mut file =
+        File::open(&split.path).with_context(|| format!("input {}", split.path.display()))?;
+    file.seek(SeekFrom::Start(split.offset))?;
+    let mut bytes = vec![0; split.len as usize];
+    file.read_exact(&mut bytes)
+        .with_context(|| format!("input {} changed while the job ran", split.path.display()))?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_texts(text: &[u8], size: u64) -> Vec<Vec<u8>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.txt");
+        std::fs::write(&path, text).unwrap();
+        plan_splits(&[path], size)
+            .unwrap()
+            .iter()
+            .map(|s| read_split(s).unwrap())
+            .collect()
+    }
+
+    /// Invariant: splits cover the file exactly, in order, and never cut a line.
+    #[test]
+    fn splits_cover_the_file_and_never_cut_a_line() {
+        let text = b"alpha beta\ngamma\n\nthis line is much longer than the split\nend";
+        for size in 1..=text.len() as u64 + 1 {
+            let parts = split_texts(text, size);
+            assert_eq!(parts.concat(), text, "size {size}");
+            for part in &parts[..parts.len() - 1] {
+                assert_eq!(part.last(), Some(&b'\n'), "size {size}: {part:?}");
+                assert!(part.len() as u64 >= size);
+            }
+        }
+    }
+
+    #[test]
+    fn empty_file_is_one_empty_split() {
+        assert_eq!(split_texts(b"", 10), vec![Vec::<u8>::new()]);
+    }
+}

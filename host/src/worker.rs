@@ -1,0 +1,381 @@
+//! The worker side of an attempt: turn an [`Assignment`] into private output
+//! files and an [`AttemptReport`]. It never publishes: the coordinator's
+//! commit does (see [`crate::commit`]).
+
+use crate::commit::JobDirs;
+use crate::protocol::{
+    Assignment, AttemptFailure, AttemptReport, AttemptStats, ModuleHash, TaskInput, WorkerId,
+};
+use crate::sandbox::{AttemptContext, CallOutcome, Group, LoadedModule, PairSink, Role, Sandbox};
+use crate::shuffle::{self, Pair};
+use crate::split;
+use anyhow::{Context as _, anyhow};
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// Groups handed to one `reduce`/`combine` call, in bytes.
+const GROUP_BATCH_BYTES: usize = 1 << 20;
+
+/// Runs attempts. Compiles each module once per process and keeps it.
+pub struct Executor {
+    sandbox: Sandbox,
+    modules: RwLock<HashMap<(ModuleHash, RoleKey), LoadedModule>>,
+    work_root: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum RoleKey {
+    Map,
+    Reduce,
+}
+
+impl From<Role> for RoleKey {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Map => RoleKey::Map,
+            Role::Reduce => RoleKey::Reduce,
+        }
+    }
+}
+
+impl Executor {
+    pub fn new(work_root: &Path) -> anyhow::Result<Self> {
+        Ok(Executor {
+            sandbox: Sandbox::new()?,
+            modules: RwLock::default(),
+            work_root: work_root.to_path_buf(),
+        })
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    pub fn has_module(&self, hash: &ModuleHash, role: Role) -> bool {
+        let modules = self.modules.read().expect("poisoned");
+        modules.contains_key(&(hash.clone(), role.into()))
+    }
+
+    /// Compile and validate `bytes` for `role`; cached by content hash.
+    pub fn add_module(&self, bytes: &[u8], role: Role) -> anyhow::Result<ModuleHash> {
+        let hash = ModuleHash::of(bytes);
+        if self.has_module(&hash, role) {
+            return Ok(hash);
+        }
+        let loaded = self.sandbox.load(bytes, role)?;
+        let mut modules = self.modules.write().expect("poisoned");
+        modules.insert((hash.clone(), role.into()), loaded);
+        Ok(hash)
+    }
+
+    fn module(&self, hash: &ModuleHash, role: Role) -> Result<LoadedModule, AttemptFailure> {
+        let modules = self.modules.read().expect("poisoned");
+        modules
+            .get(&(hash.clone(), role.into()))
+            .cloned()
+            .ok_or_else(|| AttemptFailure::Host(format!("module {hash} is not loaded")))
+    }
+
+    /// Run one attempt to the end. Output stays attempt-private.
+    pub fn execute(
+        &self,
+        assignment: &Assignment,
+        output: &Path,
+        worker: WorkerId,
+        cancel: Arc<AtomicBool>,
+    ) -> AttemptReport {
+        let span = tracing::info_span!("attempt", job = %assignment.job, task = %assignment.task,
+            epoch = %assignment.epoch, %worker);
+        let _enter = span.enter();
+        let started = Instant::now();
+        let dirs = JobDirs::new(assignment.job, &self.work_root, output);
+        let ctx = AttemptContext {
+            limits: assignment.limits.clone(),
+            params: Arc::new(assignment.params.clone()),
+            cancel,
+        };
+        let (outcome, log) = match &assignment.input {
+            TaskInput::Map(split) => self.run_map(&dirs, assignment, &ctx, split),
+            TaskInput::Reduce {
+                partition,
+                map_outputs,
+            } => self.run_reduce(&dirs, assignment, &ctx, *partition, map_outputs),
+        };
+        let outcome = outcome.map(|mut stats| {
+            stats.wall_ms = started.elapsed().as_millis() as u64;
+            stats
+        });
+        if let Err(failure) = &outcome {
+            tracing::info!(%failure, "attempt failed");
+            // Partial files of a failed attempt are deleted here too, not
+            // only when the coordinator's discard arrives.
+            let _ = dirs.abort_attempt(assignment.task, assignment.epoch);
+        }
+        AttemptReport {
+            job: assignment.job,
+            task: assignment.task,
+            epoch: assignment.epoch,
+            worker,
+            outcome,
+            log,
+        }
+    }
+
+    fn run_map(
+        &self,
+        dirs: &JobDirs,
+        a: &Assignment,
+        ctx: &AttemptContext,
+        split: &crate::protocol::InputSplit,
+    ) -> (Result<AttemptStats, AttemptFailure>, String) {
+        let module = match self.module(&a.module, Role::Map) {
+            Ok(m) => m,
+            Err(e) => return (Err(e), String::new()),
+        };
+        let input = match split::read_split(split) {
+            Ok(bytes) => bytes,
+            Err(e) => return (Err(AttemptFailure::Host(format!("{e:#}"))), String::new()),
+        };
+        let parts: Arc<Mutex<Vec<Vec<Pair>>>> =
+            Arc::new(Mutex::new(vec![Vec::new(); a.reducers as usize]));
+        let sink = Partitioner {
+            parts: parts.clone(),
+            reducers: a.reducers,
+        };
+        let name = split
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let key = name.unwrap_or_default();
+        let call = self
+            .sandbox
+            .run_map(&module, ctx, key.as_bytes(), &input, Box::new(sink));
+        let mut log = call.log.clone();
+        let mut stats = stats_of(&call, input.len() as u64);
+        if let Err(failure) = call.result {
+            return (Err(failure), log);
+        }
+        let parts = std::mem::take(&mut *parts.lock().expect("poisoned"));
+        let dir = dirs.attempt_path(a.task, a.epoch);
+        let written = self.combine_and_write(&module, ctx, parts, &dir, &mut log);
+        match written {
+            Ok(bytes) => {
+                stats.bytes_out = bytes;
+                (Ok(stats), log)
+            }
+            Err(failure) => (Err(failure), log),
+        }
+    }
+
+    /// Sort each partition, apply the combiner to keys with several values,
+    /// and write the partition files, fsynced, into the attempt directory.
+    fn combine_and_write(
+        &self,
+        module: &LoadedModule,
+        ctx: &AttemptContext,
+        parts: Vec<Vec<Pair>>,
+        dir: &Path,
+        log: &mut String,
+    ) -> Result<u64, AttemptFailure> {
+        let host_err = |e: anyhow::Error| AttemptFailure::Host(format!("{e:#}"));
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating {}", dir.display()))
+            .map_err(host_err)?;
+        let mut combining = true;
+        let mut bytes = 0;
+        for (partition, mut pairs) in parts.into_iter().enumerate() {
+            shuffle::sort_pairs(&mut pairs);
+            if combining && pairs.windows(2).any(|w| w[0].0 == w[1].0) {
+                match self.combine(module, ctx, pairs) {
+                    (Some(Ok(combined)), _) => pairs = combined,
+                    (Some(Err(failure)), _) => return Err(failure),
+                    (None, original) => {
+                        combining = false;
+                        pairs = original;
+                    }
+                }
+            }
+            let file = JobDirs::map_partition_file(dir, partition as u32);
+            bytes += shuffle::write_partition(&file, &pairs).map_err(host_err)?;
+        }
+        crate::commit::sync_dir(dir).map_err(host_err)?;
+        let _ = log;
+        Ok(bytes)
+    }
+
+    /// Combine the keys that have several values; single values pass as
+    /// they are (a combiner may run zero or more times, as in Hadoop).
+    fn combine(
+        &self,
+        module: &LoadedModule,
+        ctx: &AttemptContext,
+        pairs: Vec<Pair>,
+    ) -> (Option<Result<Vec<Pair>, AttemptFailure>>, Vec<Pair>) {
+        let groups = shuffle::group_sorted(pairs);
+        let (multi, single): (Vec<Group>, Vec<Group>) =
+            groups.into_iter().partition(|g| g.values.len() > 1);
+        let mut out: Vec<Pair> = single
+            .into_iter()
+            .flat_map(|g| g.values.into_iter().map(move |v| (g.key.clone(), v)))
+            .collect();
+        for batch in shuffle::batches(multi, GROUP_BATCH_BYTES) {
+            match self.sandbox.run_combine(module, ctx, &batch) {
+                Some(Ok(combined)) => out.extend(combined),
+                Some(Err(failure)) => return (Some(Err(failure)), Vec::new()),
+                None => {
+                    // No combiner: give back the pairs as they came.
+                    out.extend(batch.into_iter().flat_map(|g| {
+                        let key = g.key;
+                        g.values.into_iter().map(move |v| (key.clone(), v))
+                    }));
+                    shuffle::sort_pairs(&mut out);
+                    return (None, out);
+                }
+            }
+        }
+        shuffle::sort_pairs(&mut out);
+        (Some(Ok(out)), Vec::new())
+    }
+
+    fn run_reduce(
+        &self,
+        dirs: &JobDirs,
+        a: &Assignment,
+        ctx: &AttemptContext,
+        partition: u32,
+        map_outputs: &[(
+            crate::protocol::TaskId,
+            crate::protocol::AttemptEpoch,
+            WorkerId,
+        )],
+    ) -> (Result<AttemptStats, AttemptFailure>, String) {
+        let host_err = |e: anyhow::Error| AttemptFailure::Host(format!("{e:#}"));
+        let module = match self.module(&a.module, Role::Reduce) {
+            Ok(m) => m,
+            Err(e) => return (Err(e), String::new()),
+        };
+        // Map outputs in task order, so a key's values arrive in a
+        // deterministic order.
+        let mut pairs: Vec<Pair> = Vec::new();
+        let mut bytes_in = 0;
+        for (task, _, _) in map_outputs {
+            let file = JobDirs::map_partition_file(&dirs.committed_path(*task), partition);
+            bytes_in += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            match shuffle::read_partition(&file) {
+                Ok(mut p) => pairs.append(&mut p),
+                Err(e) => {
+                    return (
+                        Err(host_err(e.context(format!("map output of {task}")))),
+                        String::new(),
+                    );
+                }
+            }
+        }
+        shuffle::sort_pairs(&mut pairs);
+        let groups = shuffle::group_sorted(pairs);
+        let path = dirs.reduce_attempt_file(a.task, a.epoch);
+        let writer = match LineWriter::create(&path) {
+            Ok(w) => w,
+            Err(e) => return (Err(host_err(e)), String::new()),
+        };
+        let written = writer.written.clone();
+        let mut batches = shuffle::batches(groups, GROUP_BATCH_BYTES);
+        let call = self
+            .sandbox
+            .run_reduce(&module, ctx, &mut batches, Box::new(writer));
+        let log = call.log.clone();
+        let mut stats = stats_of(&call, bytes_in);
+        if let Err(failure) = call.result {
+            return (Err(failure), log);
+        }
+        // The sandbox dropped the writer (flushed and fsynced it) with the store.
+        let finished = written.lock().expect("poisoned").take();
+        match finished {
+            Some(Ok(bytes)) => {
+                stats.bytes_out = bytes;
+                (Ok(stats), log)
+            }
+            Some(Err(e)) => (Err(AttemptFailure::Host(e)), log),
+            None => (
+                Err(AttemptFailure::Host("reduce output was not closed".into())),
+                log,
+            ),
+        }
+    }
+}
+
+fn stats_of(call: &CallOutcome, bytes_in: u64) -> AttemptStats {
+    AttemptStats {
+        bytes_in,
+        bytes_out: call.bytes_out,
+        records_out: call.records_out,
+        fuel_used: call.fuel_used,
+        wall_ms: 0,
+        counters: call.counters.clone(),
+    }
+}
+
+/// Routes map output pairs to their reduce partitions as they are emitted.
+struct Partitioner {
+    parts: Arc<Mutex<Vec<Vec<Pair>>>>,
+    reducers: u32,
+}
+
+impl PairSink for Partitioner {
+    fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+        let p = shuffle::partition_of(&key, self.reducers) as usize;
+        self.parts.lock().expect("poisoned")[p].push((key, value));
+        Ok(())
+    }
+}
+
+/// Writes reduce output records as lines; flushes and fsyncs when dropped
+/// with the store, leaving the byte count (or the error) in `written`.
+struct LineWriter {
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    line: Vec<u8>,
+    bytes: u64,
+    written: Arc<Mutex<Option<Result<u64, String>>>>,
+}
+
+impl LineWriter {
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let dir = path.parent().expect("attempt files have a parent");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(LineWriter {
+            file: Some(std::io::BufWriter::with_capacity(256 << 10, file)),
+            line: Vec::new(),
+            bytes: 0,
+            written: Arc::default(),
+        })
+    }
+}
+
+impl PairSink for LineWriter {
+    fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+        self.line.clear();
+        shuffle::output_line(&mut self.line, &key, &value);
+        self.bytes += self.line.len() as u64;
+        let file = self.file.as_mut().ok_or_else(|| anyhow!("output closed"))?;
+        file.write_all(&self.line).context("writing reduce output")
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        let Some(file) = self.file.take() else { return };
+        let result = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .map(|()| self.bytes)
+            .map_err(|e| format!("writing reduce output: {e}"));
+        *self.written.lock().expect("poisoned") = Some(result);
+    }
+}
