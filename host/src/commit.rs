@@ -1,19 +1,26 @@
 //! Where attempts write, and how one attempt per task is published.
 //!
 //! An attempt writes only below its attempt-private directory, named by task
-//! and epoch. Publishing (`commit_attempt`) is one `rename` of that
-//! directory (map) or file (reduce) to its final name, after the files were
-//! fsynced; the parent directory is fsynced after the rename. A rename is
-//! atomic, so a reader sees either no part file or a complete one. Nothing
-//! else ever writes a final name, and the scheduler asks for at most one
-//! commit per task (invariant I2), so output is never duplicated.
+//! and epoch. Committing a task (`commit_attempt`) is one `rename` of that
+//! directory (map) or file (reduce) to the task's committed name, after the
+//! files were fsynced; the parent directory is fsynced after the rename. A
+//! rename is atomic, so a reader sees either nothing or a complete file.
+//! Nothing else writes a committed name, and the scheduler asks for at most
+//! one commit per task (invariant I2), so output is never duplicated.
+//!
+//! As in Hadoop's FileOutputCommitter (v1), committed reduce outputs stay
+//! under `_temporary` until the job commits (`finish`): every part file is
+//! renamed into the output directory, then `_SUCCESS` is written. A job
+//! that fails, is cancelled or is killed leaves no part file in the output;
+//! `_SUCCESS` tells a reader that the output is complete.
 //!
 //! ```text
-//! <work>/<job>/map/_attempts/m-00003.a2/part-00007   map attempt, private
-//! <work>/<job>/map/m-00003/part-00007                 committed map output
-//! <output>/_temporary/<job>/r-00007.a1/part-r-00007   reduce attempt, private
-//! <output>/part-r-00007                               committed output
-//! <output>/_SUCCESS                                   written last
+//! <work>/job-<id>/map/_attempts/m-00003.a2/part-00007        map attempt, private
+//! <work>/job-<id>/map/m-00003/part-00007                     committed map output
+//! <output>/_temporary/job-<id>/r-00007.a1/part-r-00007       reduce attempt, private
+//! <output>/_temporary/job-<id>/committed/part-r-00007        committed reduce task
+//! <output>/part-r-00007                                      after the job commit
+//! <output>/_SUCCESS                                          written last
 //! ```
 
 use crate::protocol::{AttemptEpoch, JobId, TaskId};
@@ -41,26 +48,24 @@ impl JobDirs {
         }
     }
 
+    fn job_temporary(&self) -> PathBuf {
+        self.output.join(TEMPORARY).join(format!("job-{}", self.job))
+    }
+
     /// The attempt-private location of an attempt's output.
     pub fn attempt_path(&self, task: TaskId, epoch: AttemptEpoch) -> PathBuf {
+        let name = format!("{task}.{epoch}");
         match task {
-            TaskId::Map(_) => self
-                .work
-                .join("map/_attempts")
-                .join(format!("{task}.{epoch}")),
-            TaskId::Reduce(_) => self
-                .output
-                .join(TEMPORARY)
-                .join(format!("job-{}", self.job))
-                .join(format!("{task}.{epoch}")),
+            TaskId::Map(_) => self.work.join("map/_attempts").join(name),
+            TaskId::Reduce(_) => self.job_temporary().join(name),
         }
     }
 
-    /// The final, published location of a task's output.
+    /// Where a task's output lives once the task is committed.
     pub fn committed_path(&self, task: TaskId) -> PathBuf {
         match task {
             TaskId::Map(_) => self.work.join("map").join(task.to_string()),
-            TaskId::Reduce(r) => self.output.join(part_name(r)),
+            TaskId::Reduce(r) => self.job_temporary().join("committed").join(part_name(r)),
         }
     }
 
@@ -102,6 +107,8 @@ impl JobDirs {
         }
         std::fs::create_dir_all(&self.output)
             .with_context(|| format!("creating output {}", self.output.display()))?;
+        std::fs::create_dir_all(self.job_temporary().join("committed"))
+            .with_context(|| format!("creating output {}", self.output.display()))?;
         std::fs::create_dir_all(self.work.join("map/_attempts"))
             .with_context(|| format!("creating work dir {}", self.work.display()))?;
         Ok(())
@@ -132,8 +139,17 @@ impl JobDirs {
         remove_if_exists(&self.attempt_path(task, epoch))
     }
 
-    /// After every task committed: mark success, drop temporary data.
+    /// The job commit, after every task committed: move the committed part
+    /// files into the output, drop temporary data, write `_SUCCESS` last.
     pub fn finish(&self) -> anyhow::Result<()> {
+        let committed = self.job_temporary().join("committed");
+        for entry in std::fs::read_dir(&committed)? {
+            let entry = entry?;
+            let to = self.output.join(entry.file_name());
+            std::fs::rename(entry.path(), &to)
+                .with_context(|| format!("publishing {}", to.display()))?;
+        }
+        sync_dir(&self.output)?;
         remove_if_exists(&self.output.join(TEMPORARY))?;
         let marker = self.output.join(SUCCESS_MARKER);
         std::fs::File::create(&marker)?.sync_all()?;

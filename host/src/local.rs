@@ -126,7 +126,6 @@ pub fn run_embedded(
         _ => {
             // A job that did not complete publishes nothing.
             dirs.cleanup_work()?;
-            remove_committed_parts(&dirs, &scheduler)?;
             if !output_existed {
                 let _ = std::fs::remove_dir(&spec.output);
             }
@@ -207,18 +206,6 @@ fn drive(
             }
         }
     }
-}
-
-fn remove_committed_parts(dirs: &JobDirs, scheduler: &Scheduler) -> anyhow::Result<()> {
-    for record in scheduler.attempt_log() {
-        if record.outcome == AttemptOutcome::Committed
-            && let TaskId::Reduce(_) = record.task
-        {
-            let path = dirs.committed_path(record.task);
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
-    }
-    Ok(())
 }
 
 fn summarize(scheduler: &Scheduler, outcome: JobOutcome, wall: Duration) -> JobSummary {

@@ -206,7 +206,7 @@ fn progress_bar(hidden: bool) -> indicatif::ProgressBar {
 fn print_summary(s: &JobSummary, output: &std::path::Path) {
     let mb = |b: u64| b as f64 / 1e6;
     println!(
-        "job {}: {:?}\n  tasks {}  attempts {} ({} failed)\n  in {:.1} MB  out {:.1} MB ({} records)  fuel {}\n  wall {:.2} s  ({:.1} MB/s)\n  output {}",
+        "job {}: {:?}\n  tasks {}  attempts {} ({} failed)\n  in {:.1} MB  out {:.1} MB ({} records)  fuel {}\n  wall {:.2} s  ({:.1} MB/s)",
         s.job,
         s.outcome,
         s.tasks,
@@ -218,8 +218,10 @@ fn print_summary(s: &JobSummary, output: &std::path::Path) {
         s.fuel_used,
         s.wall_ms as f64 / 1e3,
         mb(s.bytes_in) / (s.wall_ms.max(1) as f64 / 1e3),
-        output.display()
     );
+    if s.outcome == JobOutcome::Completed {
+        println!("  output {}", output.display());
+    }
     for (name, value) in &s.counters {
         println!("  counter {name} = {value}");
     }

@@ -445,8 +445,8 @@ impl Sandbox {
         groups: &[Group],
     ) -> Option<Result<Vec<(Vec<u8>, Vec<u8>)>, AttemptFailure>> {
         let pre = module.combine.as_ref()?;
-        let collected: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>> = Arc::default();
-        let mut store = self.new_store(ctx, Box::new(SharedVec(collected.clone())));
+        let collected = CollectPairs::default();
+        let mut store = self.new_store(ctx, Box::new(collected.clone()));
         let result = pre.instantiate(&mut store).and_then(|inst| {
             inst.wmr_mapreduce_combiner()
                 .call_combine(&mut store, groups)
@@ -459,14 +459,22 @@ impl Sandbox {
         Some(
             outcome
                 .result
-                .map(|()| std::mem::take(&mut *collected.lock().expect("poisoned"))),
+                .map(|()| collected.take()),
         )
     }
 }
 
-struct SharedVec(Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>);
+/// A sink that collects pairs where the caller can take them afterwards.
+#[derive(Clone, Default)]
+pub struct CollectPairs(pub Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>);
 
-impl PairSink for SharedVec {
+impl CollectPairs {
+    pub fn take(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        std::mem::take(&mut *self.0.lock().expect("poisoned"))
+    }
+}
+
+impl PairSink for CollectPairs {
     fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
         self.0.lock().expect("poisoned").push((key, value));
         Ok(())

@@ -5,14 +5,14 @@
 //! one store. No combiner (a combiner must not change the result).
 
 use crate::protocol::Limits;
-use crate::sandbox::{AttemptContext, Role, Sandbox};
+use crate::sandbox::{AttemptContext, CollectPairs, Role, Sandbox};
 use crate::shuffle::{self, Pair};
 use crate::split;
 use anyhow::{Context as _, anyhow};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Run the job sequentially and return its output, lines in key order.
 pub fn run_sequential(
@@ -44,41 +44,33 @@ pub fn run_sequential(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let sink: Arc<Mutex<Vec<Pair>>> = Arc::default();
+        let sink = CollectPairs::default();
         let call = sandbox.run_map(
             &map_module,
             &ctx,
             name.as_bytes(),
             &text,
-            Box::new(Shared(sink.clone())),
+            Box::new(sink.clone()),
         );
         call.result
             .map_err(|f| anyhow!("map of {}: {f}", file.display()))?;
-        pairs.append(&mut sink.lock().expect("poisoned"));
+        pairs.append(&mut sink.take());
     }
     shuffle::sort_pairs(&mut pairs);
     let groups = shuffle::group_sorted(pairs);
-    let sink: Arc<Mutex<Vec<Pair>>> = Arc::default();
+    let sink = CollectPairs::default();
     let mut all = std::iter::once(groups);
     let call = sandbox.run_reduce(
         &reduce_module,
         &ctx,
         &mut all,
-        Box::new(Shared(sink.clone())),
+        Box::new(sink.clone()),
     );
     call.result.map_err(|f| anyhow!("reduce: {f}"))?;
     let mut out = Vec::new();
-    for (key, value) in sink.lock().expect("poisoned").iter() {
+    for (key, value) in &sink.take() {
         shuffle::output_line(&mut out, key, value);
     }
     Ok(out)
 }
 
-struct Shared(Arc<Mutex<Vec<Pair>>>);
-
-impl crate::sandbox::PairSink for Shared {
-    fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
-        self.0.lock().expect("poisoned").push((key, value));
-        Ok(())
-    }
-}

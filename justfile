@@ -1,0 +1,35 @@
+# wmr developer commands. `just --list` shows them.
+
+guest_dir := "target/guests/wasm32-wasip2/release"
+
+# Install what the build needs: the wasm32-wasip2 target.
+setup:
+    rustup target add wasm32-wasip2
+
+# Build the example and test guests (Wasm components) into target/guests.
+guests: setup
+    cargo build --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir target/guests
+
+# Build the wmr binary.
+build:
+    cargo build --release
+
+# Word count over the bundled books with the embedded default.
+demo: guests build
+    rm -rf out/wordcount
+    ./target/release/wmr run --map {{guest_dir}}/wordcount.wasm --input examples/data --output out/wordcount --reducers 4
+    @echo "top words:" && cat out/wordcount/part-r-* | sort -k2 -n -r | head -5
+
+# Every test: unit, simulation, sandbox and end-to-end.
+test: guests
+    cargo test --release --workspace
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --release --all-targets -- -D warnings
+    cargo clippy --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir target/guests -- -D warnings
+
+# Word-count throughput: native baselines, the guest, `wmr run`.
+bench size_mib="256": guests build
+    ./target/release/wmr bench --size-mib {{size_mib}} --guest {{guest_dir}}/wordcount.wasm
