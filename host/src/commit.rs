@@ -49,7 +49,9 @@ impl JobDirs {
     }
 
     fn job_temporary(&self) -> PathBuf {
-        self.output.join(TEMPORARY).join(format!("job-{}", self.job))
+        self.output
+            .join(TEMPORARY)
+            .join(format!("job-{}", self.job))
     }
 
     /// The attempt-private location of an attempt's output.
@@ -93,15 +95,16 @@ impl JobDirs {
                     self.output.display()
                 );
             }
-            for entry in std::fs::read_dir(&self.output)? {
-                let name = entry?.file_name();
-                if name != TEMPORARY {
-                    bail!(
-                        "output {} already holds {}: choose an empty or new directory",
-                        self.output.display(),
-                        name.to_string_lossy()
-                    );
-                }
+            let mut held: Vec<String> = std::fs::read_dir(&self.output)?
+                .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()?;
+            held.retain(|name| name != TEMPORARY);
+            held.sort();
+            if let Some(first) = held.first() {
+                bail!(
+                    "output {} already holds {first}: choose an empty or new directory",
+                    self.output.display()
+                );
             }
             remove_if_exists(&self.output.join(TEMPORARY))?;
         }

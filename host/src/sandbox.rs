@@ -456,11 +456,7 @@ impl Sandbox {
             _ => result.map(|r| r.map(|_| ())),
         };
         let outcome = finish(store, combined);
-        Some(
-            outcome
-                .result
-                .map(|()| collected.take()),
-        )
+        Some(outcome.result.map(|()| collected.take()))
     }
 }
 
@@ -494,7 +490,15 @@ fn finish(
     append_capped(&mut log, &stdio, state.limits.log_bytes);
     let denied = state.denied.lock().expect("poisoned").clone();
     let result = match result {
-        _ if !denied.is_empty() => Err(AttemptFailure::Denied(denied.join("; "))),
+        // A denied capability fails the attempt even if the guest coped:
+        // its output may silently depend on what it could not reach.
+        _ if !denied.is_empty() => {
+            let mut what = denied.join("; ");
+            if let Ok(Err(message)) = &result {
+                what.push_str(&format!(" (then the guest failed: {message})"));
+            }
+            Err(AttemptFailure::Denied(what))
+        }
         Ok(Ok(())) => Ok(()),
         Ok(Err(message)) => Err(AttemptFailure::GuestError(message)),
         Err(error) => Err(classify_trap(&error, state, fuel_left, &stdio)),

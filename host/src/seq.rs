@@ -11,8 +11,8 @@ use crate::split;
 use anyhow::{Context as _, anyhow};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 /// Run the job sequentially and return its output, lines in key order.
 pub fn run_sequential(
@@ -60,12 +60,7 @@ pub fn run_sequential(
     let groups = shuffle::group_sorted(pairs);
     let sink = CollectPairs::default();
     let mut all = std::iter::once(groups);
-    let call = sandbox.run_reduce(
-        &reduce_module,
-        &ctx,
-        &mut all,
-        Box::new(sink.clone()),
-    );
+    let call = sandbox.run_reduce(&reduce_module, &ctx, &mut all, Box::new(sink.clone()));
     call.result.map_err(|f| anyhow!("reduce: {f}"))?;
     let mut out = Vec::new();
     for (key, value) in &sink.take() {
@@ -73,4 +68,3 @@ pub fn run_sequential(
     }
     Ok(out)
 }
-

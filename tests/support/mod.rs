@@ -1,1 +1,177 @@
+//! Shared helpers for the end-to-end tests: build the guests once, run the
+//! real `wmr` binary, compute the sequential reference, compare outputs.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The bundled books.
+pub fn books() -> PathBuf {
+    root().join("examples/data")
+}
+
+/// A guest component by crate name (`wordcount`, `hostile`, ...), built once
+/// per test binary with the same command as `just guests`.
+pub fn guest(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let target = root().join("target/guests");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(root())
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+            ])
+            .arg(root().join("examples/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("running cargo to build the guests");
+        assert!(
+            status.success(),
+            "building the guests failed (is wasm32-wasip2 installed? `just setup`)"
+        );
+        target.join("wasm32-wasip2/release")
+    });
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.is_file(), "no guest at {}", path.display());
+    path
+}
+
+/// The `wmr` binary under test.
+pub fn wmr() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wmr"));
+    cmd.env("WMR_LOG", "warn");
+    cmd
+}
+
+/// Run `wmr` with `args`; the output, whatever the exit status.
+pub fn run(args: &[&str]) -> Output {
+    wmr().args(args).output().expect("running wmr")
+}
+
+/// Run `wmr` and insist that it succeeds.
+pub fn run_ok(args: &[&str]) -> Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "wmr {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run `wmr`, insist that it fails, and return its stderr.
+pub fn run_err(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "wmr {args:?} unexpectedly succeeded");
+    assert_eq!(out.status.code(), Some(1), "wmr {args:?}: exit code");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// All lines of the committed part files, sorted.
+pub fn sorted_output(dir: &Path) -> Vec<String> {
+    assert!(
+        dir.join("_SUCCESS").is_file(),
+        "{}: no _SUCCESS",
+        dir.display()
+    );
+    let mut lines = Vec::new();
+    for file in part_files(dir) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        lines.extend(text.lines().map(str::to_string));
+    }
+    lines.sort();
+    lines
+}
+
+/// The `part-r-*` files of an output directory, sorted by name.
+pub fn part_files(dir: &Path) -> Vec<PathBuf> {
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    parts.retain(|p| {
+        p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("part-r-")
+    });
+    parts.sort();
+    parts
+}
+
+/// The sequential reference (`wmr seq`), lines sorted.
+pub fn reference(map: &Path, inputs: &[&Path], params: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["seq".into(), "--map".into(), path(map)];
+    for input in inputs {
+        args.extend(["--input".into(), path(input)]);
+    }
+    for param in params {
+        args.extend(["--param".into(), param.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_ok(&args);
+    let mut lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+pub fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// Text files generated from `seed`: words with non-ASCII letters, digits
+/// and punctuation between them, a line longer than the split size, an
+/// empty file and a file without a final newline.
+pub fn generated_corpus(dir: &Path, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let words = [
+        "map",
+        "reduce",
+        "Wasm",
+        "épée",
+        "naïve",
+        "Straße",
+        "日本語",
+        "καλημέρα",
+        "x",
+        "THE",
+    ];
+    let seps = [" ", " ", ", ", ". ", "42", " -- ", "\t", "\n", "\n", "'"];
+    std::fs::create_dir_all(dir).unwrap();
+    for f in 0..4 {
+        let mut text = String::new();
+        for _ in 0..rng.random_range(2_000..20_000) {
+            text.push_str(words[rng.random_range(0..words.len())]);
+            text.push_str(seps[rng.random_range(0..seps.len())]);
+        }
+        if f == 1 {
+            // One line far longer than the split size used in the tests.
+            text.push_str(&"long ".repeat(100_000));
+        }
+        if f == 2 {
+            text.push_str("no final newline");
+        } else {
+            text.push('\n');
+        }
+        std::fs::write(dir.join(format!("gen-{f}.txt")), text).unwrap();
+    }
+    std::fs::write(dir.join("gen-empty.txt"), "").unwrap();
+}

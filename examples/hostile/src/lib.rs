@@ -9,6 +9,9 @@
 //! - `recurse`: recurses without bound;
 //! - `sleep`: busy-waits `--param ms=N` per map call.
 //!
+//! Independently of the mode, `--param reduce-trap-on=KEY` makes `reduce`
+//! flush some output and then panic on that key.
+//!
 //! Every mode that finishes counts words like `wordcount`.
 #[path = "../../wordcount/src/count.rs"]
 mod count;
@@ -67,6 +70,11 @@ impl Job for Hostile {
     }
 
     fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
+        if wmr_guest::param("reduce-trap-on").is_some_and(|k| k.as_bytes() == group.key) {
+            // Make sure some output reached the host before the trap.
+            out.flush();
+            panic!("poisoned key in reduce");
+        }
         let total: u64 = group.values.iter().map(|v| wmr_guest::parse_u64(v)).sum();
         out.emit(&group.key, total.to_string());
         Ok(())

@@ -1,0 +1,460 @@
+//! End-to-end tests of `wmr run` (the embedded default): the real binary,
+//! real guests, output compared with the sequential reference.
+
+mod support;
+
+use std::path::Path;
+use support::*;
+
+/// Run a job over the bundled books and a generated corpus with small
+/// splits (so that every book is several map tasks).
+fn run_job(
+    guest: &Path,
+    inputs: &[&Path],
+    out: &Path,
+    reducers: u32,
+    workers: u32,
+    extra: &[&str],
+) {
+    let (reducers, workers) = (reducers.to_string(), workers.to_string());
+    let mut args = vec!["run", "--map"];
+    let guest = path(guest);
+    args.push(&guest);
+    let inputs: Vec<String> = inputs.iter().map(|p| path(p)).collect();
+    for input in &inputs {
+        args.extend(["--input", input]);
+    }
+    let out = path(out);
+    args.extend([
+        "--output",
+        &out,
+        "--reducers",
+        &reducers,
+        "--workers",
+        &workers,
+    ]);
+    args.extend(["--split-size", "256KiB"]);
+    args.extend(extra);
+    run_ok(&args);
+}
+
+fn assert_matches_reference_for_every_r_and_n(guest_name: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let generated = tmp.path().join("generated");
+    generated_corpus(&generated, 7);
+    let guest = guest(guest_name);
+    let inputs = [books(), generated];
+    let inputs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
+    let expected = reference(&guest, &inputs, &[]);
+    assert!(expected.len() > 1000, "the reference is not trivial");
+    for reducers in [1, 3, 10] {
+        for workers in [1, 4] {
+            let out = tmp.path().join(format!("out-r{reducers}-n{workers}"));
+            run_job(&guest, &inputs, &out, reducers, workers, &[]);
+            assert_eq!(part_files(&out).len(), reducers as usize);
+            assert!(
+                sorted_output(&out) == expected,
+                "{guest_name} R={reducers} N={workers}: output differs from the sequential reference"
+            );
+        }
+    }
+}
+
+/// Invariant: the distributed result equals the sequential one, for any
+/// number of reducers and workers.
+#[test]
+fn wordcount_equals_sequential_reference_for_r_1_3_10_and_n_1_4() {
+    assert_matches_reference_for_every_r_and_n("wordcount");
+}
+
+#[test]
+fn indexer_equals_sequential_reference_for_r_1_3_10_and_n_1_4() {
+    assert_matches_reference_for_every_r_and_n("indexer");
+}
+
+#[test]
+fn wordcount_lines_are_word_space_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "b a b\nc, b; Émile émile\n").unwrap();
+    let out = tmp.path().join("out");
+    run_job(&guest("wordcount"), &[&input], &out, 2, 1, &[]);
+    assert_eq!(
+        sorted_output(&out),
+        ["a 1", "b 3", "c 1", "Émile 1", "émile 1"].map(String::from)
+    );
+}
+
+#[test]
+fn grep_pattern_parameter_matches_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let guest = guest("grep");
+    let expected = reference(&guest, &[&books()], &["pattern=Holmes"]);
+    assert!(expected.len() > 100);
+    let out = tmp.path().join("out");
+    run_job(
+        &guest,
+        &[&books()],
+        &out,
+        3,
+        2,
+        &["--param", "pattern=Holmes"],
+    );
+    assert_eq!(sorted_output(&out), expected);
+}
+
+/// Invariant: output is a function of the input, not of the run.
+#[test]
+fn same_job_twice_gives_byte_identical_part_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    run_job(&guest("indexer"), &[&books()], &a, 5, 4, &[]);
+    run_job(&guest("indexer"), &[&books()], &b, 5, 2, &[]);
+    let (pa, pb) = (part_files(&a), part_files(&b));
+    assert_eq!(pa.len(), 5);
+    for (x, y) in pa.iter().zip(&pb) {
+        assert_eq!(x.file_name(), y.file_name());
+        assert!(
+            std::fs::read(x).unwrap() == std::fs::read(y).unwrap(),
+            "{} differs",
+            x.display()
+        );
+    }
+}
+
+fn summary_json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+fn map_tasks(summary: &serde_json::Value) -> usize {
+    let log = summary["attempt_log"].as_array().unwrap();
+    let mut maps: Vec<&serde_json::Value> = log
+        .iter()
+        .map(|r| &r["task"])
+        .filter(|t| t.get("Map").is_some())
+        .collect();
+    maps.sort_by_key(|t| t["Map"].as_u64());
+    maps.dedup();
+    maps.len()
+}
+
+/// Without failures every task runs exactly once (no speculative or
+/// duplicate attempt), as the MIT lab's job-count test demands.
+#[test]
+fn without_failures_each_task_has_exactly_one_attempt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let args = [
+        "run",
+        "--map",
+        &path(&guest("wordcount")),
+        "--input",
+        &path(&books()),
+        "--output",
+        &path(&out),
+        "--reducers",
+        "3",
+        "--workers",
+        "4",
+        "--split-size",
+        "256KiB",
+        "--json",
+    ];
+    let summary = summary_json(&run_ok(&args));
+    let maps = map_tasks(&summary);
+    assert!(maps > 8, "several splits per book");
+    assert_eq!(summary["tasks"].as_u64(), Some(maps as u64 + 3));
+    assert_eq!(summary["attempts"].as_u64(), Some(maps as u64 + 3));
+    assert_eq!(summary["failed_attempts"].as_u64(), Some(0));
+    let bytes: u64 = std::fs::read_dir(books())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(
+        summary["bytes_in"].as_u64(),
+        Some(bytes),
+        "every input byte is read once"
+    );
+}
+
+/// Invariant: a failed attempt is retried (up to the limit) with a higher
+/// epoch, and the job's output still equals the reference.
+#[test]
+fn failed_attempts_are_retried_and_output_equals_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let guest = guest("hostile");
+    let expected = reference(&guest, &[&books()], &[]);
+    let out = tmp.path().join("out");
+    let args = [
+        "run",
+        "--map",
+        &path(&guest),
+        "--input",
+        &path(&books()),
+        "--output",
+        &path(&out),
+        "--reducers",
+        "3",
+        "--workers",
+        "2",
+        "--param",
+        "mode=flaky",
+        "--param",
+        "fail-attempts=2",
+        "--max-attempts",
+        "3",
+        "--json",
+    ];
+    let summary = summary_json(&run_ok(&args));
+    let maps = map_tasks(&summary) as u64;
+    assert_eq!(maps, 8, "one split per book at the default split size");
+    // Each map task failed twice; reduce tasks never fail (the guest checks
+    // the attempt number in map only).
+    assert_eq!(summary["failed_attempts"].as_u64(), Some(2 * maps));
+    assert_eq!(summary["attempts"].as_u64(), Some(3 * maps + 3));
+    assert_eq!(sorted_output(&out), expected);
+}
+
+/// A task that fails every attempt fails the job, with the task, the count
+/// and the guest's message, and publishes nothing.
+#[test]
+fn task_failing_every_attempt_fails_job_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let stderr = run_err(&[
+        "run",
+        "--map",
+        &path(&guest("hostile")),
+        "--input",
+        &path(&books()),
+        "--output",
+        &path(&out),
+        "--workers",
+        "1",
+        "--param",
+        "mode=flaky",
+        "--param",
+        "fail-attempts=9",
+        "--max-attempts",
+        "3",
+    ]);
+    assert_eq!(
+        stderr,
+        "error: job failed: task m-00000 failed 3 times; last: w1 a3: guest returned an error: flaky: attempt 3 fails on purpose\n"
+    );
+    assert!(!out.exists(), "a failed job leaves no output directory");
+}
+
+/// Invariant: an attempt that fails midway leaves no partial file: the
+/// reduce below writes some output, then traps.
+#[test]
+fn reduce_attempt_failing_midway_leaves_no_partial_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let stderr = run_err(&[
+        "run",
+        "--map",
+        &path(&guest("hostile")),
+        "--input",
+        &path(&books()),
+        "--output",
+        &path(&out),
+        "--reducers",
+        "1",
+        "--workers",
+        "2",
+        "--max-attempts",
+        "2",
+        "--param",
+        "reduce-trap-on=Holmes",
+    ]);
+    assert!(
+        stderr.starts_with("error: job failed: task r-00000 failed 2 times; last: "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("poisoned key in reduce"), "{stderr}");
+    assert!(
+        !out.exists(),
+        "nothing published: {:?}",
+        std::fs::read_dir(&out).map(|d| d.count())
+    );
+}
+
+#[test]
+fn bad_components_and_missing_input_give_one_line_errors_and_no_output() {
+    use rand::{RngCore, SeedableRng};
+    let tmp = tempfile::tempdir().unwrap();
+    let core = tmp.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let random = tmp.path().join("random.wasm");
+    let mut bytes = vec![0u8; 4096];
+    rand::rngs::StdRng::seed_from_u64(1).fill_bytes(&mut bytes);
+    bytes[0] = b'R';
+    std::fs::write(&random, bytes).unwrap();
+    let wrong = guest("wrong-world");
+    let out = tmp.path().join("out");
+    let cases = [
+        (
+            wrong.clone(),
+            books(),
+            format!(
+                "{}: the component exports `wmr:mapreduce/mapper@0.2.0` but this wmr speaks wmr:mapreduce@0.1.0: rebuild it against wit/ of this version",
+                wrong.display()
+            ),
+        ),
+        (
+            core.clone(),
+            books(),
+            format!(
+                "{}: this is a core Wasm module, not a component: build with --target wasm32-wasip2 or wrap it with `wasm-tools component new`",
+                core.display()
+            ),
+        ),
+        (
+            random.clone(),
+            books(),
+            format!(
+                "{}: not a WebAssembly file (no \\0asm header)",
+                random.display()
+            ),
+        ),
+        (
+            guest("wordcount"),
+            tmp.path().join("missing"),
+            format!(
+                "input {}: no such file or directory",
+                tmp.path().join("missing").display()
+            ),
+        ),
+    ];
+    for (module, input, message) in cases {
+        let stderr = run_err(&[
+            "run",
+            "--map",
+            &path(&module),
+            "--input",
+            &path(&input),
+            "--output",
+            &path(&out),
+        ]);
+        assert_eq!(stderr, format!("error: {message}\n"));
+        assert!(!out.exists(), "{message}: no output written");
+        let validate = run(&["validate", &path(&module)]);
+        if module != guest("wordcount") {
+            assert_eq!(
+                String::from_utf8_lossy(&validate.stderr),
+                format!("error: {message}\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn validate_lists_the_roles_a_component_can_play() {
+    let out = run_ok(&["validate", &path(&guest("wordcount"))]);
+    let expected = format!(
+        "ok: {} fits wmr:mapreduce@0.1.0 (map, combine, reduce)\n",
+        guest("wordcount").display()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+}
+
+#[test]
+fn output_directory_holding_output_is_refused_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    run_job(&guest("wordcount"), &[&books()], &out, 2, 2, &[]);
+    let before = sorted_output(&out);
+    let stderr = run_err(&[
+        "run",
+        "--map",
+        &path(&guest("wordcount")),
+        "--input",
+        &path(&books()),
+        "--output",
+        &path(&out),
+    ]);
+    assert_eq!(
+        stderr,
+        format!(
+            "error: output {} already holds _SUCCESS: choose an empty or new directory\n",
+            out.display()
+        )
+    );
+    assert_eq!(sorted_output(&out), before);
+}
+
+/// Invariant: a killed job publishes nothing, and its leftovers do not
+/// pollute the next job into the same output directory.
+#[test]
+fn killed_run_leaves_no_part_file_and_rerun_equals_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, work) = (tmp.path().join("out"), tmp.path().join("work"));
+    let guest = guest("hostile");
+    let mut child = wmr()
+        .args([
+            "run",
+            "--map",
+            &path(&guest),
+            "--input",
+            &path(&books()),
+            "--output",
+            &path(&out),
+            "--work-dir",
+            &path(&work),
+            "--workers",
+            "2",
+            "--split-size",
+            "64KiB",
+            "--reducers",
+            "4",
+            "--param",
+            "mode=sleep",
+            "--param",
+            "ms=100",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until some map task has committed, then SIGKILL.
+    let committed_map = || committed_map_tasks(&work.join("wmr")) > 0;
+    let mut polls = 0;
+    while !committed_map() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before it could be killed"
+        );
+        polls += 1;
+        assert!(polls < 6000, "no map task committed within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        part_files(&out).is_empty(),
+        "a killed job published part files"
+    );
+    assert!(!out.join("_SUCCESS").exists());
+
+    run_job(&guest, &[&books()], &out, 4, 2, &[]);
+    assert_eq!(sorted_output(&out), reference(&guest, &[&books()], &[]));
+    assert!(!out.join("_temporary").exists(), "leftovers are cleaned");
+}
+
+/// Committed map tasks of any job under a work root: `job-*/map/m-*`.
+fn committed_map_tasks(work_root: &Path) -> usize {
+    let Ok(jobs) = std::fs::read_dir(work_root) else {
+        return 0;
+    };
+    let mut n = 0;
+    for job in jobs.flatten() {
+        if let Ok(entries) = std::fs::read_dir(job.path().join("map")) {
+            n += entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("m-"))
+                .count();
+        }
+    }
+    n
+}
