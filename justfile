@@ -27,6 +27,7 @@ test: guests
 # Formatting and lints, as CI checks them.
 lint:
     cargo fmt --all --check
+    cargo fmt --all --check --manifest-path examples/Cargo.toml
     cargo clippy --release --all-targets -- -D warnings
     cargo clippy --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir target/guests -- -D warnings
 

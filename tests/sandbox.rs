@@ -41,7 +41,7 @@ fn run_hostile(
     sandbox: &Sandbox,
     limits: Limits,
     params: &[(&str, &str)],
-) -> (Result<(), AttemptFailure>, Vec<(Vec<u8>, Vec<u8>)>) {
+) -> (Result<(), AttemptFailure>, Vec<wmr::shuffle::Pair>) {
     let module = sandbox
         .load(&std::fs::read(guest("hostile")).unwrap(), Role::Map)
         .unwrap();

@@ -32,7 +32,7 @@ use wmr::scheduler::{
 };
 
 /// Seeds per test unless `WMR_SIM_SEEDS` says otherwise.
-const DEFAULT_SEEDS: u64 = 2_000;
+const DEFAULT_SEEDS: u64 = 5_000;
 /// Random fault steps per seed.
 const FAULT_STEPS: usize = 2_000;
 const LEASE_MS: u64 = 5_000;
@@ -220,10 +220,8 @@ impl Sim {
             sim.step_clean();
             rounds += 1;
         }
-        let clean_rounds = rounds;
         sim.flush();
         sim.check_final();
-        eprintln!("STAT {:?} tasks={} assigns={} clean={} outcome={:?} ms={}", profile.max_attempts, sim.tasks.len(), sim.assigns, clean_rounds, sim.outcome.as_ref().map(|o| format!("{o:?}").chars().take(9).collect::<String>()), sim.sim_ms);
     }
 
     // ---- steps ----
@@ -710,9 +708,6 @@ impl Sim {
 
     fn check_finished(&mut self, outcome: &JobOutcome) {
         self.finished += 1;
-        if self.finished > 1 {
-            return;
-        }
         check!(
             self,
             self.finished == 1,
@@ -752,7 +747,7 @@ impl Sim {
     fn check_final(&self) {
         check!(
             self,
-            self.finished >= 1,
+            self.finished == 1,
             "Finished emitted {} times",
             self.finished
         );
@@ -773,7 +768,7 @@ impl Sim {
         };
         check!(
             self,
-            phase == expected_phase || self.finished > 1,
+            phase == expected_phase,
             "phase {phase:?} after Finished({outcome:?})"
         );
         if *outcome == JobOutcome::Completed {

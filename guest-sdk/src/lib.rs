@@ -83,7 +83,10 @@ pub struct Emitter {
 
 impl Emitter {
     fn new() -> Self {
-        Emitter { pending: Vec::new(), pending_bytes: 0 }
+        Emitter {
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
     }
 
     /// Emit one pair. Accepts `&str`, `String`, `&[u8]`, `Vec<u8>`, ...
@@ -123,7 +126,10 @@ pub fn log(level: Level, message: &str) {
 
 /// Parse a decimal number emitted as text; anything else counts as 0.
 pub fn parse_u64(bytes: &[u8]) -> u64 {
-    std::str::from_utf8(bytes).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 #[doc(hidden)]

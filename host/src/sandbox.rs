@@ -8,6 +8,7 @@
 //! dies because of a guest.
 
 use crate::protocol::{AttemptFailure, Limits};
+use crate::shuffle::Pair;
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,7 +79,7 @@ pub trait PairSink: Send {
     fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()>;
 }
 
-impl PairSink for Vec<(Vec<u8>, Vec<u8>)> {
+impl PairSink for Vec<Pair> {
     fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
         self.push((key, value));
         Ok(())
@@ -443,7 +444,7 @@ impl Sandbox {
         module: &LoadedModule,
         ctx: &AttemptContext,
         groups: &[Group],
-    ) -> Option<Result<Vec<(Vec<u8>, Vec<u8>)>, AttemptFailure>> {
+    ) -> Option<Result<Vec<Pair>, AttemptFailure>> {
         let pre = module.combine.as_ref()?;
         let collected = CollectPairs::default();
         let mut store = self.new_store(ctx, Box::new(collected.clone()));
@@ -462,10 +463,10 @@ impl Sandbox {
 
 /// A sink that collects pairs where the caller can take them afterwards.
 #[derive(Clone, Default)]
-pub struct CollectPairs(pub Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>);
+pub struct CollectPairs(pub Arc<Mutex<Vec<Pair>>>);
 
 impl CollectPairs {
-    pub fn take(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub fn take(&self) -> Vec<Pair> {
         std::mem::take(&mut *self.0.lock().expect("poisoned"))
     }
 }
@@ -531,10 +532,10 @@ fn classify_trap(
     if let Some(msg) = &state.sink_error {
         return AttemptFailure::Host(format!("storing output: {msg}"));
     }
-    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        if *trap == wasmtime::Trap::OutOfFuel || fuel_left == 0 {
-            return AttemptFailure::OutOfFuel(limits.fuel);
-        }
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>()
+        && (*trap == wasmtime::Trap::OutOfFuel || fuel_left == 0)
+    {
+        return AttemptFailure::OutOfFuel(limits.fuel);
     }
     if state.memory_limit_hit {
         return AttemptFailure::OutOfMemory(limits.memory_bytes);

@@ -82,7 +82,9 @@ impl Job for Hostile {
 }
 
 fn param_num<T: std::str::FromStr + Default>(name: &str) -> T {
-    wmr_guest::param(name).and_then(|v| v.parse().ok()).unwrap_or_default()
+    wmr_guest::param(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default()
 }
 
 fn spin_forever() -> ! {
