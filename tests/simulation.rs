@@ -32,7 +32,7 @@ use wmr::scheduler::{
 };
 
 /// Seeds per test unless `WMR_SIM_SEEDS` says otherwise.
-const DEFAULT_SEEDS: u64 = 5_000;
+const DEFAULT_SEEDS: u64 = 20_000;
 /// Random fault steps per seed.
 const FAULT_STEPS: usize = 2_000;
 const LEASE_MS: u64 = 5_000;
@@ -457,11 +457,23 @@ impl Sim {
         let actions = self.handle(Event::AttemptFinished(report));
         let commits = actions
             .iter()
-            .filter(|a| matches!(a, Action::Commit { task: t, epoch: e, .. } if (*t, *e) == (task, epoch)))
+            .filter(|a| {
+                **a == Action::Commit {
+                    task,
+                    epoch,
+                    worker,
+                }
+            })
             .count();
         let discards = actions
             .iter()
-            .filter(|a| matches!(a, Action::Discard { task: t, epoch: e, worker: w } if (*t, *e, *w) == (task, epoch, worker)))
+            .filter(|a| {
+                **a == Action::Discard {
+                    task,
+                    epoch,
+                    worker,
+                }
+            })
             .count();
         if current && success {
             check!(
