@@ -468,7 +468,10 @@ impl Scheduler {
                     AttemptOutcome::Failed(failure.clone()),
                     None,
                 );
-                if failures >= self.config.max_attempts {
+                if !self.is_active() {
+                    // The job already ended (failed or cancelled) while this
+                    // commit was in flight: it must not end twice.
+                } else if failures >= self.config.max_attempts {
                     self.fail(now, format!("task {task}: {failure}"));
                 } else if self.is_active() {
                     self.pending.push_front(task);
