@@ -7,13 +7,22 @@
 //! - [`worker`]: runs one attempt into attempt-private files.
 //! - [`commit`]: job directory layout and the atomic commit of an attempt.
 //! - [`split`], [`shuffle`]: input splitting; partition, sort, group.
+//! - [`local`]: the embedded driver of `wmr run` (threads and channels).
+//! - [`transport`], [`wire`]: QUIC with pinned TLS, frames, messages.
+//! - [`coordinator`], [`node`]: the networked coordinator and worker.
+//! - [`seq`]: the sequential reference; [`bench`]: `wmr bench`.
 pub mod bench;
+pub mod client;
 pub mod commit;
+pub mod coordinator;
 pub mod local;
+pub mod node;
 pub mod protocol;
 pub mod sandbox;
 pub mod scheduler;
 pub mod seq;
 pub mod shuffle;
 pub mod split;
+pub mod transport;
+pub mod wire;
 pub mod worker;

@@ -45,7 +45,7 @@ pub struct Progress {
 }
 
 /// What a finished job did; `wmr run --json` prints it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct JobSummary {
     pub job: String,
     pub outcome: JobOutcome,
@@ -85,7 +85,7 @@ pub fn run_embedded(
 ) -> anyhow::Result<JobSummary> {
     assert!(workers > 0, "at least one worker");
     let started = Instant::now();
-    let executor = Arc::new(Executor::new(work_root)?);
+    let executor = Arc::new(Executor::new()?);
     // Everything that can be wrong with the request is found before any
     // file is written.
     let (map_module, reduce_module) = load_modules(&executor, &spec.map, &spec.reduce)?;
@@ -107,6 +107,8 @@ pub fn run_embedded(
         reducers: spec.reducers,
         limits: spec.limits.clone(),
         params: spec.params.clone(),
+        output: spec.output.clone(),
+        work_root: work_root.to_path_buf(),
     };
     let config = SchedulerConfig {
         max_attempts: spec.max_attempts,
@@ -115,7 +117,7 @@ pub fn run_embedded(
         lease: Duration::from_millis(spec.limits.timeout_ms) + Duration::from_secs(30),
     };
     let mut scheduler = Scheduler::new(plan, config, Instant::now());
-    let pool = WorkerPool::start(executor, workers, &spec.output);
+    let pool = WorkerPool::start(executor, workers);
     for &worker in pool.senders.keys() {
         scheduler.handle(Instant::now(), Event::WorkerJoined { worker, slots: 1 });
     }
@@ -208,7 +210,7 @@ fn drive(
     }
 }
 
-fn summarize(scheduler: &Scheduler, outcome: JobOutcome, wall: Duration) -> JobSummary {
+pub fn summarize(scheduler: &Scheduler, outcome: JobOutcome, wall: Duration) -> JobSummary {
     let log = scheduler.attempt_log().to_vec();
     let mut summary = JobSummary {
         job: scheduler.job().to_string(),
@@ -256,7 +258,7 @@ struct WorkerPool {
 }
 
 impl WorkerPool {
-    fn start(executor: Arc<Executor>, workers: u32, output: &Path) -> Self {
+    fn start(executor: Arc<Executor>, workers: u32) -> Self {
         let (report_tx, reports) = mpsc::channel();
         let mut senders = BTreeMap::new();
         let mut threads = Vec::new();
@@ -264,13 +266,12 @@ impl WorkerPool {
             let worker = WorkerId(i + 1);
             let (tx, rx) = mpsc::channel::<(Assignment, Arc<AtomicBool>)>();
             senders.insert(worker, tx);
-            let (executor, report_tx, output) =
-                (executor.clone(), report_tx.clone(), output.to_path_buf());
+            let (executor, report_tx) = (executor.clone(), report_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("wmr-worker-{}", worker.0))
                 .spawn(move || {
                     for (assignment, cancel) in rx {
-                        let report = executor.execute(&assignment, &output, worker, cancel);
+                        let report = executor.execute(&assignment, worker, cancel);
                         if report_tx.send(report).is_err() {
                             break;
                         }

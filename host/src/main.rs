@@ -29,6 +29,99 @@ enum Command {
     },
     /// Measure word count: native baselines, the guest, and `wmr run`.
     Bench(wmr::bench::BenchArgs),
+    /// Serve jobs and workers over QUIC.
+    Coordinator(CoordinatorArgs),
+    /// Join a coordinator and run attempts.
+    Worker(WorkerArgs),
+    /// Submit a job to a coordinator and follow it to the end.
+    Deploy(DeployArgs),
+    /// Show a job: phase, tasks, attempts, workers.
+    Status {
+        /// Job id (or a prefix); the newest job if omitted.
+        job: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job.
+    Cancel {
+        job: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Args)]
+struct CoordinatorArgs {
+    /// Address to listen on (UDP).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: std::net::SocketAddr,
+    /// State directory: TLS identity, `fingerprint`, `coordinator.addr`.
+    #[arg(long, default_value = "wmr-state")]
+    state: PathBuf,
+    /// Intermediate data, shared with the workers (default: STATE/work).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// An attempt whose worker is silent this long is reassigned.
+    #[arg(long, default_value = "10s", value_parser = parse_duration_ms)]
+    lease: u64,
+    /// How often workers send heartbeats.
+    #[arg(long, default_value = "1s", value_parser = parse_duration_ms)]
+    heartbeat: u64,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// The coordinator's address.
+    #[arg(long, env = "WMR_COORDINATOR", default_value = "127.0.0.1:7700")]
+    connect: std::net::SocketAddr,
+    /// The coordinator's certificate fingerprint.
+    #[arg(long, env = "WMR_FINGERPRINT")]
+    fingerprint: String,
+    /// Attempts run at once (default: the number of cores).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// A name for logs and `wmr status`.
+    #[arg(long)]
+    name: Option<String>,
+    /// Labels k=v,k=v.
+    #[arg(long, value_delimiter = ',', value_parser = parse_param)]
+    labels: Vec<(String, String)>,
+    /// Fault injection: exit at the start of a task with this probability.
+    #[arg(long, default_value_t = 0.0)]
+    crash_probability: f64,
+    /// Where fetched modules are cached.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct DeployArgs {
+    /// Map component (.wasm).
+    map: PathBuf,
+    /// Reduce component (.wasm); defaults to the map component.
+    reduce: Option<PathBuf>,
+    /// Input file, directory or glob (repeatable).
+    #[arg(long, required = true)]
+    input: Vec<String>,
+    /// Output directory (must be new or empty).
+    #[arg(long)]
+    output: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    reducers: u32,
+    #[arg(long, default_value = "8MiB", value_parser = parse_bytes)]
+    split_size: u64,
+    #[arg(long, default_value_t = 4)]
+    max_attempts: u32,
+    #[command(flatten)]
+    guest: GuestArgs,
+    #[command(flatten)]
+    remote: RemoteArgs,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -42,6 +135,13 @@ struct JobArgs {
     /// Input file, directory or glob (repeatable).
     #[arg(long, required = true)]
     input: Vec<String>,
+    #[command(flatten)]
+    guest: GuestArgs,
+}
+
+/// What a guest gets: parameters and limits.
+#[derive(Args)]
+struct GuestArgs {
     /// Job parameter NAME=VALUE, readable by the guest (repeatable).
     #[arg(long = "param", value_parser = parse_param)]
     params: Vec<(String, String)>,
@@ -59,7 +159,7 @@ struct JobArgs {
     output_limit: u64,
 }
 
-impl JobArgs {
+impl GuestArgs {
     fn limits(&self) -> Limits {
         Limits {
             fuel: self.fuel,
@@ -72,6 +172,27 @@ impl JobArgs {
 
     fn params(&self) -> BTreeMap<String, String> {
         self.params.iter().cloned().collect()
+    }
+}
+
+/// How to reach the coordinator.
+#[derive(Args)]
+struct RemoteArgs {
+    /// The coordinator's address.
+    #[arg(long, env = "WMR_COORDINATOR", default_value = "127.0.0.1:7700")]
+    coordinator: std::net::SocketAddr,
+    /// The coordinator's certificate fingerprint (its state dir's `fingerprint` file).
+    #[arg(long, env = "WMR_FINGERPRINT")]
+    fingerprint: String,
+}
+
+impl RemoteArgs {
+    fn remote(&self) -> wmr::client::Remote {
+        wmr::client::Remote {
+            coordinator: self.coordinator,
+            fingerprint: self.fingerprint.clone(),
+            tenant: wmr::protocol::TenantId::local(),
+        }
     }
 }
 
@@ -125,6 +246,15 @@ fn main() -> ExitCode {
         Command::Seq(args) => seq(args),
         Command::Validate { component } => validate(&component),
         Command::Bench(args) => wmr::bench::run(&args),
+        Command::Coordinator(args) => block_on(coordinator(args)),
+        Command::Worker(args) => block_on(worker(args)),
+        Command::Deploy(args) => block_on(deploy(args)),
+        Command::Status { job, remote, json } => block_on(status(job, remote, json)),
+        Command::Cancel { job, remote } => block_on(async move {
+            let job = wmr::client::cancel(&remote.remote(), job).await?;
+            println!("job {job} cancelled");
+            Ok(ExitCode::SUCCESS)
+        }),
     };
     match result {
         Ok(code) => code,
@@ -154,8 +284,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         output: args.output.clone(),
         reducers: args.reducers,
         split_bytes: args.split_size,
-        limits: args.job.limits(),
-        params: args.job.params(),
+        limits: args.job.guest.limits(),
+        params: args.job.guest.params(),
         max_attempts: args.max_attempts,
     };
     let work_root = args
@@ -171,10 +301,15 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let summary = wmr::local::run_embedded(&spec, workers, &work_root, &mut on_progress)?;
     bar.finish_and_clear();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    report(&summary, args.json, &args.output)
+}
+
+/// Print a finished job's summary; the exit code says whether it completed.
+fn report(summary: &JobSummary, json: bool, output: &std::path::Path) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
     } else {
-        print_summary(&summary, &args.output);
+        print_summary(summary, output);
     }
     Ok(match &summary.outcome {
         JobOutcome::Completed => ExitCode::SUCCESS,
@@ -187,6 +322,124 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         }
     })
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+    let config = wmr::coordinator::CoordinatorConfig {
+        listen: args.listen,
+        work_root: args.work_dir.unwrap_or_else(|| args.state.join("work")),
+        state_dir: args.state,
+        lease: std::time::Duration::from_millis(args.lease),
+        heartbeat: std::time::Duration::from_millis(args.heartbeat),
+    };
+    wmr::coordinator::serve(config, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+    let options = wmr::node::WorkerOptions {
+        coordinator: args.connect,
+        fingerprint: args.fingerprint,
+        slots: args.slots.unwrap_or(cores).max(1),
+        name: args.name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        labels: args.labels.into_iter().collect(),
+        crash_probability: args.crash_probability,
+        cache_dir: args
+            .cache_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("wmr-module-cache")),
+    };
+    wmr::node::run(options, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    // Validate locally: a clear error before anything is sent.
+    let map = std::fs::read(&args.map).map_err(|e| anyhow::anyhow!("{}: {e}", args.map.display()))?;
+    let reduce = match &args.reduce {
+        Some(path) => Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+        None => None,
+    };
+    let sandbox = wmr::sandbox::Sandbox::new()?;
+    let check = |bytes: &[u8], role, path: &std::path::Path| {
+        sandbox
+            .load(bytes, role)
+            .map(|_| ())
+            .map_err(|e| e.context(path.display().to_string()))
+    };
+    check(&map, wmr::sandbox::Role::Map, &args.map)?;
+    match (&reduce, &args.reduce) {
+        (Some(bytes), Some(path)) => check(bytes, wmr::sandbox::Role::Reduce, path)?,
+        _ => check(&map, wmr::sandbox::Role::Reduce, &args.map)?,
+    }
+    let cwd = std::env::current_dir()?;
+    let inputs = args
+        .input
+        .iter()
+        .map(|i| cwd.join(i).to_string_lossy().into_owned())
+        .collect();
+    let request = wmr::wire::JobRequest {
+        map_module: map,
+        reduce_module: reduce,
+        inputs,
+        output: cwd.join(&args.output),
+        reducers: args.reducers,
+        split_bytes: args.split_size,
+        limits: args.guest.limits(),
+        params: args.guest.params(),
+        max_attempts: args.max_attempts,
+    };
+    let bar = progress_bar(args.json);
+    let mut on_submitted = |job: &str| eprintln!("job {job} submitted");
+    let mut on_progress = |p: Progress| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.committed as u64);
+        bar.set_message(format!("{:?}, {} running", p.phase, p.running));
+    };
+    let summary =
+        wmr::client::deploy(&args.remote.remote(), request, &mut on_submitted, &mut on_progress).await?;
+    bar.finish_and_clear();
+    report(&summary, args.json, &args.output)
+}
+
+async fn status(job: Option<String>, remote: RemoteArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let report = wmr::client::status(&remote.remote(), job).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "job {}: {:?}\n  tasks {}: {} committed, {} running, {} pending\n  attempts {}",
+        report.job,
+        report.phase,
+        report.tasks,
+        report.committed,
+        report.running,
+        report.pending,
+        report.attempt_log.len()
+    );
+    for w in &report.workers {
+        let state = if w.connected { "connected" } else { "gone" };
+        println!("  worker {} {} ({} slots, {state})", w.id, w.name, w.slots);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn progress_bar(hidden: bool) -> indicatif::ProgressBar {
@@ -237,8 +490,8 @@ fn seq(args: SeqArgs) -> anyhow::Result<ExitCode> {
         &args.job.map,
         &reduce,
         &args.job.input,
-        &args.job.limits(),
-        &args.job.params(),
+        &args.job.guest.limits(),
+        &args.job.guest.params(),
     )?;
     match &args.output {
         Some(path) => std::fs::write(path, out)?,

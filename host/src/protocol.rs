@@ -158,6 +158,11 @@ pub struct Assignment {
     pub reducers: u32,
     pub limits: Limits,
     pub params: BTreeMap<String, String>,
+    /// The job's output directory (shared store: reduce attempts write
+    /// their private files below it).
+    pub output: PathBuf,
+    /// The root of intermediate data (shared store: map outputs).
+    pub work_root: PathBuf,
 }
 
 /// Why an attempt failed. The variants are the classification users see.

@@ -34,6 +34,8 @@ pub struct JobPlan {
     pub reducers: u32,
     pub limits: Limits,
     pub params: BTreeMap<String, String>,
+    pub output: std::path::PathBuf,
+    pub work_root: std::path::PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -65,6 +67,10 @@ pub enum Event {
     },
     /// The worker is alive: renew the leases of all its attempts.
     Heartbeat {
+        worker: WorkerId,
+    },
+    /// The worker finishes what it runs but takes nothing new.
+    WorkerDraining {
         worker: WorkerId,
     },
     AttemptFinished(AttemptReport),
@@ -262,6 +268,11 @@ impl Scheduler {
             }
             Event::WorkerLost { worker } => self.worker_lost(now, worker),
             Event::Heartbeat { worker } => self.renew_leases(now, worker),
+            Event::WorkerDraining { worker } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.slots = 0;
+                }
+            }
             Event::AttemptFinished(report) => self.attempt_finished(now, report),
             Event::CommitFinished {
                 task,
@@ -628,6 +639,8 @@ impl Scheduler {
                 reducers: self.plan.reducers,
                 limits: self.plan.limits.clone(),
                 params,
+                output: self.plan.output.clone(),
+                work_root: self.plan.work_root.clone(),
             }),
         });
     }

@@ -12,7 +12,7 @@ use crate::split;
 use anyhow::{Context as _, anyhow};
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -24,7 +24,6 @@ const GROUP_BATCH_BYTES: usize = 1 << 20;
 pub struct Executor {
     sandbox: Sandbox,
     modules: RwLock<HashMap<(ModuleHash, RoleKey), LoadedModule>>,
-    work_root: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,11 +42,10 @@ impl From<Role> for RoleKey {
 }
 
 impl Executor {
-    pub fn new(work_root: &Path) -> anyhow::Result<Self> {
+    pub fn new() -> anyhow::Result<Self> {
         Ok(Executor {
             sandbox: Sandbox::new()?,
             modules: RwLock::default(),
-            work_root: work_root.to_path_buf(),
         })
     }
 
@@ -84,7 +82,6 @@ impl Executor {
     pub fn execute(
         &self,
         assignment: &Assignment,
-        output: &Path,
         worker: WorkerId,
         cancel: Arc<AtomicBool>,
     ) -> AttemptReport {
@@ -92,7 +89,7 @@ impl Executor {
             epoch = %assignment.epoch, %worker);
         let _enter = span.enter();
         let started = Instant::now();
-        let dirs = JobDirs::new(assignment.job, &self.work_root, output);
+        let dirs = JobDirs::new(assignment.job, &assignment.work_root, &assignment.output);
         let ctx = AttemptContext {
             limits: assignment.limits.clone(),
             params: Arc::new(assignment.params.clone()),

@@ -1,0 +1,600 @@
+//! `wmr coordinator`: the QUIC server around the scheduler.
+//!
+//! One task (the core) owns all state: the jobs' schedulers, the workers and
+//! their outbound queues. Connection tasks only translate frames into
+//! [`CoreEvent`]s and back, so every decision is made by the sans-IO
+//! scheduler, in one place, in order. Jobs run one after another (FIFO);
+//! storage is shared (coordinator and workers see the same filesystem), so
+//! the core commits and discards attempt files itself.
+
+use crate::commit::JobDirs;
+use crate::local::{JobSummary, summarize};
+use crate::protocol::{JobId, ModuleHash, TenantId, WorkerId};
+use crate::scheduler::{Action, Event, JobOutcome, JobPlan, Scheduler, SchedulerConfig};
+use crate::split;
+use crate::transport::{self, Channel, Identity};
+use crate::wire::{
+    ClientReply, ClientRequest, FromWorker, JobRequest, ModuleReply, Open, StatusReport,
+    ToWorker, WorkerInfo,
+};
+use anyhow::Context as _;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    /// Intermediate data (must be visible to every worker).
+    pub work_root: PathBuf,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+}
+
+impl CoordinatorConfig {
+    /// A lease must outlast several heartbeats, or a healthy worker loses
+    /// its attempts to one delayed packet.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.lease >= self.heartbeat * 3,
+            "--lease ({:?}) must be at least 3 heartbeats ({:?})",
+            self.lease,
+            self.heartbeat
+        );
+        Ok(())
+    }
+}
+
+type Modules = Arc<RwLock<HashMap<ModuleHash, Arc<Vec<u8>>>>>;
+
+/// What connection tasks tell the core.
+enum CoreEvent {
+    WorkerJoined {
+        name: String,
+        slots: u32,
+        outbox: mpsc::UnboundedSender<ToWorker>,
+        reply: oneshot::Sender<WorkerId>,
+    },
+    WorkerGone(WorkerId),
+    FromWorker(WorkerId, FromWorker),
+    Submit {
+        tenant: TenantId,
+        request: Box<JobRequest>,
+        replies: mpsc::UnboundedSender<ClientReply>,
+    },
+    Status(Option<String>, oneshot::Sender<ClientReply>),
+    Cancel(String, oneshot::Sender<ClientReply>),
+}
+
+struct WorkerEntry {
+    name: String,
+    slots: u32,
+    outbox: mpsc::UnboundedSender<ToWorker>,
+    connected: bool,
+}
+
+struct JobEntry {
+    id: JobId,
+    scheduler: Scheduler,
+    dirs: JobDirs,
+    watchers: Vec<mpsc::UnboundedSender<ClientReply>>,
+    started: Instant,
+    summary: Option<JobSummary>,
+}
+
+/// Run the coordinator until `shutdown` resolves.
+pub async fn serve(
+    config: CoordinatorConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let identity = Identity::load_or_generate(&config.state_dir)?;
+    let endpoint = transport::server_endpoint(&identity, config.listen, config.lease * 2)?;
+    let addr = endpoint.local_addr()?;
+    publish(&config.state_dir.join("fingerprint"), &identity.fingerprint())?;
+    publish(&config.state_dir.join("coordinator.addr"), &addr.to_string())?;
+    println!("wmr coordinator listening on {addr}, fingerprint {}", identity.fingerprint());
+
+    let modules: Modules = Arc::default();
+    let (events, inbox) = mpsc::unbounded_channel();
+    let core = Core::new(config.clone(), modules.clone());
+    let core_task = tokio::spawn(core.run(inbox));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let (events, modules) = (events.clone(), modules.clone());
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(connection) => serve_connection(connection, events, modules).await,
+                        Err(e) => tracing::info!("handshake failed: {e}"),
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"coordinator shutting down");
+    drop(events);
+    core_task.abort();
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+/// Write a small file atomically (tmp + rename), so readers never see half.
+fn publish(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Every stream of a connection starts with an [`Open`] frame.
+async fn serve_connection(
+    connection: quinn::Connection,
+    events: mpsc::UnboundedSender<CoreEvent>,
+    modules: Modules,
+) {
+    let peer = connection.remote_address();
+    loop {
+        let (send, recv) = match connection.accept_bi().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(%peer, "connection ended: {e}");
+                return;
+            }
+        };
+        let mut channel = Channel { send, recv };
+        let (events, modules) = (events.clone(), modules.clone());
+        tokio::spawn(async move {
+            let open = match channel.read::<Open>().await {
+                Ok(Some(open)) => open,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "refused a stream");
+                    channel.reject(&error);
+                    return;
+                }
+            };
+            match open {
+                Open::Worker { name, slots, .. } => serve_worker(channel, name, slots, events).await,
+                Open::FetchModule(hash) => {
+                    let found = modules.read().expect("poisoned").get(&hash).cloned();
+                    let reply = match found {
+                        Some(bytes) => ModuleReply::Found(bytes.to_vec()),
+                        None => ModuleReply::Missing,
+                    };
+                    let _ = channel.write(&reply).await;
+                    let _ = channel.send.finish();
+                }
+                Open::Client { tenant, request } => serve_client(channel, tenant, request, events).await,
+            }
+        });
+    }
+}
+
+async fn serve_worker(
+    channel: Channel,
+    name: String,
+    slots: u32,
+    events: mpsc::UnboundedSender<CoreEvent>,
+) {
+    let (outbox, mut outgoing) = mpsc::unbounded_channel();
+    let (reply, id) = oneshot::channel();
+    let slots = slots.clamp(1, 64);
+    if events.send(CoreEvent::WorkerJoined { name, slots, outbox, reply }).is_err() {
+        return;
+    }
+    let Ok(worker) = id.await else { return };
+    let span = tracing::info_span!("worker", %worker);
+    let Channel { mut send, mut recv } = channel;
+    // Reads are not cancel-safe: a task of their own, never raced.
+    let reader_events = events.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            match transport::read_frame::<FromWorker>(&mut recv).await {
+                Ok(Some(message)) => {
+                    if reader_events.send(CoreEvent::FromWorker(worker, message)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%worker, %error, "closing a worker's stream after a bad frame");
+                    let _ = recv.stop(quinn::VarInt::from_u32(1));
+                    return;
+                }
+            }
+        }
+    });
+    let writer = async {
+        while let Some(message) = outgoing.recv().await {
+            if send.write_all(&transport::encode(&message)).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = reader => {}
+        () = tracing::Instrument::instrument(writer, span) => {}
+    }
+    let _ = events.send(CoreEvent::WorkerGone(worker));
+}
+
+async fn serve_client(
+    mut channel: Channel,
+    tenant: TenantId,
+    request: ClientRequest,
+    events: mpsc::UnboundedSender<CoreEvent>,
+) {
+    match request {
+        ClientRequest::Submit(request) => {
+            let (replies, mut rx) = mpsc::unbounded_channel();
+            if events.send(CoreEvent::Submit { tenant, request, replies }).is_err() {
+                return;
+            }
+            while let Some(reply) = rx.recv().await {
+                let last = matches!(reply, ClientReply::Done(_) | ClientReply::Error(_));
+                if channel.write(&reply).await.is_err() || last {
+                    break;
+                }
+            }
+        }
+        ClientRequest::Status(job) => {
+            let (tx, rx) = oneshot::channel();
+            let _ = events.send(CoreEvent::Status(job, tx));
+            if let Ok(reply) = rx.await {
+                let _ = channel.write(&reply).await;
+            }
+        }
+        ClientRequest::Cancel(job) => {
+            let (tx, rx) = oneshot::channel();
+            let _ = events.send(CoreEvent::Cancel(job, tx));
+            if let Ok(reply) = rx.await {
+                let _ = channel.write(&reply).await;
+            }
+        }
+    }
+    let _ = channel.send.finish();
+    // Wait for the peer to read everything before the stream is dropped.
+    let _ = channel.send.stopped().await;
+}
+
+/// The state owned by the core task.
+struct Core {
+    config: CoordinatorConfig,
+    modules: Modules,
+    workers: BTreeMap<WorkerId, WorkerEntry>,
+    next_worker: u32,
+    jobs: Vec<JobEntry>,
+    /// Index into `jobs` of the job that has the workers.
+    active: Option<usize>,
+    queue: VecDeque<usize>,
+}
+
+impl Core {
+    fn new(config: CoordinatorConfig, modules: Modules) -> Self {
+        Core {
+            config,
+            modules,
+            workers: BTreeMap::new(),
+            next_worker: 1,
+            jobs: Vec::new(),
+            active: None,
+            queue: VecDeque::new(),
+        }
+    }
+
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<CoreEvent>) {
+        loop {
+            let deadline = self
+                .active
+                .and_then(|i| self.jobs[i].scheduler.poll_timeout())
+                .map(tokio::time::Instant::from_std);
+            let event = match deadline {
+                Some(deadline) => tokio::select! {
+                    event = inbox.recv() => event,
+                    () = tokio::time::sleep_until(deadline) => {
+                        self.with_active(|s, now| s.handle_timeout(now));
+                        self.carry_out_actions();
+                        continue;
+                    }
+                },
+                None => inbox.recv().await,
+            };
+            let Some(event) = event else { return };
+            self.handle(event);
+            self.carry_out_actions();
+        }
+    }
+
+    fn with_active(&mut self, f: impl FnOnce(&mut Scheduler, Instant)) {
+        if let Some(i) = self.active {
+            f(&mut self.jobs[i].scheduler, Instant::now());
+        }
+    }
+
+    fn handle(&mut self, event: CoreEvent) {
+        match event {
+            CoreEvent::WorkerJoined { name, slots, outbox, reply } => {
+                let worker = WorkerId(self.next_worker);
+                self.next_worker += 1;
+                let heartbeat_ms = self.config.heartbeat.as_millis() as u64;
+                let _ = outbox.send(ToWorker::Welcome { worker, heartbeat_ms });
+                tracing::info!(%worker, %name, slots, "worker joined");
+                self.workers.insert(worker, WorkerEntry { name, slots, outbox, connected: true });
+                let _ = reply.send(worker);
+                self.with_active(|s, now| s.handle(now, Event::WorkerJoined { worker, slots }));
+            }
+            CoreEvent::WorkerGone(worker) => {
+                tracing::info!(%worker, "worker left");
+                if let Some(entry) = self.workers.get_mut(&worker) {
+                    entry.connected = false;
+                }
+                self.with_active(|s, now| s.handle(now, Event::WorkerLost { worker }));
+            }
+            CoreEvent::FromWorker(worker, message) => self.from_worker(worker, message),
+            CoreEvent::Submit { tenant, request, replies } => {
+                match self.submit(tenant, *request) {
+                    Ok(index) => {
+                        let job = self.jobs[index].id.to_string();
+                        let _ = replies.send(ClientReply::Submitted { job });
+                        self.jobs[index].watchers.push(replies);
+                        self.queue.push_back(index);
+                        self.activate_next();
+                    }
+                    Err(e) => {
+                        let _ = replies.send(ClientReply::Error(format!("{e:#}")));
+                    }
+                }
+            }
+            CoreEvent::Status(job, reply) => {
+                let _ = reply.send(match self.find(job.as_deref()) {
+                    Some(i) => ClientReply::Status(Box::new(self.status(i))),
+                    None => ClientReply::Error(not_found(job.as_deref())),
+                });
+            }
+            CoreEvent::Cancel(job, reply) => {
+                let _ = reply.send(match self.find(Some(&job)) {
+                    Some(i) => {
+                        self.jobs[i].scheduler.handle(Instant::now(), Event::Cancel);
+                        ClientReply::Cancelled { job: self.jobs[i].id.to_string() }
+                    }
+                    None => ClientReply::Error(not_found(Some(&job))),
+                });
+                // A queued job's scheduler ends too; drain its actions now.
+                for i in 0..self.jobs.len() {
+                    if Some(i) != self.active {
+                        self.carry_out(i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn from_worker(&mut self, worker: WorkerId, message: FromWorker) {
+        match message {
+            FromWorker::Heartbeat => {
+                self.with_active(|s, now| s.handle(now, Event::Heartbeat { worker }));
+            }
+            FromWorker::Draining => {
+                self.with_active(|s, now| s.handle(now, Event::WorkerDraining { worker }));
+            }
+            FromWorker::Finished(report) => {
+                let (job, task, epoch) = (report.job, report.task, report.epoch);
+                if let Some(i) = self.jobs.iter().position(|j| j.id == job) {
+                    if !report.log.is_empty() {
+                        tracing::debug!(%job, %task, %epoch, log = %report.log, "attempt log");
+                    }
+                    self.jobs[i].scheduler.handle(Instant::now(), Event::AttemptFinished(report));
+                    self.carry_out(i);
+                }
+                // Acknowledged whatever the verdict: the worker may forget it.
+                if let Some(entry) = self.workers.get(&worker) {
+                    let _ = entry.outbox.send(ToWorker::Ack { job, task, epoch });
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, tenant: TenantId, request: JobRequest) -> anyhow::Result<usize> {
+        anyhow::ensure!(request.reducers > 0, "--reducers must be at least 1");
+        anyhow::ensure!(request.split_bytes > 0, "--split-size must be positive");
+        anyhow::ensure!(request.max_attempts > 0, "--max-attempts must be at least 1");
+        let map_module = self.store_module(request.map_module);
+        let reduce_module = match request.reduce_module {
+            Some(bytes) => self.store_module(bytes),
+            None => map_module.clone(),
+        };
+        let files = split::discover_inputs(&request.inputs)?;
+        let splits = split::plan_splits(&files, request.split_bytes)?;
+        let job = JobId::new();
+        let dirs = JobDirs::new(job, &self.config.work_root, &request.output);
+        dirs.prepare()?;
+        let plan = JobPlan {
+            tenant,
+            job,
+            map_module,
+            reduce_module,
+            splits,
+            reducers: request.reducers,
+            limits: request.limits.clone(),
+            params: request.params,
+            output: request.output,
+            work_root: self.config.work_root.clone(),
+        };
+        let config = SchedulerConfig {
+            max_attempts: request.max_attempts,
+            lease: self.config.lease,
+        };
+        tracing::info!(%job, "job submitted");
+        self.jobs.push(JobEntry {
+            id: job,
+            scheduler: Scheduler::new(plan, config, Instant::now()),
+            dirs,
+            watchers: Vec::new(),
+            started: Instant::now(),
+            summary: None,
+        });
+        Ok(self.jobs.len() - 1)
+    }
+
+    fn store_module(&mut self, bytes: Vec<u8>) -> ModuleHash {
+        let hash = ModuleHash::of(&bytes);
+        self.modules
+            .write()
+            .expect("poisoned")
+            .entry(hash.clone())
+            .or_insert_with(|| Arc::new(bytes));
+        hash
+    }
+
+    /// Give the workers to the next queued job once none is active.
+    fn activate_next(&mut self) {
+        while self.active.is_none() {
+            let Some(i) = self.queue.pop_front() else { return };
+            if self.jobs[i].summary.is_some() {
+                continue; // cancelled while queued
+            }
+            self.active = Some(i);
+            let now = Instant::now();
+            for (&worker, entry) in &self.workers {
+                if entry.connected {
+                    let slots = entry.slots;
+                    self.jobs[i].scheduler.handle(now, Event::WorkerJoined { worker, slots });
+                }
+            }
+            self.carry_out(i);
+        }
+    }
+
+    fn carry_out_actions(&mut self) {
+        if let Some(i) = self.active {
+            self.carry_out(i);
+        }
+    }
+
+    /// Carry out job `i`'s actions, feeding back commit results.
+    fn carry_out(&mut self, i: usize) {
+        while let Some(action) = self.jobs[i].scheduler.poll_action() {
+            let job = &mut self.jobs[i];
+            match action {
+                Action::Assign { worker, assignment } => {
+                    let sent = self
+                        .workers
+                        .get(&worker)
+                        .is_some_and(|w| w.outbox.send(ToWorker::Assign(assignment)).is_ok());
+                    if !sent {
+                        job.scheduler.handle(Instant::now(), Event::WorkerLost { worker });
+                    }
+                }
+                Action::Commit { task, epoch, .. } => {
+                    let result = job.dirs.commit_attempt(task, epoch).map_err(|e| format!("{e:#}"));
+                    let event = Event::CommitFinished { task, epoch, result };
+                    job.scheduler.handle(Instant::now(), event);
+                }
+                Action::Discard { task, epoch, .. } => {
+                    if let Err(e) = job.dirs.abort_attempt(task, epoch) {
+                        tracing::warn!(job = %job.id, %task, %epoch, "discarding: {e:#}");
+                    }
+                }
+                Action::Interrupt { task, epoch, worker } => {
+                    if let Some(w) = self.workers.get(&worker) {
+                        let _ = w.outbox.send(ToWorker::Interrupt { job: job.id, task, epoch });
+                    }
+                }
+                Action::Finished(outcome) => self.finish(i, outcome),
+            }
+        }
+        self.report_progress(i);
+    }
+
+    fn finish(&mut self, i: usize, outcome: JobOutcome) {
+        let job = &mut self.jobs[i];
+        let outcome = match outcome {
+            JobOutcome::Completed => match job.dirs.finish() {
+                Ok(()) => JobOutcome::Completed,
+                Err(e) => JobOutcome::Failed(format!("job commit: {e:#}")),
+            },
+            other => {
+                if let Err(e) = job.dirs.cleanup_work() {
+                    tracing::warn!(job = %job.id, "cleaning up: {e:#}");
+                }
+                other
+            }
+        };
+        tracing::info!(job = %job.id, ?outcome, "job finished");
+        let summary = summarize(&job.scheduler, outcome, job.started.elapsed());
+        for watcher in job.watchers.drain(..) {
+            let _ = watcher.send(ClientReply::Done(Box::new(summary.clone())));
+        }
+        job.summary = Some(summary);
+        if self.active == Some(i) {
+            self.active = None;
+            self.activate_next();
+        }
+    }
+
+    fn report_progress(&mut self, i: usize) {
+        let job = &mut self.jobs[i];
+        if job.watchers.is_empty() {
+            return;
+        }
+        let (committed, running, _) = job.scheduler.progress();
+        let reply = ClientReply::Progress {
+            phase: job.scheduler.phase(),
+            committed,
+            running,
+            total: job.scheduler.task_count(),
+        };
+        job.watchers.retain(|w| w.send(reply.clone()).is_ok());
+    }
+
+    fn find(&self, job: Option<&str>) -> Option<usize> {
+        match job {
+            None => self.jobs.len().checked_sub(1),
+            Some(id) => self.jobs.iter().position(|j| {
+                let full = j.id.0.simple().to_string();
+                !id.is_empty() && full.starts_with(&id.to_ascii_lowercase())
+            }),
+        }
+    }
+
+    fn status(&self, i: usize) -> StatusReport {
+        let job = &self.jobs[i];
+        let (committed, running, pending) = job.scheduler.progress();
+        StatusReport {
+            job: job.id.to_string(),
+            phase: job.scheduler.phase(),
+            outcome: job.summary.as_ref().map(|s| s.outcome.clone()),
+            tasks: job.scheduler.task_count(),
+            committed,
+            running,
+            pending,
+            attempt_log: job.scheduler.attempt_log().to_vec(),
+            workers: self
+                .workers
+                .iter()
+                .map(|(&id, w)| WorkerInfo {
+                    id,
+                    name: w.name.clone(),
+                    slots: w.slots,
+                    connected: w.connected,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn not_found(job: Option<&str>) -> String {
+    match job {
+        Some(id) => format!("job {id} not found"),
+        None => "no job has been submitted".into(),
+    }
+}

@@ -1,0 +1,305 @@
+//! `wmr worker`: joins a coordinator over QUIC and runs attempts.
+//!
+//! The worker never gives up on a transient error: when the connection
+//! drops it reconnects with capped exponential backoff and re-sends the
+//! reports the coordinator has not acknowledged (a report is idempotent:
+//! the coordinator accepts it once and rejects stale epochs). On SIGTERM it
+//! drains: it tells the coordinator, takes nothing new, finishes what runs,
+//! delivers the reports, then exits.
+
+use crate::protocol::{AttemptEpoch, AttemptReport, JobId, ModuleHash, TaskId, WorkerId};
+use crate::sandbox::Role;
+use crate::transport::{self, Channel};
+use crate::wire::{FromWorker, ModuleReply, Open, ToWorker};
+use crate::worker::Executor;
+use anyhow::{Context as _, bail};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Silence after which the connection counts as lost.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub coordinator: SocketAddr,
+    pub fingerprint: String,
+    pub slots: u32,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Fault injection: exit abruptly at the start of a task with this
+    /// probability (the MIT lab's `maybeCrash`).
+    pub crash_probability: f64,
+    /// Fetched modules, by hash.
+    pub cache_dir: PathBuf,
+}
+
+type AttemptKey = (JobId, TaskId, AttemptEpoch);
+
+/// What outlives a connection.
+#[derive(Default)]
+struct WorkerState {
+    /// Finished attempts whose report the coordinator has not acknowledged.
+    unacked: Mutex<BTreeMap<AttemptKey, AttemptReport>>,
+    running: Mutex<HashMap<AttemptKey, Arc<AtomicBool>>>,
+    draining: AtomicBool,
+    changed: Notify,
+}
+
+impl WorkerState {
+    fn idle(&self) -> bool {
+        self.running.lock().expect("poisoned").is_empty()
+            && self.unacked.lock().expect("poisoned").is_empty()
+    }
+}
+
+/// Run until drained after `shutdown` resolves.
+pub async fn run(
+    options: WorkerOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let executor = Arc::new(Executor::new()?);
+    let state = Arc::new(WorkerState::default());
+    let mut backoff = BACKOFF_MIN;
+    tokio::pin!(shutdown);
+    let mut shutdown_seen = false;
+    loop {
+        let session = session(&options, &executor, &state, &mut backoff);
+        tokio::select! {
+            result = session => match result {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!("{e:#}; reconnecting in {backoff:?}"),
+            },
+            () = &mut shutdown, if !shutdown_seen => {
+                shutdown_seen = true;
+                state.draining.store(true, Ordering::SeqCst);
+                state.changed.notify_waiters();
+                if state.idle() {
+                    return Ok(());
+                }
+                // The session was dropped mid-way; reconnect to deliver.
+                continue;
+            }
+        }
+        if state.draining.load(Ordering::SeqCst) && state.idle() {
+            return Ok(());
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection's life. Returns `Ok` only when drained.
+async fn session(
+    options: &WorkerOptions,
+    executor: &Arc<Executor>,
+    state: &Arc<WorkerState>,
+    backoff: &mut Duration,
+) -> anyhow::Result<()> {
+    let (_endpoint, connection) =
+        transport::connect(options.coordinator, &options.fingerprint, IDLE_TIMEOUT).await?;
+    let mut control = Channel::open(&connection).await?;
+    control
+        .write(&Open::Worker {
+            name: options.name.clone(),
+            slots: options.slots,
+            labels: options.labels.clone(),
+        })
+        .await?;
+    let ToWorker::Welcome { worker, heartbeat_ms } = control.expect().await? else {
+        bail!("the coordinator did not welcome this worker");
+    };
+    *backoff = BACKOFF_MIN;
+    let span = tracing::info_span!("worker", %worker);
+    let _enter = span.enter();
+    tracing::info!(coordinator = %options.coordinator, "joined");
+
+    // A reader task: frame reads are not cancel-safe, so they never race
+    // in a select.
+    let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
+    let mut recv = control.recv;
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = transport::read_frame::<ToWorker>(&mut recv).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if inbound_tx.send(frame).is_err() || end {
+                return;
+            }
+        }
+    });
+    let mut send = control.send;
+    let (outbound, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
+    let resend: Vec<AttemptReport> = state.unacked.lock().expect("poisoned").values().cloned().collect();
+    for report in resend {
+        let _ = outbound.send(FromWorker::Finished(report));
+    }
+    let mut told_draining = false;
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(10)));
+    let result = loop {
+        if state.draining.load(Ordering::SeqCst) {
+            if !told_draining {
+                told_draining = true;
+                let _ = outbound.send(FromWorker::Draining);
+            }
+            if state.idle() {
+                break Ok(());
+            }
+        }
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                if let Err(e) = write(&mut send, &FromWorker::Heartbeat).await { break Err(e) }
+            }
+            Some(message) = outgoing.recv() => {
+                if let Err(e) = write(&mut send, &message).await { break Err(e) }
+            }
+            frame = inbound.recv() => match frame {
+                Some(Ok(Some(message))) => handle(message, worker, options, executor, state, &connection, &outbound),
+                Some(Ok(None)) | None => break Err(anyhow::anyhow!("the coordinator closed the connection")),
+                Some(Err(e)) => break Err(anyhow::anyhow!("from the coordinator: {e}")),
+            },
+            () = state.changed.notified() => {}
+        }
+    };
+    reader.abort();
+    connection.close(quinn::VarInt::from_u32(0), b"worker leaving");
+    result
+}
+
+async fn write(send: &mut quinn::SendStream, message: &FromWorker) -> anyhow::Result<()> {
+    send.write_all(&transport::encode(message))
+        .await
+        .context("writing to the coordinator")
+}
+
+fn handle(
+    message: ToWorker,
+    worker: WorkerId,
+    options: &WorkerOptions,
+    executor: &Arc<Executor>,
+    state: &Arc<WorkerState>,
+    connection: &quinn::Connection,
+    outbound: &mpsc::UnboundedSender<FromWorker>,
+) {
+    match message {
+        ToWorker::Assign(assignment) => {
+            if options.crash_probability > 0.0 && rand::random::<f64>() < options.crash_probability {
+                tracing::warn!(task = %assignment.task, "fault injection: crashing");
+                std::process::exit(3);
+            }
+            let key = (assignment.job, assignment.task, assignment.epoch);
+            let cancel = Arc::new(AtomicBool::new(false));
+            state.running.lock().expect("poisoned").insert(key, cancel.clone());
+            let (executor, state, connection, outbound, cache) = (
+                executor.clone(),
+                state.clone(),
+                connection.clone(),
+                outbound.clone(),
+                options.cache_dir.clone(),
+            );
+            tokio::spawn(async move {
+                let report = run_attempt(*assignment, worker, cancel, executor, &connection, &cache).await;
+                state.running.lock().expect("poisoned").remove(&key);
+                state.unacked.lock().expect("poisoned").insert(key, report.clone());
+                // If this connection is gone, the next session re-sends it.
+                let _ = outbound.send(FromWorker::Finished(report));
+                state.changed.notify_waiters();
+            });
+        }
+        ToWorker::Interrupt { job, task, epoch } => {
+            if let Some(cancel) = state.running.lock().expect("poisoned").get(&(job, task, epoch)) {
+                tracing::info!(%job, %task, %epoch, "interrupting attempt");
+                cancel.store(true, Ordering::SeqCst);
+            }
+        }
+        ToWorker::Ack { job, task, epoch } => {
+            state.unacked.lock().expect("poisoned").remove(&(job, task, epoch));
+            state.changed.notify_waiters();
+        }
+        ToWorker::Welcome { .. } => tracing::warn!("unexpected second welcome ignored"),
+    }
+}
+
+async fn run_attempt(
+    assignment: crate::protocol::Assignment,
+    worker: WorkerId,
+    cancel: Arc<AtomicBool>,
+    executor: Arc<Executor>,
+    connection: &quinn::Connection,
+    cache: &std::path::Path,
+) -> AttemptReport {
+    let role = match assignment.task {
+        TaskId::Map(_) => Role::Map,
+        TaskId::Reduce(_) => Role::Reduce,
+    };
+    if !executor.has_module(&assignment.module, role) {
+        let loaded = match fetch_module(connection, &assignment.module, cache).await {
+            Ok(bytes) => {
+                let executor = executor.clone();
+                tokio::task::spawn_blocking(move || executor.add_module(&bytes, role).map(|_| ()))
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("compiling: {e}")))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = loaded {
+            return AttemptReport {
+                job: assignment.job,
+                task: assignment.task,
+                epoch: assignment.epoch,
+                worker,
+                outcome: Err(crate::protocol::AttemptFailure::Host(format!(
+                    "module {}: {e:#}",
+                    assignment.module
+                ))),
+                log: String::new(),
+            };
+        }
+    }
+    let (job, task, epoch) = (assignment.job, assignment.task, assignment.epoch);
+    tokio::task::spawn_blocking(move || executor.execute(&assignment, worker, cancel))
+        .await
+        .unwrap_or_else(|e| AttemptReport {
+            job,
+            task,
+            epoch,
+            worker,
+            outcome: Err(crate::protocol::AttemptFailure::Host(format!("attempt panicked: {e}"))),
+            log: String::new(),
+        })
+}
+
+/// A module from the disk cache, or fetched from the coordinator once and
+/// checked against its hash before it is cached or compiled.
+async fn fetch_module(
+    connection: &quinn::Connection,
+    hash: &ModuleHash,
+    cache: &std::path::Path,
+) -> anyhow::Result<Vec<u8>> {
+    let cached = cache.join(format!("{}.wasm", hash.0));
+    if let Ok(bytes) = std::fs::read(&cached)
+        && ModuleHash::of(&bytes) == *hash
+    {
+        return Ok(bytes);
+    }
+    let mut channel = Channel::open(connection).await?;
+    channel.write(&Open::FetchModule(hash.clone())).await?;
+    let bytes = match channel.expect::<ModuleReply>().await? {
+        ModuleReply::Found(bytes) => bytes,
+        ModuleReply::Missing => bail!("the coordinator does not have module {hash}"),
+    };
+    if ModuleHash::of(&bytes) != *hash {
+        bail!("module {hash}: received bytes do not match the hash");
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    // Several workers may share the cache: each writes its own temporary.
+    let tmp = cached.with_extension(format!("{}.{}.tmp", std::process::id(), rand::random::<u32>()));
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, &cached)?;
+    Ok(bytes)
+}

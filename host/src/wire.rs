@@ -1,0 +1,127 @@
+//! The messages of the networked protocol, one enum per direction.
+//!
+//! Every stream starts with an [`Open`] frame saying what it is for. A
+//! worker keeps one control stream open for its whole connection; module
+//! fetches and client requests each use a stream of their own.
+
+use crate::local::JobSummary;
+use crate::protocol::{
+    Assignment, AttemptEpoch, AttemptReport, JobId, Limits, ModuleHash, TaskId, TenantId, WorkerId,
+};
+use crate::scheduler::{AttemptRecord, Phase};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The first frame of every stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Open {
+    /// A worker's control stream.
+    Worker {
+        name: String,
+        slots: u32,
+        labels: BTreeMap<String, String>,
+    },
+    /// Fetch a module by hash (answered with [`ModuleReply`]).
+    FetchModule(ModuleHash),
+    /// A client request (answered with [`ClientReply`] frames).
+    Client {
+        tenant: TenantId,
+        request: ClientRequest,
+    },
+}
+
+/// Worker → coordinator, on the control stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    Heartbeat,
+    Finished(AttemptReport),
+    /// Finish what is running, take nothing new (SIGTERM).
+    Draining,
+}
+
+/// Coordinator → worker, on the control stream.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    Welcome {
+        worker: WorkerId,
+        heartbeat_ms: u64,
+    },
+    Assign(Box<Assignment>),
+    /// Stop this attempt now (its epoch is stale, or the job ended).
+    Interrupt {
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
+    },
+    /// The report of this attempt was processed (accepted or rejected);
+    /// the worker may forget it.
+    Ack {
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ModuleReply {
+    Found(Vec<u8>),
+    Missing,
+}
+
+/// What a client submits. Paths are absolute: coordinator and workers
+/// share the filesystem (shared-store mode).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub map_module: Vec<u8>,
+    /// `None`: the map module is the reduce module too.
+    pub reduce_module: Option<Vec<u8>>,
+    pub inputs: Vec<String>,
+    pub output: PathBuf,
+    pub reducers: u32,
+    pub split_bytes: u64,
+    pub limits: Limits,
+    pub params: BTreeMap<String, String>,
+    pub max_attempts: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// Answered with `Submitted`, then `Progress`…, then `Done`.
+    Submit(Box<JobRequest>),
+    /// A job by id (or id prefix); the newest job when `None`.
+    Status(Option<String>),
+    Cancel(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ClientReply {
+    Submitted { job: String },
+    Progress { phase: Phase, committed: usize, running: usize, total: usize },
+    Done(Box<JobSummary>),
+    Status(Box<StatusReport>),
+    Cancelled { job: String },
+    Error(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: WorkerId,
+    pub name: String,
+    pub slots: u32,
+    pub connected: bool,
+}
+
+/// `wmr status --json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub job: String,
+    pub phase: Phase,
+    pub outcome: Option<crate::scheduler::JobOutcome>,
+    pub tasks: usize,
+    pub committed: usize,
+    pub running: usize,
+    pub pending: usize,
+    pub attempt_log: Vec<AttemptRecord>,
+    pub workers: Vec<WorkerInfo>,
+}

@@ -1,0 +1,1075 @@
+//! Integration tests of the networked mode: `wmr coordinator`, `wmr worker`
+//! processes and `wmr deploy` / `wmr status` clients over QUIC on 127.0.0.1.
+//!
+//! A port of the MIT 6.5840 Lab 1 `test-mr.sh` (word count, indexer, map
+//! parallelism, job count, early exit, crash), plus a stale attempt (a worker
+//! frozen past its lease), a frozen coordinator, and peers that speak
+//! garbage or present the wrong certificate fingerprint. Every job reads the
+//! eight bundled books with 10 reducers, and its committed output must equal
+//! the sequential reference (`wmr seq`) line for line.
+//!
+//! Every process a test starts is owned by a [`Proc`], whose `Drop` kills it
+//! (SIGKILL, which also ends a SIGSTOPped process), so nothing outlives a
+//! test, even one that panics. Every wait is a bounded poll on an observable
+//! condition. The tests run one at a time (the machine may have two cores,
+//! and a starved heartbeat would make timing-based assertions flaky).
+
+mod support;
+
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// nReduce of the MIT lab.
+const REDUCERS: &str = "10";
+/// The step of every bounded poll.
+const STEP: Duration = Duration::from_millis(10);
+/// Bound on a whole job (deploy until it returns) in the longer tests.
+const JOB_LIMIT: Duration = Duration::from_secs(90);
+/// Bound on one `wmr status` / `wmr cancel` call.
+const CLIENT_LIMIT: Duration = Duration::from_secs(30);
+
+/// The tests of this file run one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn sleep_step() {
+    std::thread::sleep(STEP);
+}
+
+/// Poll `condition` every [`STEP`] until it holds; panic with `what` after
+/// `limit`. Returns the value the condition produced.
+fn poll<T>(what: &str, limit: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        sleep_step();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// A child process that is killed (SIGKILL) and reaped when dropped; its
+/// stdout and stderr go to files, whose tail is printed if the test panics.
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the process has exited.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
+        let what = format!("{} to exit", self.name);
+        poll(&what, limit, || self.exited())
+    }
+
+    fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Send a signal with kill(1) (libc is not a dependency).
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.name);
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit.
+    fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        if let Some(status) = self.exited() {
+            return status;
+        }
+        self.signal("TERM");
+        self.wait_within(limit)
+    }
+
+    /// The process state letter from /proc (`T` when stopped).
+    fn state(&self) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // pid (comm) STATE ...: comm may hold spaces, so split after ')'.
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.stderr_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(20)..];
+            eprintln!("--- {} stderr (last lines) ---", self.name);
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Run a short client command with a hard time limit.
+fn output_within(mut cmd: Command, what: &str, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning wmr");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: no answer within {limit:?}");
+        }
+        sleep_step();
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap().unwrap_or_default(),
+        stderr: err.join().unwrap().unwrap_or_default(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A cluster on loopback
+
+/// A coordinator, its workers, and the temporary directory holding the
+/// coordinator's state, every log, every output and the processes' TMPDIR.
+struct Cluster {
+    coordinator: Proc,
+    workers: Vec<Proc>,
+    addr: String,
+    fingerprint: String,
+    state: PathBuf,
+    logs: PathBuf,
+    root: PathBuf,
+    spawned: usize,
+    // Last: removed after every process above was killed.
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Start a coordinator on 127.0.0.1:0 and wait (bounded) until it has
+    /// published its address and certificate fingerprint.
+    fn start(coordinator_args: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let (state, logs) = (root.join("state"), root.join("logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        let mut cmd = wmr_in(&root);
+        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
+            .arg(&state)
+            .args(coordinator_args);
+        let mut coordinator = Proc::spawn("coordinator", cmd, &logs);
+        let (addr, fingerprint) = poll(
+            "the coordinator to write coordinator.addr and fingerprint",
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = coordinator.exited() {
+                    panic!(
+                        "the coordinator exited ({status}) before listening: {}",
+                        coordinator.stderr_text()
+                    );
+                }
+                let addr = std::fs::read_to_string(state.join("coordinator.addr")).ok()?;
+                let fingerprint = std::fs::read_to_string(state.join("fingerprint")).ok()?;
+                Some((addr.trim().to_string(), fingerprint.trim().to_string()))
+            },
+        );
+        let parsed: std::net::SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|e| panic!("coordinator.addr {addr:?}: {e}"));
+        assert!(parsed.ip().is_loopback(), "{addr}: not on loopback");
+        assert_ne!(parsed.port(), 0, "{addr}: the bound port, not 0");
+        assert!(
+            fingerprint.len() == 64
+                && fingerprint
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+            "fingerprint {fingerprint:?}: not a hex SHA-256"
+        );
+        Cluster {
+            coordinator,
+            workers: Vec::new(),
+            addr,
+            fingerprint,
+            state,
+            logs,
+            root,
+            spawned: 0,
+            _tmp: tmp,
+        }
+    }
+
+    fn wmr(&self) -> Command {
+        wmr_in(&self.root)
+    }
+
+    /// `--coordinator ADDR --fingerprint HEX`
+    fn peer_args(&self) -> [&str; 4] {
+        [
+            "--coordinator",
+            &self.addr,
+            "--fingerprint",
+            &self.fingerprint,
+        ]
+    }
+
+    /// A worker process (not yet pushed onto `workers`).
+    fn spawn_worker(&mut self, name: &str, extra: &[&str]) -> Proc {
+        self.spawned += 1;
+        let mut cmd = self.wmr();
+        cmd.args(["worker", "--connect", &self.addr])
+            .args(["--fingerprint", &self.fingerprint])
+            .args(["--name", name])
+            .args(extra);
+        Proc::spawn(&format!("worker-{name}"), cmd, &self.logs)
+    }
+
+    /// Workers `w1..=wn`.
+    fn add_workers(&mut self, n: usize, extra: &[&str]) {
+        for i in 1..=n {
+            let worker = self.spawn_worker(&format!("w{i}"), extra);
+            self.workers.push(worker);
+        }
+    }
+
+    fn worker_named(&self, name: &str) -> &Proc {
+        let proc_name = format!("worker-{name}");
+        self.workers
+            .iter()
+            .find(|w| w.name == proc_name)
+            .unwrap_or_else(|| panic!("no worker process named {name}"))
+    }
+
+    /// Start `wmr deploy GUEST --input BOOKS --output OUT --reducers 10`.
+    fn deploy(&mut self, guest: &Path, out: &Path, extra: &[&str]) -> Proc {
+        self.spawned += 1;
+        let mut cmd = self.wmr();
+        cmd.arg("deploy")
+            .arg(guest)
+            .arg("--input")
+            .arg(books())
+            .arg("--output")
+            .arg(out)
+            .args(self.peer_args())
+            .args(["--reducers", REDUCERS])
+            .args(extra);
+        Proc::spawn(&format!("deploy-{}", self.spawned), cmd, &self.logs)
+    }
+
+    /// Wait (bounded) until a running deploy has said `job JOBID submitted`.
+    fn job_id(&self, deploy: &mut Proc) -> String {
+        poll(
+            "deploy to print `job JOBID submitted`",
+            CLIENT_LIMIT,
+            || {
+                let text = deploy.stderr_text();
+                if let Some(line) = text.lines().next()
+                    && text.contains('\n')
+                {
+                    return Some(parse_submitted(line));
+                }
+                if let Some(status) = deploy.exited() {
+                    panic!("deploy exited ({status}) before submitting: {text}");
+                }
+                None
+            },
+        )
+    }
+
+    /// Wait (bounded) for a deploy and insist that it succeeded; the job id.
+    fn deploy_finishes_ok(&self, deploy: &mut Proc, limit: Duration) -> String {
+        let status = deploy.wait_within(limit);
+        let stderr = deploy.stderr_text();
+        assert!(
+            status.success(),
+            "deploy failed ({status}): {stderr}\nstdout: {}",
+            deploy.stdout_text()
+        );
+        parse_submitted(stderr.lines().next().unwrap_or_default())
+    }
+
+    /// Deploy and wait for success; the job id.
+    fn deploy_ok(&mut self, guest: &Path, out: &Path, extra: &[&str]) -> String {
+        let mut deploy = self.deploy(guest, out, extra);
+        self.deploy_finishes_ok(&mut deploy, JOB_LIMIT)
+    }
+
+    /// `wmr status [JOBID] --json`, which must succeed.
+    fn status(&self, job: Option<&str>) -> Status {
+        let mut cmd = self.wmr();
+        cmd.arg("status")
+            .args(job)
+            .args(self.peer_args())
+            .arg("--json");
+        let out = output_within(cmd, "wmr status", CLIENT_LIMIT);
+        assert!(
+            out.status.success(),
+            "wmr status failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "wmr status --json printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        Status::parse(&json)
+    }
+}
+
+/// `wmr` with TMPDIR inside the test's directory, so that anything a
+/// process writes to the system temp dir is found (and removed) too.
+fn wmr_in(root: &Path) -> Command {
+    let mut cmd = wmr();
+    cmd.env("TMPDIR", root.join("tmp"));
+    cmd
+}
+
+fn parse_submitted(line: &str) -> String {
+    let job = line
+        .strip_prefix("job ")
+        .and_then(|rest| rest.strip_suffix(" submitted"))
+        .unwrap_or_else(|| {
+            panic!("deploy's first stderr line is {line:?}, not `job JOBID submitted`")
+        });
+    assert!(
+        !job.is_empty() && !job.contains(char::is_whitespace),
+        "job id {job:?}"
+    );
+    job.to_string()
+}
+
+// ---------------------------------------------------------------------------
+// `wmr status --json`
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Task {
+    Map(u64),
+    Reduce(u64),
+}
+
+impl Task {
+    /// The attempt-private file name stem, as in ARCHITECTURE.md.
+    fn attempt_stem(self, epoch: u64) -> String {
+        match self {
+            Task::Map(i) => format!("m-{i:05}.a{epoch}"),
+            Task::Reduce(i) => format!("r-{i:05}.a{epoch}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Attempt {
+    task: Task,
+    epoch: u64,
+    worker: u64,
+    started_ms: u64,
+    ended_ms: Option<u64>,
+    /// "Committed", "Running", "RejectedStale", "Lost" or "Failed".
+    outcome: String,
+}
+
+impl Attempt {
+    fn parse(record: &Value) -> Attempt {
+        let task = &record["task"];
+        let task = match (task.get("Map"), task.get("Reduce")) {
+            (Some(i), None) => Task::Map(i.as_u64().expect("map index")),
+            (None, Some(i)) => Task::Reduce(i.as_u64().expect("reduce index")),
+            _ => panic!("bad task in attempt record {record}"),
+        };
+        let outcome = match &record["outcome"] {
+            Value::String(s) => s.clone(),
+            Value::Object(m) if m.len() == 1 => m.keys().next().unwrap().clone(),
+            other => panic!("bad outcome {other} in attempt record {record}"),
+        };
+        let num = |field: &str| {
+            record[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("attempt record without {field}: {record}"))
+        };
+        Attempt {
+            task,
+            epoch: num("epoch"),
+            worker: num("worker"),
+            started_ms: num("started_ms"),
+            ended_ms: match &record["ended_ms"] {
+                Value::Null => None,
+                v => Some(v.as_u64().expect("ended_ms")),
+            },
+            outcome,
+        }
+    }
+
+    /// Both intervals intersect (an attempt still running ends at infinity).
+    fn overlaps(&self, other: &Attempt) -> bool {
+        let end = |a: &Attempt| a.ended_ms.unwrap_or(u64::MAX);
+        self.started_ms < end(other) && other.started_ms < end(self)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Status {
+    job: String,
+    phase: String,
+    attempts: Vec<Attempt>,
+    /// id → (name, connected)
+    workers: BTreeMap<u64, (String, bool)>,
+    raw: Value,
+}
+
+impl Status {
+    fn parse(json: &Value) -> Status {
+        let attempts = json["attempt_log"]
+            .as_array()
+            .unwrap_or_else(|| panic!("status without attempt_log: {json}"))
+            .iter()
+            .map(Attempt::parse)
+            .collect();
+        let workers = json["workers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("status without workers: {json}"))
+            .iter()
+            .map(|w| {
+                (
+                    w["id"].as_u64().expect("worker id"),
+                    (
+                        w["name"].as_str().expect("worker name").to_string(),
+                        w["connected"].as_bool().expect("worker connected"),
+                    ),
+                )
+            })
+            .collect();
+        Status {
+            job: json["job"]
+                .as_str()
+                .unwrap_or_else(|| panic!("status without job: {json}"))
+                .to_string(),
+            phase: json["phase"]
+                .as_str()
+                .unwrap_or_else(|| panic!("status without phase: {json}"))
+                .to_string(),
+            attempts,
+            workers,
+            raw: json.clone(),
+        }
+    }
+
+    fn maps(&self) -> Vec<&Attempt> {
+        self.attempts
+            .iter()
+            .filter(|a| matches!(a.task, Task::Map(_)))
+            .collect()
+    }
+
+    fn worker_name(&self, id: u64) -> &str {
+        &self
+            .workers
+            .get(&id)
+            .unwrap_or_else(|| panic!("worker {id} not in status: {}", self.raw))
+            .0
+    }
+
+    fn attempt(&self, task: Task, epoch: u64) -> &Attempt {
+        self.attempts
+            .iter()
+            .find(|a| a.task == task && a.epoch == epoch)
+            .unwrap_or_else(|| panic!("no attempt {task:?} epoch {epoch} in {}", self.raw))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Outputs
+
+/// The sequential reference over the books, computed once per guest.
+fn books_reference(guest_name: &str) -> Vec<String> {
+    static CACHE: Mutex<Option<HashMap<String, Vec<String>>>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    cache
+        .get_or_insert_with(HashMap::new)
+        .entry(guest_name.to_string())
+        .or_insert_with(|| {
+            let expected = reference(&guest(guest_name), &[&books()], &[]);
+            assert!(expected.len() > 1000, "the reference is not trivial");
+            expected
+        })
+        .clone()
+}
+
+/// The committed output (with `_SUCCESS`, 10 part files) equals the
+/// reference; on a difference, say where instead of printing both.
+fn assert_output_equals_reference(out: &Path, guest_name: &str) {
+    let expected = books_reference(guest_name);
+    let got = sorted_output(out);
+    assert_eq!(
+        part_files(out).len(),
+        REDUCERS.parse::<usize>().unwrap(),
+        "{}: one part file per reducer",
+        out.display()
+    );
+    if got != expected {
+        let first = got
+            .iter()
+            .zip(&expected)
+            .position(|(g, e)| g != e)
+            .unwrap_or(got.len().min(expected.len()));
+        panic!(
+            "{}: {guest_name} output differs from the sequential reference: {} lines vs {} expected; first difference at sorted line {first}: got {:?}, expected {:?}",
+            out.display(),
+            got.len(),
+            expected.len(),
+            got.get(first),
+            expected.get(first)
+        );
+    }
+}
+
+/// Every file under `dir`, by relative path, with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, into: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let name = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            if entry.file_type().unwrap().is_dir() {
+                into.insert(format!("{name}/"), Vec::new());
+                walk(base, &path, into);
+            } else {
+                into.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut files = BTreeMap::new();
+    walk(dir, dir, &mut files);
+    files
+}
+
+/// Paths under `dir` whose name is `stem` or `stem` followed by a
+/// non-digit (so `m-00003.a1` does not match `m-00003.a12`).
+fn find_named(dir: &Path, stem: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(rest) = name.strip_prefix(stem)
+            && !rest.starts_with(|c: char| c.is_ascii_digit())
+        {
+            found.push(path.clone());
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            found.extend(find_named(&path, stem));
+        }
+    }
+    found
+}
+
+fn sleep_params(ms: u32) -> Vec<String> {
+    vec![
+        "--param".into(),
+        "mode=sleep".into(),
+        "--param".into(),
+        format!("ms={ms}"),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+// ---------------------------------------------------------------------------
+// 1. Word count and indexer
+
+/// MIT: wc test, 3 workers.
+#[test]
+fn wc_with_three_workers_equals_reference() {
+    let _serial = serial();
+    let mut c = Cluster::start(&[]);
+    c.add_workers(3, &[]);
+    let out = c.root.join("out");
+    let job = c.deploy_ok(&guest("wordcount"), &out, &[]);
+    assert_output_equals_reference(&out, "wordcount");
+    let status = c.status(Some(&job));
+    assert_eq!(status.job, job);
+    assert_eq!(status.phase, "Completed");
+}
+
+/// MIT: indexer test, 2 workers.
+#[test]
+fn indexer_with_two_workers_equals_reference() {
+    let _serial = serial();
+    let mut c = Cluster::start(&[]);
+    c.add_workers(2, &[]);
+    let out = c.root.join("out");
+    let job = c.deploy_ok(&guest("indexer"), &out, &[]);
+    assert_output_equals_reference(&out, "indexer");
+    assert_eq!(c.status(Some(&job)).phase, "Completed");
+}
+
+// ---------------------------------------------------------------------------
+// 2. Parallelism
+
+/// MIT: map parallelism. Two one-slot workers, map calls that take 1 s:
+/// two map attempts on different workers run at the same time.
+///
+/// (MIT's reduce parallelism test needs a guest that is slow in `reduce`;
+/// no example guest is, so only map parallelism is tested.)
+#[test]
+fn map_attempts_on_two_workers_overlap_in_time() {
+    let _serial = serial();
+    let mut c = Cluster::start(&[]);
+    c.add_workers(2, &["--slots", "1"]);
+    let out = c.root.join("out");
+    let job = c.deploy_ok(&guest("hostile"), &out, &strs(&sleep_params(1000)));
+    assert_output_equals_reference(&out, "hostile");
+    let status = c.status(Some(&job));
+    let maps: Vec<&Attempt> = status
+        .maps()
+        .into_iter()
+        .filter(|a| a.outcome == "Committed")
+        .collect();
+    assert_eq!(maps.len(), 8, "one committed map attempt per book");
+    let overlapping = maps
+        .iter()
+        .any(|a| maps.iter().any(|b| a.worker != b.worker && a.overlaps(b)));
+    assert!(
+        overlapping,
+        "no two map attempts on different workers overlap: {:?}",
+        maps
+    );
+    for a in &maps {
+        assert!(
+            a.ended_ms.unwrap() >= a.started_ms + 1000,
+            "{a:?}: shorter than the guest's 1 s"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Job count
+
+/// MIT: job count. Without failures each of the 8 map tasks runs once.
+#[test]
+fn four_workers_run_exactly_eight_map_attempts() {
+    let _serial = serial();
+    let mut c = Cluster::start(&[]);
+    c.add_workers(4, &["--slots", "1"]);
+    let out = c.root.join("out");
+    let job = c.deploy_ok(&guest("hostile"), &out, &strs(&sleep_params(2000)));
+    assert_output_equals_reference(&out, "hostile");
+    let status = c.status(Some(&job));
+    let maps = status.maps();
+    assert_eq!(
+        maps.len(),
+        8,
+        "exactly 8 map attempts (one per book): {:?}",
+        maps
+    );
+    let mut tasks: Vec<Task> = maps.iter().map(|a| a.task).collect();
+    tasks.sort();
+    tasks.dedup();
+    assert_eq!(tasks, (0..8).map(Task::Map).collect::<Vec<_>>());
+    assert!(
+        maps.iter()
+            .all(|a| a.outcome == "Committed" && a.epoch == 1)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. Early exit
+
+/// MIT: early exit. When deploy returns the output is complete and final:
+/// stopping the workers, then the coordinator, changes nothing.
+#[test]
+fn output_is_final_when_deploy_returns() {
+    let _serial = serial();
+    let mut c = Cluster::start(&[]);
+    c.add_workers(3, &[]);
+    let out = c.root.join("out");
+    let job = c.deploy_ok(&guest("wordcount"), &out, &[]);
+    let first = snapshot(&out);
+    assert!(
+        first.contains_key("_SUCCESS"),
+        "no _SUCCESS: {:?}",
+        first.keys()
+    );
+    assert!(
+        !first.keys().any(|k| k.starts_with("_temporary")),
+        "_temporary left behind: {:?}",
+        first.keys()
+    );
+    assert_output_equals_reference(&out, "wordcount");
+    assert_eq!(c.status(Some(&job)).phase, "Completed");
+
+    for worker in &mut c.workers {
+        worker.terminate(Duration::from_secs(10));
+    }
+    assert!(
+        snapshot(&out) == first,
+        "the output changed after the workers stopped"
+    );
+    let status = c.coordinator.terminate(Duration::from_secs(10));
+    assert!(
+        status.success() || status.code().is_none(),
+        "coordinator exit on SIGTERM: {status}"
+    );
+    assert!(
+        snapshot(&out) == first,
+        "the output changed after the coordinator stopped"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Crashes
+
+/// MIT: crash test. Workers exit abruptly at the start of a task with
+/// probability 0.3 and are restarted as they die; five jobs in a row each
+/// complete with the reference output.
+#[test]
+fn workers_crashing_at_random_still_give_reference_output() {
+    let _serial = serial();
+    // A short lease, so that a crashed worker's task is reassigned quickly.
+    let mut c = Cluster::start(&["--lease", "1s", "--heartbeat", "250ms"]);
+    let crashy = ["--slots", "1", "--crash-probability", "0.3"];
+    c.add_workers(3, &crashy);
+    let mut total_restarts = 0;
+    for round in 0..5 {
+        let out = c.root.join(format!("out-{round}"));
+        let mut deploy = c.deploy(&guest("wordcount"), &out, &["--max-attempts", "10"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut restarts = 0;
+        while deploy.exited().is_none() {
+            for i in 0..c.workers.len() {
+                if c.workers[i].exited().is_some() {
+                    restarts += 1;
+                    let name = format!("w{}-{round}-{restarts}", i + 1);
+                    let fresh = c.spawn_worker(&name, &crashy);
+                    // Dropping the old one reaps it.
+                    c.workers[i] = fresh;
+                }
+            }
+            assert!(restarts < 300, "round {round}: {restarts} restarts");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the job did not finish within 60 s ({restarts} restarts)"
+            );
+            sleep_step();
+        }
+        let job = c.deploy_finishes_ok(&mut deploy, Duration::ZERO);
+        assert_output_equals_reference(&out, "wordcount");
+        assert_eq!(c.status(Some(&job)).phase, "Completed");
+        total_restarts += restarts;
+    }
+    assert!(
+        total_restarts > 0,
+        "--crash-probability 0.3 crashed no worker in five jobs"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. Stale attempt
+
+/// A worker frozen (SIGSTOP) in the middle of a map attempt loses its lease;
+/// the task is reassigned with a higher epoch and committed; the frozen
+/// attempt, resumed (SIGCONT), is rejected as stale and leaves no file.
+#[test]
+fn frozen_worker_attempt_is_rejected_and_leaves_no_file() {
+    let _serial = serial();
+    let mut c = Cluster::start(&["--lease", "2s", "--heartbeat", "500ms"]);
+    c.add_workers(2, &["--slots", "1"]);
+    let out = c.root.join("out");
+    let mut params = sleep_params(4000);
+    params.extend(["--split-size".into(), "1GiB".into()]);
+    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&params));
+    let job = c.job_id(&mut deploy);
+
+    // A running map attempt, and the process of its worker.
+    let (frozen, frozen_name) = poll("a Running map attempt", Duration::from_secs(30), || {
+        let status = c.status(Some(&job));
+        let running = status
+            .maps()
+            .into_iter()
+            .find(|a| a.outcome == "Running")?
+            .clone();
+        let name = status.worker_name(running.worker).to_string();
+        Some((running, name))
+    });
+    let worker = c.worker_named(&frozen_name);
+    worker.signal("STOP");
+    poll("the worker to be stopped", Duration::from_secs(5), || {
+        (worker.state() == Some('T')).then_some(())
+    });
+
+    // Its task is reassigned with a higher epoch and committed.
+    let successor = poll(
+        "a higher-epoch attempt of the frozen task to commit",
+        Duration::from_secs(40),
+        || {
+            assert!(
+                deploy.exited().is_none(),
+                "deploy ended while a worker was frozen"
+            );
+            let status = c.status(Some(&job));
+            status
+                .attempts
+                .iter()
+                .find(|a| {
+                    a.task == frozen.task && a.epoch > frozen.epoch && a.outcome == "Committed"
+                })
+                .cloned()
+        },
+    );
+    assert_ne!(successor.worker, frozen.worker);
+    c.worker_named(&frozen_name).signal("CONT");
+
+    c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
+    assert_output_equals_reference(&out, "hostile");
+
+    // The resumed worker has dealt with its stale attempt once it reported
+    // it (RejectedStale), or once it has run an attempt started after the
+    // freeze (a one-slot worker had to drop the stale one first).
+    let status = poll(
+        "the frozen attempt to be rejected, or its worker to run again",
+        Duration::from_secs(15),
+        || {
+            let status = c.status(Some(&job));
+            let record = status.attempt(frozen.task, frozen.epoch);
+            let resumed = status.attempts.iter().any(|a| {
+                a.outcome == "Committed"
+                    && a.started_ms > frozen.started_ms
+                    && status.worker_name(a.worker) == frozen_name
+            });
+            (record.outcome == "RejectedStale" || resumed).then_some(status)
+        },
+    );
+    assert_eq!(status.phase, "Completed");
+    let record = status.attempt(frozen.task, frozen.epoch);
+    assert!(
+        record.outcome == "RejectedStale" || record.outcome == "Lost",
+        "the frozen attempt ended as {:?}",
+        record
+    );
+    assert!(record.ended_ms.is_some(), "{record:?}: no end time");
+    let committed: Vec<&Attempt> = status
+        .attempts
+        .iter()
+        .filter(|a| a.task == frozen.task && a.outcome == "Committed")
+        .collect();
+    assert_eq!(committed.len(), 1, "one commit for {:?}", frozen.task);
+
+    let stem = frozen.task.attempt_stem(frozen.epoch);
+    let leftovers = find_named(&c.root, &stem);
+    assert!(
+        leftovers.is_empty(),
+        "files of the stale attempt {stem} remain: {leftovers:?}"
+    );
+    assert!(
+        !out.join("_temporary").exists(),
+        "output/_temporary remains"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 7. Coordinator unreachable
+
+/// The coordinator is frozen (SIGSTOP) for about 3 s in the middle of the
+/// map phase; after SIGCONT the job completes with the reference output.
+#[test]
+fn job_survives_coordinator_frozen_for_three_seconds() {
+    let _serial = serial();
+    let mut c = Cluster::start(&[]);
+    c.add_workers(2, &["--slots", "1"]);
+    let out = c.root.join("out");
+    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&sleep_params(1000)));
+    let job = c.job_id(&mut deploy);
+    poll("a committed map attempt", Duration::from_secs(30), || {
+        let status = c.status(Some(&job));
+        assert_eq!(status.phase, "Mapping", "the map phase ended too soon");
+        status
+            .maps()
+            .iter()
+            .any(|a| a.outcome == "Committed")
+            .then_some(())
+    });
+
+    c.coordinator.signal("STOP");
+    poll(
+        "the coordinator to be stopped",
+        Duration::from_secs(5),
+        || (c.coordinator.state() == Some('T')).then_some(()),
+    );
+    let frozen_at = Instant::now();
+    // The fault itself: the coordinator stays frozen for 3 s.
+    while frozen_at.elapsed() < Duration::from_secs(3) {
+        assert_eq!(c.coordinator.state(), Some('T'), "the coordinator woke up");
+        sleep_step();
+    }
+    c.coordinator.signal("CONT");
+
+    let job_again = c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
+    assert_eq!(job_again, job);
+    assert_output_equals_reference(&out, "hostile");
+    assert_eq!(c.status(Some(&job)).phase, "Completed");
+}
+
+// ---------------------------------------------------------------------------
+// 8. Bad peers
+
+/// A client that expects another certificate is refused with a one-line
+/// error naming the fingerprint; garbage datagrams do not disturb the
+/// coordinator, which goes on serving status calls and running a job.
+#[test]
+fn wrong_fingerprint_is_refused_and_garbage_datagrams_are_ignored() {
+    use rand::{RngCore, SeedableRng};
+    let _serial = serial();
+    let mut c = Cluster::start(&[]);
+    c.add_workers(2, &[]);
+
+    // (a) The wrong fingerprint.
+    let zeros = "0".repeat(64);
+    let mut cmd = c.wmr();
+    cmd.args([
+        "status",
+        "--coordinator",
+        &c.addr,
+        "--fingerprint",
+        &zeros,
+        "--json",
+    ]);
+    let refused = output_within(cmd, "wmr status with a wrong fingerprint", CLIENT_LIMIT);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "exit status {}",
+        refused.status
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.ends_with('\n') && stderr.lines().count() == 1,
+        "not a one-line error: {stderr:?}"
+    );
+    assert!(
+        stderr.contains("fingerprint"),
+        "the error does not mention the fingerprint: {stderr:?}"
+    );
+    assert!(
+        refused.stdout.is_empty(),
+        "stdout: {:?}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+
+    // (b) Garbage datagrams: random bytes, empty, one byte, a QUIC long
+    // header with an unknown version, a short header, a maximal datagram.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target: std::net::SocketAddr = c.addr.parse().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6_5840);
+    let mut send_garbage = |rng: &mut rand::rngs::StdRng| {
+        let mut datagrams: Vec<Vec<u8>> = vec![Vec::new(), vec![0xff]];
+        let mut long = vec![0xc0, 0x0a, 0x0a, 0x0a, 0x0a, 8];
+        long.resize(1200, 0);
+        rng.fill_bytes(&mut long[6..]);
+        datagrams.push(long);
+        let mut short = vec![0x40; 64];
+        rng.fill_bytes(&mut short[1..]);
+        datagrams.push(short);
+        for len in [1, 20, 1200, 1500, 65_000] {
+            let mut random = vec![0; len];
+            rng.fill_bytes(&mut random);
+            datagrams.push(random);
+        }
+        for datagram in &datagrams {
+            // A send may fail (e.g. too large); the coordinator must not care.
+            let _ = socket.send_to(datagram, target);
+        }
+    };
+    send_garbage(&mut rng);
+
+    let out = c.root.join("out");
+    let mut deploy = c.deploy(&guest("wordcount"), &out, &[]);
+    let job = c.job_id(&mut deploy);
+    send_garbage(&mut rng);
+    let status = c.status(Some(&job));
+    assert_eq!(status.job, job);
+    send_garbage(&mut rng);
+    c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
+    assert_output_equals_reference(&out, "wordcount");
+    send_garbage(&mut rng);
+    // Without JOBID: the most recent job.
+    let status = c.status(None);
+    assert_eq!(status.job, job);
+    assert_eq!(status.phase, "Completed");
+    assert!(c.coordinator.exited().is_none(), "the coordinator died");
+}
