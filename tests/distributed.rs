@@ -204,7 +204,6 @@ struct Cluster {
     workers: Vec<Proc>,
     addr: String,
     fingerprint: String,
-    state: PathBuf,
     logs: PathBuf,
     root: PathBuf,
     spawned: usize,
@@ -258,7 +257,6 @@ impl Cluster {
             workers: Vec::new(),
             addr,
             fingerprint,
-            state,
             logs,
             root,
             spawned: 0,
@@ -389,7 +387,9 @@ impl Cluster {
 /// process writes to the system temp dir is found (and removed) too.
 fn wmr_in(root: &Path) -> Command {
     let mut cmd = wmr();
-    cmd.env("TMPDIR", root.join("tmp"));
+    cmd.env("TMPDIR", root.join("tmp"))
+        .env_remove("WMR_COORDINATOR")
+        .env_remove("WMR_FINGERPRINT");
     cmd
 }
 
@@ -831,6 +831,7 @@ fn workers_crashing_at_random_still_give_reference_output() {
         let job = c.deploy_finishes_ok(&mut deploy, Duration::ZERO);
         assert_output_equals_reference(&out, "wordcount");
         assert_eq!(c.status(Some(&job)).phase, "Completed");
+        println!("crash round {round}: job {job} completed after {restarts} worker restarts");
         total_restarts += restarts;
     }
     assert!(
@@ -893,6 +894,7 @@ fn frozen_worker_attempt_is_rejected_and_leaves_no_file() {
         },
     );
     assert_ne!(successor.worker, frozen.worker);
+    println!("froze {frozen_name} in {frozen:?}; committed instead: {successor:?}");
     c.worker_named(&frozen_name).signal("CONT");
 
     c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
@@ -923,6 +925,7 @@ fn frozen_worker_attempt_is_rejected_and_leaves_no_file() {
         record
     );
     assert!(record.ended_ms.is_some(), "{record:?}: no end time");
+    println!("the frozen attempt ended as {record:?}");
     let committed: Vec<&Attempt> = status
         .attempts
         .iter()
@@ -1036,7 +1039,7 @@ fn wrong_fingerprint_is_refused_and_garbage_datagrams_are_ignored() {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let target: std::net::SocketAddr = c.addr.parse().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(6_5840);
-    let mut send_garbage = |rng: &mut rand::rngs::StdRng| {
+    let send_garbage = |rng: &mut rand::rngs::StdRng| {
         let mut datagrams: Vec<Vec<u8>> = vec![Vec::new(), vec![0xff]];
         let mut long = vec![0xc0, 0x0a, 0x0a, 0x0a, 0x0a, 8];
         long.resize(1200, 0);
@@ -1071,5 +1074,102 @@ fn wrong_fingerprint_is_refused_and_garbage_datagrams_are_ignored() {
     let status = c.status(None);
     assert_eq!(status.job, job);
     assert_eq!(status.phase, "Completed");
+    assert!(c.coordinator.exited().is_none(), "the coordinator died");
+}
+
+/// Bad frames over a real QUIC connection (pinned TLS, the coordinator's
+/// ALPN): malformed, wrong version, oversize, truncated. Each bad stream
+/// is refused on its own: the same connection then serves a valid status
+/// request, `wmr status` works, and the job running meanwhile completes.
+#[test]
+fn bad_frames_on_a_quic_connection_leave_the_coordinator_serving() {
+    use wmr::transport::{Channel, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+    use wmr::wire::{ClientReply, ClientRequest, Open};
+    let _serial = serial();
+    let mut c = Cluster::start(&[]);
+    c.add_workers(2, &["--slots", "1"]);
+    let out = c.root.join("out");
+    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&sleep_params(500)));
+    let job = c.job_id(&mut deploy);
+    assert_eq!(c.status(Some(&job)).phase, "Mapping");
+
+    let version = PROTOCOL_VERSION.to_be_bytes();
+    let frame = |len: u32, body: &[u8]| [&len.to_be_bytes()[..], body].concat();
+    let bad_frames: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "malformed",
+            frame(16, &[&version[..], &[0xff; 14]].concat()),
+        ),
+        ("wrong version", frame(4, &[0x7f, 0x7f, 1, 2])),
+        (
+            "oversize",
+            frame(
+                MAX_FRAME_BYTES as u32 + 1,
+                &[&version[..], &[0; 64]].concat(),
+            ),
+        ),
+        ("u32::MAX length", frame(u32::MAX, &[0; 64])),
+        ("no room for a version", frame(1, &[0])),
+        (
+            "truncated",
+            frame(1000, &[&version[..], &[1, 2, 3]].concat()),
+        ),
+        ("random", (0..=255u8).cycle().take(3000).collect()),
+    ];
+    let addr: std::net::SocketAddr = c.addr.parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let reply = runtime.block_on(async {
+        let session = async {
+            let (_endpoint, connection) =
+                wmr::transport::connect(addr, &c.fingerprint, Duration::from_secs(30))
+                    .await
+                    .expect("connecting with the right fingerprint");
+            for (what, bytes) in &bad_frames {
+                let (mut send, mut recv) = connection.open_bi().await.expect("opening a stream");
+                // The coordinator may refuse the stream before reading it all.
+                let _ = send.write_all(bytes).await;
+                let _ = send.finish();
+                // It resets or ends the stream; it must not leave it hanging.
+                let answer = recv.read_to_end(1 << 20).await;
+                assert!(
+                    !matches!(&answer, Ok(bytes) if !bytes.is_empty()),
+                    "{what}: the coordinator answered a bad frame with data"
+                );
+                assert!(
+                    connection.close_reason().is_none(),
+                    "{what}: the coordinator closed the whole connection"
+                );
+            }
+            let mut channel = Channel::open(&connection).await.expect("opening a stream");
+            channel
+                .write(&Open::Client {
+                    tenant: wmr::protocol::TenantId::local(),
+                    request: ClientRequest::Status(Some(job.clone())),
+                })
+                .await
+                .expect("writing a status request");
+            channel
+                .expect::<ClientReply>()
+                .await
+                .expect("a reply on the same connection")
+        };
+        tokio::time::timeout(Duration::from_secs(30), session)
+            .await
+            .expect("the bad-frame session did not end within 30 s")
+    });
+    match reply {
+        ClientReply::Status(report) => assert_eq!(report.job, job),
+        other => panic!("status request after bad frames: {other:?}"),
+    }
+    drop(runtime);
+
+    assert_eq!(c.status(Some(&job)).job, job);
+    c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
+    assert_output_equals_reference(&out, "hostile");
+    assert_eq!(c.status(Some(&job)).phase, "Completed");
     assert!(c.coordinator.exited().is_none(), "the coordinator died");
 }

@@ -147,6 +147,9 @@ impl Sim {
             reducers,
             limits: Limits::default(),
             params: BTreeMap::new(),
+            output: PathBuf::from("out"),
+            work_root: PathBuf::from("work"),
+            map_outputs_on_workers: false,
         };
         let config = SchedulerConfig {
             max_attempts: profile.max_attempts,

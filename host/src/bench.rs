@@ -5,21 +5,34 @@
 //! the guest's `count.rs` verbatim, so the gap between rows is the cost of
 //! the sandbox and of the map/reduce machinery, not of different code. All
 //! rows must agree on the word total, or the run fails.
+//!
+//! The networked row runs a coordinator and two workers inside this process,
+//! on one tokio runtime, talking QUIC over loopback. Storage is shared: map
+//! outputs and the job's output are files on the local filesystem, so the
+//! row measures the control plane (scheduling, leases, module shipping), not
+//! a network shuffle. A second job of many one-line tasks measures the fixed
+//! cost per task, embedded and over QUIC.
 
-use crate::local::{JobSpec, run_embedded};
-use crate::protocol::Limits;
+use crate::client::{self, Remote};
+use crate::coordinator::{self, CoordinatorConfig};
+use crate::local::{JobSpec, JobSummary, run_embedded};
+use crate::node::{self, WorkerOptions};
+use crate::protocol::{Limits, TenantId, WorkerId};
 use crate::sandbox::{AttemptContext, LoadedModule, PairSink, Role, Sandbox};
 use crate::scheduler::JobOutcome;
+use crate::wire::JobRequest;
 use anyhow::{Context as _, anyhow, bail, ensure};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::BuildHasher;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// The guest's tokenizer, compiled natively.
 #[path = "../../examples/wordcount/src/count.rs"]
@@ -31,6 +44,18 @@ const FILES: u64 = 16;
 /// Attempts timed for the per-attempt store cost.
 const STORE_ATTEMPTS: u32 = 2000;
 const STORE_TARGET_US: f64 = 50.0;
+/// The tiny job: this many one-line map tasks (plus one reduce).
+const TINY_TASKS: u64 = 2000;
+const TINY_LINE: &str = "the quick brown fox\n";
+const TINY_LINE_WORDS: u64 = 4;
+/// Bound on the in-process cluster's start-up and shutdown.
+const CLUSTER_LIMIT: Duration = Duration::from_secs(30);
+/// Bound on one deployed job.
+const JOB_LIMIT: Duration = Duration::from_secs(600);
+const CLUSTER_ROW: &str = "coordinator + 2 workers over QUIC (loopback) *";
+const CLUSTER_NOTE: &str = "* shared storage: map outputs and the job output are files on the local \
+                            filesystem, not sent over QUIC; the row includes connecting, shipping the \
+                            module and compiling it on each worker";
 const REFERENCE: &str = "reference on this machine: native 2-thread FxHash ~440 MB/s; \
                          Spark local[2] ~21 MB/s; Dask ~16 MB/s";
 
@@ -60,6 +85,16 @@ struct Row {
     vs_native_2_threads: f64,
 }
 
+/// One row of the per-task overhead: a job of `TINY_TASKS` one-line maps.
+#[derive(Serialize)]
+struct PerTask {
+    name: String,
+    /// Map and reduce tasks.
+    tasks: usize,
+    seconds: f64,
+    ms_per_task: f64,
+}
+
 /// Everything `wmr bench` prints, as a table or as JSON.
 #[derive(Serialize)]
 struct Report {
@@ -68,6 +103,8 @@ struct Report {
     words: u64,
     distinct_words: usize,
     rows: Vec<Row>,
+    cluster_note: &'static str,
+    per_task: Vec<PerTask>,
     guest_compile_seconds: f64,
     store_attempts: u32,
     store_attempt_us: f64,
@@ -126,9 +163,62 @@ fn measure(
     };
 
     let file_bytes = corpus_bytes / files.len() as u64;
-    let (run_2, totals) = timed(|| embedded_run(&args.guest, scratch, file_bytes, corpus_bytes))?;
-    check_agrees("wmr run", expected, totals)?;
+    let corpus = Job {
+        input: scratch.path.join("corpus"),
+        reducers: 2,
+        split_bytes: file_bytes,
+        bytes: corpus_bytes,
+    };
+    let output = scratch.path.join("out-run");
+    let (run_2, summary) = timed(|| embedded_job(&args.guest, &corpus, &output, scratch))?;
+    check_agrees(
+        "wmr run",
+        expected,
+        corpus.totals("wmr run", &summary, &output)?,
+    )?;
 
+    // The tiny job: one-line files, so every map task has next to nothing
+    // to do and the job measures what each task costs the machinery.
+    let tiny = write_tiny_input(&scratch.path.join("tiny"))?;
+    let tiny_expected = Totals {
+        words: TINY_TASKS * TINY_LINE_WORDS,
+        distinct: Some(TINY_LINE_WORDS as usize),
+    };
+    let output = scratch.path.join("out-tiny-run");
+    let (tiny_embedded, summary) = timed(|| embedded_job(&args.guest, &tiny, &output, scratch))?;
+    let totals = tiny.totals("tiny job, wmr run", &summary, &output)?;
+    check_agrees("tiny job, wmr run", tiny_expected, totals)?;
+    let tiny_tasks = summary.tasks;
+    ensure!(
+        tiny_tasks as u64 == TINY_TASKS + 1,
+        "the tiny job has {tiny_tasks} tasks, not {TINY_TASKS} maps and a reduce"
+    );
+
+    let cluster = Cluster::start(&scratch.path.join("cluster"))?;
+    let output = scratch.path.join("out-quic");
+    let (quic_2, summary) = timed(|| cluster.deploy(guest, &corpus, &output))?;
+    check_agrees(
+        CLUSTER_ROW,
+        expected,
+        corpus.totals(CLUSTER_ROW, &summary, &output)?,
+    )?;
+    let ran = distinct_workers(&summary);
+    ensure!(
+        ran == 2,
+        "{CLUSTER_ROW}: attempts ran on {ran} workers, not 2"
+    );
+    let output = scratch.path.join("out-tiny-quic");
+    let (tiny_quic, summary) = timed(|| cluster.deploy(guest, &tiny, &output))?;
+    let totals = tiny.totals("tiny job over QUIC", &summary, &output)?;
+    check_agrees("tiny job over QUIC", tiny_expected, totals)?;
+    cluster.stop()?;
+
+    let per_task = |name: &str, seconds: f64| PerTask {
+        name: name.to_string(),
+        tasks: tiny_tasks,
+        seconds,
+        ms_per_task: seconds * 1e3 / tiny_tasks as f64,
+    };
     let row = |name: &str, seconds: f64| {
         let mb_per_s = corpus_bytes as f64 / 1e6 / seconds;
         Row {
@@ -155,6 +245,12 @@ fn measure(
                 guest_map,
             ),
             row("wmr run, 2 workers, 2 reducers", run_2),
+            row(CLUSTER_ROW, quic_2),
+        ],
+        cluster_note: CLUSTER_NOTE,
+        per_task: vec![
+            per_task("wmr run, 2 workers (embedded)", tiny_embedded),
+            per_task("coordinator + 2 workers over QUIC (loopback)", tiny_quic),
         ],
         guest_compile_seconds: compile,
         store_attempts: STORE_ATTEMPTS,
@@ -429,43 +525,82 @@ fn store_cost_us(sandbox: &Sandbox, module: &LoadedModule) -> anyhow::Result<f64
 
 // ---------------------------------------------------------------- wmr run
 
-/// `wmr run` in this process: 2 workers, 2 reducers, one split per corpus
-/// file (so its map tasks see what the guest row's map calls see).
-fn embedded_run(
+/// A word-count job of the benchmark: what it reads and how it is split.
+struct Job {
+    /// A directory of input files.
+    input: PathBuf,
+    reducers: u32,
+    split_bytes: u64,
+    /// The size of the input: what the map tasks must have read.
+    bytes: u64,
+}
+
+impl Job {
+    fn input(&self) -> anyhow::Result<String> {
+        Ok(self
+            .input
+            .to_str()
+            .context("the temp dir path is not UTF-8")?
+            .to_string())
+    }
+
+    /// Check that the job completed and read all its input; what its
+    /// output (the job's `output` directory) counted.
+    fn totals(&self, name: &str, summary: &JobSummary, output: &Path) -> anyhow::Result<Totals> {
+        match &summary.outcome {
+            JobOutcome::Completed => {}
+            other => bail!("{name} did not complete: {other:?}"),
+        }
+        ensure!(
+            summary.bytes_in == self.bytes,
+            "{name} read {} bytes of a {}-byte input",
+            summary.bytes_in,
+            self.bytes
+        );
+        output_totals(output)
+    }
+}
+
+/// `wmr run` in this process: 2 workers, `job.reducers` reducers.
+fn embedded_job(
     guest: &Path,
+    job: &Job,
+    output: &Path,
     scratch: &Scratch,
-    file_bytes: u64,
-    corpus_bytes: u64,
-) -> anyhow::Result<Totals> {
-    let corpus = scratch.path.join("corpus");
-    let output = scratch.path.join("out");
+) -> anyhow::Result<JobSummary> {
     let spec = JobSpec {
         map: guest.to_path_buf(),
         reduce: guest.to_path_buf(),
-        inputs: vec![
-            corpus
-                .to_str()
-                .context("the temp dir path is not UTF-8")?
-                .to_string(),
-        ],
-        output: output.clone(),
-        reducers: 2,
-        split_bytes: file_bytes,
+        inputs: vec![job.input()?],
+        output: output.to_path_buf(),
+        reducers: job.reducers,
+        split_bytes: job.split_bytes,
         limits: Limits::default(),
         params: BTreeMap::new(),
         max_attempts: 1,
     };
-    let summary = run_embedded(&spec, 2, &scratch.path.join("work"), &mut |_| {})?;
-    match &summary.outcome {
-        JobOutcome::Completed => {}
-        other => bail!("wmr run did not complete: {other:?}"),
+    run_embedded(&spec, 2, &scratch.path.join("work"), &mut |_| {})
+}
+
+/// `TINY_TASKS` one-line files in `dir`: one map task each.
+fn write_tiny_input(dir: &Path) -> anyhow::Result<Job> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for i in 0..TINY_TASKS {
+        let path = dir.join(format!("tiny-{i:04}.txt"));
+        std::fs::write(&path, TINY_LINE).with_context(|| format!("writing {}", path.display()))?;
     }
-    ensure!(
-        summary.bytes_in == corpus_bytes,
-        "wmr run read {} bytes of a {corpus_bytes}-byte corpus",
-        summary.bytes_in
-    );
-    output_totals(&output)
+    Ok(Job {
+        input: dir.to_path_buf(),
+        reducers: 1,
+        split_bytes: TINY_LINE.len() as u64,
+        bytes: TINY_TASKS * TINY_LINE.len() as u64,
+    })
+}
+
+/// How many workers ran attempts of a job.
+fn distinct_workers(summary: &JobSummary) -> usize {
+    let workers: BTreeSet<WorkerId> = summary.attempt_log.iter().map(|r| r.worker).collect();
+    workers.len()
 }
 
 /// Sum the `word count` lines of the job's part files.
@@ -496,6 +631,150 @@ fn output_totals(output: &Path) -> anyhow::Result<Totals> {
     Ok(totals)
 }
 
+// ---------------------------------------------------------------- cluster
+
+/// A coordinator and two 1-slot workers on one multi-thread runtime in
+/// this process, on 127.0.0.1. Each stops when its watch turns `true`.
+struct Cluster {
+    runtime: tokio::runtime::Runtime,
+    stop_workers: watch::Sender<bool>,
+    stop_coordinator: watch::Sender<bool>,
+    coordinator: tokio::task::JoinHandle<anyhow::Result<()>>,
+    workers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    remote: Remote,
+}
+
+/// A future that resolves once `stop` turns `true` (or is dropped).
+fn stopped(stop: &watch::Sender<bool>) -> impl std::future::Future<Output = ()> + use<> {
+    let mut rx = stop.subscribe();
+    async move {
+        let _ = rx.wait_for(|&stop| stop).await;
+    }
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> anyhow::Result<Cluster> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("wmr-bench-cluster")
+            .build()
+            .context("building the tokio runtime")?;
+        let (stop_workers, _) = watch::channel(false);
+        let (stop_coordinator, _) = watch::channel(false);
+        let state_dir = dir.join("state");
+        let config = CoordinatorConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            state_dir: state_dir.clone(),
+            work_root: dir.join("work"),
+            lease: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(1),
+            // Map outputs in `work_root`, on this machine's filesystem.
+            shared_store: true,
+        };
+        let coordinator = runtime.spawn(coordinator::serve(config, stopped(&stop_coordinator)));
+
+        // The coordinator publishes the fingerprint, then the address, each
+        // atomically, once it listens.
+        let addr_file = state_dir.join("coordinator.addr");
+        let deadline = Instant::now() + CLUSTER_LIMIT;
+        let (addr, fingerprint) = loop {
+            let addr = std::fs::read_to_string(&addr_file);
+            let fingerprint = std::fs::read_to_string(state_dir.join("fingerprint"));
+            if let (Ok(addr), Ok(fingerprint)) = (addr, fingerprint) {
+                let addr: SocketAddr = addr
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{}: not an address", addr_file.display()))?;
+                break (addr, fingerprint.trim().to_string());
+            }
+            if coordinator.is_finished() {
+                let ended = runtime.block_on(coordinator);
+                bail!("the coordinator stopped before it listened: {ended:?}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the coordinator did not write {} within {CLUSTER_LIMIT:?}",
+                addr_file.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+
+        let workers = (0..2)
+            .map(|i| {
+                let options = WorkerOptions {
+                    coordinator: addr,
+                    fingerprint: fingerprint.clone(),
+                    slots: 1,
+                    name: format!("bench-{i}"),
+                    labels: BTreeMap::new(),
+                    crash_probability: 0.0,
+                    cache_dir: dir.join(format!("cache-{i}")),
+                    work_dir: dir.join(format!("worker-{i}")),
+                    shuffle_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                };
+                runtime.spawn(node::run(options, stopped(&stop_workers)))
+            })
+            .collect();
+        Ok(Cluster {
+            runtime,
+            stop_workers,
+            stop_coordinator,
+            coordinator,
+            workers,
+            remote: Remote {
+                coordinator: addr,
+                fingerprint,
+                tenant: TenantId("bench".into()),
+            },
+        })
+    }
+
+    /// Deploy `job` (the guest maps and reduces) and follow it to the end.
+    fn deploy(&self, guest: &[u8], job: &Job, output: &Path) -> anyhow::Result<JobSummary> {
+        let request = JobRequest {
+            map_module: guest.to_vec(),
+            reduce_module: None,
+            inputs: vec![job.input()?],
+            output: output.to_path_buf(),
+            reducers: job.reducers,
+            split_bytes: job.split_bytes,
+            limits: Limits::default(),
+            params: BTreeMap::new(),
+            max_attempts: 1,
+        };
+        let (mut on_submitted, mut on_progress) = (|_: &str| {}, |_| {});
+        let deploy = client::deploy(&self.remote, request, &mut on_submitted, &mut on_progress);
+        self.runtime
+            .block_on(async { tokio::time::timeout(JOB_LIMIT, deploy).await })
+            .map_err(|_| anyhow!("the deployed job did not end within {JOB_LIMIT:?}"))?
+    }
+
+    /// Drain the workers, then stop the coordinator; bounded.
+    fn stop(self) -> anyhow::Result<()> {
+        let Cluster {
+            runtime,
+            stop_workers,
+            stop_coordinator,
+            coordinator,
+            workers,
+            ..
+        } = self;
+        let ended = runtime.block_on(async {
+            tokio::time::timeout(CLUSTER_LIMIT, async {
+                stop_workers.send_replace(true);
+                for worker in workers {
+                    worker.await.context("a worker panicked")??;
+                }
+                stop_coordinator.send_replace(true);
+                coordinator.await.context("the coordinator panicked")?
+            })
+            .await
+        });
+        runtime.shutdown_timeout(CLUSTER_LIMIT);
+        ended.map_err(|_| anyhow!("the cluster did not stop within {CLUSTER_LIMIT:?}"))?
+    }
+}
+
 // ---------------------------------------------------------------- output
 
 /// The process's peak resident set (Linux only).
@@ -514,15 +793,32 @@ fn print_table(r: &Report, size_mib: u64) {
         r.distinct_words
     );
     println!(
-        "{:<46} {:>8} {:>9} {:>10} {:>10}",
+        "{:<48} {:>8} {:>9} {:>10} {:>10}",
         "", "seconds", "MB/s", "vs native1", "vs native2"
     );
     for row in &r.rows {
         println!(
-            "{:<46} {:>8.3} {:>9.1} {:>9.3}x {:>9.3}x",
+            "{:<48} {:>8.3} {:>9.1} {:>9.3}x {:>9.3}x",
             row.name, row.seconds, row.mb_per_s, row.vs_native_1_thread, row.vs_native_2_threads
         );
     }
+    println!("{}", r.cluster_note);
+    if let Some(first) = r.per_task.first() {
+        println!(
+            "per-task overhead: {} tasks ({TINY_TASKS} one-line maps + 1 reduce), wall time / tasks:",
+            first.tasks
+        );
+    }
+    for t in &r.per_task {
+        println!(
+            "  {:<46} {:>8.3} s {:>8.3} ms/task",
+            t.name, t.seconds, t.ms_per_task
+        );
+    }
+    println!(
+        "  (embedded includes compiling the guest as map and as reduce; the QUIC workers \
+         have it from the row above)"
+    );
     let verdict = if r.store_attempt_us < STORE_TARGET_US {
         "ok"
     } else {

@@ -19,7 +19,10 @@ pub struct Remote {
 /// Long enough to ride out a coordinator paused for a few seconds.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn open(remote: &Remote, request: ClientRequest) -> anyhow::Result<(quinn::Endpoint, Channel)> {
+async fn open(
+    remote: &Remote,
+    request: ClientRequest,
+) -> anyhow::Result<(quinn::Endpoint, Channel)> {
     let (endpoint, connection) =
         transport::connect(remote.coordinator, &remote.fingerprint, IDLE_TIMEOUT).await?;
     let mut channel = Channel::open(&connection).await?;
@@ -44,7 +47,12 @@ pub async fn deploy(
     loop {
         match channel.read::<ClientReply>().await? {
             Some(ClientReply::Submitted { job }) => on_submitted(&job),
-            Some(ClientReply::Progress { phase, committed, running, total }) => on_progress(Progress {
+            Some(ClientReply::Progress {
+                phase,
+                committed,
+                running,
+                total,
+            }) => on_progress(Progress {
                 phase,
                 committed,
                 running,

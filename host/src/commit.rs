@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! <work>/job-<id>/map/_attempts/m-00003.a2/part-00007        map attempt, private
-//! <work>/job-<id>/map/m-00003/part-00007                     committed map output
+//! <work>/job-<id>/map/m-00003.a2/part-00007                  committed map output
 //! <output>/_temporary/job-<id>/r-00007.a1/part-r-00007       reduce attempt, private
 //! <output>/_temporary/job-<id>/committed/part-r-00007        committed reduce task
 //! <output>/part-r-00007                                      after the job commit
@@ -63,10 +63,13 @@ impl JobDirs {
         }
     }
 
-    /// Where a task's output lives once the task is committed.
-    pub fn committed_path(&self, task: TaskId) -> PathBuf {
+    /// Where a task's output lives once the task is committed. A map
+    /// output keeps its epoch in the name: a map task may be committed
+    /// again after its first output was lost, and a reducer must read
+    /// exactly the attempt the coordinator named.
+    pub fn committed_path(&self, task: TaskId, epoch: AttemptEpoch) -> PathBuf {
         match task {
-            TaskId::Map(_) => self.work.join("map").join(task.to_string()),
+            TaskId::Map(_) => self.work.join("map").join(format!("{task}.{epoch}")),
             TaskId::Reduce(r) => self.job_temporary().join("committed").join(part_name(r)),
         }
     }
@@ -124,7 +127,7 @@ impl JobDirs {
             TaskId::Map(_) => self.attempt_path(task, epoch),
             TaskId::Reduce(_) => self.reduce_attempt_file(task, epoch),
         };
-        let to = self.committed_path(task);
+        let to = self.committed_path(task, epoch);
         if to.exists() {
             bail!("{task} is already committed at {}", to.display());
         }

@@ -9,13 +9,13 @@
 
 use crate::commit::JobDirs;
 use crate::local::{JobSummary, summarize};
-use crate::protocol::{JobId, ModuleHash, TenantId, WorkerId};
+use crate::protocol::{JobId, ModuleHash, Peer, TaskId, TaskInput, TenantId, WorkerId};
 use crate::scheduler::{Action, Event, JobOutcome, JobPlan, Scheduler, SchedulerConfig};
 use crate::split;
 use crate::transport::{self, Channel, Identity};
 use crate::wire::{
-    ClientReply, ClientRequest, FromWorker, JobRequest, ModuleReply, Open, StatusReport,
-    ToWorker, WorkerInfo,
+    ClientReply, ClientRequest, FromWorker, JobRequest, ModuleReply, Open, PartitionReply,
+    StatusReport, ToWorker, WorkerInfo,
 };
 use anyhow::Context as _;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -33,6 +33,9 @@ pub struct CoordinatorConfig {
     pub work_root: PathBuf,
     pub lease: Duration,
     pub heartbeat: Duration,
+    /// Map outputs go to `work_root` (shared by all) instead of staying on
+    /// the workers that produced them.
+    pub shared_store: bool,
 }
 
 impl CoordinatorConfig {
@@ -56,6 +59,7 @@ enum CoreEvent {
     WorkerJoined {
         name: String,
         slots: u32,
+        shuffle: Option<Peer>,
         outbox: mpsc::UnboundedSender<ToWorker>,
         reply: oneshot::Sender<WorkerId>,
     },
@@ -73,6 +77,7 @@ enum CoreEvent {
 struct WorkerEntry {
     name: String,
     slots: u32,
+    shuffle: Option<Peer>,
     outbox: mpsc::UnboundedSender<ToWorker>,
     connected: bool,
 }
@@ -81,6 +86,8 @@ struct JobEntry {
     id: JobId,
     scheduler: Scheduler,
     dirs: JobDirs,
+    /// Map outputs stay on workers: they commit and discard them.
+    worker_local: bool,
     watchers: Vec<mpsc::UnboundedSender<ClientReply>>,
     started: Instant,
     summary: Option<JobSummary>,
@@ -97,9 +104,18 @@ pub async fn serve(
     let identity = Identity::load_or_generate(&config.state_dir)?;
     let endpoint = transport::server_endpoint(&identity, config.listen, config.lease * 2)?;
     let addr = endpoint.local_addr()?;
-    publish(&config.state_dir.join("fingerprint"), &identity.fingerprint())?;
-    publish(&config.state_dir.join("coordinator.addr"), &addr.to_string())?;
-    println!("wmr coordinator listening on {addr}, fingerprint {}", identity.fingerprint());
+    publish(
+        &config.state_dir.join("fingerprint"),
+        &identity.fingerprint(),
+    )?;
+    publish(
+        &config.state_dir.join("coordinator.addr"),
+        &addr.to_string(),
+    )?;
+    println!(
+        "wmr coordinator listening on {addr}, fingerprint {}",
+        identity.fingerprint()
+    );
 
     let modules: Modules = Arc::default();
     let (events, inbox) = mpsc::unbounded_channel();
@@ -163,7 +179,18 @@ async fn serve_connection(
                 }
             };
             match open {
-                Open::Worker { name, slots, .. } => serve_worker(channel, name, slots, events).await,
+                Open::Worker {
+                    name,
+                    slots,
+                    shuffle,
+                    ..
+                } => serve_worker(channel, name, slots, shuffle, events).await,
+                Open::FetchPartition { .. } => {
+                    let reply =
+                        PartitionReply::Missing("the coordinator holds no map output".into());
+                    let _ = channel.write(&reply).await;
+                    let _ = channel.send.finish();
+                }
                 Open::FetchModule(hash) => {
                     let found = modules.read().expect("poisoned").get(&hash).cloned();
                     let reply = match found {
@@ -173,7 +200,9 @@ async fn serve_connection(
                     let _ = channel.write(&reply).await;
                     let _ = channel.send.finish();
                 }
-                Open::Client { tenant, request } => serve_client(channel, tenant, request, events).await,
+                Open::Client { tenant, request } => {
+                    serve_client(channel, tenant, request, events).await
+                }
             }
         });
     }
@@ -183,12 +212,22 @@ async fn serve_worker(
     channel: Channel,
     name: String,
     slots: u32,
+    shuffle: Option<Peer>,
     events: mpsc::UnboundedSender<CoreEvent>,
 ) {
     let (outbox, mut outgoing) = mpsc::unbounded_channel();
     let (reply, id) = oneshot::channel();
     let slots = slots.clamp(1, 64);
-    if events.send(CoreEvent::WorkerJoined { name, slots, outbox, reply }).is_err() {
+    if events
+        .send(CoreEvent::WorkerJoined {
+            name,
+            slots,
+            shuffle,
+            outbox,
+            reply,
+        })
+        .is_err()
+    {
         return;
     }
     let Ok(worker) = id.await else { return };
@@ -200,7 +239,10 @@ async fn serve_worker(
         loop {
             match transport::read_frame::<FromWorker>(&mut recv).await {
                 Ok(Some(message)) => {
-                    if reader_events.send(CoreEvent::FromWorker(worker, message)).is_err() {
+                    if reader_events
+                        .send(CoreEvent::FromWorker(worker, message))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -236,7 +278,14 @@ async fn serve_client(
     match request {
         ClientRequest::Submit(request) => {
             let (replies, mut rx) = mpsc::unbounded_channel();
-            if events.send(CoreEvent::Submit { tenant, request, replies }).is_err() {
+            if events
+                .send(CoreEvent::Submit {
+                    tenant,
+                    request,
+                    replies,
+                })
+                .is_err()
+            {
                 return;
             }
             while let Some(reply) = rx.recv().await {
@@ -322,13 +371,31 @@ impl Core {
 
     fn handle(&mut self, event: CoreEvent) {
         match event {
-            CoreEvent::WorkerJoined { name, slots, outbox, reply } => {
+            CoreEvent::WorkerJoined {
+                name,
+                slots,
+                shuffle,
+                outbox,
+                reply,
+            } => {
                 let worker = WorkerId(self.next_worker);
                 self.next_worker += 1;
                 let heartbeat_ms = self.config.heartbeat.as_millis() as u64;
-                let _ = outbox.send(ToWorker::Welcome { worker, heartbeat_ms });
+                let _ = outbox.send(ToWorker::Welcome {
+                    worker,
+                    heartbeat_ms,
+                });
                 tracing::info!(%worker, %name, slots, "worker joined");
-                self.workers.insert(worker, WorkerEntry { name, slots, outbox, connected: true });
+                self.workers.insert(
+                    worker,
+                    WorkerEntry {
+                        name,
+                        slots,
+                        shuffle,
+                        outbox,
+                        connected: true,
+                    },
+                );
                 let _ = reply.send(worker);
                 self.with_active(|s, now| s.handle(now, Event::WorkerJoined { worker, slots }));
             }
@@ -339,21 +406,23 @@ impl Core {
                 }
                 self.with_active(|s, now| s.handle(now, Event::WorkerLost { worker }));
             }
-            CoreEvent::FromWorker(worker, message) => self.from_worker(worker, message),
-            CoreEvent::Submit { tenant, request, replies } => {
-                match self.submit(tenant, *request) {
-                    Ok(index) => {
-                        let job = self.jobs[index].id.to_string();
-                        let _ = replies.send(ClientReply::Submitted { job });
-                        self.jobs[index].watchers.push(replies);
-                        self.queue.push_back(index);
-                        self.activate_next();
-                    }
-                    Err(e) => {
-                        let _ = replies.send(ClientReply::Error(format!("{e:#}")));
-                    }
+            CoreEvent::FromWorker(worker, message) => self.worker_message(worker, message),
+            CoreEvent::Submit {
+                tenant,
+                request,
+                replies,
+            } => match self.submit(tenant, *request) {
+                Ok(index) => {
+                    let job = self.jobs[index].id.to_string();
+                    let _ = replies.send(ClientReply::Submitted { job });
+                    self.jobs[index].watchers.push(replies);
+                    self.queue.push_back(index);
+                    self.activate_next();
                 }
-            }
+                Err(e) => {
+                    let _ = replies.send(ClientReply::Error(format!("{e:#}")));
+                }
+            },
             CoreEvent::Status(job, reply) => {
                 let _ = reply.send(match self.find(job.as_deref()) {
                     Some(i) => ClientReply::Status(Box::new(self.status(i))),
@@ -364,7 +433,9 @@ impl Core {
                 let _ = reply.send(match self.find(Some(&job)) {
                     Some(i) => {
                         self.jobs[i].scheduler.handle(Instant::now(), Event::Cancel);
-                        ClientReply::Cancelled { job: self.jobs[i].id.to_string() }
+                        ClientReply::Cancelled {
+                            job: self.jobs[i].id.to_string(),
+                        }
                     }
                     None => ClientReply::Error(not_found(Some(&job))),
                 });
@@ -378,10 +449,26 @@ impl Core {
         }
     }
 
-    fn from_worker(&mut self, worker: WorkerId, message: FromWorker) {
+    fn worker_message(&mut self, worker: WorkerId, message: FromWorker) {
         match message {
             FromWorker::Heartbeat => {
                 self.with_active(|s, now| s.handle(now, Event::Heartbeat { worker }));
+            }
+            FromWorker::Committed {
+                job,
+                task,
+                epoch,
+                result,
+            } => {
+                if let Some(i) = self.jobs.iter().position(|j| j.id == job) {
+                    let event = Event::CommitFinished {
+                        task,
+                        epoch,
+                        result,
+                    };
+                    self.jobs[i].scheduler.handle(Instant::now(), event);
+                    self.carry_out(i);
+                }
             }
             FromWorker::Draining => {
                 self.with_active(|s, now| s.handle(now, Event::WorkerDraining { worker }));
@@ -392,7 +479,9 @@ impl Core {
                     if !report.log.is_empty() {
                         tracing::debug!(%job, %task, %epoch, log = %report.log, "attempt log");
                     }
-                    self.jobs[i].scheduler.handle(Instant::now(), Event::AttemptFinished(report));
+                    self.jobs[i]
+                        .scheduler
+                        .handle(Instant::now(), Event::AttemptFinished(report));
                     self.carry_out(i);
                 }
                 // Acknowledged whatever the verdict: the worker may forget it.
@@ -406,7 +495,10 @@ impl Core {
     fn submit(&mut self, tenant: TenantId, request: JobRequest) -> anyhow::Result<usize> {
         anyhow::ensure!(request.reducers > 0, "--reducers must be at least 1");
         anyhow::ensure!(request.split_bytes > 0, "--split-size must be positive");
-        anyhow::ensure!(request.max_attempts > 0, "--max-attempts must be at least 1");
+        anyhow::ensure!(
+            request.max_attempts > 0,
+            "--max-attempts must be at least 1"
+        );
         let map_module = self.store_module(request.map_module);
         let reduce_module = match request.reduce_module {
             Some(bytes) => self.store_module(bytes),
@@ -428,6 +520,7 @@ impl Core {
             params: request.params,
             output: request.output,
             work_root: self.config.work_root.clone(),
+            map_outputs_on_workers: !self.config.shared_store,
         };
         let config = SchedulerConfig {
             max_attempts: request.max_attempts,
@@ -438,6 +531,7 @@ impl Core {
             id: job,
             scheduler: Scheduler::new(plan, config, Instant::now()),
             dirs,
+            worker_local: !self.config.shared_store,
             watchers: Vec::new(),
             started: Instant::now(),
             summary: None,
@@ -458,7 +552,9 @@ impl Core {
     /// Give the workers to the next queued job once none is active.
     fn activate_next(&mut self) {
         while self.active.is_none() {
-            let Some(i) = self.queue.pop_front() else { return };
+            let Some(i) = self.queue.pop_front() else {
+                return;
+            };
             if self.jobs[i].summary.is_some() {
                 continue; // cancelled while queued
             }
@@ -467,7 +563,9 @@ impl Core {
             for (&worker, entry) in &self.workers {
                 if entry.connected {
                     let slots = entry.slots;
-                    self.jobs[i].scheduler.handle(now, Event::WorkerJoined { worker, slots });
+                    self.jobs[i]
+                        .scheduler
+                        .handle(now, Event::WorkerJoined { worker, slots });
                 }
             }
             self.carry_out(i);
@@ -485,28 +583,84 @@ impl Core {
         while let Some(action) = self.jobs[i].scheduler.poll_action() {
             let job = &mut self.jobs[i];
             match action {
-                Action::Assign { worker, assignment } => {
+                Action::Assign {
+                    worker,
+                    mut assignment,
+                } => {
+                    if let TaskInput::Reduce { map_outputs, .. } = &assignment.input {
+                        // Tell the reducer where each map output lives.
+                        for (_, _, holder) in map_outputs {
+                            let peer = self.workers.get(holder).and_then(|w| w.shuffle.clone());
+                            if let Some(peer) = peer {
+                                assignment.peers.insert(*holder, peer);
+                            }
+                        }
+                    }
                     let sent = self
                         .workers
                         .get(&worker)
                         .is_some_and(|w| w.outbox.send(ToWorker::Assign(assignment)).is_ok());
                     if !sent {
-                        job.scheduler.handle(Instant::now(), Event::WorkerLost { worker });
+                        job.scheduler
+                            .handle(Instant::now(), Event::WorkerLost { worker });
+                    }
+                }
+                Action::Commit {
+                    task: task @ TaskId::Map(_),
+                    epoch,
+                    worker,
+                } if job.worker_local => {
+                    // The worker holds the files: it renames and answers with
+                    // `Committed`. If it is gone, `WorkerLost` requeues the task.
+                    if let Some(w) = self.workers.get(&worker) {
+                        let _ = w.outbox.send(ToWorker::Commit {
+                            job: job.id,
+                            task,
+                            epoch,
+                        });
                     }
                 }
                 Action::Commit { task, epoch, .. } => {
-                    let result = job.dirs.commit_attempt(task, epoch).map_err(|e| format!("{e:#}"));
-                    let event = Event::CommitFinished { task, epoch, result };
+                    let result = job
+                        .dirs
+                        .commit_attempt(task, epoch)
+                        .map_err(|e| format!("{e:#}"));
+                    let event = Event::CommitFinished {
+                        task,
+                        epoch,
+                        result,
+                    };
                     job.scheduler.handle(Instant::now(), event);
+                }
+                Action::Discard {
+                    task: task @ TaskId::Map(_),
+                    epoch,
+                    worker,
+                } if job.worker_local => {
+                    if let Some(w) = self.workers.get(&worker) {
+                        let _ = w.outbox.send(ToWorker::Discard {
+                            job: job.id,
+                            task,
+                            epoch,
+                        });
+                    }
                 }
                 Action::Discard { task, epoch, .. } => {
                     if let Err(e) = job.dirs.abort_attempt(task, epoch) {
                         tracing::warn!(job = %job.id, %task, %epoch, "discarding: {e:#}");
                     }
                 }
-                Action::Interrupt { task, epoch, worker } => {
+                Action::Interrupt {
+                    task,
+                    epoch,
+                    worker,
+                } => {
                     if let Some(w) = self.workers.get(&worker) {
-                        let _ = w.outbox.send(ToWorker::Interrupt { job: job.id, task, epoch });
+                        let _ = w.outbox.send(ToWorker::Interrupt {
+                            job: job.id,
+                            task,
+                            epoch,
+                        });
                     }
                 }
                 Action::Finished(outcome) => self.finish(i, outcome),
@@ -535,6 +689,10 @@ impl Core {
             let _ = watcher.send(ClientReply::Done(Box::new(summary.clone())));
         }
         job.summary = Some(summary);
+        let done = job.id;
+        for w in self.workers.values().filter(|w| w.connected) {
+            let _ = w.outbox.send(ToWorker::JobDone { job: done });
+        }
         if self.active == Some(i) {
             self.active = None;
             self.activate_next();

@@ -109,6 +109,7 @@ pub fn run_embedded(
         params: spec.params.clone(),
         output: spec.output.clone(),
         work_root: work_root.to_path_buf(),
+        map_outputs_on_workers: false,
     };
     let config = SchedulerConfig {
         max_attempts: spec.max_attempts,

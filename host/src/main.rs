@@ -70,6 +70,9 @@ struct CoordinatorArgs {
     /// How often workers send heartbeats.
     #[arg(long, default_value = "1s", value_parser = parse_duration_ms)]
     heartbeat: u64,
+    /// Keep map outputs in the shared --work-dir instead of on the workers.
+    #[arg(long)]
+    shared_store: bool,
 }
 
 #[derive(Args)]
@@ -95,6 +98,12 @@ struct WorkerArgs {
     /// Where fetched modules are cached.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Where this worker keeps its map outputs (default: a fresh temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Where this worker serves map outputs to reducers (UDP).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    shuffle_listen: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -324,7 +333,9 @@ fn report(summary: &JobSummary, json: bool, output: &std::path::Path) -> anyhow:
     })
 }
 
-fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(f: F) -> anyhow::Result<ExitCode> {
+fn block_on<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> anyhow::Result<ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -348,6 +359,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         state_dir: args.state,
         lease: std::time::Duration::from_millis(args.lease),
         heartbeat: std::time::Duration::from_millis(args.heartbeat),
+        shared_store: args.shared_store,
     };
     wmr::coordinator::serve(config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -359,12 +371,18 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         coordinator: args.connect,
         fingerprint: args.fingerprint,
         slots: args.slots.unwrap_or(cores).max(1),
-        name: args.name.unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        name: args
+            .name
+            .unwrap_or_else(|| format!("worker-{}", std::process::id())),
         labels: args.labels.into_iter().collect(),
         crash_probability: args.crash_probability,
         cache_dir: args
             .cache_dir
             .unwrap_or_else(|| std::env::temp_dir().join("wmr-module-cache")),
+        work_dir: args.work_dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("wmr-worker-{}", std::process::id()))
+        }),
+        shuffle_listen: args.shuffle_listen,
     };
     wmr::node::run(options, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -372,9 +390,12 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 
 async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     // Validate locally: a clear error before anything is sent.
-    let map = std::fs::read(&args.map).map_err(|e| anyhow::anyhow!("{}: {e}", args.map.display()))?;
+    let map =
+        std::fs::read(&args.map).map_err(|e| anyhow::anyhow!("{}: {e}", args.map.display()))?;
     let reduce = match &args.reduce {
-        Some(path) => Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+        Some(path) => {
+            Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+        }
         None => None,
     };
     let sandbox = wmr::sandbox::Sandbox::new()?;
@@ -413,8 +434,13 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         bar.set_position(p.committed as u64);
         bar.set_message(format!("{:?}, {} running", p.phase, p.running));
     };
-    let summary =
-        wmr::client::deploy(&args.remote.remote(), request, &mut on_submitted, &mut on_progress).await?;
+    let summary = wmr::client::deploy(
+        &args.remote.remote(),
+        request,
+        &mut on_submitted,
+        &mut on_progress,
+    )
+    .await?;
     bar.finish_and_clear();
     report(&summary, args.json, &args.output)
 }

@@ -7,10 +7,14 @@
 //! drains: it tells the coordinator, takes nothing new, finishes what runs,
 //! delivers the reports, then exits.
 
-use crate::protocol::{AttemptEpoch, AttemptReport, JobId, ModuleHash, TaskId, WorkerId};
+use crate::commit::JobDirs;
+use crate::protocol::{
+    Assignment, AttemptEpoch, AttemptFailure, AttemptReport, JobId, ModuleHash, Peer, Shuffle,
+    TaskId, TaskInput, WorkerId,
+};
 use crate::sandbox::Role;
 use crate::transport::{self, Channel};
-use crate::wire::{FromWorker, ModuleReply, Open, ToWorker};
+use crate::wire::{FromWorker, ModuleReply, Open, PartitionReply, ToWorker};
 use crate::worker::Executor;
 use anyhow::{Context as _, bail};
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +42,10 @@ pub struct WorkerOptions {
     pub crash_probability: f64,
     /// Fetched modules, by hash.
     pub cache_dir: PathBuf,
+    /// Map outputs this worker keeps (worker-local shuffle).
+    pub work_dir: PathBuf,
+    /// Where this worker serves map outputs to reducers.
+    pub shuffle_listen: SocketAddr,
 }
 
 type AttemptKey = (JobId, TaskId, AttemptEpoch);
@@ -66,11 +74,23 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let executor = Arc::new(Executor::new()?);
     let state = Arc::new(WorkerState::default());
+    let identity = transport::Identity::ephemeral()?;
+    let shuffle_endpoint =
+        transport::server_endpoint(&identity, options.shuffle_listen, IDLE_TIMEOUT)?;
+    let peer = Peer {
+        addr: shuffle_endpoint.local_addr()?,
+        fingerprint: identity.fingerprint(),
+    };
+    tokio::spawn(serve_shuffle(
+        shuffle_endpoint.clone(),
+        options.work_dir.clone(),
+    ));
+    let options = &options;
     let mut backoff = BACKOFF_MIN;
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
     loop {
-        let session = session(&options, &executor, &state, &mut backoff);
+        let session = session(options, &peer, &executor, &state, &mut backoff);
         tokio::select! {
             result = session => match result {
                 Ok(()) => return Ok(()),
@@ -98,6 +118,7 @@ pub async fn run(
 /// One connection's life. Returns `Ok` only when drained.
 async fn session(
     options: &WorkerOptions,
+    peer: &Peer,
     executor: &Arc<Executor>,
     state: &Arc<WorkerState>,
     backoff: &mut Duration,
@@ -110,9 +131,14 @@ async fn session(
             name: options.name.clone(),
             slots: options.slots,
             labels: options.labels.clone(),
+            shuffle: Some(peer.clone()),
         })
         .await?;
-    let ToWorker::Welcome { worker, heartbeat_ms } = control.expect().await? else {
+    let ToWorker::Welcome {
+        worker,
+        heartbeat_ms,
+    } = control.expect().await?
+    else {
         bail!("the coordinator did not welcome this worker");
     };
     *backoff = BACKOFF_MIN;
@@ -135,7 +161,13 @@ async fn session(
     });
     let mut send = control.send;
     let (outbound, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
-    let resend: Vec<AttemptReport> = state.unacked.lock().expect("poisoned").values().cloned().collect();
+    let resend: Vec<AttemptReport> = state
+        .unacked
+        .lock()
+        .expect("poisoned")
+        .values()
+        .cloned()
+        .collect();
     for report in resend {
         let _ = outbound.send(FromWorker::Finished(report));
     }
@@ -188,13 +220,23 @@ fn handle(
 ) {
     match message {
         ToWorker::Assign(assignment) => {
-            if options.crash_probability > 0.0 && rand::random::<f64>() < options.crash_probability {
+            if options.crash_probability > 0.0 && rand::random::<f64>() < options.crash_probability
+            {
                 tracing::warn!(task = %assignment.task, "fault injection: crashing");
                 std::process::exit(3);
             }
             let key = (assignment.job, assignment.task, assignment.epoch);
             let cancel = Arc::new(AtomicBool::new(false));
-            state.running.lock().expect("poisoned").insert(key, cancel.clone());
+            state
+                .running
+                .lock()
+                .expect("poisoned")
+                .insert(key, cancel.clone());
+            let mut assignment = *assignment;
+            if assignment.shuffle == Shuffle::WorkerLocal {
+                // Map outputs stay here, in this worker's own directory.
+                assignment.work_root = options.work_dir.clone();
+            }
             let (executor, state, connection, outbound, cache) = (
                 executor.clone(),
                 state.clone(),
@@ -203,23 +245,64 @@ fn handle(
                 options.cache_dir.clone(),
             );
             tokio::spawn(async move {
-                let report = run_attempt(*assignment, worker, cancel, executor, &connection, &cache).await;
+                let report =
+                    run_attempt(assignment, worker, cancel, executor, &connection, &cache).await;
                 state.running.lock().expect("poisoned").remove(&key);
-                state.unacked.lock().expect("poisoned").insert(key, report.clone());
+                state
+                    .unacked
+                    .lock()
+                    .expect("poisoned")
+                    .insert(key, report.clone());
                 // If this connection is gone, the next session re-sends it.
                 let _ = outbound.send(FromWorker::Finished(report));
                 state.changed.notify_waiters();
             });
         }
         ToWorker::Interrupt { job, task, epoch } => {
-            if let Some(cancel) = state.running.lock().expect("poisoned").get(&(job, task, epoch)) {
+            if let Some(cancel) = state
+                .running
+                .lock()
+                .expect("poisoned")
+                .get(&(job, task, epoch))
+            {
                 tracing::info!(%job, %task, %epoch, "interrupting attempt");
                 cancel.store(true, Ordering::SeqCst);
             }
         }
         ToWorker::Ack { job, task, epoch } => {
-            state.unacked.lock().expect("poisoned").remove(&(job, task, epoch));
+            state
+                .unacked
+                .lock()
+                .expect("poisoned")
+                .remove(&(job, task, epoch));
             state.changed.notify_waiters();
+        }
+        ToWorker::Commit { job, task, epoch } => {
+            let (outbound, dirs) = (outbound.clone(), local_dirs(options, job));
+            tokio::task::spawn_blocking(move || {
+                let result = dirs
+                    .commit_attempt(task, epoch)
+                    .map_err(|e| format!("{e:#}"));
+                let _ = outbound.send(FromWorker::Committed {
+                    job,
+                    task,
+                    epoch,
+                    result,
+                });
+            });
+        }
+        ToWorker::Discard { job, task, epoch } => {
+            if let Err(e) = local_dirs(options, job).abort_attempt(task, epoch) {
+                tracing::warn!(%job, %task, %epoch, "discarding: {e:#}");
+            }
+        }
+        ToWorker::JobDone { job } => {
+            let dirs = local_dirs(options, job);
+            if let Err(e) = std::fs::remove_dir_all(&dirs.work)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%job, "removing map outputs: {e:#}");
+            }
         }
         ToWorker::Welcome { .. } => tracing::warn!("unexpected second welcome ignored"),
     }
@@ -262,16 +345,33 @@ async fn run_attempt(
         }
     }
     let (job, task, epoch) = (assignment.job, assignment.task, assignment.epoch);
-    tokio::task::spawn_blocking(move || executor.execute(&assignment, worker, cancel))
-        .await
-        .unwrap_or_else(|e| AttemptReport {
-            job,
-            task,
-            epoch,
-            worker,
-            outcome: Err(crate::protocol::AttemptFailure::Host(format!("attempt panicked: {e}"))),
-            log: String::new(),
-        })
+    let fetched = match fetch_map_outputs(&assignment, worker).await {
+        Ok(fetched) => fetched,
+        Err(failure) => {
+            return AttemptReport {
+                job,
+                task,
+                epoch,
+                worker,
+                outcome: Err(failure),
+                log: String::new(),
+            };
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        executor.execute_with_inputs(&assignment, worker, cancel, fetched)
+    })
+    .await
+    .unwrap_or_else(|e| AttemptReport {
+        job,
+        task,
+        epoch,
+        worker,
+        outcome: Err(crate::protocol::AttemptFailure::Host(format!(
+            "attempt panicked: {e}"
+        ))),
+        log: String::new(),
+    })
 }
 
 /// A module from the disk cache, or fetched from the coordinator once and
@@ -298,8 +398,129 @@ async fn fetch_module(
     }
     std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
     // Several workers may share the cache: each writes its own temporary.
-    let tmp = cached.with_extension(format!("{}.{}.tmp", std::process::id(), rand::random::<u32>()));
+    let tmp = cached.with_extension(format!(
+        "{}.{}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::write(&tmp, &bytes)?;
     std::fs::rename(&tmp, &cached)?;
     Ok(bytes)
+}
+
+/// This worker's directories for `job` (map outputs only; the output
+/// directory is not used here).
+fn local_dirs(options: &WorkerOptions, job: JobId) -> JobDirs {
+    JobDirs::new(job, &options.work_dir, std::path::Path::new(""))
+}
+
+/// A reduce task's inputs under worker-local shuffle: every map output's
+/// partition, from this worker's disk or fetched from the worker holding
+/// it. `None` for every other task. A fetch that fails names the map task
+/// so that the coordinator runs it again.
+async fn fetch_map_outputs(
+    assignment: &Assignment,
+    me: WorkerId,
+) -> Result<Option<Vec<Vec<u8>>>, AttemptFailure> {
+    let TaskInput::Reduce {
+        partition,
+        map_outputs,
+    } = &assignment.input
+    else {
+        return Ok(None);
+    };
+    if assignment.shuffle != Shuffle::WorkerLocal {
+        return Ok(None);
+    }
+    let mut fetched = Vec::with_capacity(map_outputs.len());
+    let mut connections: HashMap<WorkerId, (quinn::Endpoint, quinn::Connection)> = HashMap::new();
+    for &(map_task, map_epoch, holder) in map_outputs {
+        let failed = |reason: String| AttemptFailure::FetchFailed {
+            map_task,
+            map_epoch,
+            worker: holder,
+            reason,
+        };
+        let request = Open::FetchPartition {
+            job: assignment.job,
+            task: map_task,
+            epoch: map_epoch,
+            partition: *partition,
+        };
+        let peer = assignment
+            .peers
+            .get(&holder)
+            .ok_or_else(|| failed("no shuffle address for that worker".into()))?;
+        if holder == me {
+            tracing::trace!(%map_task, "map output is local, fetching through the endpoint anyway");
+        }
+        let connection = match connections.entry(holder) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let connected = transport::connect(peer.addr, &peer.fingerprint, IDLE_TIMEOUT)
+                    .await
+                    .map_err(|e| failed(format!("{e:#}")))?;
+                entry.insert(connected)
+            }
+        };
+        let connection = &connection.1;
+        let reply = async {
+            let mut channel = Channel::open(connection).await?;
+            channel.write(&request).await?;
+            channel.expect::<PartitionReply>().await
+        }
+        .await
+        .map_err(|e| failed(format!("{e:#}")))?;
+        match reply {
+            PartitionReply::Found(bytes) => fetched.push(bytes),
+            PartitionReply::Missing(reason) => return Err(failed(reason)),
+        }
+    }
+    Ok(Some(fetched))
+}
+
+/// Serve this worker's committed map outputs to reducers.
+async fn serve_shuffle(endpoint: quinn::Endpoint, work_dir: PathBuf) {
+    while let Some(incoming) = endpoint.accept().await {
+        let work_dir = work_dir.clone();
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
+            while let Ok((send, recv)) = connection.accept_bi().await {
+                let mut channel = Channel { send, recv };
+                let work_dir = work_dir.clone();
+                tokio::spawn(async move {
+                    let reply = match channel.read::<Open>().await {
+                        Ok(Some(Open::FetchPartition {
+                            job,
+                            task,
+                            epoch,
+                            partition,
+                        })) => {
+                            let dirs = JobDirs::new(job, &work_dir, std::path::Path::new(""));
+                            let file = JobDirs::map_partition_file(
+                                &dirs.committed_path(task, epoch),
+                                partition,
+                            );
+                            match tokio::fs::read(&file).await {
+                                Ok(bytes) => PartitionReply::Found(bytes),
+                                Err(e) => PartitionReply::Missing(format!("{task} {epoch}: {e}")),
+                            }
+                        }
+                        Ok(_) => PartitionReply::Missing(
+                            "a shuffle endpoint only serves partitions".into(),
+                        ),
+                        Err(error) => {
+                            channel.reject(&error);
+                            return;
+                        }
+                    };
+                    let _ = channel.write(&reply).await;
+                    let _ = channel.send.finish();
+                    let _ = channel.send.stopped().await;
+                });
+            }
+        });
+    }
 }

@@ -161,8 +161,27 @@ pub struct Assignment {
     /// The job's output directory (shared store: reduce attempts write
     /// their private files below it).
     pub output: PathBuf,
-    /// The root of intermediate data (shared store: map outputs).
+    /// The root of intermediate data in the shared store.
     pub work_root: PathBuf,
+    pub shuffle: Shuffle,
+    /// Where to fetch map outputs from (reduce tasks, worker-local shuffle).
+    pub peers: BTreeMap<WorkerId, Peer>,
+}
+
+/// Where map outputs live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shuffle {
+    /// In `work_root`, visible to everyone (embedded mode, shared disks).
+    SharedStore,
+    /// On the worker that produced them; reducers fetch them over QUIC.
+    WorkerLocal,
+}
+
+/// A worker's shuffle endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    pub fingerprint: String,
 }
 
 /// Why an attempt failed. The variants are the classification users see.
@@ -184,6 +203,15 @@ pub enum AttemptFailure {
     Denied(String),
     #[error("cancelled")]
     Cancelled,
+    /// A reduce attempt could not read a committed map output: that map
+    /// task must run again (not counted against the reduce's attempts).
+    #[error("fetching the output of {map_task} {map_epoch} from {worker} failed: {reason}")]
+    FetchFailed {
+        map_task: TaskId,
+        map_epoch: AttemptEpoch,
+        worker: WorkerId,
+        reason: String,
+    },
     /// The host could not run the attempt (unreadable input, bad module...).
     #[error("{0}")]
     Host(String),

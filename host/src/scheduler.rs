@@ -17,7 +17,7 @@
 
 use crate::protocol::{
     Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, InputSplit, JobId,
-    Limits, ModuleHash, TaskId, TaskInput, TenantId, WorkerId,
+    Limits, ModuleHash, Shuffle, TaskId, TaskInput, TenantId, WorkerId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -36,6 +36,9 @@ pub struct JobPlan {
     pub params: BTreeMap<String, String>,
     pub output: std::path::PathBuf,
     pub work_root: std::path::PathBuf,
+    /// Map outputs live on the worker that produced them (networked mode):
+    /// when that worker is lost, its committed map tasks run again.
+    pub map_outputs_on_workers: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -181,6 +184,9 @@ pub enum AttemptOutcome {
     RejectedStale,
     /// Its worker was lost or its lease expired.
     Lost,
+    /// Committed, but the map output was lost with its worker (or could
+    /// not be fetched): the task ran again.
+    OutputLost,
 }
 
 pub struct Scheduler {
@@ -334,6 +340,45 @@ impl Scheduler {
 
     fn worker_lost(&mut self, now: Instant, worker: WorkerId) {
         self.workers.remove(&worker);
+        // With map outputs on workers, the worker itself commits a map
+        // attempt; on a lost worker that commit never completes. (Other
+        // commits are the coordinator's own renames and do complete.)
+        let committing: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(id, t)| {
+                self.plan.map_outputs_on_workers
+                    && matches!(id, TaskId::Map(_))
+                    && matches!(t.state, TaskState::Committing { worker: w, .. } if w == worker)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for task in committing {
+            let t = self.tasks.get_mut(&task).expect("known task");
+            let TaskState::Committing { epoch, .. } = t.state else {
+                unreachable!()
+            };
+            t.state = TaskState::Pending;
+            self.record_end(now, task, epoch, AttemptOutcome::Lost, None);
+            self.enqueue(task);
+        }
+        if self.plan.map_outputs_on_workers {
+            let lost: Vec<(TaskId, AttemptEpoch)> = self
+                .tasks
+                .iter()
+                .filter_map(|(id, t)| match t.state {
+                    TaskState::Committed { epoch, worker: w }
+                        if w == worker && matches!(id, TaskId::Map(_)) =>
+                    {
+                        Some((*id, epoch))
+                    }
+                    _ => None,
+                })
+                .collect();
+            for (task, epoch) in lost {
+                self.lose_map_output(now, task, epoch);
+            }
+        }
         let running: Vec<TaskId> = self
             .tasks
             .iter()
@@ -369,9 +414,43 @@ impl Scheduler {
         t.state = TaskState::Pending;
         self.release_slot(worker);
         self.record_end(now, task, epoch, outcome, None);
-        if self.is_active() {
+        self.enqueue(task);
+    }
+
+    /// Queue a pending task if it can run now: map tasks while the job is
+    /// active, reduce tasks only while reducing (I4); the others are queued
+    /// when the phase is (re)entered.
+    fn enqueue(&mut self, task: TaskId) {
+        let eligible = match task {
+            TaskId::Map(_) => self.is_active(),
+            TaskId::Reduce(_) => self.phase == Phase::Reducing,
+        };
+        if eligible && !self.pending.contains(&task) {
             self.pending.push_front(task);
         }
+    }
+
+    /// A committed map output is gone (its worker was lost, or a reducer
+    /// could not fetch it): run the map task again, and hold back reduce
+    /// tasks until it is committed again.
+    fn lose_map_output(&mut self, now: Instant, task: TaskId, epoch: AttemptEpoch) {
+        debug_assert!(matches!(task, TaskId::Map(_)));
+        let active = self.is_active();
+        let t = self.tasks.get_mut(&task).expect("known task");
+        if !active || !matches!(t.state, TaskState::Committed { epoch: e, .. } if e == epoch) {
+            return;
+        }
+        tracing::debug!(job = %self.plan.job, %task, %epoch, "map output lost; running the task again");
+        t.state = TaskState::Pending;
+        if let Some(&i) = self.log_index.get(&(task, epoch)) {
+            self.log[i].outcome = AttemptOutcome::OutputLost;
+        }
+        let _ = now;
+        if self.phase == Phase::Reducing {
+            self.phase = Phase::Mapping;
+            self.pending.retain(|t| matches!(t, TaskId::Map(_)));
+        }
+        self.enqueue(task);
     }
 
     fn attempt_finished(&mut self, now: Instant, report: AttemptReport) {
@@ -415,6 +494,29 @@ impl Scheduler {
                     worker,
                 });
             }
+            Err(AttemptFailure::FetchFailed {
+                map_task,
+                map_epoch,
+                worker: holder,
+                reason,
+            }) => {
+                // Not the reduce's fault: no failure counted; the map task
+                // whose output is missing runs again first.
+                let failure = AttemptFailure::FetchFailed {
+                    map_task,
+                    map_epoch,
+                    worker: holder,
+                    reason,
+                };
+                tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, %failure, "fetch failed");
+                self.actions.push_back(Action::Discard {
+                    task,
+                    epoch,
+                    worker,
+                });
+                self.requeue(now, task, AttemptOutcome::Failed(failure));
+                self.lose_map_output(now, map_task, map_epoch);
+            }
             Err(failure) => {
                 t.failures += 1;
                 t.last_failure = Some(format!("{worker} {epoch}: {failure}"));
@@ -455,12 +557,15 @@ impl Scheduler {
     ) {
         let t = self.tasks.get_mut(&task).expect("known task");
         let TaskState::Committing { epoch: e, worker } = t.state else {
-            panic!(
-                "commit finished for {task} {epoch} which is not committing: {:?}",
-                t.state
-            );
+            // The worker holding this commit was lost meanwhile: the task
+            // was requeued, this late result changes nothing.
+            tracing::debug!(job = %self.plan.job, %task, %epoch, "late commit result ignored");
+            return;
         };
-        assert_eq!(e, epoch, "I2: commit of a non-current epoch");
+        if e != epoch {
+            tracing::debug!(job = %self.plan.job, %task, %epoch, "late commit result ignored");
+            return;
+        }
         match result {
             Ok(()) => {
                 t.state = TaskState::Committed { epoch, worker };
@@ -552,8 +657,13 @@ impl Scheduler {
         {
             self.phase = Phase::Reducing;
             debug_assert!(self.pending.is_empty());
-            self.pending
-                .extend((0..self.plan.reducers).map(TaskId::Reduce));
+            let waiting: Vec<TaskId> = self
+                .tasks
+                .iter()
+                .filter(|(id, t)| matches!(id, TaskId::Reduce(_)) && t.state == TaskState::Pending)
+                .map(|(id, _)| *id)
+                .collect();
+            self.pending.extend(waiting);
         }
         if self.phase == Phase::Reducing
             && all_committed(|id| matches!(id, TaskId::Reduce(_)), &self.tasks)
@@ -641,6 +751,12 @@ impl Scheduler {
                 params,
                 output: self.plan.output.clone(),
                 work_root: self.plan.work_root.clone(),
+                shuffle: if self.plan.map_outputs_on_workers {
+                    Shuffle::WorkerLocal
+                } else {
+                    Shuffle::SharedStore
+                },
+                peers: BTreeMap::new(),
             }),
         });
     }

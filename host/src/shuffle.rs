@@ -76,10 +76,9 @@ pub fn write_partition(path: &Path, pairs: &[Pair]) -> anyhow::Result<u64> {
     Ok(bytes.len() as u64)
 }
 
-/// Read one partition file written by [`write_partition`].
-pub fn read_partition(path: &Path) -> anyhow::Result<Vec<Pair>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    postcard::from_bytes(&bytes).with_context(|| format!("decoding {}", path.display()))
+/// Decode the bytes of a partition file written by [`write_partition`].
+pub fn decode_partition(bytes: &[u8]) -> anyhow::Result<Vec<Pair>> {
+    postcard::from_bytes(bytes).context("decoding intermediate pairs")
 }
 
 /// Format one reduce output record as a line: `key value`, or `key` alone

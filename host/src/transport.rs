@@ -65,7 +65,9 @@ pub fn check_length(prefix: [u8; 4]) -> Result<usize, FrameError> {
         });
     }
     if len < 2 {
-        return Err(FrameError::Malformed(format!("length {len} has no room for a version")));
+        return Err(FrameError::Malformed(format!(
+            "length {len} has no room for a version"
+        )));
     }
     Ok(len)
 }
@@ -85,7 +87,10 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     let (message, rest) =
         postcard::take_from_bytes(payload).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(FrameError::Malformed(format!("{} trailing bytes", rest.len())));
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     Ok(message)
 }
@@ -163,23 +168,30 @@ impl Identity {
     pub fn load_or_generate(dir: &Path) -> anyhow::Result<Self> {
         let (cert_path, key_path) = (dir.join("cert.der"), dir.join("key.der"));
         if cert_path.exists() && key_path.exists() {
-            let cert = std::fs::read(&cert_path).with_context(|| format!("{}", cert_path.display()))?;
-            let key = std::fs::read(&key_path).with_context(|| format!("{}", key_path.display()))?;
+            let cert =
+                std::fs::read(&cert_path).with_context(|| format!("{}", cert_path.display()))?;
+            let key =
+                std::fs::read(&key_path).with_context(|| format!("{}", key_path.display()))?;
             return Ok(Identity {
                 cert: CertificateDer::from(cert),
                 key: PrivatePkcs8KeyDer::from(key),
             });
         }
-        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
-            .context("generating a certificate")?;
-        let identity = Identity {
-            cert: certified.cert.der().clone(),
-            key: PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()),
-        };
+        let identity = Identity::ephemeral()?;
         std::fs::create_dir_all(dir)?;
         write_private(&key_path, identity.key.secret_pkcs8_der())?;
         std::fs::write(&cert_path, identity.cert.as_ref())?;
         Ok(identity)
+    }
+
+    /// A fresh identity kept only in memory (a worker's shuffle endpoint).
+    pub fn ephemeral() -> anyhow::Result<Self> {
+        let certified = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
+            .context("generating a certificate")?;
+        Ok(Identity {
+            cert: certified.cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()),
+        })
     }
 
     pub fn fingerprint(&self) -> String {
@@ -220,11 +232,18 @@ fn transport_config(idle: Duration) -> Arc<quinn::TransportConfig> {
 
 /// A QUIC server endpoint with `identity`. A peer silent for `idle` is
 /// disconnected (keep-alives flow every idle/4 while it is alive).
-pub fn server_endpoint(identity: &Identity, addr: SocketAddr, idle: Duration) -> anyhow::Result<quinn::Endpoint> {
+pub fn server_endpoint(
+    identity: &Identity,
+    addr: SocketAddr,
+    idle: Duration,
+) -> anyhow::Result<quinn::Endpoint> {
     install_crypto_provider();
     let mut crypto = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(vec![identity.cert.clone()], PrivateKeyDer::Pkcs8(identity.key.clone_key()))
+        .with_single_cert(
+            vec![identity.cert.clone()],
+            PrivateKeyDer::Pkcs8(identity.key.clone_key()),
+        )
         .context("TLS server configuration")?;
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
@@ -235,7 +254,11 @@ pub fn server_endpoint(identity: &Identity, addr: SocketAddr, idle: Duration) ->
 }
 
 /// Connect to a coordinator whose certificate has `fingerprint`.
-pub async fn connect(addr: SocketAddr, fingerprint: &str, idle: Duration) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+pub async fn connect(
+    addr: SocketAddr,
+    fingerprint: &str,
+    idle: Duration,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
     install_crypto_provider();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCertificate {
@@ -253,9 +276,13 @@ pub async fn connect(addr: SocketAddr, fingerprint: &str, idle: Duration) -> any
         .map_err(|e| anyhow!("QUIC client configuration: {e}"))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport_config(idle));
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .expect("valid address");
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("valid address");
     let mut endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;
     endpoint.set_default_client_config(config);
     let connecting = endpoint
@@ -349,10 +376,19 @@ mod tests {
         );
         assert_eq!(
             decode::<u32>(&[0, 9, 1]),
-            Err(FrameError::WrongVersion { got: 9, want: PROTOCOL_VERSION })
+            Err(FrameError::WrongVersion {
+                got: 9,
+                want: PROTOCOL_VERSION
+            })
         );
-        assert!(matches!(decode::<String>(&[0, 1, 0xff, 0xff]), Err(FrameError::Malformed(_))));
-        assert!(matches!(decode::<u8>(&[0, 1, 1, 2]), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode::<String>(&[0, 1, 0xff, 0xff]),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode::<u8>(&[0, 1, 1, 2]),
+            Err(FrameError::Malformed(_))
+        ));
         assert_eq!(decode::<u8>(&[0]), Err(FrameError::Truncated));
     }
 }

@@ -6,7 +6,8 @@
 
 use crate::local::JobSummary;
 use crate::protocol::{
-    Assignment, AttemptEpoch, AttemptReport, JobId, Limits, ModuleHash, TaskId, TenantId, WorkerId,
+    Assignment, AttemptEpoch, AttemptReport, JobId, Limits, ModuleHash, Peer, TaskId, TenantId,
+    WorkerId,
 };
 use crate::scheduler::{AttemptRecord, Phase};
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,16 @@ pub enum Open {
         name: String,
         slots: u32,
         labels: BTreeMap<String, String>,
+        /// Where this worker serves its map outputs to reducers.
+        shuffle: Option<Peer>,
+    },
+    /// A reducer fetches one partition of a committed map output from the
+    /// worker holding it (answered with [`PartitionReply`]).
+    FetchPartition {
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        partition: u32,
     },
     /// Fetch a module by hash (answered with [`ModuleReply`]).
     FetchModule(ModuleHash),
@@ -38,6 +49,13 @@ pub enum FromWorker {
     Finished(AttemptReport),
     /// Finish what is running, take nothing new (SIGTERM).
     Draining,
+    /// The result of a [`ToWorker::Commit`].
+    Committed {
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        result: Result<(), String>,
+    },
 }
 
 /// Coordinator → worker, on the control stream.
@@ -61,6 +79,29 @@ pub enum ToWorker {
         task: TaskId,
         epoch: AttemptEpoch,
     },
+    /// Publish this map attempt's output on the worker (worker-local shuffle).
+    Commit {
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
+    },
+    /// Delete this attempt's private files (stale or failed).
+    Discard {
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
+    },
+    /// The job ended: delete everything the worker kept for it.
+    JobDone {
+        job: JobId,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum PartitionReply {
+    /// The partition file's bytes (postcard-encoded pairs).
+    Found(Vec<u8>),
+    Missing(String),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -96,11 +137,20 @@ pub enum ClientRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ClientReply {
-    Submitted { job: String },
-    Progress { phase: Phase, committed: usize, running: usize, total: usize },
+    Submitted {
+        job: String,
+    },
+    Progress {
+        phase: Phase,
+        committed: usize,
+        running: usize,
+        total: usize,
+    },
     Done(Box<JobSummary>),
     Status(Box<StatusReport>),
-    Cancelled { job: String },
+    Cancelled {
+        job: String,
+    },
     Error(String),
 }
 

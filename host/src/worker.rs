@@ -4,7 +4,8 @@
 
 use crate::commit::JobDirs;
 use crate::protocol::{
-    Assignment, AttemptFailure, AttemptReport, AttemptStats, ModuleHash, TaskInput, WorkerId,
+    Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, ModuleHash, TaskId,
+    TaskInput, WorkerId,
 };
 use crate::sandbox::{AttemptContext, CallOutcome, Group, LoadedModule, PairSink, Role, Sandbox};
 use crate::shuffle::{self, Pair};
@@ -85,6 +86,19 @@ impl Executor {
         worker: WorkerId,
         cancel: Arc<AtomicBool>,
     ) -> AttemptReport {
+        self.execute_with_inputs(assignment, worker, cancel, None)
+    }
+
+    /// [`Self::execute`], with a reduce task's map outputs already fetched
+    /// (encoded partition files, in `map_outputs` order) instead of read
+    /// from the shared store.
+    pub fn execute_with_inputs(
+        &self,
+        assignment: &Assignment,
+        worker: WorkerId,
+        cancel: Arc<AtomicBool>,
+        fetched: Option<Vec<Vec<u8>>>,
+    ) -> AttemptReport {
         let span = tracing::info_span!("attempt", job = %assignment.job, task = %assignment.task,
             epoch = %assignment.epoch, %worker);
         let _enter = span.enter();
@@ -100,7 +114,7 @@ impl Executor {
             TaskInput::Reduce {
                 partition,
                 map_outputs,
-            } => self.run_reduce(&dirs, assignment, &ctx, *partition, map_outputs),
+            } => self.run_reduce(&dirs, assignment, &ctx, *partition, map_outputs, fetched),
         };
         let outcome = outcome.map(|mut stats| {
             stats.wall_ms = started.elapsed().as_millis() as u64;
@@ -244,11 +258,8 @@ impl Executor {
         a: &Assignment,
         ctx: &AttemptContext,
         partition: u32,
-        map_outputs: &[(
-            crate::protocol::TaskId,
-            crate::protocol::AttemptEpoch,
-            WorkerId,
-        )],
+        map_outputs: &[(TaskId, AttemptEpoch, WorkerId)],
+        fetched: Option<Vec<Vec<u8>>>,
     ) -> (Result<AttemptStats, AttemptFailure>, String) {
         let host_err = |e: anyhow::Error| AttemptFailure::Host(format!("{e:#}"));
         let module = match self.module(&a.module, Role::Reduce) {
@@ -259,16 +270,31 @@ impl Executor {
         // deterministic order.
         let mut pairs: Vec<Pair> = Vec::new();
         let mut bytes_in = 0;
-        for (task, _, _) in map_outputs {
-            let file = JobDirs::map_partition_file(&dirs.committed_path(*task), partition);
-            bytes_in += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            match shuffle::read_partition(&file) {
+        let encoded: Vec<Vec<u8>> = match fetched {
+            Some(fetched) => fetched,
+            None => {
+                let mut read = Vec::with_capacity(map_outputs.len());
+                for (task, epoch, _) in map_outputs {
+                    let dir = dirs.committed_path(*task, *epoch);
+                    let file = JobDirs::map_partition_file(&dir, partition);
+                    match std::fs::read(&file) {
+                        Ok(bytes) => read.push(bytes),
+                        Err(e) => {
+                            let e = anyhow::Error::new(e).context(format!("map output of {task}"));
+                            return (Err(host_err(e)), String::new());
+                        }
+                    }
+                }
+                read
+            }
+        };
+        for (bytes, (task, _, _)) in encoded.iter().zip(map_outputs) {
+            bytes_in += bytes.len() as u64;
+            match shuffle::decode_partition(bytes) {
                 Ok(mut p) => pairs.append(&mut p),
                 Err(e) => {
-                    return (
-                        Err(host_err(e.context(format!("map output of {task}")))),
-                        String::new(),
-                    );
+                    let e = e.context(format!("map output of {task}"));
+                    return (Err(host_err(e)), String::new());
                 }
             }
         }
