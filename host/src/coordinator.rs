@@ -112,7 +112,8 @@ pub async fn serve(
         &config.state_dir.join("coordinator.addr"),
         &addr.to_string(),
     )?;
-    println!(
+    // On stderr: stdout stays free for machine-readable output.
+    eprintln!(
         "wmr coordinator listening on {addr}, fingerprint {}",
         identity.fingerprint()
     );
@@ -247,6 +248,10 @@ async fn serve_worker(
                     }
                 }
                 Ok(None) => return,
+                Err(transport::FrameError::Io(error)) => {
+                    tracing::debug!(%worker, %error, "worker connection ended");
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(%worker, %error, "closing a worker's stream after a bad frame");
                     let _ = recv.stop(quinn::VarInt::from_u32(1));

@@ -99,7 +99,15 @@ mod tests {
     #[test]
     fn partition_is_stable_across_versions() {
         // Pinned values: changing the function would scatter existing outputs.
-        assert_eq!(partition_of(b"", 10), 0xcbf2_9ce4_8422_2325u64 as u32 % 10);
+        // FNV-1a("hello") = 0xa430d84680aabd0b, the published test value.
+        assert_eq!(
+            partition_of(b"hello", 7),
+            (0xa430_d846_80aa_bd0bu64 % 7) as u32
+        );
+        assert_eq!(
+            partition_of(b"", 10),
+            (0xcbf2_9ce4_8422_2325u64 % 10) as u32
+        );
         assert_eq!(partition_of(b"a", 1), 0);
         let spread: std::collections::BTreeSet<u32> = (0..200u32)
             .map(|i| partition_of(i.to_string().as_bytes(), 10))
