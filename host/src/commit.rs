@@ -133,8 +133,10 @@ impl JobDirs {
         }
         std::fs::rename(&from, &to)
             .with_context(|| format!("committing {task} {epoch}: rename {}", from.display()))?;
-        sync_dir(to.parent().expect("committed paths have parents"))?;
         if let TaskId::Reduce(_) = task {
+            // Final output is durable (see `write_partition` for why map
+            // output is not).
+            sync_dir(to.parent().expect("committed paths have parents"))?;
             remove_if_exists(&self.attempt_path(task, epoch))?;
         }
         Ok(())

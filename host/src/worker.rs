@@ -213,7 +213,6 @@ impl Executor {
             let file = JobDirs::map_partition_file(dir, partition as u32);
             bytes += shuffle::write_partition(&file, &pairs).map_err(host_err)?;
         }
-        crate::commit::sync_dir(dir).map_err(host_err)?;
         let _ = log;
         Ok(bytes)
     }
