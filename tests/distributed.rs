@@ -27,6 +27,9 @@ use support::*;
 
 /// nReduce of the MIT lab.
 const REDUCERS: &str = "10";
+/// Shared-store mode (coordinator and workers share the filesystem, as on
+/// loopback): map outputs are committed into the coordinator's work dir.
+const COORDINATOR_MODE: &[&str] = &["--shared-store"];
 /// The step of every bounded poll.
 const STEP: Duration = Duration::from_millis(10);
 /// Bound on a whole job (deploy until it returns) in the longer tests.
@@ -223,6 +226,7 @@ impl Cluster {
         let mut cmd = wmr_in(&root);
         cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
             .arg(&state)
+            .args(COORDINATOR_MODE)
             .args(coordinator_args);
         let mut coordinator = Proc::spawn("coordinator", cmd, &logs);
         let (addr, fingerprint) = poll(
@@ -520,6 +524,19 @@ impl Status {
             workers,
             raw: json.clone(),
         }
+    }
+
+    /// For failure messages: the phase, outcomes counted, the last attempts.
+    fn summary(&self) -> String {
+        let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+        for a in &self.attempts {
+            *outcomes.entry(a.outcome.as_str()).or_default() += 1;
+        }
+        let last = &self.attempts[self.attempts.len().saturating_sub(8)..];
+        format!(
+            "job {} phase {}, attempts by outcome {outcomes:?}, workers {:?}, last attempts {last:?}",
+            self.job, self.phase, self.workers
+        )
     }
 
     fn maps(&self) -> Vec<&Attempt> {
@@ -822,10 +839,13 @@ fn workers_crashing_at_random_still_give_reference_output() {
                 }
             }
             assert!(restarts < 300, "round {round}: {restarts} restarts");
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: the job did not finish within 60 s ({restarts} restarts)"
-            );
+            if Instant::now() >= deadline {
+                let status = c.status(None);
+                panic!(
+                    "round {round}: the job did not finish within 60 s ({restarts} restarts); {}",
+                    status.summary()
+                );
+            }
             sleep_step();
         }
         let job = c.deploy_finishes_ok(&mut deploy, Duration::ZERO);
@@ -926,6 +946,12 @@ fn frozen_worker_attempt_is_rejected_and_leaves_no_file() {
     );
     assert!(record.ended_ms.is_some(), "{record:?}: no end time");
     println!("the frozen attempt ended as {record:?}");
+    let of_task: Vec<&Attempt> = status
+        .attempts
+        .iter()
+        .filter(|a| a.task == frozen.task)
+        .collect();
+    println!("every attempt of {:?}: {of_task:?}", frozen.task);
     let committed: Vec<&Attempt> = status
         .attempts
         .iter()

@@ -174,8 +174,13 @@ async fn serve_connection(
                 Ok(Some(open)) => open,
                 Ok(None) => return,
                 Err(error) => {
+                    // Say why before closing: the peer gets a clear error,
+                    // the coordinator carries on.
                     tracing::warn!(%peer, %error, "refused a stream");
-                    channel.reject(&error);
+                    let reply = ClientReply::Error(format!("refused: {error}"));
+                    let _ = channel.write(&reply).await;
+                    let _ = channel.send.finish();
+                    let _ = channel.recv.stop(quinn::VarInt::from_u32(1));
                     return;
                 }
             };
