@@ -36,33 +36,93 @@ async fn open(
 }
 
 /// Submit a job and follow it to the end. `on_submitted` gets the job id,
-/// `on_progress` every progress report.
+/// `on_progress` every progress report. If the coordinator goes away after
+/// accepting the job (it restarts from its durable state), reconnect and
+/// keep following the same job.
 pub async fn deploy(
     remote: &Remote,
     request: JobRequest,
     on_submitted: &mut dyn FnMut(&str),
     on_progress: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<JobSummary> {
-    let (_endpoint, mut channel) = open(remote, ClientRequest::Submit(Box::new(request))).await?;
+    let (mut _endpoint, mut channel) =
+        open(remote, ClientRequest::Submit(Box::new(request))).await?;
+    let mut job: Option<String> = None;
     loop {
-        match channel.read::<ClientReply>().await? {
-            Some(ClientReply::Submitted { job }) => on_submitted(&job),
-            Some(ClientReply::Progress {
-                phase,
-                committed,
-                running,
-                total,
-            }) => on_progress(Progress {
-                phase,
-                committed,
-                running,
-                total,
-            }),
-            Some(ClientReply::Done(summary)) => return Ok(*summary),
-            Some(ClientReply::Error(message)) => bail!("{message}"),
-            Some(other) => bail!("unexpected reply from the coordinator: {other:?}"),
-            None => bail!("the coordinator closed the connection before the job ended"),
+        let lost = loop {
+            let reply = match channel.read::<ClientReply>().await {
+                Ok(Some(reply)) => reply,
+                Ok(None) => break "the coordinator closed the stream".to_string(),
+                Err(e) => break e.to_string(),
+            };
+            match reply {
+                ClientReply::Submitted { job: id } => {
+                    on_submitted(&id);
+                    job = Some(id);
+                }
+                ClientReply::Progress {
+                    phase,
+                    committed,
+                    running,
+                    total,
+                } => on_progress(Progress {
+                    phase,
+                    committed,
+                    running,
+                    total,
+                }),
+                ClientReply::Done(summary) => return Ok(*summary),
+                ClientReply::Error(message) => bail!("{message}"),
+                other => bail!("unexpected reply from the coordinator: {other:?}"),
+            }
+        };
+        let Some(id) = &job else {
+            bail!("{lost} before the job was accepted");
+        };
+        tracing::warn!("lost the coordinator ({lost}); following job {id} again");
+        (_endpoint, channel) = reconnect(remote, ClientRequest::Watch(id.clone())).await?;
+    }
+}
+
+/// Open a request again, with capped backoff, for up to `RECONNECT_FOR`.
+async fn reconnect(
+    remote: &Remote,
+    request: ClientRequest,
+) -> anyhow::Result<(quinn::Endpoint, Channel)> {
+    const RECONNECT_FOR: Duration = Duration::from_secs(600);
+    let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match open(remote, request.clone()).await {
+            Ok(opened) => return Ok(opened),
+            Err(e) if tokio::time::Instant::now() + backoff > deadline => {
+                return Err(e.context(format!("the coordinator stayed away for {RECONNECT_FOR:?}")));
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
         }
+    }
+}
+
+/// Every job the coordinator knows.
+pub async fn jobs(remote: &Remote) -> anyhow::Result<Vec<crate::wire::JobListing>> {
+    let (_endpoint, mut channel) = open(remote, ClientRequest::Jobs).await?;
+    match channel.expect::<ClientReply>().await? {
+        ClientReply::Jobs(jobs) => Ok(jobs),
+        ClientReply::Error(message) => bail!("{message}"),
+        other => bail!("unexpected reply from the coordinator: {other:?}"),
+    }
+}
+
+/// Run a failed or cancelled job again.
+pub async fn resume(remote: &Remote, job: String) -> anyhow::Result<String> {
+    let (_endpoint, mut channel) = open(remote, ClientRequest::Resume(job)).await?;
+    match channel.expect::<ClientReply>().await? {
+        ClientReply::Submitted { job } => Ok(job),
+        ClientReply::Error(message) => bail!("{message}"),
+        other => bail!("unexpected reply from the coordinator: {other:?}"),
     }
 }
 

@@ -9,9 +9,13 @@
 
 use crate::commit::JobDirs;
 use crate::local::{JobSummary, summarize};
-use crate::protocol::{JobId, ModuleHash, Peer, TaskId, TaskInput, TenantId, WorkerId};
+use crate::protocol::{
+    AttemptEpoch, JobId, ModuleHash, Peer, TaskId, TaskInput, TenantId, WorkerId,
+};
+use crate::scheduler::Phase;
 use crate::scheduler::{Action, Event, JobOutcome, JobPlan, Scheduler, SchedulerConfig};
 use crate::split;
+use crate::store::{Batch, JobRecord, PhaseChange, StateStore, unix_ms};
 use crate::transport::{self, Channel, Identity};
 use crate::wire::{
     ClientReply, ClientRequest, FromWorker, JobRequest, ModuleReply, Open, PartitionReply,
@@ -72,6 +76,9 @@ enum CoreEvent {
     },
     Status(Option<String>, oneshot::Sender<ClientReply>),
     Cancel(String, oneshot::Sender<ClientReply>),
+    Watch(String, mpsc::UnboundedSender<ClientReply>),
+    Jobs(oneshot::Sender<ClientReply>),
+    Resume(String, oneshot::Sender<ClientReply>),
 }
 
 struct WorkerEntry {
@@ -91,6 +98,8 @@ struct JobEntry {
     watchers: Vec<mpsc::UnboundedSender<ClientReply>>,
     started: Instant,
     summary: Option<JobSummary>,
+    /// The durable record, rewritten when the phase changes.
+    record: JobRecord,
 }
 
 /// Run the coordinator until `shutdown` resolves.
@@ -118,9 +127,20 @@ pub async fn serve(
         identity.fingerprint()
     );
 
+    let store = StateStore::open(&config.state_dir)?;
+    let incarnation = store.next_incarnation()?;
     let modules: Modules = Arc::default();
     let (events, inbox) = mpsc::unbounded_channel();
-    let core = Core::new(config.clone(), modules.clone());
+    let mut core = Core::new(config.clone(), store, modules.clone());
+    // Epochs of this incarnation start above any earlier one's, so late
+    // results of attempts from before a crash are rejected (I1, I3).
+    let epoch_floor = AttemptEpoch((incarnation - 1) << 20);
+    for record in core.store.jobs()? {
+        if record.outcome.is_none() {
+            core.restore(record, epoch_floor, true)?;
+        }
+    }
+    core.activate_next();
     let core_task = tokio::spawn(core.run(inbox));
     tokio::pin!(shutdown);
     loop {
@@ -319,6 +339,32 @@ async fn serve_client(
                 let _ = channel.write(&reply).await;
             }
         }
+        ClientRequest::Jobs => {
+            let (tx, rx) = oneshot::channel();
+            let _ = events.send(CoreEvent::Jobs(tx));
+            if let Ok(reply) = rx.await {
+                let _ = channel.write(&reply).await;
+            }
+        }
+        ClientRequest::Resume(job) => {
+            let (tx, rx) = oneshot::channel();
+            let _ = events.send(CoreEvent::Resume(job, tx));
+            if let Ok(reply) = rx.await {
+                let _ = channel.write(&reply).await;
+            }
+        }
+        ClientRequest::Watch(job) => {
+            let (replies, mut rx) = mpsc::unbounded_channel();
+            if events.send(CoreEvent::Watch(job, replies)).is_err() {
+                return;
+            }
+            while let Some(reply) = rx.recv().await {
+                let last = matches!(reply, ClientReply::Done(_) | ClientReply::Error(_));
+                if channel.write(&reply).await.is_err() || last {
+                    break;
+                }
+            }
+        }
     }
     let _ = channel.send.finish();
     // Wait for the peer to read everything before the stream is dropped.
@@ -328,6 +374,7 @@ async fn serve_client(
 /// The state owned by the core task.
 struct Core {
     config: CoordinatorConfig,
+    store: StateStore,
     modules: Modules,
     workers: BTreeMap<WorkerId, WorkerEntry>,
     next_worker: u32,
@@ -338,9 +385,10 @@ struct Core {
 }
 
 impl Core {
-    fn new(config: CoordinatorConfig, modules: Modules) -> Self {
+    fn new(config: CoordinatorConfig, store: StateStore, modules: Modules) -> Self {
         Core {
             config,
+            store,
             modules,
             workers: BTreeMap::new(),
             next_worker: 1,
@@ -439,6 +487,28 @@ impl Core {
                     None => ClientReply::Error(not_found(job.as_deref())),
                 });
             }
+            CoreEvent::Watch(job, replies) => match self.find(Some(&job)) {
+                Some(i) => match &self.jobs[i].summary {
+                    Some(summary) => {
+                        let _ = replies.send(ClientReply::Done(Box::new(summary.clone())));
+                    }
+                    None => self.jobs[i].watchers.push(replies),
+                },
+                None => {
+                    let _ = replies.send(ClientReply::Error(not_found(Some(&job))));
+                }
+            },
+            CoreEvent::Jobs(reply) => {
+                let listings = (0..self.jobs.len()).map(|i| self.listing(i)).collect();
+                let _ = reply.send(ClientReply::Jobs(listings));
+            }
+            CoreEvent::Resume(job, reply) => {
+                let _ = reply.send(match self.resume(&job) {
+                    Ok(id) => ClientReply::Submitted { job: id },
+                    Err(e) => ClientReply::Error(format!("{e:#}")),
+                });
+                self.activate_next();
+            }
             CoreEvent::Cancel(job, reply) => {
                 let _ = reply.send(match self.find(Some(&job)) {
                     Some(i) => {
@@ -509,9 +579,17 @@ impl Core {
             request.max_attempts > 0,
             "--max-attempts must be at least 1"
         );
-        let map_module = self.store_module(request.map_module);
-        let reduce_module = match request.reduce_module {
-            Some(bytes) => self.store_module(bytes),
+        let mut request = request;
+        let mut batch = Batch::default();
+        let map_bytes = std::mem::take(&mut request.map_module);
+        let map_module = self.store_module(map_bytes.clone());
+        batch.modules.push((map_module.clone(), map_bytes));
+        let reduce_module = match request.reduce_module.take() {
+            Some(bytes) => {
+                let hash = self.store_module(bytes.clone());
+                batch.modules.push((hash.clone(), bytes));
+                hash
+            }
             None => map_module.clone(),
         };
         let files = split::discover_inputs(&request.inputs)?;
@@ -519,34 +597,158 @@ impl Core {
         let job = JobId::new();
         let dirs = JobDirs::new(job, &self.config.work_root, &request.output);
         dirs.prepare()?;
-        let plan = JobPlan {
+        let record = JobRecord {
+            id: job,
             tenant,
-            job,
+            request,
             map_module,
             reduce_module,
             splits,
-            reducers: request.reducers,
-            limits: request.limits.clone(),
-            params: request.params,
-            output: request.output,
-            work_root: self.config.work_root.clone(),
-            map_outputs_on_workers: !self.config.shared_store,
+            transitions: vec![PhaseChange {
+                phase: Phase::Submitted,
+                unix_ms: unix_ms(),
+                reason: "submitted".into(),
+            }],
+            outcome: None,
+            summary: None,
         };
-        let config = SchedulerConfig {
-            max_attempts: request.max_attempts,
-            lease: self.config.lease,
-        };
+        // Durable before the client hears "submitted".
+        batch.jobs.push(record.clone());
+        self.store.write(&batch)?;
+        let scheduler = Scheduler::new(
+            self.plan(&record),
+            self.scheduler_config(&record),
+            Instant::now(),
+        );
         tracing::info!(%job, "job submitted");
         self.jobs.push(JobEntry {
             id: job,
-            scheduler: Scheduler::new(plan, config, Instant::now()),
+            scheduler,
             dirs,
             worker_local: !self.config.shared_store,
             watchers: Vec::new(),
             started: Instant::now(),
             summary: None,
+            record,
         });
         Ok(self.jobs.len() - 1)
+    }
+
+    fn plan(&self, record: &JobRecord) -> JobPlan {
+        JobPlan {
+            tenant: record.tenant.clone(),
+            job: record.id,
+            map_module: record.map_module.clone(),
+            reduce_module: record.reduce_module.clone(),
+            splits: record.splits.clone(),
+            reducers: record.request.reducers,
+            limits: record.request.limits.clone(),
+            params: record.request.params.clone(),
+            output: record.request.output.clone(),
+            work_root: self.config.work_root.clone(),
+            map_outputs_on_workers: !self.config.shared_store,
+        }
+    }
+
+    fn scheduler_config(&self, record: &JobRecord) -> SchedulerConfig {
+        SchedulerConfig {
+            max_attempts: record.request.max_attempts,
+            lease: self.config.lease,
+        }
+    }
+
+    /// Bring back an unfinished job after a restart (or `wmr resume`):
+    /// committed tasks stay committed, everything else runs again with
+    /// epochs above every earlier one.
+    fn restore(
+        &mut self,
+        record: JobRecord,
+        epoch_floor: AttemptEpoch,
+        keep_commits: bool,
+    ) -> anyhow::Result<usize> {
+        for hash in [&record.map_module, &record.reduce_module] {
+            let bytes = self.store.module(hash)?.with_context(|| {
+                format!("job {}: module {hash} is missing from the state", record.id)
+            })?;
+            self.store_module(bytes);
+        }
+        let mut records = self.store.attempts(record.id)?;
+        if !keep_commits {
+            // A stopped job's committed outputs were cleaned up with it.
+            for r in &mut records {
+                if r.outcome == crate::scheduler::AttemptOutcome::Committed {
+                    r.outcome = crate::scheduler::AttemptOutcome::OutputLost;
+                }
+            }
+        }
+        let floor = records
+            .iter()
+            .map(|r| r.epoch)
+            .max()
+            .map_or(epoch_floor, |e| e.max(epoch_floor));
+        let scheduler = Scheduler::restore(
+            self.plan(&record),
+            self.scheduler_config(&record),
+            Instant::now(),
+            records,
+            floor,
+            self.config.shared_store,
+        );
+        let id = record.id;
+        tracing::info!(job = %id, "job resumed");
+        self.jobs.push(JobEntry {
+            id,
+            scheduler,
+            dirs: JobDirs::new(id, &self.config.work_root, &record.request.output),
+            worker_local: !self.config.shared_store,
+            watchers: Vec::new(),
+            started: Instant::now(),
+            summary: None,
+            record,
+        });
+        let i = self.jobs.len() - 1;
+        self.queue.push_back(i);
+        Ok(i)
+    }
+
+    /// Write what changed in job `i` (attempt records, phase) durably.
+    fn persist(&mut self, i: usize) {
+        let job = &mut self.jobs[i];
+        let mut batch = Batch::default();
+        for record in job.scheduler.take_changed_records() {
+            batch.attempts.push((job.id, record));
+        }
+        let phase = if self.active == Some(i) || job.summary.is_some() {
+            job.scheduler.phase()
+        } else {
+            Phase::Submitted
+        };
+        if job.record.phase() != Some(phase) {
+            let reason = match phase {
+                Phase::Submitted => "queued",
+                Phase::Mapping if job.record.phase() == Some(Phase::Reducing) => {
+                    "a map output was lost"
+                }
+                Phase::Mapping => "workers assigned",
+                Phase::Reducing => "every map task committed",
+                Phase::Completed => "every reduce task committed",
+                Phase::Failed => "a task failed too often",
+                Phase::Cancelled => "cancelled",
+            };
+            job.record.transitions.push(PhaseChange {
+                phase,
+                unix_ms: unix_ms(),
+                reason: reason.into(),
+            });
+            batch.jobs.push(job.record.clone());
+        }
+        if let Err(e) = self.store.write(&batch) {
+            // Without durable state the coordinator must not acknowledge
+            // anything: stop, and let a restart resume from the last write.
+            tracing::error!("writing the state: {e:#}");
+            eprintln!("error: writing the state: {e:#}");
+            std::process::exit(1);
+        }
     }
 
     fn store_module(&mut self, bytes: Vec<u8>) -> ModuleHash {
@@ -676,6 +878,7 @@ impl Core {
                 Action::Finished(outcome) => self.finish(i, outcome),
             }
         }
+        self.persist(i);
         self.report_progress(i);
     }
 
@@ -698,7 +901,14 @@ impl Core {
         for watcher in job.watchers.drain(..) {
             let _ = watcher.send(ClientReply::Done(Box::new(summary.clone())));
         }
+        job.record.outcome = Some(summary.outcome.clone());
+        job.record.summary = Some(summary.clone());
+        let mut batch = Batch::default();
+        batch.jobs.push(job.record.clone());
         job.summary = Some(summary);
+        if let Err(e) = self.store.write(&batch) {
+            tracing::error!("writing the state: {e:#}");
+        }
         let done = job.id;
         for w in self.workers.values().filter(|w| w.connected) {
             let _ = w.outbox.send(ToWorker::JobDone { job: done });
@@ -724,10 +934,60 @@ impl Core {
         job.watchers.retain(|w| w.send(reply.clone()).is_ok());
     }
 
+    fn listing(&self, i: usize) -> crate::wire::JobListing {
+        let job = &self.jobs[i];
+        let (committed, _, _) = job.scheduler.progress();
+        crate::wire::JobListing {
+            job: job.id.to_string(),
+            phase: self.phase_of(i),
+            outcome: job.summary.as_ref().map(|s| s.outcome.clone()),
+            committed,
+            tasks: job.scheduler.task_count(),
+            submitted_unix_ms: job.record.transitions.first().map_or(0, |t| t.unix_ms),
+        }
+    }
+
+    /// A queued job is `Submitted`; otherwise its scheduler's phase.
+    fn phase_of(&self, i: usize) -> Phase {
+        let job = &self.jobs[i];
+        if self.active == Some(i) || job.summary.is_some() {
+            job.scheduler.phase()
+        } else {
+            Phase::Submitted
+        }
+    }
+
+    /// `wmr resume`: a failed or cancelled job runs again under the same id.
+    fn resume(&mut self, job: &str) -> anyhow::Result<String> {
+        let i = self.find(Some(job)).with_context(|| not_found(Some(job)))?;
+        let entry = &self.jobs[i];
+        match &entry.summary {
+            None => anyhow::bail!("job {} is still running", entry.id),
+            Some(s) if s.outcome == JobOutcome::Completed => {
+                anyhow::bail!("job {} already completed", entry.id)
+            }
+            Some(_) => {}
+        }
+        let mut record = entry.record.clone();
+        record.outcome = None;
+        record.summary = None;
+        record.transitions.push(PhaseChange {
+            phase: Phase::Submitted,
+            unix_ms: unix_ms(),
+            reason: "resumed".into(),
+        });
+        let mut batch = Batch::default();
+        batch.jobs.push(record.clone());
+        self.store.write(&batch)?;
+        // The old entry stays for the log; `find` prefers the newest.
+        let new = self.restore(record, AttemptEpoch(0), false)?;
+        Ok(self.jobs[new].id.to_string())
+    }
+
     fn find(&self, job: Option<&str>) -> Option<usize> {
         match job {
             None => self.jobs.len().checked_sub(1),
-            Some(id) => self.jobs.iter().position(|j| {
+            Some(id) => self.jobs.iter().rposition(|j| {
                 let full = j.id.0.simple().to_string();
                 !id.is_empty() && full.starts_with(&id.to_ascii_lowercase())
             }),
@@ -739,7 +999,7 @@ impl Core {
         let (committed, running, pending) = job.scheduler.progress();
         StatusReport {
             job: job.id.to_string(),
-            phase: job.scheduler.phase(),
+            phase: self.phase_of(i),
             outcome: job.summary.as_ref().map(|s| s.outcome.clone()),
             tasks: job.scheduler.task_count(),
             committed,

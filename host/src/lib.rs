@@ -23,6 +23,7 @@ pub mod scheduler;
 pub mod seq;
 pub mod shuffle;
 pub mod split;
+pub mod store;
 pub mod transport;
 pub mod wire;
 pub mod worker;

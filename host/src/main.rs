@@ -45,6 +45,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the coordinator's jobs (durable across restarts).
+    Jobs {
+        /// Only jobs that have not completed (running, queued, failed, cancelled).
+        #[arg(long)]
+        resumable: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a failed or cancelled job again (committed tasks are redone).
+    Resume {
+        job: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
     /// Cancel a job.
     Cancel {
         job: String,
@@ -259,6 +276,16 @@ fn main() -> ExitCode {
         Command::Worker(args) => block_on(worker(args)),
         Command::Deploy(args) => block_on(deploy(args)),
         Command::Status { job, remote, json } => block_on(status(job, remote, json)),
+        Command::Jobs {
+            resumable,
+            remote,
+            json,
+        } => block_on(list_jobs(remote, resumable, json)),
+        Command::Resume { job, remote } => block_on(async move {
+            let job = wmr::client::resume(&remote.remote(), job).await?;
+            println!("job {job} resumed");
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Cancel { job, remote } => block_on(async move {
             let job = wmr::client::cancel(&remote.remote(), job).await?;
             println!("job {job} cancelled");
@@ -464,6 +491,24 @@ async fn status(job: Option<String>, remote: RemoteArgs, json: bool) -> anyhow::
     for w in &report.workers {
         let state = if w.connected { "connected" } else { "gone" };
         println!("  worker {} {} ({} slots, {state})", w.id, w.name, w.slots);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_jobs(remote: RemoteArgs, resumable: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let mut jobs = wmr::client::jobs(&remote.remote()).await?;
+    if resumable {
+        jobs.retain(|j| j.outcome != Some(JobOutcome::Completed));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+    } else {
+        for j in &jobs {
+            println!(
+                "{}  {:?}  {}/{} tasks committed",
+                j.job, j.phase, j.committed, j.tasks
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

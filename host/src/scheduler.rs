@@ -123,6 +123,8 @@ pub enum JobOutcome {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Phase {
+    /// Queued behind another job (the scheduler itself starts in Mapping).
+    Submitted,
     Mapping,
     Reducing,
     Completed,
@@ -155,12 +157,16 @@ struct Task {
     epoch: AttemptEpoch,
     failures: u32,
     last_failure: Option<String>,
+    failed_on: Option<WorkerId>,
 }
 
 #[derive(Clone, Debug)]
 struct WorkerSlots {
     slots: u32,
     running: u32,
+    /// An attempt's lease expired on this worker: it gets nothing new until
+    /// it is heard from again (a frozen worker must not get its task back).
+    suspect: bool,
 }
 
 /// One line of the attempt log: who ran what, when, and how it ended.
@@ -201,6 +207,9 @@ pub struct Scheduler {
     log: Vec<AttemptRecord>,
     /// Index into `log` of each attempt.
     log_index: BTreeMap<(TaskId, AttemptEpoch), usize>,
+    /// Log records changed since the last [`Scheduler::take_changed_records`]
+    /// (what a durable driver must write).
+    changed: std::collections::BTreeSet<usize>,
 }
 
 impl Scheduler {
@@ -227,10 +236,86 @@ impl Scheduler {
             actions: VecDeque::new(),
             log: Vec::new(),
             log_index: BTreeMap::new(),
+            changed: std::collections::BTreeSet::new(),
         };
         // A job with no input has no map tasks: it goes straight to reduce.
         scheduler.advance_phase();
         scheduler
+    }
+
+    /// Rebuild a job's scheduler after a coordinator restart from its
+    /// durable attempt log. Committed tasks stay committed and never run
+    /// again; attempts that were running are lost; every new assignment gets
+    /// an epoch above `epoch_floor`, above every epoch of an earlier
+    /// incarnation, so their late results are rejected (I1, I3). Committed
+    /// map outputs are kept only if `map_outputs_survive` (shared store):
+    /// outputs held by workers cannot be found again after a restart.
+    pub fn restore(
+        plan: JobPlan,
+        config: SchedulerConfig,
+        now: Instant,
+        records: Vec<AttemptRecord>,
+        epoch_floor: AttemptEpoch,
+        map_outputs_survive: bool,
+    ) -> Self {
+        let mut scheduler = Scheduler::new(plan, config, now);
+        debug_assert!(scheduler.log.is_empty());
+        // Time keeps counting from the job's first start.
+        let elapsed = records
+            .iter()
+            .filter_map(|r| r.ended_ms.or(Some(r.started_ms)))
+            .max();
+        scheduler.started = now - Duration::from_millis(elapsed.unwrap_or(0));
+        scheduler.phase = Phase::Mapping;
+        scheduler.pending.clear();
+        for mut record in records {
+            let (task, epoch) = (record.task, record.epoch);
+            let Some(t) = scheduler.tasks.get_mut(&task) else {
+                continue; // a task of another plan: ignore rather than guess
+            };
+            t.epoch = t.epoch.max(epoch).max(epoch_floor);
+            match record.outcome {
+                AttemptOutcome::Committed
+                    if map_outputs_survive || matches!(task, TaskId::Reduce(_)) =>
+                {
+                    t.state = TaskState::Committed {
+                        epoch,
+                        worker: record.worker,
+                    };
+                }
+                AttemptOutcome::Committed => record.outcome = AttemptOutcome::OutputLost,
+                AttemptOutcome::Running => {
+                    record.outcome = AttemptOutcome::Lost;
+                    record.ended_ms = Some(scheduler.millis(now));
+                }
+                _ => {}
+            }
+            scheduler
+                .log_index
+                .insert((task, epoch), scheduler.log.len());
+            scheduler.changed.insert(scheduler.log.len());
+            scheduler.log.push(record);
+        }
+        for t in scheduler.tasks.values_mut() {
+            t.epoch = t.epoch.max(epoch_floor);
+        }
+        let waiting: Vec<TaskId> = scheduler
+            .tasks
+            .iter()
+            .filter(|(id, t)| matches!(id, TaskId::Map(_)) && t.state == TaskState::Pending)
+            .map(|(id, _)| *id)
+            .collect();
+        scheduler.pending.extend(waiting);
+        scheduler.advance_phase();
+        scheduler
+    }
+
+    /// The attempt records changed since the last call: a durable driver
+    /// writes them before it acknowledges anything to workers or clients.
+    #[must_use]
+    pub fn take_changed_records(&mut self) -> Vec<AttemptRecord> {
+        let changed = std::mem::take(&mut self.changed);
+        changed.into_iter().map(|i| self.log[i].clone()).collect()
     }
 
     // ---- getters ----
@@ -269,8 +354,14 @@ impl Scheduler {
     pub fn handle(&mut self, now: Instant, event: Event) {
         match event {
             Event::WorkerJoined { worker, slots } => {
-                self.workers
-                    .insert(worker, WorkerSlots { slots, running: 0 });
+                self.workers.insert(
+                    worker,
+                    WorkerSlots {
+                        slots,
+                        running: 0,
+                        suspect: false,
+                    },
+                );
             }
             Event::WorkerLost { worker } => self.worker_lost(now, worker),
             Event::Heartbeat { worker } => self.renew_leases(now, worker),
@@ -311,6 +402,9 @@ impl Scheduler {
                 epoch,
                 worker,
             });
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.suspect = true;
+            }
             self.requeue(now, task, AttemptOutcome::Lost);
         }
         self.schedule(now);
@@ -391,6 +485,9 @@ impl Scheduler {
     }
 
     fn renew_leases(&mut self, now: Instant, worker: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.suspect = false;
+        }
         let lease = self.config.lease;
         for task in self.tasks.values_mut() {
             if let TaskState::Running {
@@ -444,6 +541,7 @@ impl Scheduler {
         t.state = TaskState::Pending;
         if let Some(&i) = self.log_index.get(&(task, epoch)) {
             self.log[i].outcome = AttemptOutcome::OutputLost;
+            self.changed.insert(i);
         }
         let _ = now;
         if self.phase == Phase::Reducing {
@@ -486,6 +584,7 @@ impl Scheduler {
                 self.release_slot(worker);
                 if let Some(&i) = self.log_index.get(&(task, epoch)) {
                     self.log[i].stats = Some(stats);
+                    self.changed.insert(i);
                 }
                 tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, "committing");
                 self.actions.push_back(Action::Commit {
@@ -520,6 +619,7 @@ impl Scheduler {
             Err(failure) => {
                 t.failures += 1;
                 t.last_failure = Some(format!("{worker} {epoch}: {failure}"));
+                t.failed_on = Some(worker);
                 let failures = t.failures;
                 tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, %failure, failures, "attempt failed");
                 self.actions.push_back(Action::Discard {
@@ -589,8 +689,8 @@ impl Scheduler {
                     // commit was in flight: it must not end twice.
                 } else if failures >= self.config.max_attempts {
                     self.fail(now, format!("task {task}: {failure}"));
-                } else if self.is_active() {
-                    self.pending.push_front(task);
+                } else {
+                    self.enqueue(task);
                 }
             }
         }
@@ -683,13 +783,19 @@ impl Scheduler {
             let Some(worker) = self
                 .workers
                 .iter()
-                .filter(|(_, w)| w.running < w.slots)
+                .filter(|(_, w)| w.running < w.slots && !w.suspect)
                 .min_by_key(|(id, w)| (w.running * 1000 / w.slots.max(1), **id))
                 .map(|(id, _)| *id)
             else {
                 return;
             };
-            let task = self.pending.pop_front().expect("not empty");
+            // A retry prefers a worker other than the one it last failed on.
+            let position = self
+                .pending
+                .iter()
+                .position(|t| self.tasks[t].failed_on != Some(worker))
+                .unwrap_or(0);
+            let task = self.pending.remove(position).expect("not empty");
             self.assign(now, task, worker);
         }
     }
@@ -728,6 +834,7 @@ impl Scheduler {
         params.insert("wmr.task".into(), task.to_string());
         tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, "assigned");
         self.log_index.insert((task, epoch), self.log.len());
+        self.changed.insert(self.log.len());
         self.log.push(AttemptRecord {
             task,
             epoch,
@@ -791,6 +898,16 @@ impl Scheduler {
         let ended = self.millis(now);
         if let Some(&i) = self.log_index.get(&(task, epoch)) {
             let record = &mut self.log[i];
+            // A committed attempt's record says so for good (or that its
+            // output was lost later); a duplicate report changes nothing.
+            if matches!(
+                record.outcome,
+                AttemptOutcome::Committed | AttemptOutcome::OutputLost
+            ) && outcome != AttemptOutcome::Committed
+            {
+                return;
+            }
+            self.changed.insert(i);
             // A stale attempt that reports after being marked lost keeps the
             // later, more precise outcome.
             record.ended_ms = Some(ended);
@@ -813,6 +930,7 @@ impl Task {
             epoch: AttemptEpoch(0),
             failures: 0,
             last_failure: None,
+            failed_on: None,
         }
     }
 }

@@ -133,6 +133,12 @@ pub enum ClientRequest {
     /// A job by id (or id prefix); the newest job when `None`.
     Status(Option<String>),
     Cancel(String),
+    /// Follow a submitted job: `Progress`…, then `Done` (at once if ended).
+    Watch(String),
+    /// Every job the coordinator knows (durable across restarts).
+    Jobs,
+    /// Run a failed or cancelled job again; committed tasks are kept.
+    Resume(String),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -151,7 +157,18 @@ pub enum ClientReply {
     Cancelled {
         job: String,
     },
+    Jobs(Vec<JobListing>),
     Error(String),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobListing {
+    pub job: String,
+    pub phase: Phase,
+    pub outcome: Option<crate::scheduler::JobOutcome>,
+    pub committed: usize,
+    pub tasks: usize,
+    pub submitted_unix_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,0 +1,231 @@
+//! The coordinator's durable state, in one redb file (`STATE/wmr-state.redb`).
+//!
+//! redb: an embedded, transactional, crash-safe (copy-on-write B-trees,
+//! checksummed commits) key-value store in pure Rust; no server, no C.
+//!
+//! What is stored: every job (its request without module bytes, its splits,
+//! phase transitions with time and reason, outcome, summary), every module
+//! by hash, every attempt record, and a counter of coordinator
+//! incarnations. Writes happen in one transaction per batch of events,
+//! before anything that depends on them is acknowledged.
+
+use crate::local::JobSummary;
+use crate::protocol::{AttemptEpoch, InputSplit, JobId, ModuleHash, TaskId, TenantId};
+use crate::scheduler::{AttemptRecord, JobOutcome, Phase};
+use crate::wire::JobRequest;
+use anyhow::{Context as _, bail};
+use redb::{
+    Database, ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _,
+    TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+const FILE_NAME: &str = "wmr-state.redb";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
+const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
+/// Key: job id (16 bytes) + task (1 + 4 bytes) + epoch (4 bytes), big-endian.
+const ATTEMPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attempts");
+
+/// One phase change of a job, persisted with its time and reason.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PhaseChange {
+    pub phase: Phase,
+    pub unix_ms: u64,
+    pub reason: String,
+}
+
+/// A job as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub tenant: TenantId,
+    /// The request, with the module bytes removed (they are in `modules`).
+    pub request: JobRequest,
+    pub map_module: ModuleHash,
+    pub reduce_module: ModuleHash,
+    /// The splits as first planned: a resumed job must not re-plan them.
+    pub splits: Vec<InputSplit>,
+    pub transitions: Vec<PhaseChange>,
+    pub outcome: Option<JobOutcome>,
+    pub summary: Option<JobSummary>,
+}
+
+impl JobRecord {
+    pub fn phase(&self) -> Option<Phase> {
+        self.transitions.last().map(|t| t.phase)
+    }
+}
+
+pub struct StateStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl StateStore {
+    /// Open `dir/wmr-state.redb`, creating it if there is none. A file that
+    /// is corrupt, truncated or of a newer format is an error naming the
+    /// file; it is never replaced or treated as empty.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(FILE_NAME);
+        let db = if path.exists() {
+            Database::open(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "state file {} is corrupt or unreadable ({e}); it was left as it is",
+                    path.display()
+                )
+            })?
+        } else {
+            Database::create(&path).with_context(|| format!("creating {}", path.display()))?
+        };
+        let store = StateStore { db, path };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn check_format(&self) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("format")?.map(|v| v.value());
+            match found {
+                Some(v) if v > FORMAT_VERSION => bail!(
+                    "state file {} has format {v}; this wmr reads format {FORMAT_VERSION} (upgrade wmr)",
+                    self.path.display()
+                ),
+                Some(_) => {}
+                None => {
+                    // A file with tables but no format is not one of ours.
+                    let jobs = txn.open_table(JOBS)?;
+                    if !jobs.is_empty()? {
+                        bail!("state file {} has no format marker", self.path.display());
+                    }
+                    meta.insert("format", FORMAT_VERSION)?;
+                }
+            }
+            txn.open_table(MODULES)?;
+            txn.open_table(ATTEMPTS)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Count this coordinator start and return its number (1, 2, ...).
+    pub fn next_incarnation(&self) -> anyhow::Result<u32> {
+        let txn = self.db.begin_write()?;
+        let n = {
+            let mut meta = txn.open_table(META)?;
+            let n = meta.get("incarnation")?.map_or(0, |v| v.value()) + 1;
+            meta.insert("incarnation", n)?;
+            n
+        };
+        txn.commit()?;
+        Ok(n as u32)
+    }
+
+    /// Write a batch in one durable transaction.
+    pub fn write(&self, batch: &Batch) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut modules = txn.open_table(MODULES)?;
+            for (hash, bytes) in &batch.modules {
+                if modules.get(hash.0.as_str())?.is_none() {
+                    modules.insert(hash.0.as_str(), bytes.as_slice())?;
+                }
+            }
+            let mut jobs = txn.open_table(JOBS)?;
+            for job in &batch.jobs {
+                let bytes = postcard::to_stdvec(job)?;
+                jobs.insert(job.id.0.as_bytes().as_slice(), bytes.as_slice())?;
+            }
+            let mut attempts = txn.open_table(ATTEMPTS)?;
+            for (job, record) in &batch.attempts {
+                let bytes = postcard::to_stdvec(record)?;
+                let key = attempt_key(*job, record.task, record.epoch);
+                attempts.insert(key.as_slice(), bytes.as_slice())?;
+            }
+        }
+        txn.commit()
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        Ok(())
+    }
+
+    pub fn jobs(&self) -> anyhow::Result<Vec<JobRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(JOBS)?;
+        let mut jobs = Vec::new();
+        for entry in table.iter()? {
+            let (_, value) = entry?;
+            jobs.push(postcard::from_bytes(value.value()).context("decoding a job record")?);
+        }
+        Ok(jobs)
+    }
+
+    pub fn module(&self, hash: &ModuleHash) -> anyhow::Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MODULES)?;
+        Ok(table.get(hash.0.as_str())?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn attempts(&self, job: JobId) -> anyhow::Result<Vec<AttemptRecord>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ATTEMPTS)?;
+        let (from, to) = (attempt_key_prefix(job, 0), attempt_key_prefix(job, 1));
+        let mut records = Vec::new();
+        for entry in table.range(from.as_slice()..to.as_slice())? {
+            let (_, value) = entry?;
+            records
+                .push(postcard::from_bytes(value.value()).context("decoding an attempt record")?);
+        }
+        Ok(records)
+    }
+}
+
+/// What one transaction writes.
+#[derive(Default)]
+pub struct Batch {
+    pub modules: Vec<(ModuleHash, Vec<u8>)>,
+    pub jobs: Vec<JobRecord>,
+    pub attempts: Vec<(JobId, AttemptRecord)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty() && self.jobs.is_empty() && self.attempts.is_empty()
+    }
+}
+
+fn attempt_key_prefix(job: JobId, bump: u8) -> Vec<u8> {
+    let mut key = job.0.as_bytes().to_vec();
+    if bump == 1 {
+        // The first key after every key of this job.
+        key.push(0xff);
+    }
+    key
+}
+
+fn attempt_key(job: JobId, task: TaskId, epoch: AttemptEpoch) -> Vec<u8> {
+    let mut key = job.0.as_bytes().to_vec();
+    let (kind, index) = match task {
+        TaskId::Map(i) => (0u8, i),
+        TaskId::Reduce(i) => (1u8, i),
+    };
+    key.push(kind);
+    key.extend_from_slice(&index.to_be_bytes());
+    key.extend_from_slice(&epoch.0.to_be_bytes());
+    key
+}
+
+/// Milliseconds since the Unix epoch, for persisted times.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
