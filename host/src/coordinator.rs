@@ -110,6 +110,10 @@ pub async fn serve(
     config.validate()?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    // The state first: a corrupt state file stops the coordinator before it
+    // listens or writes anything.
+    let store = StateStore::open(&config.state_dir)?;
+    let incarnation = store.next_incarnation()?;
     let identity = Identity::load_or_generate(&config.state_dir)?;
     let endpoint = transport::server_endpoint(&identity, config.listen, config.lease * 2)?;
     let addr = endpoint.local_addr()?;
@@ -127,8 +131,6 @@ pub async fn serve(
         identity.fingerprint()
     );
 
-    let store = StateStore::open(&config.state_dir)?;
-    let incarnation = store.next_incarnation()?;
     let modules: Modules = Arc::default();
     let (events, inbox) = mpsc::unbounded_channel();
     let mut core = Core::new(config.clone(), store, modules.clone());
