@@ -22,7 +22,7 @@ use crate::wire::{
     StatusReport, ToWorker, WorkerInfo,
 };
 use anyhow::Context as _;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -87,6 +87,8 @@ struct WorkerEntry {
     shuffle: Option<Peer>,
     outbox: mpsc::UnboundedSender<ToWorker>,
     connected: bool,
+    /// Finishing what it runs, taking nothing new.
+    draining: bool,
 }
 
 struct JobEntry {
@@ -100,6 +102,8 @@ struct JobEntry {
     summary: Option<JobSummary>,
     /// The durable record, rewritten when the phase changes.
     record: JobRecord,
+    /// This job's share of each worker's slots, as last told its scheduler.
+    quotas: BTreeMap<WorkerId, u32>,
 }
 
 /// Run the coordinator until `shutdown` resolves.
@@ -142,7 +146,7 @@ pub async fn serve(
             core.restore(record, epoch_floor, true)?;
         }
     }
-    core.activate_next();
+    core.settle();
     let core_task = tokio::spawn(core.run(inbox));
     tokio::pin!(shutdown);
     loop {
@@ -381,9 +385,9 @@ struct Core {
     workers: BTreeMap<WorkerId, WorkerEntry>,
     next_worker: u32,
     jobs: Vec<JobEntry>,
-    /// Index into `jobs` of the job that has the workers.
-    active: Option<usize>,
-    queue: VecDeque<usize>,
+    /// Indexes into `jobs` of the unfinished jobs, oldest first. They
+    /// share the workers' slots (see `rebalance`).
+    admitted: Vec<usize>,
 }
 
 impl Core {
@@ -395,23 +399,24 @@ impl Core {
             workers: BTreeMap::new(),
             next_worker: 1,
             jobs: Vec::new(),
-            active: None,
-            queue: VecDeque::new(),
+            admitted: Vec::new(),
         }
     }
 
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<CoreEvent>) {
         loop {
             let deadline = self
-                .active
-                .and_then(|i| self.jobs[i].scheduler.poll_timeout())
+                .admitted
+                .iter()
+                .filter_map(|&i| self.jobs[i].scheduler.poll_timeout())
+                .min()
                 .map(tokio::time::Instant::from_std);
             let event = match deadline {
                 Some(deadline) => tokio::select! {
                     event = inbox.recv() => event,
                     () = tokio::time::sleep_until(deadline) => {
-                        self.with_active(|s, now| s.handle_timeout(now));
-                        self.carry_out_actions();
+                        self.for_admitted(|s, now| s.handle_timeout(now));
+                        self.settle();
                         continue;
                     }
                 },
@@ -419,13 +424,95 @@ impl Core {
             };
             let Some(event) = event else { return };
             self.handle(event);
-            self.carry_out_actions();
+            self.settle();
         }
     }
 
-    fn with_active(&mut self, f: impl FnOnce(&mut Scheduler, Instant)) {
-        if let Some(i) = self.active {
-            f(&mut self.jobs[i].scheduler, Instant::now());
+    /// Feed an event to every unfinished job.
+    fn for_admitted(&mut self, f: impl Fn(&mut Scheduler, Instant)) {
+        let now = Instant::now();
+        for &i in &self.admitted {
+            f(&mut self.jobs[i].scheduler, now);
+        }
+    }
+
+    /// Share the slots out again and carry out every job's actions, until
+    /// nothing changes (bounded: each round either finishes a job or stops).
+    fn settle(&mut self) {
+        for _ in 0..=self.jobs.len() {
+            self.rebalance();
+            let before = self.admitted.len();
+            for i in self.admitted.clone() {
+                self.carry_out(i);
+            }
+            if self.admitted.len() == before {
+                return;
+            }
+        }
+    }
+
+    /// Max-min fair shares of the live workers' slots between unfinished
+    /// jobs, by demand (pending + running tasks), older jobs first for the
+    /// remainder. Running attempts are never preempted: a job keeps at least
+    /// the slots it uses, and a smaller share takes effect as they finish.
+    fn rebalance(&mut self) {
+        let capacity: Vec<(WorkerId, u32)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.connected && !w.draining)
+            .map(|(id, w)| (*id, w.slots))
+            .collect();
+        let total = capacity.iter().map(|(_, s)| s).sum();
+        let jobs = self.admitted.clone();
+        let demand: Vec<u32> = jobs
+            .iter()
+            .map(|&i| self.jobs[i].scheduler.demand() as u32)
+            .collect();
+        let alloc = max_min_fair(total, &demand);
+        let mut quota: Vec<BTreeMap<WorkerId, u32>> = jobs
+            .iter()
+            .map(|&i| {
+                let s = &self.jobs[i].scheduler;
+                capacity
+                    .iter()
+                    .map(|(w, _)| (*w, s.running_on(*w)))
+                    .collect()
+            })
+            .collect();
+        let mut used: BTreeMap<WorkerId, u32> = capacity
+            .iter()
+            .map(|(w, _)| (*w, quota.iter().map(|q| q[w]).sum()))
+            .collect();
+        loop {
+            let mut progressed = false;
+            for (k, q) in quota.iter_mut().enumerate() {
+                if q.values().sum::<u32>() >= alloc[k] {
+                    continue;
+                }
+                let roomiest = capacity
+                    .iter()
+                    .filter(|(w, cap)| used[w] < *cap)
+                    .max_by_key(|(w, cap)| (cap - used[w], std::cmp::Reverse(*w)));
+                if let Some((w, _)) = roomiest {
+                    *q.get_mut(w).expect("every live worker") += 1;
+                    *used.get_mut(w).expect("every live worker") += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let now = Instant::now();
+        for (k, &i) in jobs.iter().enumerate() {
+            for (&worker, &slots) in &quota[k] {
+                let job = &mut self.jobs[i];
+                if job.quotas.get(&worker) != Some(&slots) {
+                    job.quotas.insert(worker, slots);
+                    job.scheduler
+                        .handle(now, Event::WorkerJoined { worker, slots });
+                }
+            }
         }
     }
 
@@ -454,17 +541,21 @@ impl Core {
                         shuffle,
                         outbox,
                         connected: true,
+                        draining: false,
                     },
                 );
                 let _ = reply.send(worker);
-                self.with_active(|s, now| s.handle(now, Event::WorkerJoined { worker, slots }));
+                // `rebalance` gives the jobs their share of its slots.
             }
             CoreEvent::WorkerGone(worker) => {
                 tracing::info!(%worker, "worker left");
                 if let Some(entry) = self.workers.get_mut(&worker) {
                     entry.connected = false;
                 }
-                self.with_active(|s, now| s.handle(now, Event::WorkerLost { worker }));
+                self.for_admitted(|s, now| s.handle(now, Event::WorkerLost { worker }));
+                for job in &mut self.jobs {
+                    job.quotas.remove(&worker);
+                }
             }
             CoreEvent::FromWorker(worker, message) => self.worker_message(worker, message),
             CoreEvent::Submit {
@@ -476,8 +567,7 @@ impl Core {
                     let job = self.jobs[index].id.to_string();
                     let _ = replies.send(ClientReply::Submitted { job });
                     self.jobs[index].watchers.push(replies);
-                    self.queue.push_back(index);
-                    self.activate_next();
+                    self.admitted.push(index);
                 }
                 Err(e) => {
                     let _ = replies.send(ClientReply::Error(format!("{e:#}")));
@@ -509,7 +599,6 @@ impl Core {
                     Ok(id) => ClientReply::Submitted { job: id },
                     Err(e) => ClientReply::Error(format!("{e:#}")),
                 });
-                self.activate_next();
             }
             CoreEvent::Cancel(job, reply) => {
                 let _ = reply.send(match self.find(Some(&job)) {
@@ -521,12 +610,6 @@ impl Core {
                     }
                     None => ClientReply::Error(not_found(Some(&job))),
                 });
-                // A queued job's scheduler ends too; drain its actions now.
-                for i in 0..self.jobs.len() {
-                    if Some(i) != self.active {
-                        self.carry_out(i);
-                    }
-                }
             }
         }
     }
@@ -534,7 +617,7 @@ impl Core {
     fn worker_message(&mut self, worker: WorkerId, message: FromWorker) {
         match message {
             FromWorker::Heartbeat => {
-                self.with_active(|s, now| s.handle(now, Event::Heartbeat { worker }));
+                self.for_admitted(|s, now| s.handle(now, Event::Heartbeat { worker }));
             }
             FromWorker::Committed {
                 job,
@@ -553,7 +636,10 @@ impl Core {
                 }
             }
             FromWorker::Draining => {
-                self.with_active(|s, now| s.handle(now, Event::WorkerDraining { worker }));
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.draining = true;
+                }
+                self.for_admitted(|s, now| s.handle(now, Event::WorkerDraining { worker }));
             }
             FromWorker::Finished(report) => {
                 let (job, task, epoch) = (report.job, report.task, report.epoch);
@@ -632,6 +718,7 @@ impl Core {
             started: Instant::now(),
             summary: None,
             record,
+            quotas: BTreeMap::new(),
         });
         Ok(self.jobs.len() - 1)
     }
@@ -707,9 +794,10 @@ impl Core {
             started: Instant::now(),
             summary: None,
             record,
+            quotas: BTreeMap::new(),
         });
         let i = self.jobs.len() - 1;
-        self.queue.push_back(i);
+        self.admitted.push(i);
         Ok(i)
     }
 
@@ -720,10 +808,10 @@ impl Core {
         for record in job.scheduler.take_changed_records() {
             batch.attempts.push((job.id, record));
         }
-        let phase = if self.active == Some(i) || job.summary.is_some() {
-            job.scheduler.phase()
-        } else {
+        let phase = if job.summary.is_none() && job.scheduler.attempt_log().is_empty() {
             Phase::Submitted
+        } else {
+            job.scheduler.phase()
         };
         if job.record.phase() != Some(phase) {
             let reason = match phase {
@@ -761,35 +849,6 @@ impl Core {
             .entry(hash.clone())
             .or_insert_with(|| Arc::new(bytes));
         hash
-    }
-
-    /// Give the workers to the next queued job once none is active.
-    fn activate_next(&mut self) {
-        while self.active.is_none() {
-            let Some(i) = self.queue.pop_front() else {
-                return;
-            };
-            if self.jobs[i].summary.is_some() {
-                continue; // cancelled while queued
-            }
-            self.active = Some(i);
-            let now = Instant::now();
-            for (&worker, entry) in &self.workers {
-                if entry.connected {
-                    let slots = entry.slots;
-                    self.jobs[i]
-                        .scheduler
-                        .handle(now, Event::WorkerJoined { worker, slots });
-                }
-            }
-            self.carry_out(i);
-        }
-    }
-
-    fn carry_out_actions(&mut self) {
-        if let Some(i) = self.active {
-            self.carry_out(i);
-        }
     }
 
     /// Carry out job `i`'s actions, feeding back commit results.
@@ -915,10 +974,7 @@ impl Core {
         for w in self.workers.values().filter(|w| w.connected) {
             let _ = w.outbox.send(ToWorker::JobDone { job: done });
         }
-        if self.active == Some(i) {
-            self.active = None;
-            self.activate_next();
-        }
+        self.admitted.retain(|&a| a != i);
     }
 
     fn report_progress(&mut self, i: usize) {
@@ -949,13 +1005,14 @@ impl Core {
         }
     }
 
-    /// A queued job is `Submitted`; otherwise its scheduler's phase.
+    /// A job that has not run an attempt yet is `Submitted`; otherwise its
+    /// scheduler's phase.
     fn phase_of(&self, i: usize) -> Phase {
         let job = &self.jobs[i];
-        if self.active == Some(i) || job.summary.is_some() {
-            job.scheduler.phase()
-        } else {
+        if job.summary.is_none() && job.scheduler.attempt_log().is_empty() {
             Phase::Submitted
+        } else {
+            job.scheduler.phase()
         }
     }
 
@@ -1026,5 +1083,40 @@ fn not_found(job: Option<&str>) -> String {
     match job {
         Some(id) => format!("job {id} not found"),
         None => "no job has been submitted".into(),
+    }
+}
+
+/// Max-min fair shares of `total` slots for jobs wanting `demand` each:
+/// nobody gets more than it wants, and what one leaves goes to the others
+/// (leftovers of an uneven split go to the oldest jobs).
+fn max_min_fair(total: u32, demand: &[u32]) -> Vec<u32> {
+    let mut alloc = vec![0; demand.len()];
+    let mut remaining = total;
+    let mut open: Vec<usize> = (0..demand.len()).filter(|&k| demand[k] > 0).collect();
+    while remaining > 0 && !open.is_empty() {
+        let share = (remaining / open.len() as u32).max(1);
+        for &k in &open {
+            let give = share.min(demand[k] - alloc[k]).min(remaining);
+            alloc[k] += give;
+            remaining -= give;
+        }
+        open.retain(|&k| alloc[k] < demand[k]);
+    }
+    debug_assert!(alloc.iter().zip(demand).all(|(a, d)| a <= d));
+    alloc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_min_fair;
+
+    #[test]
+    fn fair_shares_split_evenly_and_pass_on_what_is_not_wanted() {
+        assert_eq!(max_min_fair(4, &[10, 10]), vec![2, 2]);
+        assert_eq!(max_min_fair(4, &[1, 10]), vec![1, 3]);
+        assert_eq!(max_min_fair(2, &[5, 5, 5]), vec![1, 1, 0]);
+        assert_eq!(max_min_fair(9, &[2, 0, 100]), vec![2, 0, 7]);
+        assert_eq!(max_min_fair(0, &[3]), vec![0]);
+        assert_eq!(max_min_fair(6, &[1, 1]), vec![1, 1]);
     }
 }

@@ -345,6 +345,17 @@ impl Scheduler {
         counts
     }
 
+    /// Slots this job could use now: pending tasks plus running attempts.
+    pub fn demand(&self) -> usize {
+        let running: u32 = self.workers.values().map(|w| w.running).sum();
+        self.pending.len() + running as usize
+    }
+
+    /// Attempts of this job running on `worker`.
+    pub fn running_on(&self, worker: WorkerId) -> u32 {
+        self.workers.get(&worker).map_or(0, |w| w.running)
+    }
+
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }
@@ -354,14 +365,16 @@ impl Scheduler {
     pub fn handle(&mut self, now: Instant, event: Event) {
         match event {
             Event::WorkerJoined { worker, slots } => {
-                self.workers.insert(
-                    worker,
-                    WorkerSlots {
+                // Also how a driver changes a known worker's share of slots
+                // for this job; what runs there keeps running.
+                self.workers
+                    .entry(worker)
+                    .and_modify(|w| w.slots = slots)
+                    .or_insert(WorkerSlots {
                         slots,
                         running: 0,
                         suspect: false,
-                    },
-                );
+                    });
             }
             Event::WorkerLost { worker } => self.worker_lost(now, worker),
             Event::Heartbeat { worker } => self.renew_leases(now, worker),
