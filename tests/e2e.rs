@@ -458,3 +458,129 @@ fn committed_map_tasks(work_root: &Path) -> usize {
     }
     n
 }
+
+/// 100,000 lines, 3 of which make the guest trap.
+fn poisoned_corpus(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u64>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let words = ["alpha", "beta", "épée", "Straße", "naïve", "map", "reduce"];
+    let (mut all, mut clean, mut offsets) = (String::new(), String::new(), Vec::new());
+    for i in 0..100_000 {
+        let n = rng.random_range(1..8);
+        let mut line: Vec<&str> = (0..n)
+            .map(|_| words[rng.random_range(0..words.len())])
+            .collect();
+        if [7, 50_123, 99_998].contains(&i) {
+            line.push("POISON");
+            offsets.push(all.len() as u64);
+        } else {
+            clean.push_str(&line.join(" "));
+            clean.push('\n');
+        }
+        all.push_str(&line.join(" "));
+        all.push('\n');
+    }
+    let (input, reference_input) = (dir.join("in.txt"), dir.join("clean").join("in.txt"));
+    std::fs::create_dir_all(reference_input.parent().unwrap()).unwrap();
+    std::fs::write(&input, all).unwrap();
+    std::fs::write(&reference_input, clean).unwrap();
+    (input, reference_input, offsets)
+}
+
+/// Skip mode: each record that makes the guest trap is isolated and
+/// skipped; the job completes with exactly those records as dead letters.
+#[test]
+fn records_that_trap_become_dead_letters_and_the_rest_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, reference_input, offsets) = poisoned_corpus(tmp.path());
+    let guest = guest("hostile");
+    let out = tmp.path().join("out");
+    run_ok(&[
+        "run",
+        "--map",
+        &path(&guest),
+        "--input",
+        &path(&input),
+        "--output",
+        &path(&out),
+        "--param",
+        "mode=trap",
+        "--param",
+        "trap-on=POISON",
+        "--split-size",
+        "512KiB",
+        "--reducers",
+        "3",
+        "--max-dead-letters",
+        "3",
+    ]);
+    assert_eq!(
+        sorted_output(&out),
+        reference(&guest, &[&reference_input], &[])
+    );
+    let dead: Vec<serde_json::Value> = std::fs::read_to_string(out.join("_dead_letters.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let found: Vec<u64> = dead.iter().map(|d| d["offset"].as_u64().unwrap()).collect();
+    assert_eq!(found, offsets);
+    for d in &dead {
+        assert_eq!(d["file"], "in.txt");
+        assert!(d["record"].as_str().unwrap().ends_with(" POISON"));
+        let message = d["message"].as_str().unwrap();
+        assert!(message.contains("poisoned record: "), "{message}");
+    }
+}
+
+#[test]
+fn more_trapping_records_than_allowed_fail_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, _, _) = poisoned_corpus(tmp.path());
+    let out = tmp.path().join("out");
+    let stderr = run_err(&[
+        "run",
+        "--map",
+        &path(&guest("hostile")),
+        "--input",
+        &path(&input),
+        "--output",
+        &path(&out),
+        "--param",
+        "mode=trap",
+        "--param",
+        "trap-on=POISON",
+        "--workers",
+        "1",
+        "--max-attempts",
+        "1",
+        "--max-dead-letters",
+        "0",
+    ]);
+    assert!(
+        stderr.starts_with(
+            "error: job failed: task m-00000 failed 1 times; last: w1 a1: guest trapped: "
+        ),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let stderr = run_err(&[
+        "run",
+        "--map",
+        &path(&guest("hostile")),
+        "--input",
+        &path(&input),
+        "--output",
+        &path(&out),
+        "--param",
+        "mode=trap",
+        "--param",
+        "trap-on=POISON",
+        "--split-size",
+        "512KiB",
+        "--max-dead-letters",
+        "2",
+    ]);
+    assert!(stderr.starts_with("error: job failed: 3 records made the guest trap, more than --max-dead-letters 2; first: in.txt:"), "{stderr}");
+    assert!(!out.exists());
+}

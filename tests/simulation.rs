@@ -22,8 +22,8 @@
 //! sleeps or spawns threads, so a seed replays exactly:
 //!
 //! ```text
-//! WMR_SIM_SEED=123 cargo test --release --test simulation     # one seed
-//! WMR_SIM_SEEDS=20000 cargo test --release --test simulation  # more seeds
+//! WMR_SIM_SEED=123 cargo test --release --test simulation      # one seed
+//! WMR_SIM_SEEDS=100000 cargo test --release --test simulation  # more seeds
 //! ```
 
 use rand::rngs::StdRng;
@@ -40,8 +40,9 @@ use wmr::scheduler::{
     Action, AttemptOutcome, Event, JobOutcome, JobPlan, Phase, Scheduler, SchedulerConfig,
 };
 
-/// Seeds per test unless `WMR_SIM_SEEDS` says otherwise.
-const DEFAULT_SEEDS: u64 = 20_000;
+/// Seeds per test (four tests: two profiles, two shuffle modes) unless
+/// `WMR_SIM_SEEDS` says otherwise.
+const DEFAULT_SEEDS: u64 = 15_000;
 /// Random fault steps per seed.
 const FAULT_STEPS: usize = 2_000;
 const LEASE_MS: u64 = 5_000;
@@ -78,7 +79,7 @@ struct Profile {
     /// exhaust `max_attempts`).
     must_complete: bool,
     /// `JobPlan::map_outputs_on_workers`: map outputs live on the worker
-    /// that produced it, which also carries out their commits.
+    /// that produced them, which also carries out their commits.
     map_outputs_on_workers: bool,
     /// Probability that a finishing reduce attempt fails with `FetchFailed`
     /// (worker-local shuffle only).
@@ -115,18 +116,24 @@ const HARSH: Profile = Profile {
 const LOCAL_FORGIVING: Profile = Profile {
     name: "worker-local forgiving",
     map_outputs_on_workers: true,
-    fetch_fail: 0.2,
+    fetch_fail: 0.5,
     ..FORGIVING
 };
 
 /// HARSH with the worker-local shuffle: with 2 attempts per task, a reduce
-/// whose `FetchFailed` counted as a failure would fail the job.
+/// whose `FetchFailed` counted as a failure would fail the job. Fewer traps
+/// than HARSH, so that more jobs get as far as reducing.
 const LOCAL_HARSH: Profile = Profile {
     name: "worker-local harsh",
+    trap: 0.15,
+    commit_err: 0.1,
     map_outputs_on_workers: true,
-    fetch_fail: 0.3,
+    fetch_fail: 0.6,
     ..HARSH
 };
+
+/// What a reduce assignment names: each map task's committed epoch and holder.
+type MapOutputs = Vec<(TaskId, AttemptEpoch, WorkerId)>;
 
 struct Sim {
     seed: u64,
@@ -162,7 +169,7 @@ struct Sim {
     /// Every Assign: who ran each attempt.
     assigned: BTreeMap<(TaskId, AttemptEpoch), WorkerId>,
     /// The map outputs each reduce attempt was assigned.
-    reduce_inputs: BTreeMap<(TaskId, AttemptEpoch), Vec<(TaskId, AttemptEpoch, WorkerId)>>,
+    reduce_inputs: BTreeMap<(TaskId, AttemptEpoch), MapOutputs>,
     /// Commit issued, CommitFinished not fed back yet (and not reverted by
     /// the loss of the worker carrying it out).
     committing: BTreeMap<TaskId, (AttemptEpoch, WorkerId)>,
@@ -627,7 +634,7 @@ impl Sim {
         let success = report.outcome.is_ok();
         let publishing = self.committing.get(&task).map(|c| c.0) == Some(epoch)
             || self.committed.get(&task).map(|c| c.0) == Some(epoch);
-        let mut must_fail = None;
+        let mut must_fail = false;
         if current {
             match &report.outcome {
                 Ok(_) => {}
@@ -642,7 +649,7 @@ impl Sim {
                         self.lose_output(map_task);
                     }
                 }
-                Err(_) => must_fail = Some(self.count_failure(task)),
+                Err(_) => must_fail = self.count_failure(task),
             }
         }
         let actions = self.handle(Event::AttemptFinished(report));
@@ -720,7 +727,7 @@ impl Sim {
             return;
         }
         self.committing.remove(&task);
-        let mut must_fail = None;
+        let mut must_fail = false;
         if ok {
             self.committed.insert(task, (epoch, worker));
             if matches!(task, TaskId::Map(_)) {
@@ -736,7 +743,7 @@ impl Sim {
                 "I2: {task} committed successfully {n} times, its output lost {lost} times"
             );
         } else {
-            must_fail = Some(self.count_failure(task));
+            must_fail = self.count_failure(task);
         }
         let actions = self.handle(event);
         self.check_failed(task, must_fail, &actions);
@@ -764,11 +771,10 @@ impl Sim {
 
     /// The job fails exactly when a counted failure uses up a task's
     /// attempts (`FetchFailed`, lost workers and expired leases don't count).
-    fn check_failed(&self, task: TaskId, must_fail: Option<bool>, actions: &[Action]) {
+    fn check_failed(&self, task: TaskId, must_fail: bool, actions: &[Action]) {
         let failed = actions
             .iter()
             .any(|a| matches!(a, Action::Finished(JobOutcome::Failed(_))));
-        let must_fail = must_fail == Some(true);
         check!(
             self,
             failed == must_fail,
@@ -1057,17 +1063,21 @@ impl Sim {
             "simulation: reduce output lost {:?}",
             self.outputs_lost
         );
-        // I4: the last reduce assignment named the final map outputs.
+        // I4: the last reduce assignment named the final map outputs, except
+        // those lost after it (while the last reduces ran): the scheduler
+        // runs such a map task again although no reduce will read it.
         if let Some(named) = &self.last_reduce_inputs {
-            let fin: BTreeMap<TaskId, (AttemptEpoch, WorkerId)> = self
+            let stale: Vec<_> = self
                 .committed
                 .range(..TaskId::Reduce(0))
-                .map(|(t, c)| (*t, *c))
+                .filter(|&(t, c)| {
+                    named.get(t) != Some(c) && !self.lost_since_last_reduce.contains(t)
+                })
                 .collect();
             check!(
                 self,
-                *named == fin,
-                "I4: Completed with map outputs {fin:?}, but the last reduce assignment named {named:?} (outputs lost after it: {:?})",
+                named.len() == self.plan.splits.len() && stale.is_empty(),
+                "I4: Completed with map outputs {stale:?}, but the last reduce assignment named {named:?} (outputs lost after it: {:?})",
                 self.lost_since_last_reduce
             );
         }
@@ -1147,9 +1157,8 @@ impl Sim {
         check!(
             self,
             output_lost == self.lost_attempts,
-            "attempt log says output lost for {output_lost:?}, lost were {:?}; TEMP records {:?}",
-            self.lost_attempts,
-            log.iter().filter(|r| self.lost_attempts.contains(&(r.task, r.epoch)) && r.outcome != AttemptOutcome::OutputLost).map(|r| (r.task, r.epoch, r.outcome.clone())).collect::<Vec<_>>()
+            "attempt log says output lost for {output_lost:?}, lost were {:?}",
+            self.lost_attempts
         );
     }
 }
@@ -1167,51 +1176,6 @@ fn seeds() -> Vec<u64> {
 /// Runs every seed; a panic inside the scheduler itself is re-raised with
 /// the seed that caused it.
 fn run_seeds(profile: Profile) {
-    if std::env::var("SURVEY").is_ok() {
-        // TEMP survey
-        use std::sync::Mutex;
-        static MSGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-        std::panic::set_hook(Box::new(|info| {
-            let m = if let Some(s) = info.payload().downcast_ref::<String>() {
-                s.clone()
-            } else if let Some(s) = info.payload().downcast_ref::<&str>() {
-                s.to_string()
-            } else {
-                "?".into()
-            };
-            MSGS.lock()
-                .unwrap()
-                .push(format!("{m} @ {:?}", info.location()));
-        }));
-        let mut kinds: BTreeMap<String, (u64, u64, String)> = BTreeMap::new();
-        let mut nfail = 0;
-        for seed in seeds() {
-            MSGS.lock().unwrap().clear();
-            if catch_unwind(AssertUnwindSafe(|| Sim::run(seed, profile))).is_err() {
-                nfail += 1;
-                let m = MSGS.lock().unwrap().first().cloned().unwrap_or_default();
-                let key: String = m
-                    .split(':')
-                    .nth(1)
-                    .unwrap_or("")
-                    .chars()
-                    .filter(|c| !c.is_ascii_digit())
-                    .take(60)
-                    .collect();
-                let e = kinds.entry(key).or_insert((0, seed, m));
-                e.0 += 1;
-            }
-        }
-        let _ = std::panic::take_hook();
-        eprintln!("=== {} failures: {nfail}", profile.name);
-        for (k, (n, seed, m)) in kinds {
-            eprintln!(
-                "[{n}x] first seed {seed}: {k}\n    {}",
-                &m[..m.len().min(700)]
-            );
-        }
-        return;
-    }
     for seed in seeds() {
         if catch_unwind(AssertUnwindSafe(|| Sim::run(seed, profile))).is_err() {
             panic!(
@@ -1231,8 +1195,9 @@ fn random_schedules_commit_every_task_exactly_once() {
 }
 
 /// With few attempts per task jobs fail (or get cancelled): Finished comes
-/// exactly once, and nothing is assigned or committed after it, even as late
-/// reports and in-flight commits keep arriving.
+/// exactly once (Failed exactly when a task used up its attempts), and
+/// nothing is assigned or committed after it, even as late reports and
+/// in-flight commits keep arriving.
 #[test]
 fn failed_jobs_finish_once_and_commit_nothing_after() {
     run_seeds(HARSH);

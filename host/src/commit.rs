@@ -37,6 +37,8 @@ pub struct JobDirs {
 }
 
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
+/// Skipped records of a job, JSON lines, next to its part files.
+pub const DEAD_LETTERS: &str = "_dead_letters.jsonl";
 const TEMPORARY: &str = "_temporary";
 
 impl JobDirs {
@@ -149,7 +151,18 @@ impl JobDirs {
 
     /// The job commit, after every task committed: move the committed part
     /// files into the output, drop temporary data, write `_SUCCESS` last.
-    pub fn finish(&self) -> anyhow::Result<()> {
+    pub fn finish(&self, dead_letters: &[crate::protocol::DeadLetter]) -> anyhow::Result<()> {
+        if !dead_letters.is_empty() {
+            // One JSON object per line; `_` keeps it out of later inputs.
+            let mut text = String::new();
+            for dead in dead_letters {
+                text.push_str(&serde_json::to_string(dead)?);
+                text.push('\n');
+            }
+            let path = self.job_temporary().join("committed").join(DEAD_LETTERS);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            std::fs::File::open(&path)?.sync_all()?;
+        }
         let committed = self.job_temporary().join("committed");
         for entry in std::fs::read_dir(&committed)? {
             let entry = entry?;

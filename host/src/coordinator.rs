@@ -946,10 +946,11 @@ impl Core {
     fn finish(&mut self, i: usize, outcome: JobOutcome) {
         let job = &mut self.jobs[i];
         let outcome = match outcome {
-            JobOutcome::Completed => match job.dirs.finish() {
-                Ok(()) => JobOutcome::Completed,
-                Err(e) => JobOutcome::Failed(format!("job commit: {e:#}")),
-            },
+            JobOutcome::Completed => crate::local::commit_job(
+                &job.dirs,
+                &job.scheduler,
+                job.record.request.limits.max_dead_letters,
+            ),
             other => {
                 if let Err(e) = job.dirs.cleanup_work() {
                     tracing::warn!(job = %job.id, "cleaning up: {e:#}");

@@ -4,7 +4,7 @@
 
 use crate::commit::JobDirs;
 use crate::protocol::{
-    Assignment, AttemptEpoch, AttemptReport, JobId, Limits, TaskId, TenantId, WorkerId,
+    Assignment, AttemptEpoch, AttemptReport, DeadLetter, JobId, Limits, TaskId, TenantId, WorkerId,
 };
 use crate::sandbox::Role;
 use crate::scheduler::{
@@ -58,7 +58,42 @@ pub struct JobSummary {
     pub fuel_used: u64,
     pub wall_ms: u64,
     pub counters: BTreeMap<String, i64>,
+    /// Records skipped because the guest trapped on them (skip mode).
+    pub dead_letters: Vec<DeadLetter>,
     pub attempt_log: Vec<AttemptRecord>,
+}
+
+/// The dead letters of a job: those of its committed map attempts.
+pub fn dead_letters(scheduler: &Scheduler) -> Vec<DeadLetter> {
+    let mut dead: Vec<DeadLetter> = scheduler
+        .attempt_log()
+        .iter()
+        .filter(|r| r.outcome == AttemptOutcome::Committed)
+        .filter_map(|r| r.stats.as_ref())
+        .flat_map(|s| s.dead_letters.iter().cloned())
+        .collect();
+    dead.sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
+    dead
+}
+
+/// Commit a job whose tasks all committed: publish its output and dead
+/// letters, unless it skipped more records than it may.
+pub fn commit_job(dirs: &JobDirs, scheduler: &Scheduler, max_dead_letters: u32) -> JobOutcome {
+    let dead = dead_letters(scheduler);
+    if dead.len() > max_dead_letters as usize {
+        let _ = dirs.cleanup_work();
+        return JobOutcome::Failed(format!(
+            "{} records made the guest trap, more than --max-dead-letters {max_dead_letters}; first: {}:{}: {}",
+            dead.len(),
+            dead[0].file,
+            dead[0].offset,
+            dead[0].message
+        ));
+    }
+    match dirs.finish(&dead) {
+        Ok(()) => JobOutcome::Completed,
+        Err(e) => JobOutcome::Failed(format!("job commit: {e:#}")),
+    }
 }
 
 /// Compile and validate both components; errors name the file and the role.
@@ -124,8 +159,12 @@ pub fn run_embedded(
     }
     let outcome = drive(&mut scheduler, &pool, &dirs, on_progress);
     drop(pool);
+    let outcome = match outcome {
+        JobOutcome::Completed => commit_job(&dirs, &scheduler, spec.limits.max_dead_letters),
+        other => other,
+    };
     match &outcome {
-        JobOutcome::Completed => dirs.finish()?,
+        JobOutcome::Completed => {}
         _ => {
             // A job that did not complete publishes nothing.
             dirs.cleanup_work()?;
@@ -228,6 +267,7 @@ pub fn summarize(scheduler: &Scheduler, outcome: JobOutcome, wall: Duration) -> 
         fuel_used: 0,
         wall_ms: wall.as_millis() as u64,
         counters: BTreeMap::new(),
+        dead_letters: dead_letters(scheduler),
         attempt_log: Vec::new(),
     };
     for record in &log {

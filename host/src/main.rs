@@ -62,6 +62,16 @@ enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// List the records a job skipped because the guest trapped on them.
+    Dlq {
+        /// Job id (or a prefix); the newest job if omitted.
+        job: Option<String>,
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a job.
     Cancel {
         job: String,
@@ -183,6 +193,10 @@ struct GuestArgs {
     /// Bytes a guest may emit per attempt.
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
     output_limit: u64,
+    /// Input records the job may skip because the guest traps on them
+    /// (each is isolated and written to `_dead_letters.jsonl`); 0: fail.
+    #[arg(long, default_value_t = Limits::default().max_dead_letters)]
+    max_dead_letters: u32,
 }
 
 impl GuestArgs {
@@ -192,6 +206,7 @@ impl GuestArgs {
             memory_bytes: self.memory,
             timeout_ms: self.timeout,
             output_bytes: self.output_limit,
+            max_dead_letters: self.max_dead_letters,
             ..Limits::default()
         }
     }
@@ -284,6 +299,25 @@ fn main() -> ExitCode {
         Command::Resume { job, remote } => block_on(async move {
             let job = wmr::client::resume(&remote.remote(), job).await?;
             println!("job {job} resumed");
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Dlq { job, remote, json } => block_on(async move {
+            let report = wmr::client::status(&remote.remote(), job).await?;
+            let mut dead: Vec<wmr::protocol::DeadLetter> = report
+                .attempt_log
+                .iter()
+                .filter(|r| r.outcome == wmr::scheduler::AttemptOutcome::Committed)
+                .filter_map(|r| r.stats.as_ref())
+                .flat_map(|s| s.dead_letters.iter().cloned())
+                .collect();
+            dead.sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
+            for d in &dead {
+                if json {
+                    println!("{}", serde_json::to_string(d)?);
+                } else {
+                    println!("{}:{}: {}\n    {}", d.file, d.offset, d.message, d.record);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }),
         Command::Cancel { job, remote } => block_on(async move {

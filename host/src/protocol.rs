@@ -111,6 +111,10 @@ pub struct Limits {
     pub output_bytes: u64,
     /// Bytes of guest stdout/stderr/log kept in the attempt's log.
     pub log_bytes: u64,
+    /// Records a job may skip because the guest traps on them (skip mode);
+    /// 0: a trapping record fails the attempt.
+    #[serde(default)]
+    pub max_dead_letters: u32,
 }
 
 impl Default for Limits {
@@ -121,6 +125,7 @@ impl Default for Limits {
             timeout_ms: 120_000,
             output_bytes: 1 << 30,
             log_bytes: 64 << 10,
+            max_dead_letters: 10,
         }
     }
 }
@@ -226,6 +231,21 @@ pub struct AttemptStats {
     pub fuel_used: u64,
     pub wall_ms: u64,
     pub counters: BTreeMap<String, i64>,
+    /// Records skipped because the guest trapped on them.
+    #[serde(default)]
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// An input record the guest trapped on, isolated and skipped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub file: String,
+    /// Byte offset of the record (line) in its file.
+    pub offset: u64,
+    /// The record, cut at 1 KiB.
+    pub record: String,
+    /// Why the guest failed on it.
+    pub message: String,
 }
 
 /// A worker's report that an attempt ended. A success means the attempt's

@@ -113,6 +113,24 @@ fn line_end_at_or_after(file: &mut File, from: u64, len: u64) -> anyhow::Result<
     Ok(len)
 }
 
+/// Where to cut `lines` in two non-empty runs of whole lines, near the
+/// middle; `None` when it is a single line.
+pub fn middle_line_break(lines: &[u8]) -> Option<usize> {
+    let len = lines.len();
+    let inner = |p: usize| p + 1 < len;
+    let after = lines[len / 2..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| len / 2 + i);
+    if let Some(p) = after.filter(|&p| inner(p)) {
+        return Some(p + 1);
+    }
+    lines[..len / 2]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|p| p + 1)
+}
+
 /// Read one split's bytes.
 pub fn read_split(split: &InputSplit) -> anyhow::Result<Vec<u8>> {
     let mut file =
@@ -151,6 +169,15 @@ mod tests {
                 assert!(part.len() as u64 >= size);
             }
         }
+    }
+
+    #[test]
+    fn middle_line_break_cuts_between_whole_lines() {
+        assert_eq!(middle_line_break(b"one line\n"), None);
+        assert_eq!(middle_line_break(b"no newline"), None);
+        assert_eq!(middle_line_break(b"a\nb\n"), Some(2));
+        assert_eq!(middle_line_break(b"a\nbbbbbbbbbb\n"), Some(2));
+        assert_eq!(middle_line_break(b"aaaaaaaaaa\nb"), Some(11));
     }
 
     #[test]

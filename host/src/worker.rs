@@ -167,8 +167,32 @@ impl Executor {
             .run_map(&module, ctx, key.as_bytes(), &input, Box::new(sink));
         let mut log = call.log.clone();
         let mut stats = stats_of(&call, input.len() as u64);
-        if let Err(failure) = call.result {
-            return (Err(failure), log);
+        match call.result {
+            Ok(()) => {}
+            Err(AttemptFailure::Trap(_)) if ctx.limits.max_dead_letters > 0 => {
+                // Skip mode: drop this call's output and find the records
+                // the guest traps on, running the rest without them.
+                parts
+                    .lock()
+                    .expect("poisoned")
+                    .iter_mut()
+                    .for_each(Vec::clear);
+                let found = self.isolate_bad_records(
+                    &module,
+                    ctx,
+                    &key,
+                    &input,
+                    split.offset,
+                    &parts,
+                    a.reducers,
+                    &mut stats,
+                );
+                match found {
+                    Ok(dead) => stats.dead_letters = dead,
+                    Err(failure) => return (Err(failure), log),
+                }
+            }
+            Err(failure) => return (Err(failure), log),
         }
         let parts = std::mem::take(&mut *parts.lock().expect("poisoned"));
         let dir = dirs.attempt_path(a.task, a.epoch);
@@ -180,6 +204,79 @@ impl Executor {
             }
             Err(failure) => (Err(failure), log),
         }
+    }
+
+    /// Bisect `input` by lines, in fresh stores, until every record that
+    /// makes `map` trap is alone (Hadoop's skip mode). Output of the good
+    /// ranges goes to `parts`. At most `max_dead_letters` records are
+    /// skipped; one more fails the attempt.
+    #[allow(clippy::too_many_arguments, reason = "one attempt's whole context")]
+    fn isolate_bad_records(
+        &self,
+        module: &LoadedModule,
+        ctx: &AttemptContext,
+        file: &str,
+        input: &[u8],
+        base_offset: u64,
+        parts: &Mutex<Vec<Vec<Pair>>>,
+        reducers: u32,
+        stats: &mut AttemptStats,
+    ) -> Result<Vec<crate::protocol::DeadLetter>, AttemptFailure> {
+        let max = ctx.limits.max_dead_letters as usize;
+        let mut dead = Vec::new();
+        // Ranges still to run, whole lines; the last pushed runs first.
+        let mut ranges = vec![(0, input.len())];
+        while let Some((lo, hi)) = ranges.pop() {
+            let sink = crate::sandbox::CollectPairs::default();
+            let call = self.sandbox.run_map(
+                module,
+                ctx,
+                file.as_bytes(),
+                &input[lo..hi],
+                Box::new(sink.clone()),
+            );
+            stats.fuel_used += call.fuel_used;
+            match call.result {
+                Ok(()) => {
+                    let mut parts = parts.lock().expect("poisoned");
+                    for (key, value) in sink.take() {
+                        parts[shuffle::partition_of(&key, reducers) as usize].push((key, value));
+                    }
+                }
+                Err(AttemptFailure::Trap(message)) => {
+                    match split::middle_line_break(&input[lo..hi]) {
+                        Some(mid) => {
+                            ranges.push((lo + mid, hi));
+                            ranges.push((lo, lo + mid));
+                        }
+                        None => {
+                            let record = String::from_utf8_lossy(&input[lo..hi]);
+                            let mut record = record.trim_end_matches(['\n', '\r']).to_string();
+                            if record.len() > 1024 {
+                                let mut end = 1024;
+                                while !record.is_char_boundary(end) {
+                                    end -= 1;
+                                }
+                                record.truncate(end);
+                            }
+                            dead.push(crate::protocol::DeadLetter {
+                                file: file.to_string(),
+                                offset: base_offset + lo as u64,
+                                record,
+                                message: message.clone(),
+                            });
+                            if dead.len() > max {
+                                return Err(AttemptFailure::Trap(format!(
+                                    "more than {max} records make the guest trap (--max-dead-letters); last: {message}"
+                                )));
+                            }
+                        }
+                    }
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(dead)
     }
 
     /// Sort each partition, apply the combiner to keys with several values,
@@ -338,6 +435,7 @@ fn stats_of(call: &CallOutcome, bytes_in: u64) -> AttemptStats {
         fuel_used: call.fuel_used,
         wall_ms: 0,
         counters: call.counters.clone(),
+        dead_letters: Vec::new(),
     }
 }
 
