@@ -22,6 +22,7 @@ fn limits() -> Limits {
         timeout_ms: 2_000,
         output_bytes: 1 << 20,
         log_bytes: 16 << 10,
+        max_dead_letters: 0,
     }
 }
 
