@@ -46,6 +46,7 @@ const DEFAULT_SEEDS: u64 = 15_000;
 /// Random fault steps per seed.
 const FAULT_STEPS: usize = 2_000;
 const LEASE_MS: u64 = 5_000;
+const RETRY_BACKOFF_MS: u64 = 100;
 /// Never more workers alive at once than this.
 const MAX_ALIVE: usize = 8;
 
@@ -223,6 +224,8 @@ impl Sim {
         let config = SchedulerConfig {
             max_attempts: profile.max_attempts,
             lease: Duration::from_millis(LEASE_MS),
+            // Retries wait for simulated time like everything else.
+            retry_backoff: Duration::from_millis(RETRY_BACKOFF_MS),
         };
         // The only read of the real clock: everything after is `base + sim_ms`.
         let base = Instant::now();
@@ -350,7 +353,16 @@ impl Sim {
             let i = self.rng.random_range(0..self.commits.len());
             self.finish_commit(i, true);
         }
-        self.sim_ms += 100;
+        // A driver with nothing in flight sleeps until the scheduler's timer
+        // (a retry backoff, or a lease).
+        let timer = self
+            .sched
+            .poll_timeout()
+            .map(|t| t.saturating_duration_since(self.base).as_millis() as u64);
+        self.sim_ms = match timer {
+            Some(t) if self.executing.is_empty() && t > self.sim_ms => t,
+            _ => self.sim_ms + 100,
+        };
         self.timeout_if_due(false);
     }
 

@@ -743,6 +743,7 @@ impl Core {
         SchedulerConfig {
             max_attempts: record.request.max_attempts,
             lease: self.config.lease,
+            ..SchedulerConfig::default()
         }
     }
 

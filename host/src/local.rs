@@ -151,6 +151,7 @@ pub fn run_embedded(
         // Local workers cannot vanish; their attempts end by the sandbox's
         // own deadline. The lease only backs that up.
         lease: Duration::from_millis(spec.limits.timeout_ms) + Duration::from_secs(30),
+        ..SchedulerConfig::default()
     };
     let mut scheduler = Scheduler::new(plan, config, Instant::now());
     let pool = WorkerPool::start(executor, workers);

@@ -48,6 +48,10 @@ pub struct SchedulerConfig {
     /// A running attempt whose worker sends no heartbeat for this long is
     /// presumed lost and its task reassigned with a higher epoch.
     pub lease: Duration,
+    /// A failed task waits this long before its next attempt, doubling
+    /// with each failure (capped at 10 s): a transient fault gets time to
+    /// pass, and a deterministic one does not burn the attempts at once.
+    pub retry_backoff: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -55,9 +59,13 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             max_attempts: 4,
             lease: Duration::from_secs(10),
+            retry_backoff: Duration::from_millis(100),
         }
     }
 }
+
+/// The longest a failed task waits before its next attempt.
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub enum Event {
@@ -158,6 +166,8 @@ struct Task {
     failures: u32,
     last_failure: Option<String>,
     failed_on: Option<WorkerId>,
+    /// A failed task is not retried before this (backoff).
+    not_before: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -434,13 +444,15 @@ impl Scheduler {
     /// When [`Self::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.tasks
-            .values()
-            .filter_map(|t| match t.state {
-                TaskState::Running { lease_until, .. } => Some(lease_until),
-                _ => None,
-            })
-            .min()
+        let leases = self.tasks.values().filter_map(|t| match t.state {
+            TaskState::Running { lease_until, .. } => Some(lease_until),
+            _ => None,
+        });
+        let retries = self
+            .pending
+            .iter()
+            .filter_map(|id| self.tasks[id].not_before);
+        leases.chain(retries).min()
     }
 
     // ---- transitions ----
@@ -633,6 +645,7 @@ impl Scheduler {
                 t.failures += 1;
                 t.last_failure = Some(format!("{worker} {epoch}: {failure}"));
                 t.failed_on = Some(worker);
+                t.not_before = Some(now + backoff(self.config.retry_backoff, t.failures));
                 let failures = t.failures;
                 tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, %failure, failures, "attempt failed");
                 self.actions.push_back(Action::Discard {
@@ -688,6 +701,7 @@ impl Scheduler {
             Err(message) => {
                 t.state = TaskState::Pending;
                 t.failures += 1;
+                t.not_before = Some(now + backoff(self.config.retry_backoff, t.failures));
                 let failures = t.failures;
                 let failure = AttemptFailure::Host(format!("commit failed: {message}"));
                 self.record_end(
@@ -792,6 +806,14 @@ impl Scheduler {
         if !self.is_active() {
             return;
         }
+        // A backoff that has passed is over: `poll_timeout` reports only
+        // backoffs still to come.
+        for id in &self.pending {
+            let t = self.tasks.get_mut(id).expect("known task");
+            if t.not_before.is_some_and(|at| at <= now) {
+                t.not_before = None;
+            }
+        }
         while !self.pending.is_empty() {
             let Some(worker) = self
                 .workers
@@ -802,12 +824,18 @@ impl Scheduler {
             else {
                 return;
             };
-            // A retry prefers a worker other than the one it last failed on.
-            let position = self
+            // A retry waits out its backoff, and prefers a worker other
+            // than the one it last failed on.
+            let ready = |t: &TaskId| self.tasks[t].not_before.is_none_or(|at| at <= now);
+            let elsewhere = |t: &TaskId| self.tasks[t].failed_on != Some(worker);
+            let Some(position) = self
                 .pending
                 .iter()
-                .position(|t| self.tasks[t].failed_on != Some(worker))
-                .unwrap_or(0);
+                .position(|t| ready(t) && elsewhere(t))
+                .or_else(|| self.pending.iter().position(ready))
+            else {
+                return;
+            };
             let task = self.pending.remove(position).expect("not empty");
             self.assign(now, task, worker);
         }
@@ -944,6 +972,13 @@ impl Task {
             failures: 0,
             last_failure: None,
             failed_on: None,
+            not_before: None,
         }
     }
+}
+
+/// `base · 2^(failures-1)`, capped.
+fn backoff(base: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (base * 2u32.pow(doublings)).min(RETRY_BACKOFF_MAX)
 }
