@@ -240,7 +240,7 @@ fn task_failing_every_attempt_fails_job_and_publishes_nothing() {
     ]);
     assert_eq!(
         stderr,
-        "error: job failed: task m-00000 failed 3 times; last: w1 a3: guest returned an error: flaky: attempt 3 fails on purpose\n"
+        "error: job failed: task m-00000 failed 3 times on w1; last: w1 a3: guest returned an error: flaky: attempt 3 fails on purpose\n"
     );
     assert!(!out.exists(), "a failed job leaves no output directory");
 }
@@ -269,7 +269,7 @@ fn reduce_attempt_failing_midway_leaves_no_partial_file() {
         "reduce-trap-on=Holmes",
     ]);
     assert!(
-        stderr.starts_with("error: job failed: task r-00000 failed 2 times; last: "),
+        stderr.starts_with("error: job failed: task r-00000 failed 2 times on w"),
         "{stderr}"
     );
     assert!(stderr.contains("poisoned key in reduce"), "{stderr}");
@@ -559,7 +559,7 @@ fn more_trapping_records_than_allowed_fail_the_job() {
     ]);
     assert!(
         stderr.starts_with(
-            "error: job failed: task m-00000 failed 1 times; last: w1 a1: guest trapped: "
+            "error: job failed: task m-00000 failed 1 times on w1; last: w1 a1: guest trapped: "
         ),
         "{stderr}"
     );

@@ -225,7 +225,9 @@ fn hostile_jobs_fail_with_classified_reasons_through_the_cli() {
         let stderr = run_err(&args);
         assert_eq!(
             stderr,
-            format!("error: job failed: task m-00000 failed 1 times; last: w1 a1: {reason}\n")
+            format!(
+                "error: job failed: task m-00000 failed 1 times on w1; last: w1 a1: {reason}\n"
+            )
         );
         assert!(!out.exists());
     }

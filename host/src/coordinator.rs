@@ -1077,6 +1077,8 @@ impl Core {
                     connected: w.connected,
                 })
                 .collect(),
+            transitions: job.record.transitions.clone(),
+            totals: crate::wire::Totals::of(job.scheduler.attempt_log()),
         }
     }
 }

@@ -522,6 +522,27 @@ async fn status(job: Option<String>, remote: RemoteArgs, json: bool) -> anyhow::
         report.pending,
         report.attempt_log.len()
     );
+    for (name, t) in &report.totals {
+        println!(
+            "  {name}: {} attempts ({} committed), {:.2} s, fuel {}, in {} B, out {} B, {} records",
+            t.attempts,
+            t.committed,
+            t.wall_ms as f64 / 1e3,
+            t.fuel_used,
+            t.bytes_in,
+            t.bytes_out,
+            t.records_out
+        );
+        for (counter, value) in &t.counters {
+            println!("    counter {counter} = {value}");
+        }
+    }
+    for change in &report.transitions {
+        println!(
+            "  {:?} at {} ms: {}",
+            change.phase, change.unix_ms, change.reason
+        );
+    }
     for w in &report.workers {
         let state = if w.connected { "connected" } else { "gone" };
         println!("  worker {} {} ({} slots, {state})", w.id, w.name, w.slots);

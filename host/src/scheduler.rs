@@ -166,6 +166,8 @@ struct Task {
     failures: u32,
     last_failure: Option<String>,
     failed_on: Option<WorkerId>,
+    /// Every worker an attempt of this task failed on (for the job's error).
+    failed_workers: std::collections::BTreeSet<WorkerId>,
     /// A failed task is not retried before this (backoff).
     not_before: Option<Instant>,
 }
@@ -644,6 +646,8 @@ impl Scheduler {
             Err(failure) => {
                 t.failures += 1;
                 t.last_failure = Some(format!("{worker} {epoch}: {failure}"));
+                t.failed_workers.insert(worker);
+                let failed_on = t.failed_workers.clone();
                 t.failed_on = Some(worker);
                 t.not_before = Some(now + backoff(self.config.retry_backoff, t.failures));
                 let failures = t.failures;
@@ -664,7 +668,8 @@ impl Scheduler {
                         None,
                     );
                     let message = format!(
-                        "task {task} failed {failures} times; last: {worker} {epoch}: {failure}"
+                        "task {task} failed {failures} times on {}; last: {worker} {epoch}: {failure}",
+                        list(&failed_on)
                     );
                     self.fail(now, message);
                 } else {
@@ -972,6 +977,7 @@ impl Task {
             failures: 0,
             last_failure: None,
             failed_on: None,
+            failed_workers: std::collections::BTreeSet::new(),
             not_before: None,
         }
     }
@@ -981,4 +987,10 @@ impl Task {
 fn backoff(base: Duration, failures: u32) -> Duration {
     let doublings = failures.saturating_sub(1).min(16);
     (base * 2u32.pow(doublings)).min(RETRY_BACKOFF_MAX)
+}
+
+/// `w1, w2`.
+fn list(workers: &std::collections::BTreeSet<WorkerId>) -> String {
+    let names: Vec<String> = workers.iter().map(|w| w.to_string()).collect();
+    names.join(", ")
 }

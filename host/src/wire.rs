@@ -191,4 +191,52 @@ pub struct StatusReport {
     pub pending: usize,
     pub attempt_log: Vec<AttemptRecord>,
     pub workers: Vec<WorkerInfo>,
+    /// Every phase change, with its time and reason (durable).
+    pub transitions: Vec<crate::store::PhaseChange>,
+    /// Aggregates over the attempt log: "job", "map" and "reduce".
+    pub totals: BTreeMap<String, Totals>,
+}
+
+/// Work done, summed over attempts (all attempts for time and fuel, the
+/// committed ones for bytes, records and counters), including attempts
+/// from before a coordinator restart.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Totals {
+    pub attempts: u64,
+    pub committed: u64,
+    pub wall_ms: u64,
+    pub fuel_used: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub records_out: u64,
+    pub counters: BTreeMap<String, i64>,
+}
+
+impl Totals {
+    pub fn of(log: &[AttemptRecord]) -> BTreeMap<String, Totals> {
+        let mut totals: BTreeMap<String, Totals> = BTreeMap::new();
+        for record in log {
+            let phase = match record.task {
+                TaskId::Map(_) => "map",
+                TaskId::Reduce(_) => "reduce",
+            };
+            for key in ["job", phase] {
+                let t = totals.entry(key.to_string()).or_default();
+                t.attempts += 1;
+                let Some(stats) = &record.stats else { continue };
+                t.wall_ms += stats.wall_ms;
+                t.fuel_used += stats.fuel_used;
+                if record.outcome == crate::scheduler::AttemptOutcome::Committed {
+                    t.committed += 1;
+                    t.bytes_in += stats.bytes_in;
+                    t.bytes_out += stats.bytes_out;
+                    t.records_out += stats.records_out;
+                    for (name, value) in &stats.counters {
+                        *t.counters.entry(name.clone()).or_default() += value;
+                    }
+                }
+            }
+        }
+        totals
+    }
 }
