@@ -670,6 +670,7 @@ impl Cluster {
             heartbeat: Duration::from_secs(1),
             // Map outputs in `work_root`, on this machine's filesystem.
             shared_store: true,
+            ephemeral_state: false,
         };
         let coordinator = runtime.spawn(coordinator::serve(config, stopped(&stop_coordinator)));
 

@@ -40,6 +40,8 @@ pub struct CoordinatorConfig {
     /// Map outputs go to `work_root` (shared by all) instead of staying on
     /// the workers that produced them.
     pub shared_store: bool,
+    /// Keep the job state in memory only (nothing survives a restart).
+    pub ephemeral_state: bool,
 }
 
 impl CoordinatorConfig {
@@ -116,7 +118,13 @@ pub async fn serve(
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
     // The state first: a corrupt state file stops the coordinator before it
     // listens or writes anything.
-    let store = StateStore::open(&config.state_dir)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let store = if config.ephemeral_state {
+        StateStore::in_memory()?
+    } else {
+        StateStore::open(&config.state_dir)?
+    };
     let incarnation = store.next_incarnation()?;
     let identity = Identity::load_or_generate(&config.state_dir)?;
     let endpoint = transport::server_endpoint(&identity, config.listen, config.lease * 2)?;

@@ -100,6 +100,9 @@ struct CoordinatorArgs {
     /// Keep map outputs in the shared --work-dir instead of on the workers.
     #[arg(long)]
     shared_store: bool,
+    /// Keep job state in memory only: nothing survives a restart.
+    #[arg(long)]
+    ephemeral_state: bool,
 }
 
 #[derive(Args)]
@@ -421,6 +424,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         lease: std::time::Duration::from_millis(args.lease),
         heartbeat: std::time::Duration::from_millis(args.heartbeat),
         shared_store: args.shared_store,
+        ephemeral_state: args.ephemeral_state,
     };
     wmr::coordinator::serve(config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -87,6 +87,18 @@ impl StateStore {
         Ok(store)
     }
 
+    /// A store that lives in memory only: what durability is measured
+    /// against (`wmr bench`), and for throwaway coordinators.
+    pub fn in_memory() -> anyhow::Result<Self> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        let store = StateStore {
+            db,
+            path: PathBuf::from("(memory)"),
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
     fn check_format(&self) -> anyhow::Result<()> {
         let txn = self.db.begin_write()?;
         {
