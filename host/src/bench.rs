@@ -6,18 +6,22 @@
 //! the sandbox and of the map/reduce machinery, not of different code. All
 //! rows must agree on the word total, or the run fails.
 //!
-//! The networked row runs a coordinator and two workers inside this process,
-//! on one tokio runtime, talking QUIC over loopback. Storage is shared: map
-//! outputs and the job's output are files on the local filesystem, so the
-//! row measures the control plane (scheduling, leases, module shipping), not
-//! a network shuffle. A second job of many one-line tasks measures the fixed
-//! cost per task, embedded and over QUIC.
+//! The networked rows run a coordinator and two workers inside this
+//! process, on one tokio runtime, talking QUIC over loopback; every row
+//! starts a fresh cluster and stops it (and removes its directories) before
+//! the next. The corpus runs twice: with the default worker-local shuffle
+//! (map outputs stay on the worker that produced them and reducers fetch
+//! them over QUIC) and with a shared store (map outputs are files every
+//! worker reads, so only the control plane crosses QUIC). A second job of
+//! many one-line tasks (`--tasks`) measures the fixed cost per task:
+//! embedded, and over QUIC with the durable state store and with the
+//! in-memory one; their difference is the cost of durability.
 
 use crate::client::{self, Remote};
 use crate::coordinator::{self, CoordinatorConfig};
 use crate::local::{JobSpec, JobSummary, run_embedded};
 use crate::node::{self, WorkerOptions};
-use crate::protocol::{Limits, TenantId, WorkerId};
+use crate::protocol::{Limits, TaskId, TenantId, WorkerId};
 use crate::sandbox::{AttemptContext, LoadedModule, PairSink, Role, Sandbox};
 use crate::scheduler::JobOutcome;
 use crate::wire::JobRequest;
@@ -44,18 +48,37 @@ const FILES: u64 = 16;
 /// Attempts timed for the per-attempt store cost.
 const STORE_ATTEMPTS: u32 = 2000;
 const STORE_TARGET_US: f64 = 50.0;
-/// The tiny job: this many one-line map tasks (plus one reduce).
+/// The tiny job's default number of one-line map tasks (plus one reduce).
 const TINY_TASKS: u64 = 2000;
+/// Per task over QUIC with the durable state store (the issue's target).
+const PER_TASK_TARGET_MS: f64 = 1.0;
+/// One-line maps of the job that warms a per-task cluster up.
+const WARMUP_TASKS: u64 = 8;
+/// Warm-up jobs at most, until each worker has compiled map and reduce.
+const WARMUP_JOBS: usize = 5;
 const TINY_LINE: &str = "the quick brown fox\n";
 const TINY_LINE_WORDS: u64 = 4;
 /// Bound on the in-process cluster's start-up and shutdown.
 const CLUSTER_LIMIT: Duration = Duration::from_secs(30);
+/// How long a stopped cluster's closing connections may take to end
+/// before the tasks still alive count as left behind.
+const SETTLE_LIMIT: Duration = Duration::from_millis(300);
 /// Bound on one deployed job.
 const JOB_LIMIT: Duration = Duration::from_secs(600);
-const CLUSTER_ROW: &str = "coordinator + 2 workers over QUIC (loopback) *";
-const CLUSTER_NOTE: &str = "* shared storage: map outputs and the job output are files on the local \
-                            filesystem, not sent over QUIC; the row includes connecting, shipping the \
-                            module and compiling it on each worker";
+/// The cluster as `wmr coordinator` runs it by default.
+const DEFAULT_CLUSTER: ClusterMode = ClusterMode {
+    shared_store: false,
+    ephemeral_state: false,
+};
+const QUIC_LOCAL_ROW: &str = "QUIC, 2 workers, worker-local shuffle (default)";
+const QUIC_SHARED_ROW: &str = "QUIC, 2 workers, shared store";
+const CLUSTER_NOTE: &str = "QUIC rows: a coordinator and 2 one-slot workers in this process over \
+                            loopback, durable state; each row starts a fresh cluster, so it includes \
+                            connecting, shipping the module and compiling it on each worker. \
+                            worker-local shuffle: map outputs stay on their worker, reducers fetch them \
+                            over QUIC; shared store: map outputs are files on the local filesystem that \
+                            every worker reads, nothing but control crosses QUIC. The job output is a \
+                            local directory in both.";
 const REFERENCE: &str = "reference on this machine: native 2-thread FxHash ~440 MB/s; \
                          Spark local[2] ~21 MB/s; Dask ~16 MB/s";
 
@@ -70,6 +93,9 @@ pub struct BenchArgs {
     /// Directory of the books (*.txt) the corpus is generated from.
     #[arg(long, default_value = "examples/data")]
     pub data: PathBuf,
+    /// One-line map tasks of the per-task overhead job (plus one reduce).
+    #[arg(long, default_value_t = TINY_TASKS)]
+    pub tasks: u64,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -85,7 +111,7 @@ struct Row {
     vs_native_2_threads: f64,
 }
 
-/// One row of the per-task overhead: a job of `TINY_TASKS` one-line maps.
+/// One row of the per-task overhead: a job of `--tasks` one-line maps.
 #[derive(Serialize)]
 struct PerTask {
     name: String,
@@ -93,6 +119,30 @@ struct PerTask {
     tasks: usize,
     seconds: f64,
     ms_per_task: f64,
+}
+
+/// The per-task overhead over QUIC with the durable and the in-memory
+/// state store, and what durability costs.
+#[derive(Serialize)]
+struct Durability {
+    durable_ms_per_task: f64,
+    in_memory_ms_per_task: f64,
+    /// Durable minus in-memory.
+    cost_ms_per_task: f64,
+    target_ms_per_task: f64,
+    /// The durable store's figure is under the target.
+    target_met: bool,
+}
+
+/// How an in-process cluster was stopped.
+#[derive(Serialize)]
+struct ClusterStop {
+    name: String,
+    shared_store: bool,
+    ephemeral_state: bool,
+    /// Tokio tasks still alive `SETTLE_LIMIT` after the workers and the
+    /// coordinator had returned; the runtime's shutdown cancelled them.
+    tasks_left: usize,
 }
 
 /// Everything `wmr bench` prints, as a table or as JSON.
@@ -105,6 +155,8 @@ struct Report {
     rows: Vec<Row>,
     cluster_note: &'static str,
     per_task: Vec<PerTask>,
+    durability: Durability,
+    clusters: Vec<ClusterStop>,
     guest_compile_seconds: f64,
     store_attempts: u32,
     store_attempt_us: f64,
@@ -122,6 +174,7 @@ struct Totals {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     ensure!(args.size_mib > 0, "--size-mib must be at least 1");
+    ensure!(args.tasks > 0, "--tasks must be at least 1");
     let guest = std::fs::read(&args.guest)
         .with_context(|| format!("reading the guest {}", args.guest.display()))?;
     let scratch = Scratch::create()?;
@@ -179,45 +232,85 @@ fn measure(
 
     // The tiny job: one-line files, so every map task has next to nothing
     // to do and the job measures what each task costs the machinery.
-    let tiny = write_tiny_input(&scratch.path.join("tiny"))?;
-    let tiny_expected = Totals {
-        words: TINY_TASKS * TINY_LINE_WORDS,
-        distinct: Some(TINY_LINE_WORDS as usize),
-    };
+    let tiny = write_tiny_input(&scratch.path.join("tiny"), args.tasks)?;
+    let tiny_expected = tiny_totals(args.tasks);
     let output = scratch.path.join("out-tiny-run");
     let (tiny_embedded, summary) = timed(|| embedded_job(&args.guest, &tiny, &output, scratch))?;
     let totals = tiny.totals("tiny job, wmr run", &summary, &output)?;
     check_agrees("tiny job, wmr run", tiny_expected, totals)?;
     let tiny_tasks = summary.tasks;
     ensure!(
-        tiny_tasks as u64 == TINY_TASKS + 1,
-        "the tiny job has {tiny_tasks} tasks, not {TINY_TASKS} maps and a reduce"
+        tiny_tasks as u64 == args.tasks + 1,
+        "the tiny job has {tiny_tasks} tasks, not {} maps and a reduce",
+        args.tasks
     );
 
-    let cluster = Cluster::start(&scratch.path.join("cluster"))?;
-    let output = scratch.path.join("out-quic");
-    let (quic_2, summary) = timed(|| cluster.deploy(guest, &corpus, &output))?;
-    check_agrees(
-        CLUSTER_ROW,
+    // Each networked row on a cluster of its own, stopped before the next.
+    let mut clusters = Vec::new();
+    let quic_local = quic_throughput(
+        QUIC_LOCAL_ROW,
+        DEFAULT_CLUSTER,
+        guest,
+        &corpus,
         expected,
-        corpus.totals(CLUSTER_ROW, &summary, &output)?,
+        scratch,
+        &mut clusters,
     )?;
-    let ran = distinct_workers(&summary);
-    ensure!(
-        ran == 2,
-        "{CLUSTER_ROW}: attempts ran on {ran} workers, not 2"
-    );
-    let output = scratch.path.join("out-tiny-quic");
-    let (tiny_quic, summary) = timed(|| cluster.deploy(guest, &tiny, &output))?;
-    let totals = tiny.totals("tiny job over QUIC", &summary, &output)?;
-    check_agrees("tiny job over QUIC", tiny_expected, totals)?;
-    cluster.stop()?;
+    let shared = ClusterMode {
+        shared_store: true,
+        ..DEFAULT_CLUSTER
+    };
+    let quic_shared = quic_throughput(
+        QUIC_SHARED_ROW,
+        shared,
+        guest,
+        &corpus,
+        expected,
+        scratch,
+        &mut clusters,
+    )?;
+
+    // Two reducers: both workers run a reduce at once.
+    let warmup = Job {
+        reducers: 2,
+        ..write_tiny_input(&scratch.path.join("warmup"), WARMUP_TASKS)?
+    };
+    let per_task_quic = |name: &str, mode: ClusterMode, clusters: &mut Vec<ClusterStop>| {
+        let tiny_job = TinyJob {
+            job: &tiny,
+            expected: tiny_expected,
+            warmup: &warmup,
+        };
+        quic_per_task(name, mode, guest, &tiny_job, scratch, clusters)
+    };
+    let durable_row = "QUIC, worker-local shuffle, durable state";
+    let tiny_durable = per_task_quic(durable_row, DEFAULT_CLUSTER, &mut clusters)?;
+    let memory_row = "QUIC, worker-local shuffle, in-memory state";
+    let in_memory = ClusterMode {
+        ephemeral_state: true,
+        ..DEFAULT_CLUSTER
+    };
+    let tiny_in_memory = per_task_quic(memory_row, in_memory, &mut clusters)?;
 
     let per_task = |name: &str, seconds: f64| PerTask {
         name: name.to_string(),
         tasks: tiny_tasks,
         seconds,
         ms_per_task: seconds * 1e3 / tiny_tasks as f64,
+    };
+    let per_task_rows = vec![
+        per_task("wmr run, 2 workers (embedded)", tiny_embedded),
+        per_task(durable_row, tiny_durable),
+        per_task(memory_row, tiny_in_memory),
+    ];
+    let durable_ms = per_task_rows[1].ms_per_task;
+    let in_memory_ms = per_task_rows[2].ms_per_task;
+    let durability = Durability {
+        durable_ms_per_task: durable_ms,
+        in_memory_ms_per_task: in_memory_ms,
+        cost_ms_per_task: durable_ms - in_memory_ms,
+        target_ms_per_task: PER_TASK_TARGET_MS,
+        target_met: durable_ms < PER_TASK_TARGET_MS,
     };
     let row = |name: &str, seconds: f64| {
         let mb_per_s = corpus_bytes as f64 / 1e6 / seconds;
@@ -245,19 +338,94 @@ fn measure(
                 guest_map,
             ),
             row("wmr run, 2 workers, 2 reducers", run_2),
-            row(CLUSTER_ROW, quic_2),
+            row(QUIC_LOCAL_ROW, quic_local),
+            row(QUIC_SHARED_ROW, quic_shared),
         ],
         cluster_note: CLUSTER_NOTE,
-        per_task: vec![
-            per_task("wmr run, 2 workers (embedded)", tiny_embedded),
-            per_task("coordinator + 2 workers over QUIC (loopback)", tiny_quic),
-        ],
+        per_task: per_task_rows,
+        durability,
+        clusters,
         guest_compile_seconds: compile,
         store_attempts: STORE_ATTEMPTS,
         store_attempt_us: store_us,
         peak_rss_kib: peak_rss_kib(),
         reference: REFERENCE,
     })
+}
+
+/// The corpus job on a fresh cluster in `mode`, checked against the
+/// native count; its wall time, from connecting to the job's end.
+fn quic_throughput(
+    name: &str,
+    mode: ClusterMode,
+    guest: &[u8],
+    corpus: &Job,
+    expected: Totals,
+    scratch: &Scratch,
+    clusters: &mut Vec<ClusterStop>,
+) -> anyhow::Result<f64> {
+    let output = scratch.path.join(format!("out-{}", mode.slug()));
+    let dir = scratch.path.join(format!("cluster-{}", mode.slug()));
+    let (seconds, summary) = with_cluster(name, &dir, mode, clusters, |cluster| {
+        timed(|| cluster.deploy(guest, corpus, &output))
+    })?;
+    check_agrees(name, expected, corpus.totals(name, &summary, &output)?)?;
+    // With maps on both workers every reducer fetches from the other one:
+    // the worker-local row really shuffles over QUIC.
+    let ran = distinct_workers(&summary, |t| matches!(t, TaskId::Map(_)));
+    ensure!(ran == 2, "{name}: map attempts ran on {ran} workers, not 2");
+    Ok(seconds)
+}
+
+/// The tiny job of the per-task rows, and the job that warms a cluster up.
+struct TinyJob<'a> {
+    job: &'a Job,
+    expected: Totals,
+    warmup: &'a Job,
+}
+
+/// The tiny job on a fresh cluster in `mode`, after warm-up jobs that have
+/// each worker compile the guest as map and as reduce, so the figure holds
+/// the per-task cost only. Its wall time.
+fn quic_per_task(
+    name: &str,
+    mode: ClusterMode,
+    guest: &[u8],
+    tiny: &TinyJob<'_>,
+    scratch: &Scratch,
+    clusters: &mut Vec<ClusterStop>,
+) -> anyhow::Result<f64> {
+    let output = scratch.path.join(format!("out-tiny-{}", mode.slug()));
+    let dir = scratch.path.join(format!("cluster-tiny-{}", mode.slug()));
+    let (seconds, summary) = with_cluster(name, &dir, mode, clusters, |cluster| {
+        warm_up(cluster, guest, tiny.warmup, &dir)?;
+        timed(|| cluster.deploy(guest, tiny.job, &output))
+    })?;
+    let totals = tiny.job.totals(name, &summary, &output)?;
+    check_agrees(name, tiny.expected, totals)?;
+    Ok(seconds)
+}
+
+/// Run the warm-up job until both workers have run a map and a reduce (so
+/// compiled the guest for both), at most `WARMUP_JOBS` times.
+fn warm_up(cluster: &Cluster, guest: &[u8], warmup: &Job, dir: &Path) -> anyhow::Result<()> {
+    let mut compiled = BTreeSet::new();
+    for i in 0..WARMUP_JOBS {
+        let output = dir.join(format!("out-warmup-{i}"));
+        let summary = cluster.deploy(guest, warmup, &output)?;
+        let totals = warmup.totals("warm-up job", &summary, &output)?;
+        check_agrees("warm-up job", tiny_totals(WARMUP_TASKS), totals)?;
+        compiled.extend(
+            summary
+                .attempt_log
+                .iter()
+                .map(|r| (r.worker, matches!(r.task, TaskId::Map(_)))),
+        );
+        if compiled.len() == 4 {
+            return Ok(());
+        }
+    }
+    bail!("after {WARMUP_JOBS} warm-up jobs the workers had run only (worker, is map) {compiled:?}")
 }
 
 /// Time `f`, in seconds.
@@ -582,24 +750,37 @@ fn embedded_job(
     run_embedded(&spec, 2, &scratch.path.join("work"), &mut |_| {})
 }
 
-/// `TINY_TASKS` one-line files in `dir`: one map task each.
-fn write_tiny_input(dir: &Path) -> anyhow::Result<Job> {
+/// `tasks` one-line files in `dir`: one map task each, and one reducer.
+fn write_tiny_input(dir: &Path, tasks: u64) -> anyhow::Result<Job> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for i in 0..TINY_TASKS {
-        let path = dir.join(format!("tiny-{i:04}.txt"));
+    for i in 0..tasks {
+        let path = dir.join(format!("tiny-{i:06}.txt"));
         std::fs::write(&path, TINY_LINE).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(Job {
         input: dir.to_path_buf(),
         reducers: 1,
         split_bytes: TINY_LINE.len() as u64,
-        bytes: TINY_TASKS * TINY_LINE.len() as u64,
+        bytes: tasks * TINY_LINE.len() as u64,
     })
 }
 
-/// How many workers ran attempts of a job.
-fn distinct_workers(summary: &JobSummary) -> usize {
-    let workers: BTreeSet<WorkerId> = summary.attempt_log.iter().map(|r| r.worker).collect();
+/// What a job of `tasks` one-line maps counts.
+fn tiny_totals(tasks: u64) -> Totals {
+    Totals {
+        words: tasks * TINY_LINE_WORDS,
+        distinct: Some(TINY_LINE_WORDS as usize),
+    }
+}
+
+/// How many workers ran attempts of a job's tasks that `which` selects.
+fn distinct_workers(summary: &JobSummary, which: impl Fn(&TaskId) -> bool) -> usize {
+    let workers: BTreeSet<WorkerId> = summary
+        .attempt_log
+        .iter()
+        .filter(|r| which(&r.task))
+        .map(|r| r.worker)
+        .collect();
     workers.len()
 }
 
@@ -633,6 +814,67 @@ fn output_totals(output: &Path) -> anyhow::Result<Totals> {
 
 // ---------------------------------------------------------------- cluster
 
+/// The coordinator settings a row varies.
+#[derive(Clone, Copy, Debug)]
+struct ClusterMode {
+    /// Map outputs in the coordinator's work root, read by every worker,
+    /// instead of on the worker that produced them.
+    shared_store: bool,
+    /// Job state in memory instead of `STATE/wmr-state.redb`.
+    ephemeral_state: bool,
+}
+
+impl ClusterMode {
+    /// A name for the mode's directories.
+    fn slug(self) -> String {
+        let store = if self.shared_store { "shared" } else { "local" };
+        let state = if self.ephemeral_state {
+            "memory"
+        } else {
+            "durable"
+        };
+        format!("{store}-{state}")
+    }
+}
+
+/// Start a cluster in `dir` (which must not exist), run `f` on it, then
+/// stop the cluster and remove `dir`, also when `f` fails; how the
+/// cluster stopped goes to `stops`.
+fn with_cluster<T>(
+    name: &str,
+    dir: &Path,
+    mode: ClusterMode,
+    stops: &mut Vec<ClusterStop>,
+    f: impl FnOnce(&Cluster) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    ensure!(!dir.exists(), "{} exists already", dir.display());
+    let started = Cluster::start(dir, mode);
+    let result = match started {
+        Ok(cluster) => {
+            let result = f(&cluster);
+            match cluster.stop() {
+                Ok(tasks_left) => {
+                    stops.push(ClusterStop {
+                        name: name.to_string(),
+                        shared_store: mode.shared_store,
+                        ephemeral_state: mode.ephemeral_state,
+                        tasks_left,
+                    });
+                    result
+                }
+                // The row's own error, if any, says more than the stop's.
+                Err(stop) => result.and(Err(stop)),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    let removed =
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()));
+    let value = result.with_context(|| format!("{name}: cluster in {}", dir.display()))?;
+    removed?;
+    Ok(value)
+}
+
 /// A coordinator and two 1-slot workers on one multi-thread runtime in
 /// this process, on 127.0.0.1. Each stops when its watch turns `true`.
 struct Cluster {
@@ -652,8 +894,40 @@ fn stopped(stop: &watch::Sender<bool>) -> impl std::future::Future<Output = ()> 
     }
 }
 
+/// Wait until the coordinator listens: it publishes its fingerprint, then
+/// its address, each atomically. Its address and fingerprint.
+fn listening(
+    runtime: &tokio::runtime::Runtime,
+    coordinator: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
+    state_dir: &Path,
+) -> anyhow::Result<(SocketAddr, String)> {
+    let addr_file = state_dir.join("coordinator.addr");
+    let deadline = Instant::now() + CLUSTER_LIMIT;
+    loop {
+        let addr = std::fs::read_to_string(&addr_file);
+        let fingerprint = std::fs::read_to_string(state_dir.join("fingerprint"));
+        if let (Ok(addr), Ok(fingerprint)) = (addr, fingerprint) {
+            let addr: SocketAddr = addr
+                .trim()
+                .parse()
+                .with_context(|| format!("{}: not an address", addr_file.display()))?;
+            return Ok((addr, fingerprint.trim().to_string()));
+        }
+        if coordinator.is_finished() {
+            let ended = runtime.block_on(coordinator);
+            bail!("the coordinator stopped before it listened: {ended:?}");
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the coordinator did not write {} within {CLUSTER_LIMIT:?}",
+            addr_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 impl Cluster {
-    fn start(dir: &Path) -> anyhow::Result<Cluster> {
+    fn start(dir: &Path, mode: ClusterMode) -> anyhow::Result<Cluster> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("wmr-bench-cluster")
@@ -668,36 +942,17 @@ impl Cluster {
             work_root: dir.join("work"),
             lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(1),
-            // Map outputs in `work_root`, on this machine's filesystem.
-            shared_store: true,
-            ephemeral_state: false,
+            shared_store: mode.shared_store,
+            ephemeral_state: mode.ephemeral_state,
         };
-        let coordinator = runtime.spawn(coordinator::serve(config, stopped(&stop_coordinator)));
-
-        // The coordinator publishes the fingerprint, then the address, each
-        // atomically, once it listens.
-        let addr_file = state_dir.join("coordinator.addr");
-        let deadline = Instant::now() + CLUSTER_LIMIT;
-        let (addr, fingerprint) = loop {
-            let addr = std::fs::read_to_string(&addr_file);
-            let fingerprint = std::fs::read_to_string(state_dir.join("fingerprint"));
-            if let (Ok(addr), Ok(fingerprint)) = (addr, fingerprint) {
-                let addr: SocketAddr = addr
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("{}: not an address", addr_file.display()))?;
-                break (addr, fingerprint.trim().to_string());
+        let mut coordinator = runtime.spawn(coordinator::serve(config, stopped(&stop_coordinator)));
+        let (addr, fingerprint) = match listening(&runtime, &mut coordinator, &state_dir) {
+            Ok(listening) => listening,
+            Err(e) => {
+                stop_coordinator.send_replace(true);
+                runtime.shutdown_timeout(CLUSTER_LIMIT);
+                return Err(e);
             }
-            if coordinator.is_finished() {
-                let ended = runtime.block_on(coordinator);
-                bail!("the coordinator stopped before it listened: {ended:?}");
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "the coordinator did not write {} within {CLUSTER_LIMIT:?}",
-                addr_file.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
         };
 
         let workers = (0..2)
@@ -712,6 +967,8 @@ impl Cluster {
                     cache_dir: dir.join(format!("cache-{i}")),
                     work_dir: dir.join(format!("worker-{i}")),
                     shuffle_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                    // No `tenants.toml` in the state dir: development mode.
+                    token: String::new(),
                 };
                 runtime.spawn(node::run(options, stopped(&stop_workers)))
             })
@@ -726,6 +983,7 @@ impl Cluster {
                 coordinator: addr,
                 fingerprint,
                 tenant: TenantId("bench".into()),
+                token: String::new(),
             },
         })
     }
@@ -750,8 +1008,9 @@ impl Cluster {
             .map_err(|_| anyhow!("the deployed job did not end within {JOB_LIMIT:?}"))?
     }
 
-    /// Drain the workers, then stop the coordinator; bounded.
-    fn stop(self) -> anyhow::Result<()> {
+    /// Drain the workers, then stop the coordinator, then shut the runtime
+    /// down (cancelling what is left); bounded. How many tasks were left.
+    fn stop(self) -> anyhow::Result<usize> {
         let Cluster {
             runtime,
             stop_workers,
@@ -771,8 +1030,16 @@ impl Cluster {
             })
             .await
         });
+        // Connections close over a few round trips: give them a moment.
+        let settle = Instant::now() + SETTLE_LIMIT;
+        let mut tasks_left = runtime.metrics().num_alive_tasks();
+        while tasks_left > 0 && Instant::now() < settle {
+            std::thread::sleep(Duration::from_millis(10));
+            tasks_left = runtime.metrics().num_alive_tasks();
+        }
         runtime.shutdown_timeout(CLUSTER_LIMIT);
-        ended.map_err(|_| anyhow!("the cluster did not stop within {CLUSTER_LIMIT:?}"))?
+        ended.map_err(|_| anyhow!("the cluster did not stop within {CLUSTER_LIMIT:?}"))??;
+        Ok(tasks_left)
     }
 }
 
@@ -806,8 +1073,9 @@ fn print_table(r: &Report, size_mib: u64) {
     println!("{}", r.cluster_note);
     if let Some(first) = r.per_task.first() {
         println!(
-            "per-task overhead: {} tasks ({TINY_TASKS} one-line maps + 1 reduce), wall time / tasks:",
-            first.tasks
+            "per-task overhead: {} tasks ({} one-line maps + 1 reduce), wall time / tasks:",
+            first.tasks,
+            first.tasks - 1
         );
     }
     for t in &r.per_task {
@@ -816,10 +1084,40 @@ fn print_table(r: &Report, size_mib: u64) {
             t.name, t.seconds, t.ms_per_task
         );
     }
+    let d = &r.durability;
     println!(
-        "  (embedded includes compiling the guest as map and as reduce; the QUIC workers \
-         have it from the row above)"
+        "  cost of durability: {:.3} ms per task (durable {:.3} - in-memory {:.3})",
+        d.cost_ms_per_task, d.durable_ms_per_task, d.in_memory_ms_per_task
     );
+    println!(
+        "  durable store: {:.3} ms per task; target < {} ms: {}",
+        d.durable_ms_per_task,
+        d.target_ms_per_task,
+        if d.target_met { "ok" } else { "MISSED" }
+    );
+    println!(
+        "  (embedded includes compiling the guest as map and as reduce; each QUIC row is a \
+         fresh cluster whose workers compiled both in warm-up jobs first)"
+    );
+    let left: Vec<String> = r
+        .clusters
+        .iter()
+        .filter(|c| c.tasks_left > 0)
+        .map(|c| format!("{} ({})", c.name, c.tasks_left))
+        .collect();
+    if left.is_empty() {
+        println!(
+            "clusters: {} stopped cleanly, no tasks left",
+            r.clusters.len()
+        );
+    } else {
+        println!(
+            "clusters: {} stopped; tokio tasks still alive {SETTLE_LIMIT:?} after the workers and \
+             the coordinator returned (cancelled by the runtime shutdown): {}",
+            r.clusters.len(),
+            left.join(", ")
+        );
+    }
     let verdict = if r.store_attempt_us < STORE_TARGET_US {
         "ok"
     } else {

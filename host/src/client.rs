@@ -14,6 +14,8 @@ pub struct Remote {
     pub coordinator: SocketAddr,
     pub fingerprint: String,
     pub tenant: TenantId,
+    /// The tenant's token (empty in development mode).
+    pub token: String,
 }
 
 /// Long enough to ride out a coordinator paused for a few seconds.
@@ -29,6 +31,7 @@ async fn open(
     channel
         .write(&Open::Client {
             tenant: remote.tenant.clone(),
+            token: remote.token.clone(),
             request,
         })
         .await?;

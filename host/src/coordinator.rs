@@ -16,6 +16,7 @@ use crate::scheduler::Phase;
 use crate::scheduler::{Action, Event, JobOutcome, JobPlan, Scheduler, SchedulerConfig};
 use crate::split;
 use crate::store::{Batch, JobRecord, PhaseChange, StateStore, unix_ms};
+use crate::tenants::{self, Principal};
 use crate::transport::{self, Channel, Identity};
 use crate::wire::{
     ClientReply, ClientRequest, FromWorker, JobRequest, ModuleReply, Open, PartitionReply,
@@ -72,15 +73,15 @@ enum CoreEvent {
     WorkerGone(WorkerId),
     FromWorker(WorkerId, FromWorker),
     Submit {
-        tenant: TenantId,
+        principal: Principal,
         request: Box<JobRequest>,
         replies: mpsc::UnboundedSender<ClientReply>,
     },
-    Status(Option<String>, oneshot::Sender<ClientReply>),
-    Cancel(String, oneshot::Sender<ClientReply>),
-    Watch(String, mpsc::UnboundedSender<ClientReply>),
-    Jobs(oneshot::Sender<ClientReply>),
-    Resume(String, oneshot::Sender<ClientReply>),
+    Status(Principal, Option<String>, oneshot::Sender<ClientReply>),
+    Cancel(Principal, String, oneshot::Sender<ClientReply>),
+    Watch(Principal, String, mpsc::UnboundedSender<ClientReply>),
+    Jobs(Principal, oneshot::Sender<ClientReply>),
+    Resume(Principal, String, oneshot::Sender<ClientReply>),
 }
 
 struct WorkerEntry {
@@ -106,6 +107,9 @@ struct JobEntry {
     record: JobRecord,
     /// This job's share of each worker's slots, as last told its scheduler.
     quotas: BTreeMap<WorkerId, u32>,
+    /// Its tenant's weight and concurrency quota (for `rebalance`).
+    weight: u32,
+    max_concurrent: u32,
 }
 
 /// Run the coordinator until `shutdown` resolves.
@@ -114,8 +118,6 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating {}", config.state_dir.display()))?;
     // The state first: a corrupt state file stops the coordinator before it
     // listens or writes anything.
     std::fs::create_dir_all(&config.state_dir)
@@ -162,9 +164,12 @@ pub async fn serve(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let (events, modules) = (events.clone(), modules.clone());
+                let state_dir = config.state_dir.clone();
                 tokio::spawn(async move {
                     match incoming.await {
-                        Ok(connection) => serve_connection(connection, events, modules).await,
+                        Ok(connection) => {
+                            serve_connection(connection, events, modules, state_dir).await
+                        }
                         Err(e) => tracing::info!("handshake failed: {e}"),
                     }
                 });
@@ -191,6 +196,7 @@ async fn serve_connection(
     connection: quinn::Connection,
     events: mpsc::UnboundedSender<CoreEvent>,
     modules: Modules,
+    state_dir: PathBuf,
 ) {
     let peer = connection.remote_address();
     loop {
@@ -202,7 +208,7 @@ async fn serve_connection(
             }
         };
         let mut channel = Channel { send, recv };
-        let (events, modules) = (events.clone(), modules.clone());
+        let (events, modules, state_dir) = (events.clone(), modules.clone(), state_dir.clone());
         tokio::spawn(async move {
             let open = match channel.read::<Open>().await {
                 Ok(Some(open)) => open,
@@ -223,8 +229,17 @@ async fn serve_connection(
                     name,
                     slots,
                     shuffle,
+                    token,
                     ..
-                } => serve_worker(channel, name, slots, shuffle, events).await,
+                } => match tenants::authenticate_worker(&state_dir, &token) {
+                    Ok(()) => serve_worker(channel, name, slots, shuffle, events).await,
+                    Err(e) => {
+                        tracing::warn!(%peer, %name, "worker refused: {e:#}");
+                        let _ = channel.write(&ToWorker::Refused(format!("{e:#}"))).await;
+                        let _ = channel.send.finish();
+                        let _ = channel.send.stopped().await;
+                    }
+                },
                 Open::FetchPartition { .. } => {
                     let reply =
                         PartitionReply::Missing("the coordinator holds no map output".into());
@@ -240,9 +255,19 @@ async fn serve_connection(
                     let _ = channel.write(&reply).await;
                     let _ = channel.send.finish();
                 }
-                Open::Client { tenant, request } => {
-                    serve_client(channel, tenant, request, events).await
-                }
+                Open::Client {
+                    tenant,
+                    token,
+                    request,
+                } => match tenants::authenticate(&state_dir, &tenant, &token) {
+                    Ok(principal) => serve_client(channel, principal, request, events).await,
+                    Err(e) => {
+                        tracing::warn!(%peer, tenant = %tenant.0, "client refused: {e:#}");
+                        let _ = channel.write(&ClientReply::Error(format!("{e:#}"))).await;
+                        let _ = channel.send.finish();
+                        let _ = channel.send.stopped().await;
+                    }
+                },
             }
         });
     }
@@ -315,7 +340,7 @@ async fn serve_worker(
 
 async fn serve_client(
     mut channel: Channel,
-    tenant: TenantId,
+    principal: Principal,
     request: ClientRequest,
     events: mpsc::UnboundedSender<CoreEvent>,
 ) {
@@ -324,7 +349,7 @@ async fn serve_client(
             let (replies, mut rx) = mpsc::unbounded_channel();
             if events
                 .send(CoreEvent::Submit {
-                    tenant,
+                    principal,
                     request,
                     replies,
                 })
@@ -341,35 +366,38 @@ async fn serve_client(
         }
         ClientRequest::Status(job) => {
             let (tx, rx) = oneshot::channel();
-            let _ = events.send(CoreEvent::Status(job, tx));
+            let _ = events.send(CoreEvent::Status(principal, job, tx));
             if let Ok(reply) = rx.await {
                 let _ = channel.write(&reply).await;
             }
         }
         ClientRequest::Cancel(job) => {
             let (tx, rx) = oneshot::channel();
-            let _ = events.send(CoreEvent::Cancel(job, tx));
+            let _ = events.send(CoreEvent::Cancel(principal, job, tx));
             if let Ok(reply) = rx.await {
                 let _ = channel.write(&reply).await;
             }
         }
         ClientRequest::Jobs => {
             let (tx, rx) = oneshot::channel();
-            let _ = events.send(CoreEvent::Jobs(tx));
+            let _ = events.send(CoreEvent::Jobs(principal, tx));
             if let Ok(reply) = rx.await {
                 let _ = channel.write(&reply).await;
             }
         }
         ClientRequest::Resume(job) => {
             let (tx, rx) = oneshot::channel();
-            let _ = events.send(CoreEvent::Resume(job, tx));
+            let _ = events.send(CoreEvent::Resume(principal, job, tx));
             if let Ok(reply) = rx.await {
                 let _ = channel.write(&reply).await;
             }
         }
         ClientRequest::Watch(job) => {
             let (replies, mut rx) = mpsc::unbounded_channel();
-            if events.send(CoreEvent::Watch(job, replies)).is_err() {
+            if events
+                .send(CoreEvent::Watch(principal, job, replies))
+                .is_err()
+            {
                 return;
             }
             while let Some(reply) = rx.recv().await {
@@ -476,7 +504,45 @@ impl Core {
             .iter()
             .map(|&i| self.jobs[i].scheduler.demand() as u32)
             .collect();
-        let alloc = max_min_fair(total, &demand);
+        // Two levels: tenants share the slots by weight (each capped by its
+        // concurrency quota), then each tenant's share is split between its
+        // jobs.
+        let mut tenants: Vec<TenantId> = Vec::new();
+        for &i in &jobs {
+            let t = &self.jobs[i].record.tenant;
+            if !tenants.contains(t) {
+                tenants.push(t.clone());
+            }
+        }
+        let of = |t: &TenantId| -> Vec<usize> {
+            (0..jobs.len())
+                .filter(|&k| self.jobs[jobs[k]].record.tenant == *t)
+                .collect()
+        };
+        let tenant_demand: Vec<u32> = tenants
+            .iter()
+            .map(|t| {
+                let ks = of(t);
+                let cap = self.jobs[jobs[ks[0]]].max_concurrent;
+                ks.iter().map(|&k| demand[k]).sum::<u32>().min(cap)
+            })
+            .collect();
+        let weights: Vec<u32> = tenants
+            .iter()
+            .map(|t| self.jobs[jobs[of(t)[0]]].weight)
+            .collect();
+        let tenant_alloc = weighted_fair(total, &tenant_demand, &weights);
+        let mut alloc = vec![0; jobs.len()];
+        for (t, tenant) in tenants.iter().enumerate() {
+            let ks = of(tenant);
+            let within = max_min_fair(
+                tenant_alloc[t],
+                &ks.iter().map(|&k| demand[k]).collect::<Vec<_>>(),
+            );
+            for (k, a) in ks.into_iter().zip(within) {
+                alloc[k] = a;
+            }
+        }
         let mut quota: Vec<BTreeMap<WorkerId, u32>> = jobs
             .iter()
             .map(|&i| {
@@ -567,10 +633,10 @@ impl Core {
             }
             CoreEvent::FromWorker(worker, message) => self.worker_message(worker, message),
             CoreEvent::Submit {
-                tenant,
+                principal,
                 request,
                 replies,
-            } => match self.submit(tenant, *request) {
+            } => match self.submit(&principal, *request) {
                 Ok(index) => {
                     let job = self.jobs[index].id.to_string();
                     let _ = replies.send(ClientReply::Submitted { job });
@@ -581,13 +647,13 @@ impl Core {
                     let _ = replies.send(ClientReply::Error(format!("{e:#}")));
                 }
             },
-            CoreEvent::Status(job, reply) => {
-                let _ = reply.send(match self.find(job.as_deref()) {
+            CoreEvent::Status(principal, job, reply) => {
+                let _ = reply.send(match self.find(&principal, job.as_deref()) {
                     Some(i) => ClientReply::Status(Box::new(self.status(i))),
                     None => ClientReply::Error(not_found(job.as_deref())),
                 });
             }
-            CoreEvent::Watch(job, replies) => match self.find(Some(&job)) {
+            CoreEvent::Watch(principal, job, replies) => match self.find(&principal, Some(&job)) {
                 Some(i) => match &self.jobs[i].summary {
                     Some(summary) => {
                         let _ = replies.send(ClientReply::Done(Box::new(summary.clone())));
@@ -598,18 +664,21 @@ impl Core {
                     let _ = replies.send(ClientReply::Error(not_found(Some(&job))));
                 }
             },
-            CoreEvent::Jobs(reply) => {
-                let listings = (0..self.jobs.len()).map(|i| self.listing(i)).collect();
+            CoreEvent::Jobs(principal, reply) => {
+                let listings = (0..self.jobs.len())
+                    .filter(|&i| self.jobs[i].record.tenant == principal.tenant)
+                    .map(|i| self.listing(i))
+                    .collect();
                 let _ = reply.send(ClientReply::Jobs(listings));
             }
-            CoreEvent::Resume(job, reply) => {
-                let _ = reply.send(match self.resume(&job) {
+            CoreEvent::Resume(principal, job, reply) => {
+                let _ = reply.send(match self.resume(&principal, &job) {
                     Ok(id) => ClientReply::Submitted { job: id },
                     Err(e) => ClientReply::Error(format!("{e:#}")),
                 });
             }
-            CoreEvent::Cancel(job, reply) => {
-                let _ = reply.send(match self.find(Some(&job)) {
+            CoreEvent::Cancel(principal, job, reply) => {
+                let _ = reply.send(match self.find(&principal, Some(&job)) {
                     Some(i) => {
                         self.jobs[i].scheduler.handle(Instant::now(), Event::Cancel);
                         ClientReply::Cancelled {
@@ -668,14 +737,38 @@ impl Core {
         }
     }
 
-    fn submit(&mut self, tenant: TenantId, request: JobRequest) -> anyhow::Result<usize> {
+    fn submit(&mut self, principal: &Principal, request: JobRequest) -> anyhow::Result<usize> {
+        let tenant = principal.tenant.clone();
+        let mut request = request;
+        // Tenancy: quotas first, then every path confined to the root.
+        let mut sizes = vec![request.map_module.len()];
+        sizes.extend(request.reduce_module.as_ref().map(Vec::len));
+        principal.quota.check_job(&request.limits, &sizes)?;
+        let queued = self
+            .admitted
+            .iter()
+            .filter(|&&i| self.jobs[i].record.tenant == tenant)
+            .count();
+        if queued >= principal.quota.max_jobs_queued as usize {
+            anyhow::bail!(
+                "quota max_jobs_queued is {}; the tenant has {queued} unfinished jobs",
+                principal.quota.max_jobs_queued
+            );
+        }
+        if let Some(root) = &principal.root {
+            for input in &mut request.inputs {
+                *input = tenants::confine(root, std::path::Path::new(input.as_str()))?
+                    .to_string_lossy()
+                    .into_owned();
+            }
+            request.output = tenants::confine(root, &request.output)?;
+        }
         anyhow::ensure!(request.reducers > 0, "--reducers must be at least 1");
         anyhow::ensure!(request.split_bytes > 0, "--split-size must be positive");
         anyhow::ensure!(
             request.max_attempts > 0,
             "--max-attempts must be at least 1"
         );
-        let mut request = request;
         let mut batch = Batch::default();
         let map_bytes = std::mem::take(&mut request.map_module);
         let map_module = self.store_module(map_bytes.clone());
@@ -716,7 +809,8 @@ impl Core {
             self.scheduler_config(&record),
             Instant::now(),
         );
-        tracing::info!(%job, "job submitted");
+        tracing::info!(%job, tenant = %record.tenant.0, "job submitted");
+        let (weight, max_concurrent) = (principal.weight, principal.quota.max_concurrent_attempts);
         self.jobs.push(JobEntry {
             id: job,
             scheduler,
@@ -727,6 +821,8 @@ impl Core {
             summary: None,
             record,
             quotas: BTreeMap::new(),
+            weight,
+            max_concurrent,
         });
         Ok(self.jobs.len() - 1)
     }
@@ -794,6 +890,7 @@ impl Core {
         );
         let id = record.id;
         tracing::info!(job = %id, "job resumed");
+        let (weight, max_concurrent) = self.tenant_terms(&record.tenant);
         self.jobs.push(JobEntry {
             id,
             scheduler,
@@ -804,10 +901,22 @@ impl Core {
             summary: None,
             record,
             quotas: BTreeMap::new(),
+            weight,
+            max_concurrent,
         });
         let i = self.jobs.len() - 1;
         self.admitted.push(i);
         Ok(i)
+    }
+
+    /// A tenant's weight and concurrency quota, from `tenants.toml` as it
+    /// is now (development mode: 1 and the default quota).
+    fn tenant_terms(&self, tenant: &TenantId) -> (u32, u32) {
+        let file = tenants::load(&self.config.state_dir).ok().flatten();
+        match file.as_ref().and_then(|f| f.tenants.get(&tenant.0)) {
+            Some(t) => (t.weight.max(1), t.quota.max_concurrent_attempts),
+            None => (1, tenants::Quota::default().max_concurrent_attempts),
+        }
     }
 
     /// Write what changed in job `i` (attempt records, phase) durably.
@@ -1027,8 +1136,10 @@ impl Core {
     }
 
     /// `wmr resume`: a failed or cancelled job runs again under the same id.
-    fn resume(&mut self, job: &str) -> anyhow::Result<String> {
-        let i = self.find(Some(job)).with_context(|| not_found(Some(job)))?;
+    fn resume(&mut self, principal: &Principal, job: &str) -> anyhow::Result<String> {
+        let i = self
+            .find(principal, Some(job))
+            .with_context(|| not_found(Some(job)))?;
         let entry = &self.jobs[i];
         match &entry.summary {
             None => anyhow::bail!("job {} is still running", entry.id),
@@ -1053,12 +1164,15 @@ impl Core {
         Ok(self.jobs[new].id.to_string())
     }
 
-    fn find(&self, job: Option<&str>) -> Option<usize> {
+    /// The newest of `principal`'s jobs matching `job` (an id prefix), or
+    /// its newest job. Another tenant's job is simply not found.
+    fn find(&self, principal: &Principal, job: Option<&str>) -> Option<usize> {
+        let own = |j: &JobEntry| j.record.tenant == principal.tenant;
         match job {
-            None => self.jobs.len().checked_sub(1),
+            None => self.jobs.iter().rposition(own),
             Some(id) => self.jobs.iter().rposition(|j| {
                 let full = j.id.0.simple().to_string();
-                !id.is_empty() && full.starts_with(&id.to_ascii_lowercase())
+                own(j) && !id.is_empty() && full.starts_with(&id.to_ascii_lowercase())
             }),
         }
     }
@@ -1102,25 +1216,55 @@ fn not_found(job: Option<&str>) -> String {
 /// nobody gets more than it wants, and what one leaves goes to the others
 /// (leftovers of an uneven split go to the oldest jobs).
 fn max_min_fair(total: u32, demand: &[u32]) -> Vec<u32> {
-    let mut alloc = vec![0; demand.len()];
+    weighted_fair(total, demand, &vec![1; demand.len()])
+}
+
+/// Weighted max-min fairness (water-filling): each party gets slots in
+/// proportion to its weight, never more than it wants; what it leaves is
+/// shared again among the others. Rounding leftovers go to the heaviest,
+/// then the oldest.
+fn weighted_fair(total: u32, demand: &[u32], weight: &[u32]) -> Vec<u32> {
+    debug_assert_eq!(demand.len(), weight.len());
+    let mut alloc = vec![0u32; demand.len()];
     let mut remaining = total;
     let mut open: Vec<usize> = (0..demand.len()).filter(|&k| demand[k] > 0).collect();
     while remaining > 0 && !open.is_empty() {
-        let share = (remaining / open.len() as u32).max(1);
+        let weights: u64 = open.iter().map(|&k| u64::from(weight[k].max(1))).sum();
+        let mut gave = 0;
         for &k in &open {
-            let give = share.min(demand[k] - alloc[k]).min(remaining);
+            let share = (u64::from(remaining) * u64::from(weight[k].max(1)) / weights) as u32;
+            let give = share.min(demand[k] - alloc[k]);
             alloc[k] += give;
-            remaining -= give;
+            gave += give;
+        }
+        remaining -= gave;
+        if gave == 0 {
+            // Less than one slot per party: one each, heaviest first.
+            let mut order = open.clone();
+            order.sort_by_key(|&k| std::cmp::Reverse(weight[k]));
+            for k in order.into_iter().take(remaining as usize) {
+                alloc[k] += 1;
+                remaining -= 1;
+            }
         }
         open.retain(|&k| alloc[k] < demand[k]);
     }
     debug_assert!(alloc.iter().zip(demand).all(|(a, d)| a <= d));
+    debug_assert!(alloc.iter().sum::<u32>() <= total);
     alloc
 }
 
 #[cfg(test)]
 mod tests {
-    use super::max_min_fair;
+    use super::{max_min_fair, weighted_fair};
+
+    #[test]
+    fn weighted_shares_follow_the_weights() {
+        assert_eq!(weighted_fair(9, &[100, 100], &[2, 1]), vec![6, 3]);
+        assert_eq!(weighted_fair(4, &[100, 100], &[1, 1]), vec![2, 2]);
+        assert_eq!(weighted_fair(10, &[2, 100], &[3, 1]), vec![2, 8]);
+        assert_eq!(weighted_fair(1, &[5, 5], &[1, 3]), vec![0, 1]);
+    }
 
     #[test]
     fn fair_shares_split_evenly_and_pass_on_what_is_not_wanted() {

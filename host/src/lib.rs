@@ -24,6 +24,7 @@ pub mod seq;
 pub mod shuffle;
 pub mod split;
 pub mod store;
+pub mod tenants;
 pub mod transport;
 pub mod wire;
 pub mod worker;

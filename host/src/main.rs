@@ -72,11 +72,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the coordinator's tenants (STATE/tenants.toml).
+    Tenant {
+        #[command(subcommand)]
+        action: TenantAction,
+    },
     /// Cancel a job.
     Cancel {
         job: String,
         #[command(flatten)]
         remote: RemoteArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantAction {
+    /// Add (or replace) a tenant; prints its token once.
+    Add {
+        name: String,
+        /// The coordinator's state directory.
+        #[arg(long, default_value = "wmr-state")]
+        state: PathBuf,
+        /// The tenant's inputs and outputs must lie below this directory.
+        #[arg(long)]
+        root: PathBuf,
+        /// Share of the slots relative to other tenants.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a tenant: its token stops working at once.
+    Revoke {
+        name: String,
+        #[arg(long, default_value = "wmr-state")]
+        state: PathBuf,
+    },
+    /// Make a new worker token (the old one stops working); prints it once.
+    WorkerToken {
+        #[arg(long, default_value = "wmr-state")]
+        state: PathBuf,
     },
 }
 
@@ -134,6 +167,14 @@ struct WorkerArgs {
     /// Where this worker serves map outputs to reducers (UDP).
     #[arg(long, default_value = "127.0.0.1:0")]
     shuffle_listen: std::net::SocketAddr,
+    /// The cluster's worker token (`wmr tenant worker-token`).
+    #[arg(
+        long,
+        env = "WMR_WORKER_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    token: String,
 }
 
 #[derive(Args)]
@@ -228,6 +269,12 @@ struct RemoteArgs {
     /// The coordinator's certificate fingerprint (its state dir's `fingerprint` file).
     #[arg(long, env = "WMR_FINGERPRINT")]
     fingerprint: String,
+    /// The tenant to act as (`local` when the coordinator has no tenants.toml).
+    #[arg(long, env = "WMR_TENANT", default_value = "local")]
+    tenant: String,
+    /// The tenant's token, printed once by `wmr tenant add`.
+    #[arg(long, env = "WMR_TOKEN", default_value = "", hide_env_values = true)]
+    token: String,
 }
 
 impl RemoteArgs {
@@ -235,7 +282,8 @@ impl RemoteArgs {
         wmr::client::Remote {
             coordinator: self.coordinator,
             fingerprint: self.fingerprint.clone(),
-            tenant: wmr::protocol::TenantId::local(),
+            tenant: wmr::protocol::TenantId(self.tenant.clone()),
+            token: self.token.clone(),
         }
     }
 }
@@ -323,6 +371,7 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Tenant { action } => tenant(action),
         Command::Cancel { job, remote } => block_on(async move {
             let job = wmr::client::cancel(&remote.remote(), job).await?;
             println!("job {job} cancelled");
@@ -448,6 +497,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             std::env::temp_dir().join(format!("wmr-worker-{}", std::process::id()))
         }),
         shuffle_listen: args.shuffle_listen,
+        token: args.token,
     };
     wmr::node::run(options, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -567,6 +617,30 @@ async fn list_jobs(remote: RemoteArgs, resumable: bool, json: bool) -> anyhow::R
                 "{}  {:?}  {}/{} tasks committed",
                 j.job, j.phase, j.committed, j.tasks
             );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tenant(action: TenantAction) -> anyhow::Result<ExitCode> {
+    match action {
+        TenantAction::Add {
+            name,
+            state,
+            root,
+            weight,
+        } => {
+            let token = wmr::tenants::add_tenant(&state, &name, &root, weight)?;
+            println!("{token}");
+            eprintln!("tenant {name} added; the token above is shown only once");
+        }
+        TenantAction::Revoke { name, state } => {
+            wmr::tenants::revoke(&state, &name)?;
+            eprintln!("tenant {name} revoked");
+        }
+        TenantAction::WorkerToken { state } => {
+            println!("{}", wmr::tenants::new_worker_token(&state)?);
+            eprintln!("new worker token; the token above is shown only once");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -46,9 +46,16 @@ pub struct WorkerOptions {
     pub work_dir: PathBuf,
     /// Where this worker serves map outputs to reducers.
     pub shuffle_listen: SocketAddr,
+    /// The cluster's worker token (empty in development mode).
+    pub token: String,
 }
 
 type AttemptKey = (JobId, TaskId, AttemptEpoch);
+
+/// The coordinator refused this worker (wrong worker token).
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator refused this worker: {0}")]
+struct Refused(String);
 
 /// What outlives a connection.
 #[derive(Default)]
@@ -94,6 +101,8 @@ pub async fn run(
         tokio::select! {
             result = session => match result {
                 Ok(()) => return Ok(()),
+                // Retrying cannot fix a refusal.
+                Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
                 Err(e) => tracing::warn!("{e:#}; reconnecting in {backoff:?}"),
             },
             () = &mut shutdown, if !shutdown_seen => {
@@ -132,14 +141,16 @@ async fn session(
             slots: options.slots,
             labels: options.labels.clone(),
             shuffle: Some(peer.clone()),
+            token: options.token.clone(),
         })
         .await?;
-    let ToWorker::Welcome {
-        worker,
-        heartbeat_ms,
-    } = control.expect().await?
-    else {
-        bail!("the coordinator did not welcome this worker");
+    let (worker, heartbeat_ms) = match control.expect().await? {
+        ToWorker::Welcome {
+            worker,
+            heartbeat_ms,
+        } => (worker, heartbeat_ms),
+        ToWorker::Refused(reason) => return Err(Refused(reason).into()),
+        _ => bail!("the coordinator did not welcome this worker"),
     };
     *backoff = BACKOFF_MIN;
     let span = tracing::info_span!("worker", %worker);
@@ -304,7 +315,9 @@ fn handle(
                 tracing::warn!(%job, "removing map outputs: {e:#}");
             }
         }
-        ToWorker::Welcome { .. } => tracing::warn!("unexpected second welcome ignored"),
+        ToWorker::Welcome { .. } | ToWorker::Refused(_) => {
+            tracing::warn!("unexpected second welcome ignored")
+        }
     }
 }
 

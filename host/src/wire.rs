@@ -24,6 +24,8 @@ pub enum Open {
         labels: BTreeMap<String, String>,
         /// Where this worker serves its map outputs to reducers.
         shuffle: Option<Peer>,
+        /// The cluster's worker token (`wmr tenant worker-token`).
+        token: String,
     },
     /// A reducer fetches one partition of a committed map output from the
     /// worker holding it (answered with [`PartitionReply`]).
@@ -38,6 +40,8 @@ pub enum Open {
     /// A client request (answered with [`ClientReply`] frames).
     Client {
         tenant: TenantId,
+        /// The tenant's secret (`wmr tenant add`); checked on every stream.
+        token: String,
         request: ClientRequest,
     },
 }
@@ -65,6 +69,8 @@ pub enum ToWorker {
         worker: WorkerId,
         heartbeat_ms: u64,
     },
+    /// The worker may not join (wrong worker token).
+    Refused(String),
     Assign(Box<Assignment>),
     /// Stop this attempt now (its epoch is stale, or the job ended).
     Interrupt {
