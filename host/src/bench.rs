@@ -52,6 +52,8 @@ const STORE_TARGET_US: f64 = 50.0;
 const TINY_TASKS: u64 = 2000;
 /// Per task over QUIC with the durable state store (the target).
 const PER_TASK_TARGET_MS: f64 = 1.0;
+/// Rounds of the per-task job over QUIC, per state store.
+const PER_TASK_ROUNDS: u32 = 3;
 /// One-line maps of the job that warms a per-task cluster up.
 const WARMUP_TASKS: u64 = 8;
 /// Warm-up jobs at most, until each worker has compiled map and reduce.
@@ -117,8 +119,11 @@ struct PerTask {
     name: String,
     /// Map and reduce tasks.
     tasks: usize,
+    /// The median of `samples_seconds`.
     seconds: f64,
     ms_per_task: f64,
+    /// Wall time of each round.
+    samples_seconds: Vec<f64>,
 }
 
 /// The per-task overhead over QUIC with the durable and the in-memory
@@ -275,31 +280,51 @@ fn measure(
         reducers: 2,
         ..write_tiny_input(&scratch.path.join("warmup"), WARMUP_TASKS)?
     };
-    let per_task_quic = |name: &str, mode: ClusterMode, clusters: &mut Vec<ClusterStop>| {
-        let tiny_job = TinyJob {
-            job: &tiny,
-            expected: tiny_expected,
-            warmup: &warmup,
-        };
-        quic_per_task(name, mode, guest, &tiny_job, scratch, clusters)
+    let tiny_job = TinyJob {
+        job: &tiny,
+        expected: tiny_expected,
+        warmup: &warmup,
     };
     let durable_row = "QUIC, worker-local shuffle, durable state";
-    let tiny_durable = per_task_quic(durable_row, DEFAULT_CLUSTER, &mut clusters)?;
     let memory_row = "QUIC, worker-local shuffle, in-memory state";
     let in_memory = ClusterMode {
         ephemeral_state: true,
         ..DEFAULT_CLUSTER
     };
-    let tiny_in_memory = per_task_quic(memory_row, in_memory, &mut clusters)?;
+    // The two stores take turns, so a disturbance of the machine (other
+    // processes, a page-cache flush) does not land on one store only; each
+    // row is the median of its rounds.
+    let (mut tiny_durable, mut tiny_in_memory) = (Vec::new(), Vec::new());
+    for round in 1..=PER_TASK_ROUNDS {
+        for (name, mode, samples) in [
+            (durable_row, DEFAULT_CLUSTER, &mut tiny_durable),
+            (memory_row, in_memory, &mut tiny_in_memory),
+        ] {
+            let name = format!("{name}, round {round}");
+            samples.push(quic_per_task(
+                &name,
+                mode,
+                round,
+                guest,
+                &tiny_job,
+                scratch,
+                &mut clusters,
+            )?);
+        }
+    }
 
-    let per_task = |name: &str, seconds: f64| PerTask {
-        name: name.to_string(),
-        tasks: tiny_tasks,
-        seconds,
-        ms_per_task: seconds * 1e3 / tiny_tasks as f64,
+    let per_task = |name: &str, samples: Vec<f64>| {
+        let seconds = median(&samples);
+        PerTask {
+            name: name.to_string(),
+            tasks: tiny_tasks,
+            seconds,
+            ms_per_task: seconds * 1e3 / tiny_tasks as f64,
+            samples_seconds: samples,
+        }
     };
     let per_task_rows = vec![
-        per_task("wmr run, 2 workers (embedded)", tiny_embedded),
+        per_task("wmr run, 2 workers (embedded)", vec![tiny_embedded]),
         per_task(durable_row, tiny_durable),
         per_task(memory_row, tiny_in_memory),
     ];
@@ -390,20 +415,30 @@ struct TinyJob<'a> {
 fn quic_per_task(
     name: &str,
     mode: ClusterMode,
+    round: u32,
     guest: &[u8],
     tiny: &TinyJob<'_>,
     scratch: &Scratch,
     clusters: &mut Vec<ClusterStop>,
 ) -> anyhow::Result<f64> {
-    let output = scratch.path.join(format!("out-tiny-{}", mode.slug()));
-    let dir = scratch.path.join(format!("cluster-tiny-{}", mode.slug()));
-    let (seconds, summary) = with_cluster(name, &dir, mode, clusters, |cluster| {
+    let dir = scratch
+        .path
+        .join(format!("cluster-tiny-{}-{round}", mode.slug()));
+    with_cluster(name, &dir, mode, clusters, |cluster| {
         warm_up(cluster, guest, tiny.warmup, &dir)?;
-        timed(|| cluster.deploy(guest, tiny.job, &output))
-    })?;
-    let totals = tiny.job.totals(name, &summary, &output)?;
-    check_agrees(name, tiny.expected, totals)?;
-    Ok(seconds)
+        let output = dir.join("out-tiny");
+        let (seconds, summary) = timed(|| cluster.deploy(guest, tiny.job, &output))?;
+        let totals = tiny.job.totals(name, &summary, &output)?;
+        check_agrees(name, tiny.expected, totals)?;
+        Ok(seconds)
+    })
+}
+
+/// The median of `samples` (the upper one of an even count).
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// Run the warm-up job until both workers have run a map and a reduce (so
@@ -1079,8 +1114,18 @@ fn print_table(r: &Report, size_mib: u64) {
         );
     }
     for t in &r.per_task {
+        let rounds = if t.samples_seconds.len() > 1 {
+            let each: Vec<String> = t
+                .samples_seconds
+                .iter()
+                .map(|s| format!("{:.3}", s * 1e3 / t.tasks as f64))
+                .collect();
+            format!("  (median of {})", each.join(", "))
+        } else {
+            String::new()
+        };
         println!(
-            "  {:<46} {:>8.3} s {:>8.3} ms/task",
+            "  {:<46} {:>8.3} s {:>8.3} ms/task{rounds}",
             t.name, t.seconds, t.ms_per_task
         );
     }

@@ -365,6 +365,35 @@ mod tests {
         assert_eq!(decode::<(u32, String, Vec<u8>)>(&frame[4..]), Ok(message));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Fuzz: the decoder never panics; it returns a message or a typed
+        /// error, whatever bytes a peer sends.
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = decode::<crate::wire::Open>(&body);
+            let _ = decode::<crate::wire::FromWorker>(&body);
+            let _ = decode::<crate::wire::ClientRequest>(&body);
+            if body.len() >= 4 {
+                let _ = check_length(body[..4].try_into().unwrap());
+            }
+        }
+
+        /// Fuzz: every frame a peer can build round-trips exactly.
+        #[test]
+        fn client_frames_round_trip(job in ".{0,40}", tenant in "[a-z]{0,12}", token in ".{0,64}") {
+            let message = crate::wire::Open::Client {
+                tenant: crate::protocol::TenantId(tenant),
+                token,
+                request: crate::wire::ClientRequest::Cancel(job),
+            };
+            let frame = encode(&message);
+            let decoded: crate::wire::Open = decode(&frame[4..]).unwrap();
+            proptest::prop_assert_eq!(encode(&decoded), frame);
+        }
+    }
+
     #[test]
     fn bad_frames_are_typed_errors() {
         assert_eq!(
