@@ -1144,23 +1144,18 @@ fn print_table(r: &Report, size_mib: u64) {
         "  (embedded includes compiling the guest as map and as reduce; each QUIC row is a \
          fresh cluster whose workers compiled both in warm-up jobs first)"
     );
-    let left: Vec<String> = r
-        .clusters
-        .iter()
-        .filter(|c| c.tasks_left > 0)
-        .map(|c| format!("{} ({})", c.name, c.tasks_left))
-        .collect();
-    if left.is_empty() {
+    let left: Vec<usize> = r.clusters.iter().map(|c| c.tasks_left).collect();
+    if left.iter().all(|&n| n == 0) {
         println!(
-            "clusters: {} stopped cleanly, no tasks left",
-            r.clusters.len()
+            "clusters: {} started, stopped and removed; no tasks left",
+            left.len()
         );
     } else {
         println!(
-            "clusters: {} stopped; tokio tasks still alive {SETTLE_LIMIT:?} after the workers and \
-             the coordinator returned (cancelled by the runtime shutdown): {}",
-            r.clusters.len(),
-            left.join(", ")
+            "clusters: {} started, stopped and removed; tokio tasks still alive {SETTLE_LIMIT:?} \
+             after the workers and the coordinator returned, per cluster: {left:?} (cancelled by \
+             the runtime shutdown)",
+            left.len()
         );
     }
     let verdict = if r.store_attempt_us < STORE_TARGET_US {

@@ -88,16 +88,30 @@ pub async fn run(
         addr: shuffle_endpoint.local_addr()?,
         fingerprint: identity.fingerprint(),
     };
-    tokio::spawn(serve_shuffle(
+    let shuffle_server = tokio::spawn(serve_shuffle(
         shuffle_endpoint.clone(),
         options.work_dir.clone(),
     ));
-    let options = &options;
+    let result = serve(&options, &peer, &executor, &state, shutdown).await;
+    // Reducers can no longer fetch from here: close the shuffle endpoint.
+    shuffle_endpoint.close(quinn::VarInt::from_u32(0), b"worker stopped");
+    shuffle_server.abort();
+    result
+}
+
+/// Sessions, one after another, until drained or refused.
+async fn serve(
+    options: &WorkerOptions,
+    peer: &Peer,
+    executor: &Arc<Executor>,
+    state: &Arc<WorkerState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut backoff = BACKOFF_MIN;
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
     loop {
-        let session = session(options, &peer, &executor, &state, &mut backoff);
+        let session = session(options, peer, executor, state, &mut backoff);
         tokio::select! {
             result = session => match result {
                 Ok(()) => return Ok(()),
