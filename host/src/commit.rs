@@ -122,6 +122,15 @@ impl JobDirs {
         Ok(())
     }
 
+    /// Create the job's directories if missing, deleting nothing (a job
+    /// resumed after a restart keeps what it had committed).
+    pub fn ensure(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(self.job_temporary().join("committed"))
+            .with_context(|| format!("creating output {}", self.output.display()))?;
+        std::fs::create_dir_all(self.work.join("map/_attempts"))
+            .with_context(|| format!("creating work dir {}", self.work.display()))
+    }
+
     /// Publish an attempt's output: one atomic rename (I2 is the caller's:
     /// the scheduler asks once per task, for the current epoch only).
     pub fn commit_attempt(&self, task: TaskId, epoch: AttemptEpoch) -> anyhow::Result<()> {

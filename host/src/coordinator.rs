@@ -154,6 +154,8 @@ pub async fn serve(
     for record in core.store.jobs()? {
         if record.outcome.is_none() {
             core.restore(record, epoch_floor, true)?;
+        } else {
+            core.load_finished(record)?;
         }
     }
     core.settle();
@@ -665,8 +667,10 @@ impl Core {
                 }
             },
             CoreEvent::Jobs(principal, reply) => {
+                // A resumed job has an older entry too: list the newest.
                 let listings = (0..self.jobs.len())
                     .filter(|&i| self.jobs[i].record.tenant == principal.tenant)
+                    .filter(|&i| !self.jobs[i + 1..].iter().any(|j| j.id == self.jobs[i].id))
                     .map(|i| self.listing(i))
                     .collect();
                 let _ = reply.send(ClientReply::Jobs(listings));
@@ -702,7 +706,7 @@ impl Core {
                 epoch,
                 result,
             } => {
-                if let Some(i) = self.jobs.iter().position(|j| j.id == job) {
+                if let Some(i) = self.jobs.iter().rposition(|j| j.id == job) {
                     let event = Event::CommitFinished {
                         task,
                         epoch,
@@ -720,7 +724,7 @@ impl Core {
             }
             FromWorker::Finished(report) => {
                 let (job, task, epoch) = (report.job, report.task, report.epoch);
-                if let Some(i) = self.jobs.iter().position(|j| j.id == job) {
+                if let Some(i) = self.jobs.iter().rposition(|j| j.id == job) {
                     if !report.log.is_empty() {
                         tracing::debug!(%job, %task, %epoch, log = %report.log, "attempt log");
                     }
@@ -890,11 +894,18 @@ impl Core {
         );
         let id = record.id;
         tracing::info!(job = %id, "job resumed");
+        let dirs = JobDirs::new(id, &self.config.work_root, &record.request.output);
+        if keep_commits {
+            dirs.ensure()?;
+        } else {
+            // Its committed outputs were cleaned up when it stopped.
+            dirs.prepare()?;
+        }
         let (weight, max_concurrent) = self.tenant_terms(&record.tenant);
         self.jobs.push(JobEntry {
             id,
             scheduler,
-            dirs: JobDirs::new(id, &self.config.work_root, &record.request.output),
+            dirs,
             worker_local: !self.config.shared_store,
             watchers: Vec::new(),
             started: Instant::now(),
@@ -907,6 +918,34 @@ impl Core {
         let i = self.jobs.len() - 1;
         self.admitted.push(i);
         Ok(i)
+    }
+
+    /// Keep a finished job (after a restart) for `status`, `jobs`, `dlq`.
+    fn load_finished(&mut self, record: JobRecord) -> anyhow::Result<()> {
+        let records = self.store.attempts(record.id)?;
+        let scheduler = Scheduler::restore(
+            self.plan(&record),
+            self.scheduler_config(&record),
+            Instant::now(),
+            records,
+            AttemptEpoch(0),
+            true,
+        );
+        let id = record.id;
+        self.jobs.push(JobEntry {
+            id,
+            scheduler,
+            dirs: JobDirs::new(id, &self.config.work_root, &record.request.output),
+            worker_local: !self.config.shared_store,
+            watchers: Vec::new(),
+            started: Instant::now(),
+            summary: record.summary.clone(),
+            record,
+            quotas: BTreeMap::new(),
+            weight: 1,
+            max_concurrent: 0,
+        });
+        Ok(())
     }
 
     /// A tenant's weight and concurrency quota, from `tenants.toml` as it
@@ -1128,10 +1167,14 @@ impl Core {
     /// scheduler's phase.
     fn phase_of(&self, i: usize) -> Phase {
         let job = &self.jobs[i];
-        if job.summary.is_none() && job.scheduler.attempt_log().is_empty() {
-            Phase::Submitted
-        } else {
-            job.scheduler.phase()
+        match &job.summary {
+            Some(summary) => match summary.outcome {
+                JobOutcome::Completed => Phase::Completed,
+                JobOutcome::Failed(_) => Phase::Failed,
+                JobOutcome::Cancelled => Phase::Cancelled,
+            },
+            None if job.scheduler.attempt_log().is_empty() => Phase::Submitted,
+            None => job.scheduler.phase(),
         }
     }
 

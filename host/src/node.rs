@@ -29,6 +29,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Silence after which the connection counts as lost.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reducer waits to connect to a worker holding map output.
+const FETCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -484,8 +486,12 @@ async fn fetch_map_outputs(
         let connection = match connections.entry(holder) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
-                let connected = transport::connect(peer.addr, &peer.fingerprint, IDLE_TIMEOUT)
+                // A dead holder must not keep this reducer (and its slot)
+                // for the whole idle timeout: fail fast, the map reruns.
+                let connect = transport::connect(peer.addr, &peer.fingerprint, IDLE_TIMEOUT);
+                let connected = tokio::time::timeout(FETCH_CONNECT_TIMEOUT, connect)
                     .await
+                    .map_err(|_| failed(format!("no answer within {FETCH_CONNECT_TIMEOUT:?}")))?
                     .map_err(|e| failed(format!("{e:#}")))?;
                 entry.insert(connected)
             }

@@ -73,6 +73,38 @@ impl StateStore {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join(FILE_NAME);
         let db = if path.exists() {
+            // Check it without writing first: opening read-write may touch
+            // the header even of a file it then refuses. A file that only
+            // needs the crash recovery redb does on open is fine.
+            match Database::builder().open_read_only(&path) {
+                Ok(_) => {}
+                // It needs the recovery redb runs after a crash: rehearse it
+                // on a copy, so that a file recovery cannot save is refused
+                // unchanged.
+                Err(redb::DatabaseError::RepairAborted) => {
+                    let copy = path.with_extension("redb.check");
+                    std::fs::copy(&path, &copy)
+                        .with_context(|| format!("copying {}", path.display()))?;
+                    let rehearsal = Database::open(&copy).map(drop);
+                    let _ = std::fs::remove_file(&copy);
+                    if let Err(e) = rehearsal {
+                        bail!(
+                            "state file {} is corrupt or unreadable ({e}); it was left as it is",
+                            path.display()
+                        );
+                    }
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    bail!(
+                        "state file {} is in use by another coordinator",
+                        path.display()
+                    )
+                }
+                Err(e) => bail!(
+                    "state file {} is corrupt or unreadable ({e}); it was left as it is",
+                    path.display()
+                ),
+            }
             Database::open(&path).map_err(|e| {
                 anyhow::anyhow!(
                     "state file {} is corrupt or unreadable ({e}); it was left as it is",
