@@ -901,6 +901,44 @@ fn map_attempts_on_two_workers_overlap_in_time() {
     }
 }
 
+/// MIT: reduce parallelism. Two reduce attempts (each busy for 1 s in the
+/// guest) run on two workers at the same time.
+#[test]
+fn reduce_attempts_on_two_workers_overlap_in_time() {
+    let _serial = serial();
+    let mut c = Cluster::start(&[]);
+    c.add_workers(2, &["--slots", "1"]);
+    let out = c.root.join("out");
+    let job = c.deploy_ok(&guest("hostile"), &out, &["--param", "reduce-ms=1000"]);
+    assert_output_equals_reference(&out, "hostile");
+    let status = c.status(Some(&job));
+    let reduces: Vec<&Attempt> = status
+        .attempts
+        .iter()
+        .filter(|a| matches!(a.task, Task::Reduce(_)) && a.outcome == "Committed")
+        .collect();
+    assert_eq!(
+        reduces.len(),
+        REDUCERS.parse::<usize>().unwrap(),
+        "one committed attempt per reducer"
+    );
+    let overlapping = reduces.iter().any(|a| {
+        reduces
+            .iter()
+            .any(|b| a.worker != b.worker && a.overlaps(b))
+    });
+    assert!(
+        overlapping,
+        "no two reduce attempts on different workers overlap: {reduces:?}"
+    );
+    for a in &reduces {
+        assert!(
+            a.ended_ms.unwrap() >= a.started_ms + 1000,
+            "{a:?}: shorter than 1 s"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 3. Job count
 

@@ -10,7 +10,8 @@
 //! - `sleep`: busy-waits `--param ms=N` per map call.
 //!
 //! Independently of the mode, `--param reduce-trap-on=KEY` makes `reduce`
-//! flush some output and then panic on that key.
+//! flush some output and then panic on that key, and `--param reduce-ms=N`
+//! busy-waits N ms once per reduce attempt.
 //!
 //! Every mode that finishes counts words like `wordcount`.
 #[path = "../../wordcount/src/count.rs"]
@@ -70,6 +71,16 @@ impl Job for Hostile {
     }
 
     fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
+        // `--param reduce-ms=N`: busy-wait N ms once per reduce attempt (a
+        // fresh instance per attempt, so the flag starts false each time).
+        static WAITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !WAITED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let ms: u64 = param_num("reduce-ms");
+            let start = std::time::Instant::now();
+            while start.elapsed().as_millis() < u128::from(ms) {
+                black_box(0);
+            }
+        }
         if wmr_guest::param("reduce-trap-on").is_some_and(|k| k.as_bytes() == group.key) {
             // Make sure some output reached the host before the trap.
             out.flush();
