@@ -512,6 +512,9 @@ struct Attempt {
     epoch: u64,
     /// "Committed", "Running", "RejectedStale", "Lost", "OutputLost", "Failed".
     outcome: String,
+    /// Milliseconds since the job started (the coordinator's clock).
+    started_ms: u64,
+    ended_ms: Option<u64>,
 }
 
 impl Attempt {
@@ -536,6 +539,8 @@ impl Attempt {
             task,
             epoch: num("epoch"),
             outcome,
+            started_ms: num("started_ms"),
+            ended_ms: record["ended_ms"].as_u64(),
         }
     }
 
@@ -1095,4 +1100,131 @@ fn completed_job_is_listed_after_a_restart() {
     );
     assert!(c.listings(&job, true).is_empty());
     assert_eq!(c.status(&job).phase, "Completed");
+}
+
+/// Issue 4: three jobs submitted at once on two one-slot workers all
+/// complete, and none waits for another to finish: every pair of jobs ran
+/// attempts during each other's lifetime.
+#[test]
+fn three_jobs_at_once_share_two_workers() {
+    let _serial = serial();
+    let mut args = vec!["--shared-store"];
+    args.extend(FAST);
+    let mut c = Cluster::start(Duration::from_secs(120), &args);
+    c.add_workers(2, &["--slots", "1"]);
+    let params = sleep_params(300);
+    let outs: Vec<PathBuf> = (0..3).map(|i| c.root.join(format!("out-{i}"))).collect();
+    let mut deploys: Vec<Proc> = outs
+        .iter()
+        .map(|out| c.deploy(&guest("hostile"), out, &strs(&params)))
+        .collect();
+    let jobs: Vec<String> = deploys.iter_mut().map(|d| c.job_id(d)).collect();
+    for d in &mut deploys {
+        let (exit, stderr) = c.deploy_exit(d, Duration::from_secs(100));
+        assert!(exit.success(), "deploy failed ({exit}): {stderr}");
+    }
+    for out in &outs {
+        assert_output_equals_reference(out, "hostile");
+    }
+    // Absolute [first attempt start, last attempt end] of each job.
+    let spans: Vec<(u64, u64)> = jobs
+        .iter()
+        .map(|job| {
+            let listing = &c.listings(job, false)[0];
+            let submitted = listing["submitted_unix_ms"].as_u64().unwrap();
+            let status = c.status(job);
+            let start = status.attempts.iter().map(|a| a.started_ms).min().unwrap();
+            let end = status
+                .attempts
+                .iter()
+                .filter_map(|a| a.ended_ms)
+                .max()
+                .unwrap();
+            (submitted + start, submitted + end)
+        })
+        .collect();
+    for a in 0..3 {
+        for b in 0..3 {
+            if a != b {
+                assert!(
+                    spans[a].0 < spans[b].1,
+                    "job {} started only after job {} finished: {spans:?}",
+                    jobs[a],
+                    jobs[b]
+                );
+            }
+        }
+    }
+}
+
+/// Issue 4: a guest that traps on 3 records out of 100,000: the job
+/// completes, and `wmr dlq` lists exactly those 3 with the trap message.
+#[test]
+fn dlq_lists_exactly_the_records_the_guest_trapped_on() {
+    let _serial = serial();
+    let mut args = vec!["--shared-store"];
+    args.extend(FAST);
+    let mut c = Cluster::start(Duration::from_secs(90), &args);
+    c.add_workers(2, &[]);
+    let input = c.root.join("input").join("records.txt");
+    std::fs::create_dir_all(input.parent().unwrap()).unwrap();
+    let (mut text, mut offsets) = (String::new(), Vec::new());
+    for i in 0..100_000u32 {
+        let poisoned = [11, 40_000, 99_999].contains(&i);
+        if poisoned {
+            offsets.push(text.len() as u64);
+        }
+        text.push_str(&format!(
+            "record {i} alpha beta{}\n",
+            if poisoned { " POISON" } else { "" }
+        ));
+    }
+    std::fs::write(&input, text).unwrap();
+    let out = c.root.join("out");
+    let mut cmd = c.wmr();
+    cmd.arg("deploy")
+        .arg(guest("hostile"))
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&out)
+        .args(c.peer_args())
+        .args([
+            "--split-size",
+            "512KiB",
+            "--param",
+            "mode=trap",
+            "--param",
+            "trap-on=POISON",
+        ]);
+    let mut deploy = Proc::spawn("deploy-dlq", cmd, &c.logs);
+    let job = c.job_id(&mut deploy);
+    let (exit, stderr) = c.deploy_exit(&mut deploy, Duration::from_secs(60));
+    assert!(exit.success(), "deploy failed ({exit}): {stderr}");
+    let listed = c.client_ok(&["dlq", &job, "--json"]);
+    let dead: Vec<Value> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let found: Vec<u64> = dead.iter().map(|d| d["offset"].as_u64().unwrap()).collect();
+    assert_eq!(found, offsets);
+    for d in &dead {
+        assert_eq!(d["file"], "records.txt");
+        assert!(d["record"].as_str().unwrap().ends_with(" POISON"), "{d}");
+        assert!(
+            d["message"]
+                .as_str()
+                .unwrap()
+                .contains("poisoned record: record "),
+            "{d}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("_dead_letters.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
 }

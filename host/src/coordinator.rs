@@ -533,13 +533,22 @@ impl Core {
             .iter()
             .map(|t| self.jobs[jobs[of(t)[0]]].weight)
             .collect();
-        let tenant_alloc = weighted_fair(total, &tenant_demand, &weights);
+        let served: Vec<u64> = jobs
+            .iter()
+            .map(|&i| self.jobs[i].scheduler.attempt_log().len() as u64)
+            .collect();
+        let tenant_served: Vec<u64> = tenants
+            .iter()
+            .map(|t| of(t).iter().map(|&k| served[k]).sum())
+            .collect();
+        let tenant_alloc = weighted_fair(total, &tenant_demand, &weights, &tenant_served);
         let mut alloc = vec![0; jobs.len()];
         for (t, tenant) in tenants.iter().enumerate() {
             let ks = of(tenant);
             let within = max_min_fair(
                 tenant_alloc[t],
                 &ks.iter().map(|&k| demand[k]).collect::<Vec<_>>(),
+                &ks.iter().map(|&k| served[k]).collect::<Vec<_>>(),
             );
             for (k, a) in ks.into_iter().zip(within) {
                 alloc[k] = a;
@@ -1258,15 +1267,17 @@ fn not_found(job: Option<&str>) -> String {
 /// Max-min fair shares of `total` slots for jobs wanting `demand` each:
 /// nobody gets more than it wants, and what one leaves goes to the others
 /// (leftovers of an uneven split go to the oldest jobs).
-fn max_min_fair(total: u32, demand: &[u32]) -> Vec<u32> {
-    weighted_fair(total, demand, &vec![1; demand.len()])
+fn max_min_fair(total: u32, demand: &[u32], served: &[u64]) -> Vec<u32> {
+    weighted_fair(total, demand, &vec![1; demand.len()], served)
 }
 
 /// Weighted max-min fairness (water-filling): each party gets slots in
 /// proportion to its weight, never more than it wants; what it leaves is
-/// shared again among the others. Rounding leftovers go to the heaviest,
-/// then the oldest.
-fn weighted_fair(total: u32, demand: &[u32], weight: &[u32]) -> Vec<u32> {
+/// shared again among the others. Slots too few to go round go to the
+/// heaviest, then to the least served so far (attempts started), then the
+/// oldest: as slots free up, a job that got none yet gets one, so no job
+/// waits for another to finish.
+fn weighted_fair(total: u32, demand: &[u32], weight: &[u32], served: &[u64]) -> Vec<u32> {
     debug_assert_eq!(demand.len(), weight.len());
     let mut alloc = vec![0u32; demand.len()];
     let mut remaining = total;
@@ -1284,7 +1295,7 @@ fn weighted_fair(total: u32, demand: &[u32], weight: &[u32]) -> Vec<u32> {
         if gave == 0 {
             // Less than one slot per party: one each, heaviest first.
             let mut order = open.clone();
-            order.sort_by_key(|&k| std::cmp::Reverse(weight[k]));
+            order.sort_by_key(|&k| (std::cmp::Reverse(weight[k]), served[k]));
             for k in order.into_iter().take(remaining as usize) {
                 alloc[k] += 1;
                 remaining -= 1;
@@ -1303,19 +1314,21 @@ mod tests {
 
     #[test]
     fn weighted_shares_follow_the_weights() {
-        assert_eq!(weighted_fair(9, &[100, 100], &[2, 1]), vec![6, 3]);
-        assert_eq!(weighted_fair(4, &[100, 100], &[1, 1]), vec![2, 2]);
-        assert_eq!(weighted_fair(10, &[2, 100], &[3, 1]), vec![2, 8]);
-        assert_eq!(weighted_fair(1, &[5, 5], &[1, 3]), vec![0, 1]);
+        assert_eq!(weighted_fair(9, &[100, 100], &[2, 1], &[0; 2]), vec![6, 3]);
+        assert_eq!(weighted_fair(4, &[100, 100], &[1, 1], &[0; 2]), vec![2, 2]);
+        assert_eq!(weighted_fair(10, &[2, 100], &[3, 1], &[0; 2]), vec![2, 8]);
+        assert_eq!(weighted_fair(1, &[5, 5], &[1, 3], &[0; 2]), vec![0, 1]);
     }
 
     #[test]
     fn fair_shares_split_evenly_and_pass_on_what_is_not_wanted() {
-        assert_eq!(max_min_fair(4, &[10, 10]), vec![2, 2]);
-        assert_eq!(max_min_fair(4, &[1, 10]), vec![1, 3]);
-        assert_eq!(max_min_fair(2, &[5, 5, 5]), vec![1, 1, 0]);
-        assert_eq!(max_min_fair(9, &[2, 0, 100]), vec![2, 0, 7]);
-        assert_eq!(max_min_fair(0, &[3]), vec![0]);
-        assert_eq!(max_min_fair(6, &[1, 1]), vec![1, 1]);
+        assert_eq!(max_min_fair(4, &[10, 10], &[0; 2]), vec![2, 2]);
+        assert_eq!(max_min_fair(4, &[1, 10], &[0; 2]), vec![1, 3]);
+        assert_eq!(max_min_fair(2, &[5, 5, 5], &[0; 3]), vec![1, 1, 0]);
+        assert_eq!(max_min_fair(9, &[2, 0, 100], &[0; 3]), vec![2, 0, 7]);
+        assert_eq!(max_min_fair(0, &[3], &[0; 1]), vec![0]);
+        assert_eq!(max_min_fair(6, &[1, 1], &[0; 2]), vec![1, 1]);
+        // Too few slots to go round: the least served job gets one first.
+        assert_eq!(max_min_fair(2, &[5, 5, 5], &[9, 9, 0]), vec![1, 0, 1]);
     }
 }
