@@ -1626,3 +1626,38 @@ fn bad_frames_on_a_quic_connection_leave_the_coordinator_serving() {
     assert_eq!(c.status(Some(&job)).phase, "Completed");
     assert!(c.coordinator.exited().is_none(), "the coordinator died");
 }
+
+/// SIGTERM drains a worker: it takes nothing new, finishes and reports what
+/// it runs (committed, not lost), then exits 0; the job completes elsewhere.
+#[test]
+fn sigterm_drains_a_worker_without_losing_its_attempt() {
+    let _serial = serial();
+    let mut c = Cluster::start(&[]);
+    let mut drainer = c.spawn_worker("drainer", &["--slots", "1"]);
+    let out = c.root.join("out");
+    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&sleep_params(1500)));
+    let job = c.job_id(&mut deploy);
+    poll("an attempt running on the drainer", JOB_LIMIT, || {
+        let status = c.status(Some(&job));
+        status
+            .attempts
+            .iter()
+            .any(|a| a.outcome == "Running")
+            .then_some(())
+    });
+    drainer.signal("TERM");
+    let exit = drainer.wait_within(Duration::from_secs(30));
+    assert!(exit.success(), "drained worker exit: {exit}");
+    let status = c.status(Some(&job));
+    let mine: Vec<&Attempt> = status.attempts.iter().collect();
+    assert!(!mine.is_empty());
+    for a in &mine {
+        assert_eq!(
+            a.outcome, "Committed",
+            "the drained worker's attempts: {mine:?}"
+        );
+    }
+    c.add_workers(2, &["--slots", "1"]);
+    c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
+    assert_output_equals_reference(&out, "hostile");
+}

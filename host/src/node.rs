@@ -113,24 +113,27 @@ async fn serve(
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
     loop {
-        let session = session(options, peer, executor, state, &mut backoff);
-        tokio::select! {
-            result = session => match result {
-                Ok(()) => return Ok(()),
-                // Retrying cannot fix a refusal.
-                Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
-                Err(e) => tracing::warn!("{e:#}; reconnecting in {backoff:?}"),
-            },
-            () = &mut shutdown, if !shutdown_seen => {
-                shutdown_seen = true;
-                state.draining.store(true, Ordering::SeqCst);
-                state.changed.notify_waiters();
-                if state.idle() {
-                    return Ok(());
+        // The session is never dropped for a shutdown: it sees the draining
+        // flag, tells the coordinator, and ends once everything is reported.
+        let result = {
+            let session = session(options, peer, executor, state, &mut backoff);
+            tokio::pin!(session);
+            loop {
+                tokio::select! {
+                    result = &mut session => break result,
+                    () = &mut shutdown, if !shutdown_seen => {
+                        shutdown_seen = true;
+                        state.draining.store(true, Ordering::SeqCst);
+                        state.changed.notify_waiters();
+                    }
                 }
-                // The session was dropped mid-way; reconnect to deliver.
-                continue;
             }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            // Retrying cannot fix a refusal.
+            Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
+            Err(e) => tracing::warn!("{e:#}; reconnecting in {backoff:?}"),
         }
         if state.draining.load(Ordering::SeqCst) && state.idle() {
             return Ok(());
