@@ -554,7 +554,11 @@ impl Core {
                 alloc[k] = a;
             }
         }
-        let mut quota: Vec<BTreeMap<WorkerId, u32>> = jobs
+        // A job's quota is its allocation, never more: an attempt of a job
+        // over its share that finishes is not replaced. A worker is occupied
+        // by max(quota, running) of each job, so nothing oversubscribes it
+        // while a job shrinks to its share.
+        let running: Vec<BTreeMap<WorkerId, u32>> = jobs
             .iter()
             .map(|&i| {
                 let s = &self.jobs[i].scheduler;
@@ -564,23 +568,41 @@ impl Core {
                     .collect()
             })
             .collect();
-        let mut used: BTreeMap<WorkerId, u32> = capacity
+        let mut quota: Vec<BTreeMap<WorkerId, u32>> = running
             .iter()
-            .map(|(w, _)| (*w, quota.iter().map(|q| q[w]).sum()))
+            .enumerate()
+            .map(|(k, r)| {
+                // First keep slots where the job already runs.
+                let mut left = alloc[k];
+                r.iter()
+                    .map(|(w, &n)| {
+                        let keep = n.min(left);
+                        left -= keep;
+                        (*w, keep)
+                    })
+                    .collect()
+            })
             .collect();
+        let occupied = |quota: &[BTreeMap<WorkerId, u32>], w: &WorkerId| -> u32 {
+            quota
+                .iter()
+                .zip(&running)
+                .map(|(q, r)| q[w].max(r[w]))
+                .sum()
+        };
         loop {
             let mut progressed = false;
-            for (k, q) in quota.iter_mut().enumerate() {
-                if q.values().sum::<u32>() >= alloc[k] {
+            for k in 0..quota.len() {
+                if quota[k].values().sum::<u32>() >= alloc[k] {
                     continue;
                 }
                 let roomiest = capacity
                     .iter()
-                    .filter(|(w, cap)| used[w] < *cap)
-                    .max_by_key(|(w, cap)| (cap - used[w], std::cmp::Reverse(*w)));
+                    .map(|(w, cap)| (*w, cap.saturating_sub(occupied(&quota, w))))
+                    .filter(|(_, free)| *free > 0)
+                    .max_by_key(|(w, free)| (*free, std::cmp::Reverse(*w)));
                 if let Some((w, _)) = roomiest {
-                    *q.get_mut(w).expect("every live worker") += 1;
-                    *used.get_mut(w).expect("every live worker") += 1;
+                    *quota[k].get_mut(&w).expect("every live worker") += 1;
                     progressed = true;
                 }
             }

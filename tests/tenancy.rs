@@ -1,0 +1,665 @@
+//! Integration tests of tenancy over real processes: a coordinator with a
+//! `tenants.toml`, workers holding the worker token, and clients acting as
+//! tenants `alice` and `bob`. Checks fair share by weight, isolation of jobs,
+//! confinement of paths to a tenant's root, worker authentication and quotas.
+//!
+//! Every process a test starts is owned by a [`Proc`], whose `Drop` kills it
+//! (SIGKILL), so nothing outlives a test, even one that panics. Every wait is
+//! a bounded poll. The tests run one at a time.
+
+mod support;
+
+use serde_json::Value;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// The step of every bounded poll.
+const STEP: Duration = Duration::from_millis(10);
+/// Bound on a whole job.
+const JOB_LIMIT: Duration = Duration::from_secs(120);
+/// Bound on one short client call.
+const CLIENT_LIMIT: Duration = Duration::from_secs(30);
+/// The one-line refusal of an unknown tenant or a wrong token.
+const REFUSED: &str = "error: unknown tenant or wrong token";
+
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn poll<T>(what: &str, limit: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(STEP);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
+        let what = format!("{} to exit", self.name);
+        poll(&what, limit, || self.exited())
+    }
+
+    fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.stderr_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(20)..];
+            eprintln!("--- {} stderr (last lines) ---", self.name);
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Run a short command with a hard time limit.
+fn output_within(mut cmd: Command, what: &str, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning wmr");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: no answer within {limit:?}");
+        }
+        std::thread::sleep(STEP);
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap().unwrap_or_default(),
+        stderr: err.join().unwrap().unwrap_or_default(),
+    }
+}
+
+fn wmr_in(root: &Path) -> Command {
+    let mut cmd = wmr();
+    cmd.env("TMPDIR", root.join("tmp"));
+    for var in [
+        "WMR_COORDINATOR",
+        "WMR_FINGERPRINT",
+        "WMR_TENANT",
+        "WMR_TOKEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn parse_submitted(line: &str) -> String {
+    line.strip_prefix("job ")
+        .and_then(|rest| rest.strip_suffix(" submitted"))
+        .unwrap_or_else(|| {
+            panic!("deploy's first stderr line is {line:?}, not `job JOBID submitted`")
+        })
+        .to_string()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A cluster with tenants
+
+struct Tenant {
+    name: String,
+    token: String,
+    root: PathBuf,
+}
+
+impl Tenant {
+    fn books(&self) -> PathBuf {
+        self.root.join("books")
+    }
+}
+
+struct Cluster {
+    _coordinator: Proc,
+    workers: Vec<Proc>,
+    addr: String,
+    fingerprint: String,
+    state: PathBuf,
+    logs: PathBuf,
+    root: PathBuf,
+    worker_token: String,
+    spawned: usize,
+    // Last: removed after every process above was killed.
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A state dir with tenants `names` (weight 1, each with a root holding
+    /// a copy of the books) and a worker token, then a coordinator.
+    fn start(names: &[&str]) -> (Cluster, Vec<Tenant>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let (state, logs) = (root.join("state"), root.join("logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        let tenants: Vec<Tenant> = names
+            .iter()
+            .map(|name| {
+                let troot = root.join("tenants").join(name);
+                copy_dir(&books(), &troot.join("books"));
+                let mut cmd = wmr_in(&root);
+                cmd.args(["tenant", "add", name, "--state"])
+                    .arg(&state)
+                    .arg("--root")
+                    .arg(&troot)
+                    .args(["--weight", "1"]);
+                let out = output_within(cmd, "tenant add", CLIENT_LIMIT);
+                assert!(
+                    out.status.success(),
+                    "tenant add {name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+                assert!(token.len() >= 32, "token {token:?}");
+                Tenant {
+                    name: name.to_string(),
+                    token,
+                    root: troot,
+                }
+            })
+            .collect();
+        let mut cmd = wmr_in(&root);
+        cmd.args(["tenant", "worker-token", "--state"]).arg(&state);
+        let out = output_within(cmd, "tenant worker-token", CLIENT_LIMIT);
+        assert!(out.status.success(), "worker-token failed");
+        let worker_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+        let mut cmd = wmr_in(&root);
+        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
+            .arg(&state)
+            .arg("--shared-store");
+        let mut coordinator = Proc::spawn("coordinator", cmd, &logs);
+        let (addr, fingerprint) = poll(
+            "the coordinator to write coordinator.addr and fingerprint",
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = coordinator.exited() {
+                    panic!(
+                        "the coordinator exited ({status}): {}",
+                        coordinator.stderr_text()
+                    );
+                }
+                let addr = std::fs::read_to_string(state.join("coordinator.addr")).ok()?;
+                let fingerprint = std::fs::read_to_string(state.join("fingerprint")).ok()?;
+                let (addr, fingerprint) = (addr.trim(), fingerprint.trim());
+                (!addr.is_empty() && fingerprint.len() == 64)
+                    .then(|| (addr.to_string(), fingerprint.to_string()))
+            },
+        );
+        let cluster = Cluster {
+            _coordinator: coordinator,
+            workers: Vec::new(),
+            addr,
+            fingerprint,
+            state,
+            logs,
+            root,
+            worker_token,
+            spawned: 0,
+            _tmp: tmp,
+        };
+        (cluster, tenants)
+    }
+
+    fn spawn_worker(&mut self, name: &str, token: &str) -> Proc {
+        let mut cmd = wmr_in(&self.root);
+        cmd.args(["worker", "--connect", &self.addr])
+            .args(["--fingerprint", &self.fingerprint])
+            .args(["--token", token])
+            .args(["--slots", "1", "--name", name]);
+        Proc::spawn(&format!("worker-{name}"), cmd, &self.logs)
+    }
+
+    fn add_workers(&mut self, n: usize) {
+        for i in 1..=n {
+            let token = self.worker_token.clone();
+            let worker = self.spawn_worker(&format!("w{i}"), &token);
+            self.workers.push(worker);
+        }
+    }
+
+    /// `wmr ARGS --coordinator .. --fingerprint .. --tenant NAME --token TOKEN`
+    fn client(&self, tenant: &str, token: &str, args: &[&str]) -> Command {
+        let mut cmd = wmr_in(&self.root);
+        cmd.args(args)
+            .args(["--coordinator", &self.addr])
+            .args(["--fingerprint", &self.fingerprint])
+            .args(["--tenant", tenant, "--token", token]);
+        cmd
+    }
+
+    fn run(&self, tenant: &str, token: &str, args: &[&str]) -> Output {
+        let cmd = self.client(tenant, token, args);
+        output_within(cmd, &format!("wmr {args:?}"), CLIENT_LIMIT)
+    }
+
+    /// Run a client command that must fail with exit 1; its stderr, trimmed.
+    fn refused(&self, tenant: &str, token: &str, args: &[&str]) -> String {
+        let out = self.run(tenant, token, args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "wmr {args:?} as {tenant}: expected exit 1; stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stderr).unwrap().trim().to_string()
+    }
+
+    fn json(&self, tenant: &Tenant, args: &[&str]) -> Value {
+        let out = self.run(&tenant.name, &tenant.token, args);
+        assert!(
+            out.status.success(),
+            "wmr {args:?} as {}: {}",
+            tenant.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Start a deploy of `guest` over `input` as `tenant`.
+    fn deploy(
+        &mut self,
+        tenant: &Tenant,
+        guest: &Path,
+        input: &Path,
+        out: &Path,
+        extra: &[&str],
+    ) -> Proc {
+        self.spawned += 1;
+        let mut cmd = self.client(&tenant.name, &tenant.token, &["deploy"]);
+        cmd.arg(guest)
+            .arg("--input")
+            .arg(input)
+            .arg("--output")
+            .arg(out)
+            .args(["--reducers", "4"])
+            .args(extra);
+        Proc::spawn(
+            &format!("deploy-{}-{}", tenant.name, self.spawned),
+            cmd,
+            &self.logs,
+        )
+    }
+
+    /// Wait for a deploy to succeed; its job id.
+    fn deploy_finishes_ok(deploy: &mut Proc) -> String {
+        let status = deploy.wait_within(JOB_LIMIT);
+        let stderr = deploy.stderr_text();
+        assert!(
+            status.success(),
+            "deploy failed ({status}): {stderr}\nstdout: {}",
+            deploy.stdout_text()
+        );
+        parse_submitted(stderr.lines().next().unwrap_or_default())
+    }
+
+    /// A deploy that must be refused: exit 1 and its one stderr line.
+    fn deploy_refused(&mut self, tenant: &Tenant, input: &Path, extra: &[&str]) -> String {
+        let out = tenant.root.join(format!("refused-{}", self.spawned));
+        let mut deploy = self.deploy(tenant, &guest("wordcount"), input, &out, extra);
+        let status = deploy.wait_within(CLIENT_LIMIT);
+        let stderr = deploy.stderr_text();
+        assert_eq!(status.code(), Some(1), "deploy not refused: {stderr}");
+        assert!(!out.join("_SUCCESS").exists(), "a refused job committed");
+        stderr.trim().to_string()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Fair share
+
+/// Absolute [start, end] (unix ms) of every finished attempt of a job.
+fn attempt_intervals(status: &Value, submitted_unix_ms: u64) -> Vec<(u64, u64)> {
+    status["attempt_log"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status without attempt_log: {status}"))
+        .iter()
+        .map(|a| {
+            let start = a["started_ms"].as_u64().expect("started_ms");
+            let end = a["ended_ms"].as_u64().expect("ended_ms of a finished job");
+            (submitted_unix_ms + start, submitted_unix_ms + end)
+        })
+        .collect()
+}
+
+fn submitted_unix_ms(jobs: &Value, job: &str) -> u64 {
+    jobs.as_array()
+        .expect("jobs --json is an array")
+        .iter()
+        .find(|j| j["job"] == job)
+        .unwrap_or_else(|| panic!("job {job} not in {jobs}"))["submitted_unix_ms"]
+        .as_u64()
+        .expect("submitted_unix_ms")
+}
+
+/// Two tenants of weight 1 submit ~30 sleeping map tasks each at the same
+/// time on two 1-slot workers: while both jobs run, each tenant must get
+/// 50% ± 15% of the attempt-slot time (SECURITY.md, "Fair share").
+#[test]
+fn two_tenants_of_equal_weight_share_the_slots_equally() {
+    let _serial = serial();
+    let (mut c, tenants) = Cluster::start(&["alice", "bob"]);
+    c.add_workers(2);
+    let hostile = guest("hostile");
+    let extra = [
+        "--param",
+        "mode=sleep",
+        "--param",
+        "ms=400",
+        "--split-size",
+        "128KiB",
+    ];
+    let outs: Vec<PathBuf> = tenants.iter().map(|t| t.root.join("out")).collect();
+    let mut deploys: Vec<Proc> = tenants
+        .iter()
+        .zip(&outs)
+        .map(|(t, out)| {
+            let books = t.books();
+            c.deploy(t, &hostile, &books, out, &extra)
+        })
+        .collect();
+    let jobs: Vec<String> = deploys
+        .iter_mut()
+        .map(Cluster::deploy_finishes_ok)
+        .collect();
+
+    let expected = reference(&hostile, &[&books()], &[]);
+    assert!(expected.len() > 1000, "the reference is not trivial");
+    for out in &outs {
+        assert!(
+            sorted_output(out) == expected,
+            "{}: not the reference",
+            out.display()
+        );
+    }
+
+    let mut intervals = Vec::new();
+    for (t, job) in tenants.iter().zip(&jobs) {
+        let listing = c.json(t, &["jobs", "--json"]);
+        let submitted = submitted_unix_ms(&listing, job);
+        let status = c.json(t, &["status", job, "--json"]);
+        let attempts = attempt_intervals(&status, submitted);
+        assert!(attempts.len() >= 20, "{job}: {} attempts", attempts.len());
+        intervals.push((submitted, attempts));
+    }
+    for ((submitted, attempts), job) in intervals.iter().zip(&jobs) {
+        let first = attempts.iter().map(|&(s, _)| s).min().unwrap();
+        let last = attempts.iter().map(|&(_, e)| e).max().unwrap();
+        eprintln!(
+            "job {job}: submitted {submitted}, {} attempts from +{} ms to +{} ms",
+            attempts.len(),
+            first - submitted,
+            last - submitted
+        );
+    }
+    // The window both jobs were running: from the later submission to the
+    // earlier last attempt end.
+    let start = intervals.iter().map(|(s, _)| *s).max().unwrap();
+    let end = intervals
+        .iter()
+        .map(|(_, a)| a.iter().map(|&(_, e)| e).max().unwrap())
+        .min()
+        .unwrap();
+    assert!(
+        end > start + 2000,
+        "the jobs barely overlapped: [{start}, {end}]"
+    );
+    let busy: Vec<u64> = intervals
+        .iter()
+        .map(|(_, attempts)| {
+            attempts
+                .iter()
+                .map(|&(s, e)| e.min(end).saturating_sub(s.max(start)))
+                .sum()
+        })
+        .collect();
+    let total = (busy[0] + busy[1]) as f64;
+    assert!(total > 0.0, "no attempt ran in the common window");
+    let share = busy[0] as f64 / total;
+    eprintln!(
+        "common window {} ms; alice {} ms, bob {} ms of attempt-slot time: alice's share {:.3}, bob's {:.3}",
+        end - start,
+        busy[0],
+        busy[1],
+        share,
+        1.0 - share
+    );
+    assert!(
+        (0.35..=0.65).contains(&share),
+        "alice's share {share:.3} of the slots is not 50% ± 15% (alice {} ms, bob {} ms)",
+        busy[0],
+        busy[1]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. Isolation and authentication
+
+#[test]
+fn tenants_see_only_their_own_jobs_and_revocation_is_immediate() {
+    let _serial = serial();
+    let (mut c, tenants) = Cluster::start(&["alice", "bob"]);
+    let (alice, bob) = (&tenants[0], &tenants[1]);
+    c.add_workers(1);
+    let out = alice.root.join("out");
+    let mut deploy = c.deploy(alice, &guest("wordcount"), &alice.books(), &out, &[]);
+    let job = Cluster::deploy_finishes_ok(&mut deploy);
+
+    // Alice sees her job.
+    let listing = c.json(alice, &["jobs", "--json"]);
+    submitted_unix_ms(&listing, &job);
+    let status = c.json(alice, &["status", &job, "--json"]);
+    assert_eq!(status["job"], job.as_str());
+
+    // Bob does not.
+    let not_found = format!("error: job {job} not found");
+    assert_eq!(
+        c.refused(&bob.name, &bob.token, &["status", &job, "--json"]),
+        not_found
+    );
+    assert_eq!(
+        c.refused(&bob.name, &bob.token, &["cancel", &job]),
+        not_found
+    );
+    let listing = c.json(bob, &["jobs", "--json"]);
+    let listed = listing.as_array().expect("jobs --json is an array");
+    assert!(
+        listed.iter().all(|j| j["job"] != job.as_str()),
+        "bob's job list shows alice's job: {listing}"
+    );
+    // Alice's job is untouched by bob's cancel.
+    let status = c.json(alice, &["status", &job, "--json"]);
+    assert_eq!(status["job"], job.as_str());
+
+    // A wrong token and an unknown tenant get the same answer.
+    let wrong = c.refused(&alice.name, &bob.token, &["jobs", "--json"]);
+    assert_eq!(wrong, REFUSED);
+    let unknown = c.refused("carol", &alice.token, &["jobs", "--json"]);
+    assert_eq!(unknown, REFUSED);
+    let empty = c.refused(&alice.name, "", &["status", &job, "--json"]);
+    assert_eq!(empty, REFUSED);
+
+    // Revoking bob takes effect at once, without a restart.
+    let mut cmd = wmr_in(&c.root);
+    cmd.args(["tenant", "revoke", "bob", "--state"])
+        .arg(&c.state);
+    let out = output_within(cmd, "tenant revoke", CLIENT_LIMIT);
+    assert!(
+        out.status.success(),
+        "revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.refused(&bob.name, &bob.token, &["jobs", "--json"]),
+        REFUSED
+    );
+    // Alice is unaffected.
+    c.json(alice, &["jobs", "--json"]);
+}
+
+// ---------------------------------------------------------------------------
+// 3. Confinement
+
+#[test]
+fn inputs_outside_the_tenants_root_are_refused() {
+    let _serial = serial();
+    let (mut c, tenants) = Cluster::start(&["alice"]);
+    let alice = &tenants[0];
+    let outside = c.root.join("outside");
+    copy_dir(&books(), &outside);
+
+    // An absolute path outside the root.
+    let msg = c.deploy_refused(alice, &outside, &[]);
+    assert_eq!(
+        msg,
+        format!(
+            "error: path {} is outside the tenant's root",
+            outside.display()
+        )
+    );
+
+    // A path with `..` that leaves the root.
+    let dotdot = alice.root.join("../../outside");
+    assert!(dotdot.is_dir());
+    let msg = c.deploy_refused(alice, &dotdot, &[]);
+    assert!(
+        msg == format!(
+            "error: path {} is outside the tenant's root",
+            dotdot.display()
+        ) || msg == format!("error: path {} contains '..'", dotdot.display()),
+        "`..` refusal: {msg:?}"
+    );
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+
+    // A symlink inside the root pointing outside.
+    let link = alice.root.join("link");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let msg = c.deploy_refused(alice, &link, &[]);
+    assert_eq!(
+        msg,
+        format!(
+            "error: path {} is outside the tenant's root",
+            link.display()
+        )
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 4. Worker authentication
+
+#[test]
+fn a_worker_with_a_wrong_token_is_refused() {
+    let _serial = serial();
+    let (mut c, _tenants) = Cluster::start(&["alice"]);
+    let mut worker = c.spawn_worker("intruder", "not-the-worker-token");
+    let status = worker.wait_within(CLIENT_LIMIT);
+    let stderr = worker.stderr_text();
+    assert_eq!(status.code(), Some(1), "worker: {stderr}");
+    assert!(
+        stderr.contains("wrong worker token"),
+        "worker's error: {stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Quotas
+
+#[test]
+fn a_job_over_the_fuel_quota_is_refused_naming_the_quota() {
+    let _serial = serial();
+    let (mut c, tenants) = Cluster::start(&["alice"]);
+    let alice = &tenants[0];
+    let msg = c.deploy_refused(alice, &alice.books(), &["--fuel", "999999999999999"]);
+    assert_eq!(
+        msg,
+        "error: quota max_fuel_per_attempt is 50000000000; the job asks for 999999999999999"
+    );
+}
