@@ -346,63 +346,45 @@ async fn serve_client(
     request: ClientRequest,
     events: mpsc::UnboundedSender<CoreEvent>,
 ) {
-    match request {
+    // One answer, or a stream of them ending with `Done` or `Error`.
+    let one = |make: &dyn Fn(oneshot::Sender<ClientReply>) -> CoreEvent| {
+        let (tx, rx) = oneshot::channel();
+        let _ = events.send(make(tx));
+        rx
+    };
+    let (tx, mut replies) = mpsc::unbounded_channel();
+    let answer = match request {
         ClientRequest::Submit(request) => {
-            let (replies, mut rx) = mpsc::unbounded_channel();
-            if events
-                .send(CoreEvent::Submit {
-                    principal,
-                    request,
-                    replies,
-                })
-                .is_err()
-            {
-                return;
-            }
-            while let Some(reply) = rx.recv().await {
-                let last = matches!(reply, ClientReply::Done(_) | ClientReply::Error(_));
-                if channel.write(&reply).await.is_err() || last {
-                    break;
-                }
-            }
-        }
-        ClientRequest::Status(job) => {
-            let (tx, rx) = oneshot::channel();
-            let _ = events.send(CoreEvent::Status(principal, job, tx));
-            if let Ok(reply) = rx.await {
-                let _ = channel.write(&reply).await;
-            }
-        }
-        ClientRequest::Cancel(job) => {
-            let (tx, rx) = oneshot::channel();
-            let _ = events.send(CoreEvent::Cancel(principal, job, tx));
-            if let Ok(reply) = rx.await {
-                let _ = channel.write(&reply).await;
-            }
-        }
-        ClientRequest::Jobs => {
-            let (tx, rx) = oneshot::channel();
-            let _ = events.send(CoreEvent::Jobs(principal, tx));
-            if let Ok(reply) = rx.await {
-                let _ = channel.write(&reply).await;
-            }
-        }
-        ClientRequest::Resume(job) => {
-            let (tx, rx) = oneshot::channel();
-            let _ = events.send(CoreEvent::Resume(principal, job, tx));
-            if let Ok(reply) = rx.await {
-                let _ = channel.write(&reply).await;
-            }
+            let _ = events.send(CoreEvent::Submit {
+                principal,
+                request,
+                replies: tx,
+            });
+            None
         }
         ClientRequest::Watch(job) => {
-            let (replies, mut rx) = mpsc::unbounded_channel();
-            if events
-                .send(CoreEvent::Watch(principal, job, replies))
-                .is_err()
-            {
-                return;
+            let _ = events.send(CoreEvent::Watch(principal, job, tx));
+            None
+        }
+        ClientRequest::Status(job) => Some(one(&|reply| {
+            CoreEvent::Status(principal.clone(), job.clone(), reply)
+        })),
+        ClientRequest::Cancel(job) => Some(one(&|reply| {
+            CoreEvent::Cancel(principal.clone(), job.clone(), reply)
+        })),
+        ClientRequest::Jobs => Some(one(&|reply| CoreEvent::Jobs(principal.clone(), reply))),
+        ClientRequest::Resume(job) => Some(one(&|reply| {
+            CoreEvent::Resume(principal.clone(), job.clone(), reply)
+        })),
+    };
+    match answer {
+        Some(rx) => {
+            if let Ok(reply) = rx.await {
+                let _ = channel.write(&reply).await;
             }
-            while let Some(reply) = rx.recv().await {
+        }
+        None => {
+            while let Some(reply) = replies.recv().await {
                 let last = matches!(reply, ClientReply::Done(_) | ClientReply::Error(_));
                 if channel.write(&reply).await.is_err() || last {
                     break;
