@@ -23,11 +23,11 @@
 mod support;
 
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+
 use std::time::{Duration, Instant};
 use support::*;
 use wmr::local::Progress;
@@ -64,14 +64,6 @@ const STEP: Duration = Duration::from_millis(10);
 const JOB_LIMIT: Duration = Duration::from_secs(90);
 /// Bound on one `wmr status` / `wmr cancel` call.
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
-
-/// The tests of this file run one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 fn sleep_step() {
     std::thread::sleep(STEP);
@@ -669,21 +661,6 @@ impl Status {
 // ---------------------------------------------------------------------------
 // Outputs
 
-/// The sequential reference over the books, computed once per guest.
-fn books_reference(guest_name: &str) -> Vec<String> {
-    static CACHE: Mutex<Option<HashMap<String, Vec<String>>>> = Mutex::new(None);
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    cache
-        .get_or_insert_with(HashMap::new)
-        .entry(guest_name.to_string())
-        .or_insert_with(|| {
-            let expected = reference(&guest(guest_name), &[&books()], &[]);
-            assert!(expected.len() > 1000, "the reference is not trivial");
-            expected
-        })
-        .clone()
-}
-
 /// The committed output (with `_SUCCESS`, 10 part files) equals the
 /// reference; on a difference, say where instead of printing both.
 fn assert_output_equals_reference(out: &Path, guest_name: &str) {
@@ -732,30 +709,6 @@ fn assert_one_commit_per_task(status: &Status) {
     );
 }
 
-/// Every file under `dir`, by relative path, with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(base: &Path, dir: &Path, into: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let name = path
-                .strip_prefix(base)
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
-            if entry.file_type().unwrap().is_dir() {
-                into.insert(format!("{name}/"), Vec::new());
-                walk(base, &path, into);
-            } else {
-                into.insert(name, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut files = BTreeMap::new();
-    walk(dir, dir, &mut files);
-    files
-}
-
 /// Paths under `dir` whose name is `stem` or `stem` followed by a
 /// non-digit (so `m-00003.a1` does not match `m-00003.a12`).
 fn find_named(dir: &Path, stem: &str) -> Vec<PathBuf> {
@@ -776,19 +729,6 @@ fn find_named(dir: &Path, stem: &str) -> Vec<PathBuf> {
         }
     }
     found
-}
-
-fn sleep_params(ms: u32) -> Vec<String> {
-    vec![
-        "--param".into(),
-        "mode=sleep".into(),
-        "--param".into(),
-        format!("ms={ms}"),
-    ]
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 // ---------------------------------------------------------------------------

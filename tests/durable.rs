@@ -21,11 +21,11 @@
 mod support;
 
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+
 use std::time::{Duration, Instant};
 use support::*;
 use wmr::local::Progress;
@@ -40,14 +40,6 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(30);
 /// A short lease: the idle timeout of the QUIC connections is twice the
 /// lease, so workers and `wmr deploy` notice a dead coordinator in ~6 s.
 const FAST: [&str; 4] = ["--lease", "3s", "--heartbeat", "500ms"];
-
-/// The tests of this file run one at a time.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 // ---------------------------------------------------------------------------
 // Processes
@@ -622,20 +614,6 @@ impl Status {
 // ---------------------------------------------------------------------------
 // Outputs
 
-fn books_reference(guest_name: &str) -> Vec<String> {
-    static CACHE: Mutex<Option<HashMap<String, Vec<String>>>> = Mutex::new(None);
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    cache
-        .get_or_insert_with(HashMap::new)
-        .entry(guest_name.to_string())
-        .or_insert_with(|| {
-            let expected = reference(&guest(guest_name), &[&books()], &[]);
-            assert!(expected.len() > 1000, "the reference is not trivial");
-            expected
-        })
-        .clone()
-}
-
 /// The committed output (with `_SUCCESS`, 10 part files) equals the
 /// reference; on a difference, say where.
 fn assert_output_equals_reference(out: &Path, guest_name: &str) {
@@ -669,30 +647,6 @@ fn assert_output_equals_reference(out: &Path, guest_name: &str) {
     );
 }
 
-/// Every file and directory under `dir`, by relative path, with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(base: &Path, dir: &Path, into: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let name = path
-                .strip_prefix(base)
-                .unwrap()
-                .to_string_lossy()
-                .to_string();
-            if entry.file_type().unwrap().is_dir() {
-                into.insert(format!("{name}/"), Vec::new());
-                walk(base, &path, into);
-            } else {
-                into.insert(name, std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut files = BTreeMap::new();
-    walk(dir, dir, &mut files);
-    files
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -704,19 +658,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
-}
-
-fn sleep_params(ms: u32) -> Vec<String> {
-    vec![
-        "--param".into(),
-        "mode=sleep".into(),
-        "--param".into(),
-        format!("ms={ms}"),
-    ]
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 // ---------------------------------------------------------------------------

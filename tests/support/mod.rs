@@ -2,9 +2,10 @@
 //! real `wmr` binary, compute the sequential reference, compare outputs.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -174,4 +175,66 @@ pub fn generated_corpus(dir: &Path, seed: u64) {
         std::fs::write(dir.join(format!("gen-{f}.txt")), text).unwrap();
     }
     std::fs::write(dir.join("gen-empty.txt"), "").unwrap();
+}
+
+// ---- shared by the multi-process suites ----
+
+/// The sequential reference over the books, computed once per guest.
+pub fn books_reference(guest_name: &str) -> Vec<String> {
+    static CACHE: Mutex<Option<HashMap<String, Vec<String>>>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    cache
+        .get_or_insert_with(HashMap::new)
+        .entry(guest_name.to_string())
+        .or_insert_with(|| {
+            let expected = reference(&guest(guest_name), &[&books()], &[]);
+            assert!(expected.len() > 1000, "the reference is not trivial");
+            expected
+        })
+        .clone()
+}
+
+/// Every file under `dir`, by relative path, with its bytes.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, into: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let name = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            if entry.file_type().unwrap().is_dir() {
+                into.insert(format!("{name}/"), Vec::new());
+                walk(base, &path, into);
+            } else {
+                into.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut files = BTreeMap::new();
+    walk(dir, dir, &mut files);
+    files
+}
+
+pub fn sleep_params(ms: u32) -> Vec<String> {
+    vec![
+        "--param".into(),
+        "mode=sleep".into(),
+        "--param".into(),
+        format!("ms={ms}"),
+    ]
+}
+
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The tests of this file run one at a time.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
