@@ -1039,11 +1039,7 @@ impl Core {
                             }
                         }
                     }
-                    let sent = self
-                        .workers
-                        .get(&worker)
-                        .is_some_and(|w| w.outbox.send(ToWorker::Assign(assignment)).is_ok());
-                    if !sent {
+                    if !tell(&self.workers, worker, ToWorker::Assign(assignment)) {
                         job.scheduler
                             .handle(Instant::now(), Event::WorkerLost { worker });
                     }
@@ -1055,13 +1051,16 @@ impl Core {
                 } if job.worker_local => {
                     // The worker holds the files: it renames and answers with
                     // `Committed`. If it is gone, `WorkerLost` requeues the task.
-                    if let Some(w) = self.workers.get(&worker) {
-                        let _ = w.outbox.send(ToWorker::Commit {
-                            job: job.id,
+                    let job_id = job.id;
+                    tell(
+                        &self.workers,
+                        worker,
+                        ToWorker::Commit {
+                            job: job_id,
                             task,
                             epoch,
-                        });
-                    }
+                        },
+                    );
                 }
                 Action::Commit { task, epoch, .. } => {
                     let result = job
@@ -1080,13 +1079,16 @@ impl Core {
                     epoch,
                     worker,
                 } if job.worker_local => {
-                    if let Some(w) = self.workers.get(&worker) {
-                        let _ = w.outbox.send(ToWorker::Discard {
-                            job: job.id,
+                    let job_id = job.id;
+                    tell(
+                        &self.workers,
+                        worker,
+                        ToWorker::Discard {
+                            job: job_id,
                             task,
                             epoch,
-                        });
-                    }
+                        },
+                    );
                 }
                 Action::Discard { task, epoch, .. } => {
                     if let Err(e) = job.dirs.abort_attempt(task, epoch) {
@@ -1098,13 +1100,16 @@ impl Core {
                     epoch,
                     worker,
                 } => {
-                    if let Some(w) = self.workers.get(&worker) {
-                        let _ = w.outbox.send(ToWorker::Interrupt {
-                            job: job.id,
+                    let job_id = job.id;
+                    tell(
+                        &self.workers,
+                        worker,
+                        ToWorker::Interrupt {
+                            job: job_id,
                             task,
                             epoch,
-                        });
-                    }
+                        },
+                    );
                 }
                 Action::Finished(outcome) => self.finish(i, outcome),
             }
@@ -1266,6 +1271,13 @@ fn not_found(job: Option<&str>) -> String {
         Some(id) => format!("job {id} not found"),
         None => "no job has been submitted".into(),
     }
+}
+
+/// Send `message` to `worker` if it is connected; whether it was sent.
+fn tell(workers: &BTreeMap<WorkerId, WorkerEntry>, worker: WorkerId, message: ToWorker) -> bool {
+    workers
+        .get(&worker)
+        .is_some_and(|w| w.outbox.send(message).is_ok())
 }
 
 /// Max-min fair shares of `total` slots for jobs wanting `demand` each:
