@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use support::*;
 use wmr::protocol::{AttemptFailure, Limits};
-use wmr::sandbox::{AttemptContext, CollectPairs, Role, Sandbox};
+use wmr::sandbox::{AttemptContext, CallOutcome, CollectPairs, LoadedModule, Role, Sandbox};
 
 #[path = "../examples/wordcount/src/count.rs"]
 mod count;
@@ -23,6 +23,7 @@ fn limits() -> Limits {
         output_bytes: 1 << 20,
         log_bytes: 16 << 10,
         max_dead_letters: 0,
+        ..Limits::default()
     }
 }
 
@@ -43,18 +44,59 @@ fn run_hostile(
     limits: Limits,
     params: &[(&str, &str)],
 ) -> (Result<(), AttemptFailure>, Vec<wmr::shuffle::Pair>) {
-    let module = sandbox
+    let (call, pairs) = call_hostile(sandbox, &hostile(sandbox), limits, params);
+    (call.result, pairs)
+}
+
+fn hostile(sandbox: &Sandbox) -> LoadedModule {
+    sandbox
         .load(&std::fs::read(guest("hostile")).unwrap(), Role::Map)
-        .unwrap();
+        .unwrap()
+}
+
+/// One map call of the hostile guest: what it measured and what it emitted.
+fn call_hostile(
+    sandbox: &Sandbox,
+    module: &LoadedModule,
+    limits: Limits,
+    params: &[(&str, &str)],
+) -> (CallOutcome, Vec<wmr::shuffle::Pair>) {
     let sink = CollectPairs::default();
     let call = sandbox.run_map(
-        &module,
+        module,
         &context(limits, params),
         b"f.txt",
         TEXT.as_bytes(),
         Box::new(sink.clone()),
     );
-    (call.result, sink.take())
+    (call, sink.take())
+}
+
+/// The pairs word count emits for `TEXT`, sorted.
+fn word_counts(pairs: Vec<wmr::shuffle::Pair>) -> Vec<(String, u64)> {
+    let mut got: Vec<(String, u64)> = pairs
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8(k).unwrap(),
+                String::from_utf8(v).unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+fn native_word_counts() -> Vec<(String, u64)> {
+    let mut native = HashMap::new();
+    // `as_ref`: the tokenizer takes `&str` or (newer) `&[u8]`.
+    count::count_words(TEXT.as_ref(), &mut native);
+    let mut want: Vec<(String, u64)> = native
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    want.sort();
+    want
 }
 
 /// After a hostile attempt, the same sandbox (engine, linker, process) must
@@ -72,25 +114,7 @@ fn assert_still_counts_words(sandbox: &Sandbox) {
         Box::new(sink.clone()),
     );
     assert_eq!(call.result, Ok(()));
-    let mut got: Vec<(String, u64)> = sink
-        .take()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                String::from_utf8(k).unwrap(),
-                String::from_utf8(v).unwrap().parse().unwrap(),
-            )
-        })
-        .collect();
-    got.sort();
-    let mut native = HashMap::new();
-    count::count_words(TEXT, &mut native);
-    let mut want: Vec<(String, u64)> = native
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    want.sort();
-    assert_eq!(got, want);
+    assert_eq!(word_counts(sink.take()), native_word_counts());
 }
 
 #[test]
@@ -231,4 +255,331 @@ fn hostile_jobs_fail_with_classified_reasons_through_the_cli() {
         );
         assert!(!out.exists());
     }
+}
+
+// ---------------------------------------------------------------------------
+// Host imports called with huge or invalid arguments. Each ends with its own
+// bounded outcome, and the host copies nothing past the bound.
+
+#[test]
+fn emit_of_a_value_over_the_output_limit_is_refused_before_it_is_copied() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "emit-huge")],
+    );
+    assert_eq!(call.result, Err(AttemptFailure::OutputLimit(1 << 20)));
+    assert_eq!(pairs, vec![], "nothing was accepted");
+    assert_eq!(call.bytes_out, 0);
+    assert_still_counts_words(&sandbox);
+}
+
+/// 65,536 pairs that all point at one 1 MiB buffer: 128 GiB if the host
+/// copied the batch before looking at it. It is charged pair by pair.
+#[test]
+fn emit_of_aliased_pairs_is_charged_pair_by_pair_and_copies_nothing_past_the_limit() {
+    let sandbox = Sandbox::new().unwrap();
+    let started = std::time::Instant::now();
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "emit-alias")],
+    );
+    assert_eq!(call.result, Err(AttemptFailure::OutputLimit(1 << 20)));
+    assert_eq!(pairs, vec![]);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // With a limit that lets a few through, exactly those are copied.
+    let roomy = Limits {
+        output_bytes: 5 << 21,
+        ..limits()
+    };
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        roomy,
+        &[("mode", "emit-alias")],
+    );
+    assert_eq!(call.result, Err(AttemptFailure::OutputLimit(5 << 21)));
+    assert_eq!(pairs.len(), 4, "4 pairs of 2 MiB + 8 fit in 10 MiB, not 5");
+    assert_eq!(call.bytes_out, 4 << 21);
+    assert_still_counts_words(&sandbox);
+}
+
+#[test]
+fn a_flood_of_empty_pairs_hits_the_output_limit_at_8_bytes_a_pair() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "emit-empty")],
+    );
+    assert_eq!(call.result, Err(AttemptFailure::OutputLimit(1 << 20)));
+    let per_pair = wmr::sandbox::PAIR_OVERHEAD_BYTES as usize;
+    assert_eq!(pairs.len(), (1 << 20) / per_pair);
+    assert_eq!(call.records_out, ((1 << 20) / per_pair) as u64);
+    assert_eq!(call.bytes_out, 0);
+    assert_still_counts_words(&sandbox);
+}
+
+#[test]
+fn emit_of_a_pair_outside_linear_memory_traps_after_the_valid_pairs_before_it() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "emit-oob")],
+    );
+    assert_eq!(
+        call.result,
+        Err(AttemptFailure::Trap(
+            "list pointer/length out of bounds of memory".into()
+        ))
+    );
+    assert_eq!(pairs, vec![(b"key".to_vec(), b"key".to_vec())]);
+    assert_still_counts_words(&sandbox);
+}
+
+#[test]
+fn a_counter_name_over_256_bytes_fails_the_attempt_naming_the_bound() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, _) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "counter-long-name")],
+    );
+    assert_eq!(
+        call.result,
+        Err(AttemptFailure::Trap(
+            "incr-counter: counter name longer than 256 bytes".into()
+        ))
+    );
+    assert!(call.counters.is_empty(), "{:?}", call.counters.keys());
+    assert_still_counts_words(&sandbox);
+}
+
+#[test]
+fn more_than_1024_distinct_counters_fail_the_attempt_naming_the_bound() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, _) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "counter-many")],
+    );
+    assert_eq!(
+        call.result,
+        Err(AttemptFailure::Trap(
+            "incr-counter: more than 1024 distinct counters".into()
+        ))
+    );
+    assert_eq!(call.counters.len(), wmr::sandbox::MAX_COUNTERS);
+    assert_still_counts_words(&sandbox);
+}
+
+#[test]
+fn extreme_counter_deltas_saturate_and_the_job_still_counts_words() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "counter-extreme")],
+    );
+    assert_eq!(call.result, Ok(()));
+    let want: BTreeMap<String, i64> = [("max".into(), i64::MAX), ("min".into(), i64::MIN)].into();
+    assert_eq!(call.counters, want);
+    assert_eq!(word_counts(pairs), native_word_counts());
+}
+
+#[test]
+fn a_huge_log_line_is_cut_at_the_log_limit_and_the_job_still_counts_words() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "log-huge")],
+    );
+    assert_eq!(call.result, Ok(()));
+    assert_eq!(
+        call.log.len(),
+        16 << 10,
+        "the log is cut at --log limit exactly (ASCII)"
+    );
+    assert!(
+        call.log.starts_with("[Level::Info] LLLL"),
+        "{}",
+        &call.log[..40]
+    );
+    assert_eq!(word_counts(pairs), native_word_counts());
+}
+
+#[test]
+fn a_log_message_that_is_not_utf8_fails_the_attempt() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, _) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "log-invalid-utf8")],
+    );
+    assert_eq!(
+        call.result,
+        Err(AttemptFailure::Trap(
+            "log: the message is not valid UTF-8".into()
+        ))
+    );
+    assert_eq!(call.log, "");
+    assert_still_counts_words(&sandbox);
+}
+
+#[test]
+fn a_log_level_outside_the_enum_fails_the_attempt() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, _) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "log-bad-level")],
+    );
+    assert_eq!(
+        call.result,
+        Err(AttemptFailure::Trap("unexpected discriminant: 99".into()))
+    );
+    assert_still_counts_words(&sandbox);
+}
+
+#[test]
+fn a_parameter_with_a_huge_name_is_none_and_the_job_still_counts_words() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "param-huge")],
+    );
+    assert_eq!(call.result, Ok(()));
+    assert_eq!(word_counts(pairs), native_word_counts());
+}
+
+#[test]
+fn a_huge_guest_error_message_is_cut_at_4_kib() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, _) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "error-huge")],
+    );
+    let want = format!("{}… (8388608 bytes, cut at 4096)", "E".repeat(4096));
+    assert_eq!(call.result, Err(AttemptFailure::GuestError(want)));
+    assert_still_counts_words(&sandbox);
+}
+
+#[test]
+fn a_flood_of_refused_connections_is_denied_naming_the_first_eight() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "net-flood")],
+    );
+    // std's `TcpStream::connect` binds first: that is the first denial.
+    let one = "network access to 0.0.0.0:0 (TcpBind) is not granted";
+    let want = format!(
+        "{} (and 992 more) (then the guest failed: net-flood: 1000 connections refused)",
+        [one; 8].join("; ")
+    );
+    assert_eq!(call.result, Err(AttemptFailure::Denied(want)));
+    assert_eq!(pairs, vec![]);
+    assert_still_counts_words(&sandbox);
+}
+
+/// The reasons a raw host call with arbitrary arguments may end an attempt:
+/// wasmtime's canonical-ABI checks and wmr's own bounds.
+const CLASSIFIED_TRAPS: &[&str] = &[
+    "list pointer/length out of bounds of memory",
+    "list pointer is not aligned",
+    "string pointer/length out of bounds of memory",
+    "incr-counter: the counter name is not valid UTF-8",
+    "incr-counter: counter name longer than 256 bytes",
+    "incr-counter: more than 1024 distinct counters",
+    "log: the message is not valid UTF-8",
+    "param: the name is not valid UTF-8",
+];
+
+fn classified(result: &Result<(), AttemptFailure>, limits: &Limits) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(AttemptFailure::OutputLimit(limit)) => *limit == limits.output_bytes,
+        Err(AttemptFailure::Trap(message)) => {
+            CLASSIFIED_TRAPS.contains(&message.as_str())
+                || message.starts_with("unexpected discriminant: ")
+        }
+        Err(_) => false,
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+    /// Fuzz of the WIT-facing host imports: raw canonical-ABI calls with
+    /// arbitrary pointers, lengths, levels and deltas. Every attempt ends
+    /// `Ok` or with a classified reason, within the output, log and counter
+    /// bounds; the host never panics.
+    #[test]
+    fn raw_host_calls_with_arbitrary_arguments_end_only_in_classified_outcomes(
+        seed in proptest::prelude::any::<u64>(),
+        calls in 1u32..300,
+    ) {
+        let sandbox = shared_sandbox();
+        let limits = Limits { output_bytes: 16 << 10, log_bytes: 1 << 10, ..limits() };
+        let (seed, calls) = (seed.to_string(), calls.to_string());
+        let params = [("mode", "abi-fuzz"), ("seed", seed.as_str()), ("calls", calls.as_str())];
+        let (call, pairs) = call_hostile(&sandbox.0, &sandbox.1, limits.clone(), &params);
+        proptest::prop_assert!(classified(&call.result, &limits), "{:?}", call.result);
+        let copied: u64 = pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+        proptest::prop_assert_eq!(copied, call.bytes_out);
+        proptest::prop_assert!(call.bytes_out + 8 * call.records_out <= limits.output_bytes);
+        proptest::prop_assert!(call.log.len() as u64 <= limits.log_bytes);
+        proptest::prop_assert!(call.counters.len() <= wmr::sandbox::MAX_COUNTERS);
+        proptest::prop_assert!(call.counters.keys().all(|k| k.len() <= wmr::sandbox::MAX_COUNTER_NAME_BYTES));
+    }
+}
+
+/// One sandbox and one compiled hostile module for all fuzz cases.
+fn shared_sandbox() -> &'static (Sandbox, LoadedModule) {
+    static SHARED: std::sync::OnceLock<(Sandbox, LoadedModule)> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let sandbox = Sandbox::new().unwrap();
+        let module = hostile(&sandbox);
+        (sandbox, module)
+    })
+}
+
+#[test]
+fn after_the_abi_fuzz_the_sandbox_still_counts_words() {
+    let (sandbox, module) = shared_sandbox();
+    for seed in 0..32u64 {
+        let seed = seed.to_string();
+        let params = [
+            ("mode", "abi-fuzz"),
+            ("seed", seed.as_str()),
+            ("calls", "200"),
+        ];
+        let (call, _) = call_hostile(sandbox, module, limits(), &params);
+        assert!(
+            classified(&call.result, &limits()),
+            "seed {seed}: {:?}",
+            call.result
+        );
+    }
+    assert_still_counts_words(sandbox);
 }

@@ -285,7 +285,9 @@ pub fn summarize(scheduler: &Scheduler, outcome: JobOutcome, wall: Duration) -> 
             }
         }
         for (name, value) in &stats.counters {
-            *summary.counters.entry(name.clone()).or_default() += value;
+            // Saturating: a guest's extreme deltas must not overflow here.
+            let total = summary.counters.entry(name.clone()).or_default();
+            *total = total.saturating_add(*value);
         }
     }
     summary.attempt_log = log;

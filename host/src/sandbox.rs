@@ -6,6 +6,15 @@
 //! network and captured (size-capped) stdio. Whatever the guest does, the
 //! attempt ends in an [`AttemptFailure`] the host can report; the host never
 //! dies because of a guest.
+//!
+//! The `wmr:mapreduce/host` imports are linked by hand ([`add_host_imports`])
+//! rather than through the generated `Host` trait, so that the host looks at
+//! the size of what the guest hands over before copying any of it: a batch
+//! of pairs is lifted one pair at a time and each is charged against the
+//! output limit first; strings are read in place. What any host call may
+//! copy is bounded by the output limit, the log limit and the constants
+//! below; wasmtime's hostcall fuel (128 MiB per call) bounds the rest,
+//! including WASI calls.
 
 use crate::protocol::{AttemptFailure, Limits};
 use crate::shuffle::Pair;
@@ -15,8 +24,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::component::{
+    Component, ComponentType, Lift, Linker, ResourceTable, WasmList, WasmStr,
+};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -24,7 +35,6 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "map-task",
-        imports: { "wmr:mapreduce/host.emit": trappable },
     });
 
     pub mod reduce {
@@ -57,6 +67,25 @@ const REDUCER_EXPORT: &str = "wmr:mapreduce/reducer@0.1.0";
 
 /// How often the epoch advances: the granularity of timeouts and cancels.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The instance name the host imports are linked under.
+const HOST_IMPORT: &str = "wmr:mapreduce/host@0.1.0";
+
+/// A counter name longer than this fails the attempt
+/// (`incr-counter: counter name longer than 256 bytes`).
+pub const MAX_COUNTER_NAME_BYTES: usize = 256;
+/// More distinct counters than this in one attempt fail it
+/// (`incr-counter: more than 1024 distinct counters`).
+pub const MAX_COUNTERS: usize = 1024;
+/// What each emitted pair costs against the output limit on top of its key
+/// and value bytes, so that a flood of empty pairs is bounded too (the host
+/// holds a map attempt's pairs in memory).
+pub const PAIR_OVERHEAD_BYTES: u64 = 8;
+/// A guest's error message (and a trap's) is cut to this many bytes: it
+/// travels to the coordinator and is kept in the job's attempt log.
+pub const MAX_FAILURE_MESSAGE_BYTES: usize = 4096;
+/// Denied capability uses an attempt records by name; the rest are counted.
+pub const MAX_DENIALS_KEPT: usize = 8;
 
 /// What a component is loaded for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,11 +124,16 @@ pub struct AttemptState {
     sink: Box<dyn PairSink>,
     bytes_out: u64,
     records_out: u64,
+    /// `bytes_out` plus [`PAIR_OVERHEAD_BYTES`] per pair: what the output
+    /// limit is checked against.
+    charged_out: u64,
     counters: BTreeMap<String, i64>,
     params: Arc<BTreeMap<String, String>>,
     log: String,
+    /// A log line was cut: the log takes no more lines.
+    log_cut: bool,
     stdio: MemoryOutputPipe,
-    denied: Arc<Mutex<Vec<String>>>,
+    denied: Arc<Mutex<Denials>>,
     deadline: Instant,
     cancel: Arc<AtomicBool>,
     sink_error: Option<String>,
@@ -138,6 +172,34 @@ impl ResourceLimiter for AttemptState {
     }
 }
 
+/// Denied capability uses: the first [`MAX_DENIALS_KEPT`] by name, then a count.
+#[derive(Default)]
+struct Denials {
+    kept: Vec<String>,
+    more: u64,
+}
+
+impl Denials {
+    fn record(&mut self, what: String) {
+        if self.kept.len() < MAX_DENIALS_KEPT {
+            self.kept.push(what);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn describe(&self) -> Option<String> {
+        if self.kept.is_empty() {
+            return None;
+        }
+        let mut what = self.kept.join("; ");
+        if self.more > 0 {
+            what.push_str(&format!(" (and {} more)", self.more));
+        }
+        Some(what)
+    }
+}
+
 /// Markers carried by the errors that end an attempt from the host side.
 #[derive(Debug, thiserror::Error)]
 enum HostStop {
@@ -149,52 +211,229 @@ enum HostStop {
     TimedOut,
     #[error("cancelled")]
     Cancelled,
+    /// A host import refused its arguments; the text names the import and
+    /// the bound.
+    #[error("{0}")]
+    Refused(String),
 }
 
-impl host::Host for AttemptState {
-    fn emit(&mut self, pairs: Vec<host::Pair>) -> wasmtime::Result<()> {
-        for host::Pair { key, value } in pairs {
-            self.bytes_out += (key.len() + value.len()) as u64;
-            self.records_out += 1;
-            if self.bytes_out > self.limits.output_bytes {
-                return Err(wasmtime::Error::new(HostStop::OutputLimit));
+/// A `pair` as the guest laid it out, not yet copied: the host checks the
+/// sizes before it copies the bytes.
+#[derive(ComponentType, Lift)]
+#[component(record)]
+struct RawPair {
+    key: WasmList<u8>,
+    value: WasmList<u8>,
+}
+
+fn stop(stop: HostStop) -> wasmtime::Error {
+    wasmtime::Error::new(stop)
+}
+
+fn not_utf8(what: &str) -> wasmtime::Error {
+    stop(HostStop::Refused(format!("{what} is not valid UTF-8")))
+}
+
+/// Link the `wmr:mapreduce/host` imports. Each reads its arguments in place
+/// and copies only what passed its bound.
+fn add_host_imports(linker: &mut Linker<AttemptState>) -> wasmtime::Result<()> {
+    let mut host = linker.instance(HOST_IMPORT)?;
+    host.func_wrap(
+        "emit",
+        |mut store: StoreContextMut<'_, AttemptState>, (pairs,): (WasmList<RawPair>,)| {
+            for i in 0..pairs.len() {
+                let pair = pairs.get(&mut store, i).expect("index within the list")?;
+                let state = store.data_mut();
+                state
+                    .charge_pair(pair.key.len(), pair.value.len())
+                    .map_err(stop)?;
+                let key = pair.key.as_le_slice(&store).to_vec();
+                let value = pair.value.as_le_slice(&store).to_vec();
+                store.data_mut().accept_pair(key, value).map_err(stop)?;
             }
-            if let Err(e) = self.sink.accept(key, value) {
-                self.sink_error = Some(format!("{e:#}"));
-                return Err(wasmtime::Error::new(HostStop::Sink(format!("{e:#}"))));
-            }
+            Ok(())
+        },
+    )?;
+    host.func_wrap(
+        "incr-counter",
+        |mut store: StoreContextMut<'_, AttemptState>, (name, delta): (WasmStr, i64)| {
+            let name = name
+                .to_str(&store)
+                .map_err(|_| not_utf8("incr-counter: the counter name"))?;
+            // Checked before the name is copied.
+            check_counter_name(&name).map_err(stop)?;
+            let name = name.into_owned();
+            store.data_mut().incr_counter(&name, delta).map_err(stop)
+        },
+    )?;
+    host.func_wrap(
+        "log",
+        |mut store: StoreContextMut<'_, AttemptState>, (level, message): (host::Level, WasmStr)| {
+            let message = message
+                .to_str(&store)
+                .map_err(|_| not_utf8("log: the message"))?;
+            // Only what fits in the attempt's log is copied.
+            let room = store.data().log_room();
+            let kept = prefix_within(&message, room).to_string();
+            store.data_mut().log(level, &kept);
+            Ok(())
+        },
+    )?;
+    host.func_wrap(
+        "param",
+        |store: StoreContextMut<'_, AttemptState>, (name,): (WasmStr,)| {
+            let name = name
+                .to_str(&store)
+                .map_err(|_| not_utf8("param: the name"))?;
+            Ok((store.data().param(&name),))
+        },
+    )?;
+    Ok(())
+}
+
+fn check_counter_name(name: &str) -> Result<(), HostStop> {
+    if name.len() > MAX_COUNTER_NAME_BYTES {
+        return Err(HostStop::Refused(format!(
+            "incr-counter: counter name longer than {MAX_COUNTER_NAME_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The host side of the `wmr:mapreduce/host` imports, after lifting.
+impl AttemptState {
+    /// A fresh attempt's host state: empty WASI context, no output yet.
+    fn new(ctx: &AttemptContext, sink: Box<dyn PairSink>) -> AttemptState {
+        let stdio = MemoryOutputPipe::new(ctx.limits.log_bytes as usize);
+        let denied = Arc::new(Mutex::new(Denials::default()));
+        let denied_log = denied.clone();
+        let wasi = WasiCtx::builder()
+            .stdout(stdio.clone())
+            .stderr(stdio.clone())
+            // TCP/UDP stay "allowed" so that every socket address reaches
+            // this check, which refuses it and records the denial.
+            .allow_tcp(true)
+            .allow_udp(true)
+            .socket_addr_check(move |addr: SocketAddr, use_| {
+                denied_log
+                    .lock()
+                    .expect("denial log poisoned")
+                    .record(format!(
+                        "network access to {addr} ({use_:?}) is not granted"
+                    ));
+                Box::pin(async { false })
+            })
+            .build();
+        AttemptState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: ctx.limits.clone(),
+            memory_limit_hit: false,
+            sink,
+            bytes_out: 0,
+            records_out: 0,
+            charged_out: 0,
+            counters: BTreeMap::new(),
+            params: ctx.params.clone(),
+            log: String::new(),
+            log_cut: false,
+            stdio,
+            denied,
+            deadline: Instant::now() + Duration::from_millis(ctx.limits.timeout_ms),
+            cancel: ctx.cancel.clone(),
+            sink_error: None,
+        }
+    }
+
+    /// Count one pair of `key_len + value_len` bytes against the output
+    /// limit, before its bytes are copied.
+    fn charge_pair(&mut self, key_len: usize, value_len: usize) -> Result<(), HostStop> {
+        let bytes = (key_len as u64).saturating_add(value_len as u64);
+        let charged = self
+            .charged_out
+            .saturating_add(bytes)
+            .saturating_add(PAIR_OVERHEAD_BYTES);
+        if charged > self.limits.output_bytes {
+            return Err(HostStop::OutputLimit);
+        }
+        self.charged_out = charged;
+        self.bytes_out += bytes;
+        self.records_out += 1;
+        Ok(())
+    }
+
+    /// Hand a charged pair to the sink.
+    fn accept_pair(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), HostStop> {
+        if let Err(e) = self.sink.accept(key, value) {
+            self.sink_error = Some(format!("{e:#}"));
+            return Err(HostStop::Sink(format!("{e:#}")));
         }
         Ok(())
     }
 
-    fn incr_counter(&mut self, name: String, delta: i64) {
-        // Bounded: a guest cannot grow the counter table without limit.
-        if self.counters.len() < 1024 || self.counters.contains_key(&name) {
-            let c = self.counters.entry(name).or_default();
+    fn incr_counter(&mut self, name: &str, delta: i64) -> Result<(), HostStop> {
+        check_counter_name(name)?;
+        if let Some(c) = self.counters.get_mut(name) {
             *c = c.saturating_add(delta);
+            return Ok(());
         }
+        if self.counters.len() >= MAX_COUNTERS {
+            return Err(HostStop::Refused(format!(
+                "incr-counter: more than {MAX_COUNTERS} distinct counters"
+            )));
+        }
+        self.counters.insert(name.to_string(), delta);
+        Ok(())
     }
 
-    fn log(&mut self, level: host::Level, message: String) {
-        let line = format!("[{level:?}] {message}\n");
+    /// Bytes the attempt's log can still take.
+    fn log_room(&self) -> usize {
+        (self.limits.log_bytes as usize).saturating_sub(self.log.len())
+    }
+
+    /// Append a line to the attempt's log. Once a line had to be cut, the
+    /// log is full: later lines are dropped, so the log stays a prefix of
+    /// what the guest logged.
+    fn log(&mut self, level: host::Level, message: &str) {
+        if self.log_cut {
+            return;
+        }
+        let line = format!("[{level:?}] {}\n", prefix_within(message, self.log_room()));
+        let before = self.log.len();
         append_capped(&mut self.log, &line, self.limits.log_bytes);
+        self.log_cut = self.log.len() - before < line.len();
     }
 
-    fn param(&mut self, name: String) -> Option<String> {
-        self.params.get(&name).cloned()
+    fn param(&self, name: &str) -> Option<String> {
+        self.params.get(name).cloned()
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary.
+fn prefix_within(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn append_capped(buf: &mut String, text: &str, cap: u64) {
     let room = (cap as usize).saturating_sub(buf.len());
-    if room == 0 {
-        return;
+    buf.push_str(prefix_within(text, room));
+}
+
+/// `text` cut to [`MAX_FAILURE_MESSAGE_BYTES`], saying so when it was cut.
+fn cap_message(text: String) -> String {
+    if text.len() <= MAX_FAILURE_MESSAGE_BYTES {
+        return text;
     }
-    let mut end = text.len().min(room);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    buf.push_str(&text[..end]);
+    let total = text.len();
+    format!(
+        "{}… ({total} bytes, cut at {MAX_FAILURE_MESSAGE_BYTES})",
+        prefix_within(&text, MAX_FAILURE_MESSAGE_BYTES)
+    )
 }
 
 /// A component compiled and linked once per process, instantiated per attempt.
@@ -246,8 +485,7 @@ impl Sandbox {
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
-        host::add_to_linker::<_, HasSelf<AttemptState>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        add_host_imports(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak_engine, stop) = (engine.weak(), ticker_stop.clone());
         std::thread::Builder::new()
@@ -341,43 +579,7 @@ impl Sandbox {
     }
 
     fn new_store(&self, ctx: &AttemptContext, sink: Box<dyn PairSink>) -> Store<AttemptState> {
-        let stdio = MemoryOutputPipe::new(ctx.limits.log_bytes as usize);
-        let denied = Arc::new(Mutex::new(Vec::new()));
-        let denied_log = denied.clone();
-        let wasi = WasiCtx::builder()
-            .stdout(stdio.clone())
-            .stderr(stdio.clone())
-            // TCP/UDP stay "allowed" so that every socket address reaches
-            // this check, which refuses it and records the denial.
-            .allow_tcp(true)
-            .allow_udp(true)
-            .socket_addr_check(move |addr: SocketAddr, use_| {
-                denied_log
-                    .lock()
-                    .expect("denial log poisoned")
-                    .push(format!(
-                        "network access to {addr} ({use_:?}) is not granted"
-                    ));
-                Box::pin(async { false })
-            })
-            .build();
-        let state = AttemptState {
-            wasi,
-            table: ResourceTable::new(),
-            limits: ctx.limits.clone(),
-            memory_limit_hit: false,
-            sink,
-            bytes_out: 0,
-            records_out: 0,
-            counters: BTreeMap::new(),
-            params: ctx.params.clone(),
-            log: String::new(),
-            stdio,
-            denied,
-            deadline: Instant::now() + Duration::from_millis(ctx.limits.timeout_ms),
-            cancel: ctx.cancel.clone(),
-            sink_error: None,
-        };
+        let state = AttemptState::new(ctx, sink);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         // Fuel and the epoch deadline must be set before instantiation.
@@ -489,20 +691,19 @@ fn finish(
     let stdio = String::from_utf8_lossy(&state.stdio.contents()).into_owned();
     let mut log = std::mem::take(&mut state.log);
     append_capped(&mut log, &stdio, state.limits.log_bytes);
-    let denied = state.denied.lock().expect("poisoned").clone();
-    let result = match result {
+    let denied = state.denied.lock().expect("poisoned").describe();
+    let result = match (result, denied) {
         // A denied capability fails the attempt even if the guest coped:
         // its output may silently depend on what it could not reach.
-        _ if !denied.is_empty() => {
-            let mut what = denied.join("; ");
-            if let Ok(Err(message)) = &result {
+        (result, Some(mut what)) => {
+            if let Ok(Err(message)) = result {
                 what.push_str(&format!(" (then the guest failed: {message})"));
             }
-            Err(AttemptFailure::Denied(what))
+            Err(AttemptFailure::Denied(cap_message(what)))
         }
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(message)) => Err(AttemptFailure::GuestError(message)),
-        Err(error) => Err(classify_trap(&error, state, fuel_left, &stdio)),
+        (Ok(Ok(())), None) => Ok(()),
+        (Ok(Err(message)), None) => Err(AttemptFailure::GuestError(cap_message(message))),
+        (Err(error), None) => Err(classify_trap(&error, state, fuel_left, &stdio)),
     };
     CallOutcome {
         result,
@@ -527,6 +728,7 @@ fn classify_trap(
             HostStop::TimedOut => AttemptFailure::TimedOut(limits.timeout_ms),
             HostStop::Cancelled => AttemptFailure::Cancelled,
             HostStop::Sink(msg) => AttemptFailure::Host(format!("storing output: {msg}")),
+            HostStop::Refused(msg) => AttemptFailure::Trap(msg.clone()),
         };
     }
     if let Some(msg) = &state.sink_error {
@@ -549,11 +751,27 @@ fn classify_trap(
     let trap = error
         .downcast_ref::<wasmtime::Trap>()
         .map(|t| t.to_string())
-        .unwrap_or_else(|| one_line(error));
+        .unwrap_or_else(|| error_message(error));
     match panic_line {
-        Some(panic) => AttemptFailure::Trap(format!("{trap}; {}", panic.trim())),
-        None => AttemptFailure::Trap(trap),
+        Some(panic) => AttemptFailure::Trap(cap_message(format!("{trap}; {}", panic.trim()))),
+        None => AttemptFailure::Trap(cap_message(trap)),
     }
+}
+
+/// An error from inside a guest call on one line: its messages, without the
+/// wasm backtrace wasmtime attaches as context (e.g. a host import refusing
+/// a pointer: `list pointer/length out of bounds of memory`).
+fn error_message(error: &wasmtime::Error) -> String {
+    let messages: Vec<String> = error
+        .chain()
+        .map(|e| e.to_string())
+        .filter(|m| !m.starts_with("error while executing at wasm backtrace"))
+        .map(|m| m.lines().next().unwrap_or_default().to_string())
+        .collect();
+    if messages.is_empty() {
+        return one_line(error);
+    }
+    messages.join(": ")
 }
 
 fn one_line(error: &wasmtime::Error) -> String {
@@ -597,4 +815,196 @@ pub fn validate_file(path: &std::path::Path) -> anyhow::Result<Vec<&'static str>
         return Err(error.context(path.display().to_string()));
     }
     Ok(roles)
+}
+
+/// Fuzz of the host imports after lifting: arbitrary call sequences against
+/// one attempt's state, checked against a model of the bounds. (The lifting
+/// itself, from arbitrary pointers and lengths in guest memory, is fuzzed
+/// through the hostile guest's `abi-fuzz` mode in `tests/sandbox.rs`.)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    const OUTPUT_LIMIT: u64 = 4096;
+    const LOG_LIMIT: u64 = 512;
+
+    #[derive(Clone, Debug)]
+    enum Call {
+        Emit(Vec<u8>, Vec<u8>),
+        Counter(String, i64),
+        /// `n` distinct counters `many-0`, `many-1`, ...
+        ManyCounters(u16),
+        Log(u8, String),
+        Param(String),
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec!["a", "b", "é", "words", ""]).prop_map(String::from),
+            2 => "[a-zé日]{0,40}",
+            1 => (250usize..=260).prop_map(|n| "n".repeat(n)),
+            1 => (0usize..100_000).prop_map(|n| "x".repeat(n)),
+        ]
+    }
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            6 => vec(any::<u8>(), 0..32),
+            1 => vec(any::<u8>(), 0..2048),
+            1 => (0usize..1 << 16).prop_map(|n| vec![b'h'; n]),
+        ]
+    }
+
+    fn call() -> impl Strategy<Value = Call> {
+        let delta = prop_oneof![Just(i64::MAX), Just(i64::MIN), any::<i64>(), -5i64..5];
+        prop_oneof![
+            4 => (bytes(), bytes()).prop_map(|(k, v)| Call::Emit(k, v)),
+            3 => (name(), delta).prop_map(|(n, d)| Call::Counter(n, d)),
+            1 => (0u16..1100).prop_map(Call::ManyCounters),
+            2 => (0u8..5, prop_oneof![".{0,80}", (0usize..4096).prop_map(|n| "é".repeat(n))])
+                .prop_map(|(l, m)| Call::Log(l, m)),
+            1 => prop_oneof![Just("p".to_string()), name()].prop_map(Call::Param),
+        ]
+    }
+
+    fn level(i: u8) -> host::Level {
+        [
+            host::Level::Trace,
+            host::Level::Debug,
+            host::Level::Info,
+            host::Level::Warn,
+            host::Level::Error,
+        ][usize::from(i % 5)]
+    }
+
+    /// What the model expects one counter call to do.
+    fn model_counter(
+        model: &mut BTreeMap<String, i64>,
+        name: &str,
+        delta: i64,
+    ) -> Result<(), String> {
+        if name.len() > MAX_COUNTER_NAME_BYTES {
+            return Err("incr-counter: counter name longer than 256 bytes".into());
+        }
+        if let Some(c) = model.get_mut(name) {
+            *c = c.saturating_add(delta);
+        } else if model.len() >= MAX_COUNTERS {
+            return Err("incr-counter: more than 1024 distinct counters".into());
+        } else {
+            model.insert(name.to_string(), delta);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn host_imports_keep_their_bounds_and_refuse_with_classified_errors(
+            calls in vec(call(), 0..64)
+        ) {
+            let params: BTreeMap<String, String> = [("p".to_string(), "value".to_string())].into();
+            let ctx = AttemptContext {
+                limits: Limits {
+                    output_bytes: OUTPUT_LIMIT,
+                    log_bytes: LOG_LIMIT,
+                    ..Limits::default()
+                },
+                params: Arc::new(params.clone()),
+                cancel: Arc::default(),
+            };
+            let sink = CollectPairs::default();
+            let mut state = AttemptState::new(&ctx, Box::new(sink.clone()));
+            let (mut pairs, mut charged) = (Vec::new(), 0u64);
+            let mut counters = BTreeMap::new();
+            let mut full_log = String::new();
+            // A refused call ends the attempt (the import traps): stop there.
+            'calls: for call in calls {
+                match call {
+                    Call::Emit(key, value) => {
+                        let cost = (key.len() + value.len()) as u64 + PAIR_OVERHEAD_BYTES;
+                        let got = state
+                            .charge_pair(key.len(), value.len())
+                            .and_then(|()| state.accept_pair(key.clone(), value.clone()));
+                        if charged + cost > OUTPUT_LIMIT {
+                            prop_assert!(matches!(got, Err(HostStop::OutputLimit)), "{got:?}");
+                            break 'calls;
+                        }
+                        prop_assert!(got.is_ok(), "{got:?}");
+                        charged += cost;
+                        pairs.push((key, value));
+                    }
+                    Call::Counter(name, delta) => {
+                        let want = model_counter(&mut counters, &name, delta);
+                        let got = state.incr_counter(&name, delta).map_err(|e| e.to_string());
+                        prop_assert_eq!(&got, &want);
+                        if got.is_err() {
+                            break 'calls;
+                        }
+                    }
+                    Call::ManyCounters(n) => {
+                        for i in 0..n {
+                            let name = format!("many-{i}");
+                            let want = model_counter(&mut counters, &name, 1);
+                            let got = state.incr_counter(&name, 1).map_err(|e| e.to_string());
+                            prop_assert_eq!(&got, &want);
+                            if got.is_err() {
+                                break 'calls;
+                            }
+                        }
+                    }
+                    Call::Log(l, message) => {
+                        state.log(level(l), &message);
+                        full_log.push_str(&format!("[{:?}] {message}\n", level(l)));
+                    }
+                    Call::Param(name) => {
+                        prop_assert_eq!(state.param(&name), params.get(&name).cloned());
+                    }
+                }
+                // The bounds hold after every call.
+                prop_assert!(state.charged_out <= OUTPUT_LIMIT);
+                prop_assert!(state.log.len() as u64 <= LOG_LIMIT);
+                prop_assert!(state.counters.len() <= MAX_COUNTERS);
+                prop_assert!(state.counters.keys().all(|k| k.len() <= MAX_COUNTER_NAME_BYTES));
+            }
+            prop_assert_eq!(&state.counters, &counters);
+            prop_assert_eq!(state.records_out, pairs.len() as u64);
+            prop_assert_eq!(
+                state.bytes_out,
+                pairs.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>()
+            );
+            prop_assert_eq!(sink.take(), pairs);
+            // The log is what was logged, cut (on a character boundary) at
+            // its limit.
+            prop_assert!(full_log.starts_with(&state.log));
+            prop_assert!(
+                state.log.len() == full_log.len()
+                    || state.log.len() as u64 + 4 > LOG_LIMIT,
+                "log cut early: {} of {} bytes", state.log.len(), full_log.len()
+            );
+        }
+    }
+
+    #[test]
+    fn long_failure_messages_are_cut_and_say_so() {
+        let cut = cap_message("é".repeat(5000));
+        assert!(cut.len() < MAX_FAILURE_MESSAGE_BYTES + 64, "{}", cut.len());
+        assert!(cut.ends_with("… (10000 bytes, cut at 4096)"), "{cut}");
+        assert_eq!(cap_message("short".into()), "short");
+    }
+
+    #[test]
+    fn denials_past_the_first_few_are_counted_not_kept() {
+        let mut denials = Denials::default();
+        assert_eq!(denials.describe(), None);
+        for i in 0..1000 {
+            denials.record(format!("d{i}"));
+        }
+        assert_eq!(
+            denials.describe().unwrap(),
+            "d0; d1; d2; d3; d4; d5; d6; d7 (and 992 more)"
+        );
+    }
 }
