@@ -10,7 +10,7 @@
 use crate::commit::JobDirs;
 use crate::local::{JobSummary, summarize};
 use crate::protocol::{
-    AttemptEpoch, JobId, ModuleHash, Peer, TaskId, TaskInput, TenantId, WorkerId,
+    AttemptEpoch, Capability, JobId, ModuleHash, Peer, TaskId, TaskInput, TenantId, WorkerId,
 };
 use crate::scheduler::Phase;
 use crate::scheduler::{Action, Event, JobOutcome, JobPlan, Scheduler, SchedulerConfig};
@@ -61,6 +61,60 @@ impl CoordinatorConfig {
 
 type Modules = Arc<RwLock<HashMap<ModuleHash, Arc<Vec<u8>>>>>;
 
+/// `STATE/worker-fingerprints`: when it exists, mutual TLS is on for
+/// workers: a worker stream is admitted only from a peer whose client
+/// certificate has one of the listed SHA-256 fingerprints (re-read at every
+/// join, like `tenants.toml`).
+pub const WORKER_FINGERPRINTS: &str = "worker-fingerprints";
+
+/// `wmr tenant allow-worker`: add a worker certificate's fingerprint to
+/// `STATE/worker-fingerprints` (creating it turns mutual TLS on).
+pub fn allow_worker(state_dir: &std::path::Path, fingerprint: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let fingerprint = fingerprint.trim().to_ascii_lowercase();
+    anyhow::ensure!(
+        fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{fingerprint:?} is not a SHA-256 fingerprint (64 hex digits)"
+    );
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let path = state_dir.join(WORKER_FINGERPRINTS);
+    if path.exists() && transport::load_fingerprints(&path)?.contains(&fingerprint) {
+        return Ok(());
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("{}", path.display()))?;
+    writeln!(file, "{fingerprint}").with_context(|| format!("{}", path.display()))?;
+    Ok(())
+}
+
+/// Admit a worker's control stream: the worker token, and under mutual TLS
+/// the fingerprint of the certificate the peer proved it holds.
+fn admit_worker(
+    state_dir: &std::path::Path,
+    token: &str,
+    connection: &quinn::Connection,
+) -> anyhow::Result<()> {
+    tenants::authenticate_worker(state_dir, token)?;
+    let path = state_dir.join(WORKER_FINGERPRINTS);
+    if !path.exists() {
+        return Ok(());
+    }
+    let allowed = transport::load_fingerprints(&path)?;
+    match transport::peer_fingerprint(connection) {
+        None => anyhow::bail!(
+            "mutual TLS is required: this worker presented no certificate (start it with --identity DIR)"
+        ),
+        Some(seen) if !allowed.contains(&seen) => {
+            anyhow::bail!("this worker's certificate {seen} is not an allowed worker certificate")
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// What connection tasks tell the core.
 enum CoreEvent {
     WorkerJoined {
@@ -96,6 +150,8 @@ struct WorkerEntry {
 
 struct JobEntry {
     id: JobId,
+    /// Carried in every assignment: authorises shuffle fetches of this job.
+    capability: Capability,
     scheduler: Scheduler,
     dirs: JobDirs,
     /// Map outputs stay on workers: they commit and discard them.
@@ -129,7 +185,10 @@ pub async fn serve(
     };
     let incarnation = store.next_incarnation()?;
     let identity = Identity::load_or_generate(&config.state_dir)?;
-    let endpoint = transport::server_endpoint(&identity, config.listen, config.lease * 2)?;
+    // Peers are asked for a client certificate (optionally: tenants have
+    // none); workers need an allowed one when STATE/worker-fingerprints exists.
+    let endpoint =
+        transport::server_endpoint_with(&identity, config.listen, config.lease * 2, true)?;
     let addr = endpoint.local_addr()?;
     publish(
         &config.state_dir.join("fingerprint"),
@@ -193,6 +252,10 @@ fn publish(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The answer to a module fetch on a connection without an admitted worker.
+pub const MODULE_REFUSED: &str =
+    "refused: modules are served only to an admitted worker (open a worker stream first)";
+
 /// Every stream of a connection starts with an [`Open`] frame.
 async fn serve_connection(
     connection: quinn::Connection,
@@ -201,6 +264,9 @@ async fn serve_connection(
     state_dir: PathBuf,
 ) {
     let peer = connection.remote_address();
+    // Set once a worker control stream of this connection is admitted:
+    // module fetches are answered only then.
+    let worker_admitted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let (send, recv) = match connection.accept_bi().await {
             Ok(stream) => stream,
@@ -211,6 +277,7 @@ async fn serve_connection(
         };
         let mut channel = Channel { send, recv };
         let (events, modules, state_dir) = (events.clone(), modules.clone(), state_dir.clone());
+        let (connection, worker_admitted) = (connection.clone(), worker_admitted.clone());
         tokio::spawn(async move {
             let open = match channel.read::<Open>().await {
                 Ok(Some(open)) => open,
@@ -233,8 +300,11 @@ async fn serve_connection(
                     shuffle,
                     token,
                     ..
-                } => match tenants::authenticate_worker(&state_dir, &token) {
-                    Ok(()) => serve_worker(channel, name, slots, shuffle, events).await,
+                } => match admit_worker(&state_dir, &token, &connection) {
+                    Ok(()) => {
+                        worker_admitted.store(true, std::sync::atomic::Ordering::SeqCst);
+                        serve_worker(channel, name, slots, shuffle, events).await
+                    }
                     Err(e) => {
                         tracing::warn!(%peer, %name, "worker refused: {e:#}");
                         let _ = channel.write(&ToWorker::Refused(format!("{e:#}"))).await;
@@ -249,10 +319,15 @@ async fn serve_connection(
                     let _ = channel.send.finish();
                 }
                 Open::FetchModule(hash) => {
-                    let found = modules.read().expect("poisoned").get(&hash).cloned();
-                    let reply = match found {
-                        Some(bytes) => ModuleReply::Found(bytes.to_vec()),
-                        None => ModuleReply::Missing,
+                    let reply = if !worker_admitted.load(std::sync::atomic::Ordering::SeqCst) {
+                        tracing::warn!(%peer, module = %hash, "module fetch refused: no admitted worker on this connection");
+                        ModuleReply::Refused(MODULE_REFUSED.into())
+                    } else {
+                        let found = modules.read().expect("poisoned").get(&hash).cloned();
+                        match found {
+                            Some(bytes) => ModuleReply::Found(bytes.to_vec()),
+                            None => ModuleReply::Missing,
+                        }
                     };
                     let _ = channel.write(&reply).await;
                     let _ = channel.send.finish();
@@ -302,6 +377,7 @@ async fn serve_worker(
     let Channel { mut send, mut recv } = channel;
     // Reads are not cancel-safe: a task of their own, never raced.
     let reader_events = events.clone();
+    // It ends with the bad frame that closed the stream, if one did.
     let reader = tokio::spawn(async move {
         loop {
             match transport::read_frame::<FromWorker>(&mut recv).await {
@@ -310,18 +386,18 @@ async fn serve_worker(
                         .send(CoreEvent::FromWorker(worker, message))
                         .is_err()
                     {
-                        return;
+                        return None;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => return None,
                 Err(transport::FrameError::Io(error)) => {
                     tracing::debug!(%worker, %error, "worker connection ended");
-                    return;
+                    return None;
                 }
                 Err(error) => {
                     tracing::warn!(%worker, %error, "closing a worker's stream after a bad frame");
                     let _ = recv.stop(quinn::VarInt::from_u32(1));
-                    return;
+                    return Some(error);
                 }
             }
         }
@@ -333,9 +409,16 @@ async fn serve_worker(
             }
         }
     };
-    tokio::select! {
-        _ = reader => {}
-        () = tracing::Instrument::instrument(writer, span) => {}
+    let bad_frame = tokio::select! {
+        ended = reader => ended.ok().flatten(),
+        () = tracing::Instrument::instrument(writer, span) => None,
+    };
+    if let Some(error) = bad_frame {
+        // Say why, then end the stream cleanly; the worker is lost (its
+        // attempts run again) and the coordinator carries on.
+        let refusal = ToWorker::Refused(format!("bad frame: {error}"));
+        let _ = send.write_all(&transport::encode(&refusal)).await;
+        let _ = send.finish();
     }
     let _ = events.send(CoreEvent::WorkerGone(worker));
 }
@@ -820,6 +903,8 @@ impl Core {
         };
         // Durable before the client hears "submitted".
         batch.jobs.push(record.clone());
+        let capability = Capability::generate();
+        batch.capabilities.push((job, capability.clone()));
         self.store.write(&batch)?;
         let scheduler = Scheduler::new(
             self.plan(&record),
@@ -830,6 +915,7 @@ impl Core {
         let (weight, max_concurrent) = (principal.weight, principal.quota.max_concurrent_attempts);
         self.jobs.push(JobEntry {
             id: job,
+            capability,
             scheduler,
             dirs,
             worker_local: !self.config.shared_store,
@@ -907,6 +993,18 @@ impl Core {
         );
         let id = record.id;
         tracing::info!(job = %id, "job resumed");
+        // The same capability as before (a job stored by an older build
+        // gets one now).
+        let capability = match self.store.capability(id)? {
+            Some(capability) => capability,
+            None => {
+                let capability = Capability::generate();
+                let mut batch = Batch::default();
+                batch.capabilities.push((id, capability.clone()));
+                self.store.write(&batch)?;
+                capability
+            }
+        };
         let dirs = JobDirs::new(id, &self.config.work_root, &record.request.output);
         if keep_commits {
             dirs.ensure()?;
@@ -917,6 +1015,7 @@ impl Core {
         let (weight, max_concurrent) = self.tenant_terms(&record.tenant);
         self.jobs.push(JobEntry {
             id,
+            capability,
             scheduler,
             dirs,
             worker_local: !self.config.shared_store,
@@ -947,6 +1046,8 @@ impl Core {
         let id = record.id;
         self.jobs.push(JobEntry {
             id,
+            // A finished job assigns nothing (`resume` restores it anew).
+            capability: Capability::default(),
             scheduler,
             dirs: JobDirs::new(id, &self.config.work_root, &record.request.output),
             worker_local: !self.config.shared_store,
@@ -1039,6 +1140,7 @@ impl Core {
                             }
                         }
                     }
+                    assignment.capability = job.capability.clone();
                     if !tell(&self.workers, worker, ToWorker::Assign(assignment)) {
                         job.scheduler
                             .handle(Instant::now(), Event::WorkerLost { worker });

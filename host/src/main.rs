@@ -111,6 +111,15 @@ enum TenantAction {
         #[arg(long, default_value = "wmr-state")]
         state: PathBuf,
     },
+    /// Allow a worker certificate (`wmr worker --identity DIR
+    /// --print-fingerprint`): turns on mutual TLS for workers, whose
+    /// certificates must then be listed in STATE/worker-fingerprints.
+    AllowWorker {
+        /// The worker certificate's SHA-256 fingerprint (64 hex digits).
+        fingerprint: String,
+        #[arg(long, default_value = "wmr-state")]
+        state: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -144,8 +153,19 @@ struct WorkerArgs {
     #[arg(long, env = "WMR_COORDINATOR", default_value = "127.0.0.1:7700")]
     connect: std::net::SocketAddr,
     /// The coordinator's certificate fingerprint.
-    #[arg(long, env = "WMR_FINGERPRINT")]
-    fingerprint: String,
+    #[arg(
+        long,
+        env = "WMR_FINGERPRINT",
+        required_unless_present = "print_fingerprint"
+    )]
+    fingerprint: Option<String>,
+    /// This worker's TLS identity (cert.der, key.der; created if missing),
+    /// presented to the coordinator for mutual TLS.
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// Print the fingerprint of the --identity certificate and exit.
+    #[arg(long, requires = "identity")]
+    print_fingerprint: bool,
     /// Attempts run at once (default: the number of cores).
     #[arg(long)]
     slots: Option<u32>,
@@ -480,10 +500,22 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let identity = match &args.identity {
+        Some(dir) => Some(wmr::transport::Identity::load_or_generate(dir)?),
+        None => None,
+    };
+    if args.print_fingerprint {
+        let identity = identity.expect("clap requires --identity");
+        println!("{}", identity.fingerprint());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(identity) = &identity {
+        tracing::info!(fingerprint = %identity.fingerprint(), "worker certificate");
+    }
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
     let options = wmr::node::WorkerOptions {
         coordinator: args.connect,
-        fingerprint: args.fingerprint,
+        fingerprint: args.fingerprint.unwrap_or_default(),
         slots: args.slots.unwrap_or(cores).max(1),
         name: args
             .name
@@ -499,7 +531,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         shuffle_listen: args.shuffle_listen,
         token: args.token,
     };
-    wmr::node::run(options, shutdown_signal()).await?;
+    wmr::node::run_as(options, identity, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -641,6 +673,10 @@ fn tenant(action: TenantAction) -> anyhow::Result<ExitCode> {
         TenantAction::WorkerToken { state } => {
             println!("{}", wmr::tenants::new_worker_token(&state)?);
             eprintln!("new worker token; the token above is shown only once");
+        }
+        TenantAction::AllowWorker { fingerprint, state } => {
+            wmr::coordinator::allow_worker(&state, &fingerprint)?;
+            eprintln!("worker certificate {fingerprint} allowed; mutual TLS is on for workers");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -9,8 +9,8 @@
 
 use crate::commit::JobDirs;
 use crate::protocol::{
-    Assignment, AttemptEpoch, AttemptFailure, AttemptReport, JobId, ModuleHash, Peer, Shuffle,
-    TaskId, TaskInput, WorkerId,
+    Assignment, AttemptEpoch, AttemptFailure, AttemptReport, Capability, JobId, ModuleHash, Peer,
+    Shuffle, TaskId, TaskInput, WorkerId,
 };
 use crate::sandbox::Role;
 use crate::transport::{self, Channel};
@@ -76,11 +76,26 @@ impl WorkerState {
     }
 }
 
+/// The file next to a job's map outputs holding the job's shuffle
+/// capability, as the worker received it with an assignment.
+pub const CAPABILITY_FILE: &str = "capability";
+
 /// Run until drained after `shutdown` resolves.
 pub async fn run(
     options: WorkerOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_as(options, None, shutdown).await
+}
+
+/// [`run`], presenting `identity` as this worker's client certificate to
+/// the coordinator (mutual TLS, `wmr worker --identity DIR`).
+pub async fn run_as(
+    options: WorkerOptions,
+    identity: Option<transport::Identity>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client_identity = identity;
     let executor = Arc::new(Executor::new()?);
     let state = Arc::new(WorkerState::default());
     let identity = transport::Identity::ephemeral()?;
@@ -90,11 +105,20 @@ pub async fn run(
         addr: shuffle_endpoint.local_addr()?,
         fingerprint: identity.fingerprint(),
     };
+    tracing::info!(addr = %peer.addr, fingerprint = %peer.fingerprint, "serving map outputs");
     let shuffle_server = tokio::spawn(serve_shuffle(
         shuffle_endpoint.clone(),
         options.work_dir.clone(),
     ));
-    let result = serve(&options, &peer, &executor, &state, shutdown).await;
+    let result = serve(
+        &options,
+        client_identity.as_ref(),
+        &peer,
+        &executor,
+        &state,
+        shutdown,
+    )
+    .await;
     // Reducers can no longer fetch from here: close the shuffle endpoint.
     shuffle_endpoint.close(quinn::VarInt::from_u32(0), b"worker stopped");
     shuffle_server.abort();
@@ -104,6 +128,7 @@ pub async fn run(
 /// Sessions, one after another, until drained or refused.
 async fn serve(
     options: &WorkerOptions,
+    identity: Option<&transport::Identity>,
     peer: &Peer,
     executor: &Arc<Executor>,
     state: &Arc<WorkerState>,
@@ -116,7 +141,7 @@ async fn serve(
         // The session is never dropped for a shutdown: it sees the draining
         // flag, tells the coordinator, and ends once everything is reported.
         let result = {
-            let session = session(options, peer, executor, state, &mut backoff);
+            let session = session(options, identity, peer, executor, state, &mut backoff);
             tokio::pin!(session);
             loop {
                 tokio::select! {
@@ -146,13 +171,19 @@ async fn serve(
 /// One connection's life. Returns `Ok` only when drained.
 async fn session(
     options: &WorkerOptions,
+    identity: Option<&transport::Identity>,
     peer: &Peer,
     executor: &Arc<Executor>,
     state: &Arc<WorkerState>,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
-    let (_endpoint, connection) =
-        transport::connect(options.coordinator, &options.fingerprint, IDLE_TIMEOUT).await?;
+    let (_endpoint, connection) = transport::connect_as(
+        options.coordinator,
+        &options.fingerprint,
+        IDLE_TIMEOUT,
+        identity,
+    )
+    .await?;
     let mut control = Channel::open(&connection).await?;
     control
         .write(&Open::Worker {
@@ -266,6 +297,10 @@ fn handle(
             if assignment.shuffle == Shuffle::WorkerLocal {
                 // Map outputs stay here, in this worker's own directory.
                 assignment.work_root = options.work_dir.clone();
+                // Reducers must present the job's capability to read them.
+                if let Err(e) = record_capability(options, assignment.job, &assignment.capability) {
+                    tracing::warn!(job = %assignment.job, "recording the shuffle capability: {e:#}");
+                }
             }
             let (executor, state, connection, outbound, cache) = (
                 executor.clone(),
@@ -424,6 +459,7 @@ async fn fetch_module(
     let bytes = match channel.expect::<ModuleReply>().await? {
         ModuleReply::Found(bytes) => bytes,
         ModuleReply::Missing => bail!("the coordinator does not have module {hash}"),
+        ModuleReply::Refused(reason) => bail!("module {hash}: {reason}"),
     };
     if ModuleHash::of(&bytes) != *hash {
         bail!("module {hash}: received bytes do not match the hash");
@@ -438,6 +474,45 @@ async fn fetch_module(
     std::fs::write(&tmp, &bytes)?;
     std::fs::rename(&tmp, &cached)?;
     Ok(bytes)
+}
+
+/// Keep `job`'s shuffle capability in `job-<id>/capability` (0600) under
+/// the work dir, where the shuffle endpoint checks fetches against it.
+/// Removed with the job's map outputs (`JobDone`).
+fn record_capability(
+    options: &WorkerOptions,
+    job: JobId,
+    capability: &Capability,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    anyhow::ensure!(!capability.0.is_empty(), "the assignment carries none");
+    let dir = local_dirs(options, job).work;
+    let path = dir.join(CAPABILITY_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|known| known == capability.0) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension(format!("{}.tmp", rand::random::<u32>()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("{}", tmp.display()))?;
+    file.write_all(capability.0.as_bytes())?;
+    drop(file);
+    std::fs::rename(&tmp, &path).with_context(|| format!("{}", path.display()))?;
+    Ok(())
+}
+
+/// Whether `presented` is the capability this worker received for `job`.
+async fn authorised(work_dir: &std::path::Path, job: JobId, presented: &Capability) -> bool {
+    let dirs = JobDirs::new(job, work_dir, std::path::Path::new(""));
+    match tokio::fs::read_to_string(dirs.work.join(CAPABILITY_FILE)).await {
+        Ok(known) => Capability(known).admits(&presented.0),
+        Err(_) => false,
+    }
 }
 
 /// This worker's directories for `job` (map outputs only; the output
@@ -478,6 +553,7 @@ async fn fetch_map_outputs(
             task: map_task,
             epoch: map_epoch,
             partition: *partition,
+            capability: assignment.capability.clone(),
         };
         let peer = assignment
             .peers
@@ -515,7 +591,14 @@ async fn fetch_map_outputs(
     Ok(Some(fetched))
 }
 
-/// Serve this worker's committed map outputs to reducers.
+/// The refusal of a partition fetch without the job's capability (the
+/// same whether the job is unknown here or the capability is wrong).
+pub fn not_authorised(job: JobId) -> String {
+    format!("not authorised: no valid shuffle capability for job {job}")
+}
+
+/// Serve this worker's committed map outputs to reducers, to requests
+/// carrying the job's capability.
 async fn serve_shuffle(endpoint: quinn::Endpoint, work_dir: PathBuf) {
     while let Some(incoming) = endpoint.accept().await {
         let work_dir = work_dir.clone();
@@ -523,6 +606,7 @@ async fn serve_shuffle(endpoint: quinn::Endpoint, work_dir: PathBuf) {
             let Ok(connection) = incoming.await else {
                 return;
             };
+            let peer = connection.remote_address();
             while let Ok((send, recv)) = connection.accept_bi().await {
                 let mut channel = Channel { send, recv };
                 let work_dir = work_dir.clone();
@@ -533,15 +617,23 @@ async fn serve_shuffle(endpoint: quinn::Endpoint, work_dir: PathBuf) {
                             task,
                             epoch,
                             partition,
+                            capability,
                         })) => {
-                            let dirs = JobDirs::new(job, &work_dir, std::path::Path::new(""));
-                            let file = JobDirs::map_partition_file(
-                                &dirs.committed_path(task, epoch),
-                                partition,
-                            );
-                            match tokio::fs::read(&file).await {
-                                Ok(bytes) => PartitionReply::Found(bytes),
-                                Err(e) => PartitionReply::Missing(format!("{task} {epoch}: {e}")),
+                            if authorised(&work_dir, job, &capability).await {
+                                let dirs = JobDirs::new(job, &work_dir, std::path::Path::new(""));
+                                let file = JobDirs::map_partition_file(
+                                    &dirs.committed_path(task, epoch),
+                                    partition,
+                                );
+                                match tokio::fs::read(&file).await {
+                                    Ok(bytes) => PartitionReply::Found(bytes),
+                                    Err(e) => {
+                                        PartitionReply::Missing(format!("{task} {epoch}: {e}"))
+                                    }
+                                }
+                            } else {
+                                tracing::warn!(%job, %task, %epoch, partition, %peer, "partition fetch refused: wrong or missing capability");
+                                PartitionReply::Missing(not_authorised(job))
                             }
                         }
                         Ok(_) => PartitionReply::Missing(

@@ -171,6 +171,46 @@ pub struct Assignment {
     pub shuffle: Shuffle,
     /// Where to fetch map outputs from (reduce tasks, worker-local shuffle).
     pub peers: BTreeMap<WorkerId, Peer>,
+    /// The job's shuffle capability: a worker serves this job's map outputs
+    /// only to a fetch carrying it (set by the coordinator, empty in the
+    /// embedded driver).
+    pub capability: Capability,
+}
+
+/// A per-job secret (32 random bytes, hex) the coordinator issues when it
+/// admits a job and persists with it. Every assignment of the job carries
+/// it; a worker's shuffle endpoint serves a partition of the job only to a
+/// request presenting it. `Debug` never prints it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability(pub String);
+
+impl Capability {
+    /// A fresh, unguessable capability (from the thread-local CSPRNG,
+    /// seeded by the operating system).
+    pub fn generate() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        Capability(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Whether `presented` is this capability, compared in constant time
+    /// (for equal lengths). An empty capability matches nothing.
+    pub fn admits(&self, presented: &str) -> bool {
+        let (mine, theirs) = (self.0.as_bytes(), presented.as_bytes());
+        if mine.is_empty() || mine.len() != theirs.len() {
+            return false;
+        }
+        let diff = mine
+            .iter()
+            .zip(theirs)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Debug for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Capability(<secret>)")
+    }
 }
 
 /// Where map outputs live.
@@ -260,4 +300,22 @@ pub struct AttemptReport {
     pub outcome: Result<AttemptStats, AttemptFailure>,
     /// Guest stdout/stderr and `log` lines, capped at `Limits::log_bytes`.
     pub log: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Capability;
+
+    #[test]
+    fn capabilities_are_random_secret_and_compared_exactly() {
+        let (a, b) = (Capability::generate(), Capability::generate());
+        assert_eq!(a.0.len(), 64);
+        assert_ne!(a, b);
+        assert!(a.admits(&a.0));
+        assert!(!a.admits(&b.0));
+        assert!(!a.admits(&a.0[..63]));
+        assert!(!a.admits(""));
+        assert!(!Capability::default().admits(""));
+        assert_eq!(format!("{a:?}"), "Capability(<secret>)");
+    }
 }

@@ -910,6 +910,7 @@ impl Scheduler {
                     Shuffle::SharedStore
                 },
                 peers: BTreeMap::new(),
+                capability: Default::default(),
             }),
         });
     }

@@ -10,7 +10,7 @@
 //! before anything that depends on them is acknowledged.
 
 use crate::local::JobSummary;
-use crate::protocol::{AttemptEpoch, InputSplit, JobId, ModuleHash, TaskId, TenantId};
+use crate::protocol::{AttemptEpoch, Capability, InputSplit, JobId, ModuleHash, TaskId, TenantId};
 use crate::scheduler::{AttemptRecord, JobOutcome, Phase};
 use crate::wire::JobRequest;
 use anyhow::{Context as _, bail};
@@ -28,6 +28,10 @@ const FILE_NAME: &str = "wmr-state.redb";
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
 const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
+/// Key: job id (16 bytes); value: the job's shuffle capability (hex). A
+/// table of its own, so job records of earlier builds still decode (a job
+/// restored without one gets a fresh one).
+const CAPABILITIES: TableDefinition<&[u8], &str> = TableDefinition::new("capabilities");
 /// Key: job id (16 bytes) + task (1 + 4 bytes) + epoch (4 bytes), big-endian.
 const ATTEMPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attempts");
 
@@ -153,6 +157,7 @@ impl StateStore {
             }
             txn.open_table(MODULES)?;
             txn.open_table(ATTEMPTS)?;
+            txn.open_table(CAPABILITIES)?;
         }
         txn.commit()?;
         Ok(())
@@ -189,6 +194,10 @@ impl StateStore {
                 let bytes = postcard::to_stdvec(job)?;
                 jobs.insert(job.id.0.as_bytes().as_slice(), bytes.as_slice())?;
             }
+            let mut capabilities = txn.open_table(CAPABILITIES)?;
+            for (job, capability) in &batch.capabilities {
+                capabilities.insert(job.0.as_bytes().as_slice(), capability.0.as_str())?;
+            }
             let mut attempts = txn.open_table(ATTEMPTS)?;
             for (job, record) in &batch.attempts {
                 let bytes = postcard::to_stdvec(record)?;
@@ -210,6 +219,15 @@ impl StateStore {
             jobs.push(postcard::from_bytes(value.value()).context("decoding a job record")?);
         }
         Ok(jobs)
+    }
+
+    /// The shuffle capability issued to `job`, if one was stored.
+    pub fn capability(&self, job: JobId) -> anyhow::Result<Option<Capability>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CAPABILITIES)?;
+        Ok(table
+            .get(job.0.as_bytes().as_slice())?
+            .map(|v| Capability(v.value().to_string())))
     }
 
     pub fn module(&self, hash: &ModuleHash) -> anyhow::Result<Option<Vec<u8>>> {
@@ -238,11 +256,16 @@ pub struct Batch {
     pub modules: Vec<(ModuleHash, Vec<u8>)>,
     pub jobs: Vec<JobRecord>,
     pub attempts: Vec<(JobId, AttemptRecord)>,
+    /// Shuffle capabilities of newly admitted (or restored) jobs.
+    pub capabilities: Vec<(JobId, Capability)>,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.modules.is_empty() && self.jobs.is_empty() && self.attempts.is_empty()
+        self.modules.is_empty()
+            && self.jobs.is_empty()
+            && self.attempts.is_empty()
+            && self.capabilities.is_empty()
     }
 }
 

@@ -11,6 +11,13 @@
 //! and clients and workers pin it by its SHA-256 fingerprint: the handshake
 //! still proves possession of the key (the TLS 1.3 signature is verified);
 //! only the CA chain is replaced by the pin.
+//!
+//! Mutual TLS for workers (optional): a worker started with `--identity DIR`
+//! presents its own self-signed certificate; a coordinator started with
+//! `--worker-fingerprints FILE` asks every peer for one (optionally, so that
+//! tenants connect without). The handshake signature proves the peer holds
+//! the key; which fingerprints may act as a worker is decided per stream by
+//! the coordinator ([`peer_fingerprint`], [`load_fingerprints`]).
 
 use anyhow::{Context as _, anyhow, bail};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -23,8 +30,9 @@ use std::time::Duration;
 
 /// The QUIC application protocol name.
 pub const ALPN: &[u8] = b"wmr/1";
-/// Raised when a message changes incompatibly.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Raised when a message changes incompatibly (2: shuffle capabilities,
+/// `ModuleReply::Refused`).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The largest frame accepted: a module plus headroom.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// The name the coordinator's certificate is issued for.
@@ -199,6 +207,38 @@ impl Identity {
     }
 }
 
+/// The SHA-256 fingerprint of the certificate the peer of `connection`
+/// presented in the handshake (and proved it holds the key of), if any.
+pub fn peer_fingerprint(connection: &quinn::Connection) -> Option<String> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().map(|cert| fingerprint_of(cert))
+}
+
+/// A list of allowed certificate fingerprints: one hex SHA-256 per line;
+/// blank lines and `#` comments are ignored. Every entry must be 64 hex
+/// digits (a typo must not silently allow nothing, or anything).
+pub fn load_fingerprints(path: &Path) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut allowed = std::collections::BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let entry = line.split('#').next().unwrap_or_default().trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let entry = entry.to_ascii_lowercase();
+        if entry.len() != 64 || !entry.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!(
+                "{}:{}: {entry:?} is not a SHA-256 fingerprint (64 hex digits)",
+                path.display(),
+                n + 1
+            );
+        }
+        allowed.insert(entry);
+    }
+    Ok(allowed)
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -237,9 +277,30 @@ pub fn server_endpoint(
     addr: SocketAddr,
     idle: Duration,
 ) -> anyhow::Result<quinn::Endpoint> {
+    server_endpoint_with(identity, addr, idle, false)
+}
+
+/// [`server_endpoint`], asking peers for a client certificate when
+/// `client_certs`: optional, so peers without one still connect; one that
+/// is presented must be proven by the handshake signature. Which
+/// certificates are allowed for what is the application's decision.
+pub fn server_endpoint_with(
+    identity: &Identity,
+    addr: SocketAddr,
+    idle: Duration,
+    client_certs: bool,
+) -> anyhow::Result<quinn::Endpoint> {
     install_crypto_provider();
-    let mut crypto = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS server configuration")?;
+    let builder = if client_certs {
+        builder.with_client_cert_verifier(Arc::new(OptionalClientCertificate { provider }))
+    } else {
+        builder.with_no_client_auth()
+    };
+    let mut crypto = builder
         .with_single_cert(
             vec![identity.cert.clone()],
             PrivateKeyDer::Pkcs8(identity.key.clone_key()),
@@ -259,18 +320,37 @@ pub async fn connect(
     fingerprint: &str,
     idle: Duration,
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    connect_as(addr, fingerprint, idle, None).await
+}
+
+/// [`connect`], presenting `identity` as a client certificate when the
+/// server asks for one (a worker under mutual TLS).
+pub async fn connect_as(
+    addr: SocketAddr,
+    fingerprint: &str,
+    idle: Duration,
+    identity: Option<&Identity>,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
     install_crypto_provider();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCertificate {
         fingerprint: fingerprint.trim().to_ascii_lowercase(),
         provider: provider.clone(),
     });
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
+    let crypto = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS client configuration")?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut crypto = match identity {
+        Some(identity) => crypto
+            .with_client_auth_cert(
+                vec![identity.cert.clone()],
+                PrivateKeyDer::Pkcs8(identity.key.clone_key()),
+            )
+            .context("TLS client certificate")?,
+        None => crypto.with_no_client_auth(),
+    };
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
         .map_err(|e| anyhow!("QUIC client configuration: {e}"))?;
@@ -320,6 +400,68 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
                 self.fingerprint
             )))
         }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not used by wmr".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Asks for a client certificate without requiring one, and accepts any
+/// certificate whose holder signs the handshake with its key: the
+/// certificate is then an identity (its fingerprint), which the
+/// coordinator checks against its allowed list for worker streams.
+#[derive(Debug)]
+struct OptionalClientCertificate {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for OptionalClientCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        // Pinned, not chained: the fingerprint is checked per stream.
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

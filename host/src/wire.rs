@@ -6,8 +6,8 @@
 
 use crate::local::JobSummary;
 use crate::protocol::{
-    Assignment, AttemptEpoch, AttemptReport, JobId, Limits, ModuleHash, Peer, TaskId, TenantId,
-    WorkerId,
+    Assignment, AttemptEpoch, AttemptReport, Capability, JobId, Limits, ModuleHash, Peer, TaskId,
+    TenantId, WorkerId,
 };
 use crate::scheduler::{AttemptRecord, Phase};
 use serde::{Deserialize, Serialize};
@@ -28,14 +28,18 @@ pub enum Open {
         token: String,
     },
     /// A reducer fetches one partition of a committed map output from the
-    /// worker holding it (answered with [`PartitionReply`]).
+    /// worker holding it (answered with [`PartitionReply`]). Served only
+    /// when `capability` is the job's (see [`Capability`]).
     FetchPartition {
         job: JobId,
         task: TaskId,
         epoch: AttemptEpoch,
         partition: u32,
+        capability: Capability,
     },
-    /// Fetch a module by hash (answered with [`ModuleReply`]).
+    /// Fetch a module by hash (answered with [`ModuleReply`]). Answered only
+    /// on a connection whose worker control stream was admitted (worker
+    /// token and, with mutual TLS, an allowed certificate).
     FetchModule(ModuleHash),
     /// A client request (answered with [`ClientReply`] frames).
     Client {
@@ -114,6 +118,8 @@ pub enum PartitionReply {
 pub enum ModuleReply {
     Found(Vec<u8>),
     Missing,
+    /// The connection has no admitted worker control stream.
+    Refused(String),
 }
 
 /// What a client submits. Paths are absolute: coordinator and workers

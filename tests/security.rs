@@ -1,0 +1,772 @@
+//! Transport security over real QUIC on loopback: per-job shuffle
+//! capabilities, module fetches only for admitted workers, optional mutual
+//! TLS for workers, and bad frames from an admitted worker (SECURITY.md,
+//! "Network peers").
+//!
+//! Every process a test starts is owned by a [`Proc`], whose `Drop` kills it
+//! (SIGKILL), so nothing outlives a test, even one that panics. Every wait is
+//! a bounded poll or a timeout. The tests run one at a time.
+
+mod support;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::*;
+use wmr::protocol::{Capability, JobId, ModuleHash, TaskId};
+use wmr::transport::{Channel, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use wmr::wire::{ModuleReply, Open, PartitionReply, ToWorker};
+
+/// The step of every bounded poll.
+const STEP: Duration = Duration::from_millis(10);
+/// Bound on a whole job.
+const JOB_LIMIT: Duration = Duration::from_secs(120);
+/// Bound on one short client call or raw QUIC session.
+const CLIENT_LIMIT: Duration = Duration::from_secs(30);
+
+fn poll<T>(what: &str, limit: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(STEP);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
+        let stdout = logs.join(format!("{name}.stdout"));
+        let stderr = logs.join(format!("{name}.stderr"));
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
+        let what = format!("{} to exit", self.name);
+        poll(&what, limit, || self.exited())
+    }
+
+    fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.stderr_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(20)..];
+            eprintln!("--- {} stderr (last lines) ---", self.name);
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Run a short command with a hard time limit.
+fn output_within(mut cmd: Command, what: &str, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning wmr");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: no answer within {limit:?}");
+        }
+        std::thread::sleep(STEP);
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap().unwrap_or_default(),
+        stderr: err.join().unwrap().unwrap_or_default(),
+    }
+}
+
+fn wmr_in(root: &Path) -> Command {
+    let mut cmd = wmr();
+    cmd.env("TMPDIR", root.join("tmp")).env("NO_COLOR", "1");
+    for var in [
+        "WMR_COORDINATOR",
+        "WMR_FINGERPRINT",
+        "WMR_TENANT",
+        "WMR_TOKEN",
+        "WMR_WORKER_TOKEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Run a tokio future on a fresh runtime, bounded by [`CLIENT_LIMIT`].
+fn block_on<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        tokio::time::timeout(CLIENT_LIMIT, future)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not done within {CLIENT_LIMIT:?}"))
+    })
+}
+
+// ---------------------------------------------------------------------------
+// A cluster in development mode (no tenants.toml)
+
+struct Cluster {
+    coordinator: Proc,
+    workers: Vec<Proc>,
+    addr: String,
+    fingerprint: String,
+    state: PathBuf,
+    logs: PathBuf,
+    root: PathBuf,
+    spawned: usize,
+    // Last: removed after every process above was killed.
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A coordinator on 127.0.0.1:0 with `args`; `prepare` runs on the state
+    /// dir before it starts.
+    fn start(args: &[&str], prepare: impl FnOnce(&Path, &Path)) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let (state, logs) = (root.join("state"), root.join("logs"));
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        prepare(&root, &state);
+        let mut cmd = wmr_in(&root);
+        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
+            .arg(&state)
+            .args(args);
+        let mut coordinator = Proc::spawn("coordinator", cmd, &logs);
+        let (addr, fingerprint) = poll(
+            "the coordinator to write coordinator.addr and fingerprint",
+            CLIENT_LIMIT,
+            || {
+                if let Some(status) = coordinator.exited() {
+                    panic!(
+                        "the coordinator exited ({status}): {}",
+                        coordinator.stderr_text()
+                    );
+                }
+                let addr = std::fs::read_to_string(state.join("coordinator.addr")).ok()?;
+                let fingerprint = std::fs::read_to_string(state.join("fingerprint")).ok()?;
+                let (addr, fingerprint) = (addr.trim(), fingerprint.trim());
+                (!addr.is_empty() && fingerprint.len() == 64)
+                    .then(|| (addr.to_string(), fingerprint.to_string()))
+            },
+        );
+        Cluster {
+            coordinator,
+            workers: Vec::new(),
+            addr,
+            fingerprint,
+            state,
+            logs,
+            root,
+            spawned: 0,
+            _tmp: tmp,
+        }
+    }
+
+    fn socket_addr(&self) -> std::net::SocketAddr {
+        self.addr.parse().unwrap()
+    }
+
+    /// A worker keeping its map outputs in `ROOT/work-NAME`, logging at
+    /// info (its shuffle endpoint's address and fingerprint).
+    fn spawn_worker(&mut self, name: &str, extra: &[&str]) -> Proc {
+        let mut cmd = wmr_in(&self.root);
+        cmd.env("WMR_LOG", "info")
+            .args(["worker", "--connect", &self.addr])
+            .args(["--fingerprint", &self.fingerprint])
+            .args(["--slots", "1", "--name", name])
+            .arg("--work-dir")
+            .arg(self.worker_dir(name))
+            .args(extra);
+        Proc::spawn(&format!("worker-{name}"), cmd, &self.logs)
+    }
+
+    fn worker_dir(&self, name: &str) -> PathBuf {
+        self.root.join(format!("work-{name}"))
+    }
+
+    /// `wmr deploy GUEST --input BOOKS --output OUT --reducers 4`.
+    fn deploy(&mut self, guest: &Path, out: &Path, extra: &[&str]) -> Proc {
+        self.spawned += 1;
+        let mut cmd = wmr_in(&self.root);
+        cmd.arg("deploy")
+            .arg(guest)
+            .arg("--input")
+            .arg(books())
+            .arg("--output")
+            .arg(out)
+            .args(["--coordinator", &self.addr])
+            .args(["--fingerprint", &self.fingerprint])
+            .args(["--reducers", "4"])
+            .args(extra);
+        Proc::spawn(&format!("deploy-{}", self.spawned), cmd, &self.logs)
+    }
+
+    fn deploy_finishes_ok(deploy: &mut Proc) {
+        let status = deploy.wait_within(JOB_LIMIT);
+        assert!(
+            status.success(),
+            "deploy failed ({status}): {}\nstdout: {}",
+            deploy.stderr_text(),
+            deploy.stdout_text()
+        );
+    }
+
+    fn assert_serving(&mut self) {
+        assert!(self.coordinator.exited().is_none(), "the coordinator died");
+    }
+}
+
+/// The committed output equals the sequential reference, line for line.
+fn assert_output_equals_reference(out: &Path, guest_name: &str) {
+    let expected = books_reference(guest_name);
+    let got = sorted_output(out);
+    assert_eq!(
+        part_files(out).len(),
+        4,
+        "{}: one part per reducer",
+        out.display()
+    );
+    assert!(
+        got == expected,
+        "{}: {guest_name} output differs from the sequential reference ({} lines vs {})",
+        out.display(),
+        got.len(),
+        expected.len()
+    );
+}
+
+/// A log file's text without ANSI escapes.
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `field=` on the first log line containing `message`.
+fn log_field(text: &str, message: &str, field: &str) -> Option<String> {
+    let text = plain(text);
+    let line = text.lines().find(|l| l.contains(message))?;
+    let start = line.find(&format!("{field}="))? + field.len() + 1;
+    Some(
+        line[start..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}
+
+/// One request on a fresh stream of `connection`; the raw answer bytes.
+async fn exchange(connection: &quinn::Connection, request: &[u8]) -> Vec<u8> {
+    let (mut send, mut recv) = connection.open_bi().await.expect("opening a stream");
+    // The peer may refuse the stream before reading it all.
+    let _ = send.write_all(request).await;
+    let _ = send.finish();
+    recv.read_to_end(MAX_FRAME_BYTES + 16)
+        .await
+        .unwrap_or_default()
+}
+
+/// Decode one whole frame (and nothing after it).
+fn one_frame<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
+    let (prefix, body) = bytes
+        .split_first_chunk::<4>()
+        .unwrap_or_else(|| panic!("no frame in {bytes:?}"));
+    let len = wmr::transport::check_length(*prefix).expect("a valid length");
+    assert_eq!(len, body.len(), "exactly one frame");
+    wmr::transport::decode(body).expect("a well-formed frame")
+}
+
+// ---------------------------------------------------------------------------
+// 1. Shuffle fetches need the job's capability
+
+/// Worker-local shuffle: while a job's reducers run, a raw QUIC client that
+/// pins a mapper's shuffle certificate (as reducers do) asks for a real
+/// committed partition. Without the job's capability (a random one, or
+/// none) it is refused with the exact error, and the refusal is logged;
+/// with the capability the worker received (read from its work dir: the
+/// positive control) the same request gets the partition's exact bytes. A
+/// garbage frame on the shuffle endpoint is refused without an answer. The
+/// job's output still equals the sequential reference.
+#[test]
+fn shuffle_fetch_without_the_jobs_capability_is_refused() {
+    let _serial = serial();
+    let mut c = Cluster::start(&[], |_, _| {});
+    for name in ["w1", "w2"] {
+        let worker = c.spawn_worker(name, &[]);
+        c.workers.push(worker);
+    }
+    let out = c.root.join("out");
+    // Each reduce attempt busy-waits 2 s: the map outputs stay in place
+    // (they are deleted when the job ends) while the test fetches.
+    let mut deploy = c.deploy(
+        &guest("hostile"),
+        &out,
+        &["--param", "reduce-ms=2000", "--split-size", "512KiB"],
+    );
+
+    // A committed map output on some worker, and that worker's capability.
+    let (worker, committed, capability_file) =
+        poll("a committed map output on a worker", JOB_LIMIT, || {
+            if let Some(status) = deploy.exited() {
+                panic!("deploy exited ({status}) early: {}", deploy.stderr_text());
+            }
+            for (i, name) in ["w1", "w2"].iter().enumerate() {
+                let dir = c.worker_dir(name);
+                let Ok(jobs) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for job in jobs.flatten() {
+                    let Ok(maps) = std::fs::read_dir(job.path().join("map")) else {
+                        continue;
+                    };
+                    for map in maps.flatten() {
+                        let name = map.file_name().to_string_lossy().to_string();
+                        if name.starts_with("m-") && map.path().join("part-00000").is_file() {
+                            return Some((i, map.path(), job.path().join("capability")));
+                        }
+                    }
+                }
+            }
+            None
+        });
+    let job_dir = committed.parent().unwrap().parent().unwrap();
+    let short = job_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .strip_prefix("job-")
+        .unwrap()
+        .to_string();
+    // A job id with the real job's prefix (the worker names its files by it).
+    let job = JobId(uuid::Uuid::parse_str(&format!("{short}{}", "0".repeat(24))).unwrap());
+    assert_eq!(job.to_string(), short);
+    let stem = committed.file_name().unwrap().to_string_lossy().to_string();
+    let (task, epoch) = stem.split_once(".a").unwrap();
+    let task = TaskId::Map(task.strip_prefix("m-").unwrap().parse().unwrap());
+    let epoch = wmr::protocol::AttemptEpoch(epoch.parse().unwrap());
+    let partition_bytes = std::fs::read(committed.join("part-00000")).unwrap();
+
+    let capability = std::fs::read_to_string(&capability_file).expect("the recorded capability");
+    assert_eq!(capability.len(), 64, "32 random bytes, hex: {capability:?}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&capability_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the capability file is private");
+
+    let log = c.workers[worker].stderr_text();
+    let shuffle_addr: std::net::SocketAddr = log_field(&log, "serving map outputs", "addr")
+        .unwrap_or_else(|| panic!("no `serving map outputs` line in {log}"))
+        .parse()
+        .unwrap();
+    assert!(shuffle_addr.ip().is_loopback());
+    let shuffle_fingerprint = log_field(&log, "serving map outputs", "fingerprint").unwrap();
+
+    let request = |capability: Capability| {
+        wmr::transport::encode(&Open::FetchPartition {
+            job,
+            task,
+            epoch,
+            partition: 0,
+            capability,
+        })
+    };
+    let refusal = format!("not authorised: no valid shuffle capability for job {short}");
+    let (wrong, missing, garbage, right) = block_on("fetching partitions", async {
+        let (_endpoint, connection) =
+            wmr::transport::connect(shuffle_addr, &shuffle_fingerprint, CLIENT_LIMIT)
+                .await
+                .expect("pinning the worker's shuffle certificate");
+        let wrong = exchange(&connection, &request(Capability::generate())).await;
+        let missing = exchange(&connection, &request(Capability::default())).await;
+        let garbage = exchange(&connection, &[0, 0, 0, 9, 0, 2, 0xff, 0xff, 0xff]).await;
+        assert!(
+            connection.close_reason().is_none(),
+            "a refused fetch closed the whole connection"
+        );
+        let right = exchange(&connection, &request(Capability(capability.clone()))).await;
+        (wrong, missing, garbage, right)
+    });
+    match one_frame::<PartitionReply>(&wrong) {
+        PartitionReply::Missing(reason) => assert_eq!(reason, refusal),
+        PartitionReply::Found(_) => panic!("a wrong capability read a partition"),
+    }
+    match one_frame::<PartitionReply>(&missing) {
+        PartitionReply::Missing(reason) => assert_eq!(reason, refusal),
+        PartitionReply::Found(_) => panic!("no capability read a partition"),
+    }
+    assert!(
+        garbage.is_empty(),
+        "a garbage frame got an answer: {garbage:?}"
+    );
+    match one_frame::<PartitionReply>(&right) {
+        PartitionReply::Found(bytes) => assert!(bytes == partition_bytes, "not the partition"),
+        PartitionReply::Missing(reason) => panic!("the job's capability was refused: {reason}"),
+    }
+    let log = plain(&c.workers[worker].stderr_text());
+    assert_eq!(
+        log.matches("partition fetch refused: wrong or missing capability")
+            .count(),
+        2,
+        "each refusal is logged: {log}"
+    );
+    assert!(log.contains("closing a stream after a bad frame"), "{log}");
+
+    Cluster::deploy_finishes_ok(&mut deploy);
+    assert_output_equals_reference(&out, "hostile");
+    // The job is done: its map outputs and capability are gone.
+    assert!(!capability_file.exists(), "the capability outlived the job");
+    c.assert_serving();
+}
+
+// ---------------------------------------------------------------------------
+// 2. Modules go to admitted workers only
+
+/// After a job, the coordinator holds its module. A peer that completed
+/// the TLS handshake but has no admitted worker stream asks for it by hash
+/// and is refused with the exact error (and it is logged); a peer that
+/// first joins as a worker on the same connection gets the exact bytes.
+#[test]
+fn module_fetch_needs_an_admitted_worker() {
+    let _serial = serial();
+    let mut c = Cluster::start(&["--shared-store"], |_, _| {});
+    let worker = c.spawn_worker("w1", &[]);
+    c.workers.push(worker);
+    let out = c.root.join("out");
+    let mut deploy = c.deploy(&guest("wordcount"), &out, &[]);
+    Cluster::deploy_finishes_ok(&mut deploy);
+    assert_output_equals_reference(&out, "wordcount");
+
+    let module = std::fs::read(guest("wordcount")).unwrap();
+    let hash = ModuleHash::of(&module);
+    let fetch = wmr::transport::encode(&Open::FetchModule(hash.clone()));
+    let (refused, found) = block_on("fetching a module", async {
+        let (_endpoint, connection) =
+            wmr::transport::connect(c.socket_addr(), &c.fingerprint, CLIENT_LIMIT)
+                .await
+                .expect("connecting to the coordinator");
+        let refused = exchange(&connection, &fetch).await;
+
+        // The same request after joining as a worker (development mode:
+        // no worker token) on another connection.
+        let (_endpoint, worker) =
+            wmr::transport::connect(c.socket_addr(), &c.fingerprint, CLIENT_LIMIT)
+                .await
+                .expect("connecting to the coordinator");
+        let mut control = Channel::open(&worker).await.unwrap();
+        control
+            .write(&Open::Worker {
+                name: "raw".into(),
+                slots: 1,
+                labels: Default::default(),
+                shuffle: None,
+                token: String::new(),
+            })
+            .await
+            .unwrap();
+        match control.expect::<ToWorker>().await.unwrap() {
+            ToWorker::Welcome { .. } => {}
+            other => panic!("not welcomed: {other:?}"),
+        }
+        let found = exchange(&worker, &fetch).await;
+        (refused, found)
+    });
+    match one_frame::<ModuleReply>(&refused) {
+        ModuleReply::Refused(reason) => assert_eq!(
+            reason,
+            "refused: modules are served only to an admitted worker (open a worker stream first)"
+        ),
+        other => panic!("an unauthenticated peer got {other:?}"),
+    }
+    match one_frame::<ModuleReply>(&found) {
+        ModuleReply::Found(bytes) => assert!(bytes == module, "not the module's bytes"),
+        other => panic!("an admitted worker got {other:?}"),
+    }
+    let log = plain(&c.coordinator.stderr_text());
+    assert!(
+        log.contains("module fetch refused: no admitted worker on this connection")
+            && log.contains(&hash.to_string()),
+        "{log}"
+    );
+    c.assert_serving();
+}
+
+// ---------------------------------------------------------------------------
+// 3. Mutual TLS for workers
+
+/// `wmr worker --identity DIR --print-fingerprint` makes a persistent
+/// identity; `wmr tenant allow-worker` lists it. With the list in place, a
+/// worker presenting another certificate and a worker presenting none are
+/// refused with clear errors (exit 1, no retry); the allowed one runs a
+/// job to the reference output, and tenants still connect without a
+/// certificate.
+#[test]
+fn mutual_tls_admits_only_allowed_worker_certificates() {
+    let _serial = serial();
+    let identity = |root: &Path, dir: &Path| {
+        let mut cmd = wmr_in(root);
+        cmd.args(["worker", "--print-fingerprint", "--identity"])
+            .arg(dir);
+        let out = output_within(cmd, "worker --print-fingerprint", CLIENT_LIMIT);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fingerprint = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert_eq!(fingerprint.len(), 64, "{fingerprint:?}");
+        fingerprint
+    };
+    let mut fingerprints = Vec::new();
+    let mut c = Cluster::start(&[], |root, state| {
+        let allowed = identity(root, &root.join("id-allowed"));
+        // Persistent: the same identity the second time, key kept private.
+        assert_eq!(identity(root, &root.join("id-allowed")), allowed);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(root.join("id-allowed/key.der"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let other = identity(root, &root.join("id-other"));
+        assert_ne!(allowed, other);
+        let mut cmd = wmr_in(root);
+        cmd.args(["tenant", "allow-worker", &allowed, "--state"])
+            .arg(state);
+        let out = output_within(cmd, "tenant allow-worker", CLIENT_LIMIT);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fingerprints.push(allowed);
+        fingerprints.push(other);
+    });
+    let (allowed, other) = (&fingerprints[0], &fingerprints[1]);
+    assert_eq!(
+        std::fs::read_to_string(c.state.join("worker-fingerprints")).unwrap(),
+        format!("{allowed}\n")
+    );
+
+    let id_other = c.root.join("id-other");
+    let mut wrong = c.spawn_worker("other", &["--identity", id_other.to_str().unwrap()]);
+    let mut none = c.spawn_worker("none", &[]);
+    for (worker, expected) in [
+        (
+            &mut wrong,
+            format!(
+                "error: the coordinator refused this worker: this worker's certificate {other} is not an allowed worker certificate"
+            ),
+        ),
+        (
+            &mut none,
+            "error: the coordinator refused this worker: mutual TLS is required: this worker presented no certificate (start it with --identity DIR)".to_string(),
+        ),
+    ] {
+        let status = worker.wait_within(CLIENT_LIMIT);
+        assert_eq!(status.code(), Some(1), "{}", worker.stderr_text());
+        let stderr = plain(&worker.stderr_text());
+        assert_eq!(stderr.lines().last(), Some(expected.as_str()), "{stderr}");
+    }
+    let log = plain(&c.coordinator.stderr_text());
+    assert_eq!(log.matches("worker refused").count(), 2, "{log}");
+
+    let id_allowed = c.root.join("id-allowed");
+    let worker = c.spawn_worker("allowed", &["--identity", id_allowed.to_str().unwrap()]);
+    c.workers.push(worker);
+    let out = c.root.join("out");
+    let mut deploy = c.deploy(&guest("wordcount"), &out, &[]);
+    Cluster::deploy_finishes_ok(&mut deploy);
+    assert_output_equals_reference(&out, "wordcount");
+    c.assert_serving();
+}
+
+// ---------------------------------------------------------------------------
+// 4. Bad frames from an admitted worker
+
+/// An admitted worker's control stream sends a malformed frame, a
+/// truncated frame, an oversize length prefix or a frame of another
+/// protocol version: each time the coordinator answers `Refused` with the
+/// reason, ends that stream cleanly (the connection stays up), logs it, and
+/// carries on; a real worker then runs a job to the reference output.
+#[test]
+fn bad_frames_from_an_admitted_worker_close_only_its_stream() {
+    let _serial = serial();
+    let mut c = Cluster::start(&["--shared-store"], |_, _| {});
+    let version = PROTOCOL_VERSION.to_be_bytes();
+    let frame = |len: u32, body: &[u8]| [&len.to_be_bytes()[..], body].concat();
+    let cases: Vec<(&str, Vec<u8>, String)> = vec![
+        (
+            "garbage",
+            frame(16, &[&version[..], &[0xff; 14]].concat()),
+            "bad frame: malformed frame: ".into(),
+        ),
+        (
+            "truncated",
+            frame(1000, &[&version[..], &[1, 2, 3]].concat()),
+            "bad frame: stream ended inside a frame".into(),
+        ),
+        (
+            "oversize",
+            frame(MAX_FRAME_BYTES as u32 + 1, &version),
+            format!(
+                "bad frame: frame of {} bytes exceeds the limit of {MAX_FRAME_BYTES} bytes",
+                MAX_FRAME_BYTES + 1
+            ),
+        ),
+        (
+            "wrong version",
+            frame(4, &[0x7f, 0x7f, 1, 2]),
+            format!(
+                "bad frame: frame speaks protocol version 32639, this wmr speaks {PROTOCOL_VERSION}"
+            ),
+        ),
+    ];
+    let addr = c.socket_addr();
+    let fingerprint = c.fingerprint.clone();
+    for (what, bytes, expected) in &cases {
+        let refusal = block_on(what, async {
+            let (_endpoint, connection) = wmr::transport::connect(addr, &fingerprint, CLIENT_LIMIT)
+                .await
+                .expect("connecting to the coordinator");
+            let mut control = Channel::open(&connection).await.unwrap();
+            control
+                .write(&Open::Worker {
+                    name: format!("bad-{what}"),
+                    slots: 1,
+                    labels: Default::default(),
+                    shuffle: None,
+                    token: String::new(),
+                })
+                .await
+                .unwrap();
+            match control.expect::<ToWorker>().await.unwrap() {
+                ToWorker::Welcome { .. } => {}
+                other => panic!("{what}: not welcomed: {other:?}"),
+            }
+            control.send.write_all(bytes).await.unwrap();
+            if *what == "truncated" {
+                control.send.finish().unwrap();
+            }
+            let refusal = match control.read::<ToWorker>().await {
+                Ok(Some(ToWorker::Refused(reason))) => reason,
+                other => panic!("{what}: the coordinator answered {other:?}, not Refused"),
+            };
+            // Then the stream ends cleanly, and only the stream.
+            assert!(
+                matches!(control.read::<ToWorker>().await, Ok(None)),
+                "{what}: the stream did not end cleanly"
+            );
+            assert!(
+                connection.close_reason().is_none(),
+                "{what}: the coordinator closed the whole connection"
+            );
+            refusal
+        });
+        assert!(
+            refusal.starts_with(expected.as_str()),
+            "{what}: refused with {refusal:?}, expected {expected:?}"
+        );
+        if *what != "garbage" {
+            assert_eq!(&refusal, expected, "{what}");
+        }
+        c.assert_serving();
+    }
+    let log = plain(&c.coordinator.stderr_text());
+    assert_eq!(
+        log.matches("closing a worker's stream after a bad frame")
+            .count(),
+        cases.len(),
+        "each bad frame is logged with its reason: {log}"
+    );
+    assert!(log.contains("stream ended inside a frame"), "{log}");
+
+    let worker = c.spawn_worker("w1", &[]);
+    c.workers.push(worker);
+    let out = c.root.join("out");
+    let mut deploy = c.deploy(&guest("wordcount"), &out, &[]);
+    Cluster::deploy_finishes_ok(&mut deploy);
+    assert_output_equals_reference(&out, "wordcount");
+    c.assert_serving();
+}
