@@ -296,3 +296,26 @@ pub fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job's shuffle capability survives a reopen (a coordinator restart
+    /// or `wmr resume` gives the job the same one).
+    #[test]
+    fn a_jobs_capability_is_stored_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (job, other) = (JobId::new(), JobId::new());
+        let capability = Capability::generate();
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            let mut batch = Batch::default();
+            batch.capabilities.push((job, capability.clone()));
+            store.write(&batch).unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.capability(job).unwrap(), Some(capability));
+        assert_eq!(store.capability(other).unwrap(), None);
+    }
+}

@@ -552,12 +552,13 @@ mod tests {
                 want: PROTOCOL_VERSION
             })
         );
+        let [v0, v1] = PROTOCOL_VERSION.to_be_bytes();
         assert!(matches!(
-            decode::<String>(&[0, 1, 0xff, 0xff]),
+            decode::<String>(&[v0, v1, 0xff, 0xff]),
             Err(FrameError::Malformed(_))
         ));
         assert!(matches!(
-            decode::<u8>(&[0, 1, 1, 2]),
+            decode::<u8>(&[v0, v1, 1, 2]),
             Err(FrameError::Malformed(_))
         ));
         assert_eq!(decode::<u8>(&[0]), Err(FrameError::Truncated));
