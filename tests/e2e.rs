@@ -245,6 +245,65 @@ fn task_failing_every_attempt_fails_job_and_publishes_nothing() {
     assert!(!out.exists(), "a failed job leaves no output directory");
 }
 
+/// Invariant (I2, quota): a job's committed output never exceeds its output
+/// limit. At exactly the size of the output the job completes; one byte less
+/// and the reduce attempt is discarded before it publishes, the job fails
+/// naming the limit, and nothing is written.
+#[test]
+fn job_output_limit_holds_at_the_exact_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wordcount = guest("wordcount");
+    let expected = books_reference("wordcount");
+    let size: usize = expected.iter().map(|line| line.len() + 1).sum();
+    let job = |out: &Path, limit: usize| {
+        let (wordcount, input, out, limit) = (
+            path(&wordcount),
+            path(&books()),
+            path(out),
+            limit.to_string(),
+        );
+        let args = [
+            "run",
+            "--map",
+            &wordcount,
+            "--input",
+            &input,
+            "--output",
+            &out,
+            "--reducers",
+            "1",
+            "--workers",
+            "1",
+            "--job-output-limit",
+            &limit,
+        ];
+        run(&args)
+    };
+    let fits = tmp.path().join("fits");
+    let done = job(&fits, size);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(sorted_output(&fits), expected);
+
+    let over = tmp.path().join("over");
+    let failed = job(&over, size - 1);
+    assert!(!failed.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&failed.stderr),
+        format!(
+            "error: job failed: task r-00000 a1 on w1: job output limit exceeded: {size} bytes with this attempt (limit {} bytes per job)\n",
+            size - 1
+        )
+    );
+    assert!(
+        !over.exists(),
+        "a job over its output limit publishes nothing"
+    );
+}
+
 /// Invariant: an attempt that fails midway leaves no partial file: the
 /// reduce below writes some output, then traps.
 #[test]

@@ -206,6 +206,11 @@ impl Cluster {
     /// A state dir with tenants `names` (weight 1, each with a root holding
     /// a copy of the books) and a worker token, then a coordinator.
     fn start(names: &[&str]) -> (Cluster, Vec<Tenant>) {
+        Cluster::start_with(names, &[])
+    }
+
+    /// As [`Cluster::start`], with `tenant_args` added to every `wmr tenant add`.
+    fn start_with(names: &[&str], tenant_args: &[&str]) -> (Cluster, Vec<Tenant>) {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().canonicalize().unwrap();
         let (state, logs) = (root.join("state"), root.join("logs"));
@@ -222,7 +227,8 @@ impl Cluster {
                     .arg(&state)
                     .arg("--root")
                     .arg(&troot)
-                    .args(["--weight", "1"]);
+                    .args(["--weight", "1"])
+                    .args(tenant_args);
                 let out = output_within(cmd, "tenant add", CLIENT_LIMIT);
                 assert!(
                     out.status.success(),
@@ -655,4 +661,164 @@ fn a_job_over_the_fuel_quota_is_refused_naming_the_quota() {
         msg,
         "error: quota max_fuel_per_attempt is 50000000000; the job asks for 999999999999999"
     );
+}
+
+// ---------------------------------------------------------------------------
+// 6. Many jobs against one
+
+/// The attempts of one job: (start, end) in unix ms, ends of running ones
+/// as `u64::MAX`.
+fn attempt_times(c: &Cluster, tenant: &Tenant, job: &str, submitted: u64) -> Vec<(u64, u64)> {
+    let status = c.json(tenant, &["status", job, "--json"]);
+    status["attempt_log"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status without attempt_log: {status}"))
+        .iter()
+        .map(|a| {
+            let start = submitted + a["started_ms"].as_u64().expect("started_ms");
+            let end = a["ended_ms"].as_u64().map_or(u64::MAX, |e| submitted + e);
+            (start, end)
+        })
+        .collect()
+}
+
+/// Fair share (SECURITY.md): alice queues 100 jobs of one-second map tasks
+/// on two 1-slot workers, then bob submits one job. Bob's tenant is owed
+/// half the slots, so his first task takes the first slot that frees: no
+/// attempt of alice's starts between bob's submission and bob's first
+/// attempt, and none while bob's job runs with fewer attempts than its
+/// share. Bob waits at most one task duration per slot, not 100 jobs.
+#[test]
+fn a_tenant_with_100_jobs_does_not_delay_another_tenants_single_job() {
+    let _serial = serial();
+    let (mut c, tenants) =
+        Cluster::start_with(&["alice", "bob"], &["--quota", "max_jobs_queued=200"]);
+    let (alice, bob) = (&tenants[0], &tenants[1]);
+    let hostile = guest("hostile");
+    for t in &tenants {
+        let lines: String = (0..200)
+            .map(|i| format!("record {i} of {}\n", t.name))
+            .collect();
+        std::fs::write(t.root.join("small.txt"), lines).unwrap();
+    }
+    // One map task of a second, and (`Cluster::deploy`) four quick reduces.
+    let sleepy = ["--param", "mode=sleep", "--param", "ms=1000"];
+
+    // Alice's 100 jobs, submitted detached, a few clients at a time.
+    let submit = |i: usize| {
+        let out = alice.root.join(format!("out-{i}"));
+        let mut cmd = c.client(&alice.name, &alice.token, &["deploy", "--detach"]);
+        cmd.arg(&hostile)
+            .arg("--input")
+            .arg(alice.root.join("small.txt"))
+            .arg("--output")
+            .arg(&out)
+            .args(sleepy)
+            .args(["--reducers", "4"]);
+        let done = output_within(cmd, "deploy --detach", CLIENT_LIMIT);
+        assert!(
+            done.status.success(),
+            "alice's deploy {i}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        String::from_utf8(done.stdout).unwrap().trim().to_string()
+    };
+    let alice_jobs: Vec<String> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..4)
+            .map(|t| scope.spawn(move || (t..100).step_by(4).map(submit).collect::<Vec<_>>()))
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
+    assert_eq!(alice_jobs.len(), 100);
+    let listing = c.json(alice, &["jobs", "--json"]);
+    assert_eq!(listing.as_array().map(Vec::len), Some(100), "{listing}");
+    // The workers join once alice's jobs are queued (submitting is quicker
+    // without two busy guests on the machine's two cores).
+    c.add_workers(2);
+    // Both slots busy with alice's work before bob arrives.
+    poll("alice to run on both slots", JOB_LIMIT, || {
+        let listing = c.json(alice, &["jobs", "--json"]);
+        let running = listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["phase"] != "Submitted")
+            .count();
+        (running >= 2).then_some(())
+    });
+
+    let bob_out = bob.root.join("out");
+    let mut deploy = c.deploy(
+        bob,
+        &hostile,
+        &bob.root.join("small.txt"),
+        &bob_out,
+        &sleepy,
+    );
+    let bob_job = Cluster::deploy_finishes_ok(&mut deploy);
+    assert_eq!(
+        sorted_output(&bob_out),
+        reference(&hostile, &[&bob.root.join("small.txt")], &[])
+    );
+    let bob_listing = c.json(bob, &["jobs", "--json"]);
+    let bob_submitted = submitted_unix_ms(&bob_listing, &bob_job);
+    let bob_attempts = attempt_times(&c, bob, &bob_job, bob_submitted);
+    assert_eq!(
+        bob_attempts.len(),
+        5,
+        "one map and four reduces: {bob_attempts:?}"
+    );
+    let bob_first = bob_attempts.iter().map(|&(s, _)| s).min().unwrap();
+    let bob_end = bob_attempts.iter().map(|&(_, e)| e).max().unwrap();
+
+    // Every attempt of alice's that ran around bob's job.
+    let listing = c.json(alice, &["jobs", "--json"]);
+    let mut alice_attempts = Vec::new();
+    for job in listing.as_array().unwrap() {
+        if job["phase"] == "Submitted" {
+            continue;
+        }
+        let id = job["job"].as_str().unwrap();
+        let submitted = job["submitted_unix_ms"].as_u64().unwrap();
+        alice_attempts.extend(attempt_times(&c, alice, id, submitted));
+    }
+    // Milliseconds of rounding between the two clocks the times come from.
+    const SLACK: u64 = 5;
+    let started_while_bob_waited: Vec<_> = alice_attempts
+        .iter()
+        .filter(|&&(s, _)| s > bob_submitted + SLACK && s + SLACK < bob_first)
+        .collect();
+    let running_at_bob = alice_attempts
+        .iter()
+        .filter(|&&(s, e)| s <= bob_submitted && e > bob_submitted)
+        .count();
+    eprintln!(
+        "bob waited {} ms for his first slot, his job took {} ms; {running_at_bob} alice attempts were running when he submitted",
+        bob_first - bob_submitted,
+        bob_end - bob_submitted
+    );
+    assert!(running_at_bob >= 1, "alice held no slot when bob submitted");
+    assert!(
+        started_while_bob_waited.is_empty(),
+        "alice's attempts {started_while_bob_waited:?} started after bob's submission ({bob_submitted}) and before his first attempt ({bob_first})"
+    );
+    // While bob's job ran, alice never held both slots again: each of her
+    // attempts that started meanwhile overlaps at most one other of hers.
+    let during: Vec<&(u64, u64)> = alice_attempts
+        .iter()
+        .filter(|&&(s, _)| s > bob_first + SLACK && s + SLACK < bob_end)
+        .collect();
+    for &&(s, _) in &during {
+        let holding = alice_attempts
+            .iter()
+            .filter(|&&(s2, e2)| s2 <= s && e2 > s + SLACK)
+            .count();
+        assert!(
+            holding <= 1,
+            "alice held {holding} slots at {s} while bob's job ran ({bob_first}..{bob_end})"
+        );
+    }
 }

@@ -54,6 +54,8 @@ const TINY_TASKS: u64 = 2000;
 const PER_TASK_TARGET_MS: f64 = 1.0;
 /// Rounds of the per-task job over QUIC, per state store.
 const PER_TASK_ROUNDS: u32 = 3;
+/// Rounds of the native and guest throughput rows; each keeps its fastest.
+const THROUGHPUT_ROUNDS: u32 = 3;
 /// One-line maps of the job that warms a per-task cluster up.
 const WARMUP_TASKS: u64 = 8;
 /// Warm-up jobs at most, until each worker has compiled map and reduce.
@@ -202,23 +204,35 @@ fn measure(
     files: &[PathBuf],
     corpus_bytes: u64,
 ) -> anyhow::Result<Report> {
-    let (native_1, expected) = timed(|| native_one_thread(files))?;
-    let (native_2, totals) = timed(|| native_two_threads(files))?;
-    check_agrees("native, 2 threads", expected, totals)?;
-
     // The guest rows share one engine; it is dropped before `wmr run`
     // builds its own, as a separate process would.
-    let (guest_map, compile, store_us) = {
-        let sandbox = Sandbox::new()?;
-        let (compile, module) = timed(|| sandbox.load(guest, Role::Map))?;
+    let sandbox = Sandbox::new()?;
+    let (compile, module) = timed(|| sandbox.load(guest, Role::Map))?;
+    // The single-process rows take turns, and each keeps its fastest round:
+    // a disturbance of the machine (other processes) only ever slows a
+    // round down, and does not land on one row only.
+    let (mut native_1, mut native_2, mut guest_map) = (f64::MAX, f64::MAX, f64::MAX);
+    let (seconds, expected) = timed(|| native_one_thread(files))?;
+    native_1 = native_1.min(seconds);
+    for round in 1..=THROUGHPUT_ROUNDS {
+        if round > 1 {
+            let (seconds, totals) = timed(|| native_one_thread(files))?;
+            check_agrees("native, 1 thread", expected, totals)?;
+            native_1 = native_1.min(seconds);
+        }
+        let (seconds, totals) = timed(|| native_two_threads(files))?;
+        check_agrees("native, 2 threads", expected, totals)?;
+        native_2 = native_2.min(seconds);
         let (seconds, words) = timed(|| guest_map_per_file(&sandbox, &module, files))?;
         let totals = Totals {
             words,
             distinct: None,
         };
         check_agrees("guest map", expected, totals)?;
-        (seconds, compile, store_cost_us(&sandbox, &module)?)
-    };
+        guest_map = guest_map.min(seconds);
+    }
+    let store_us = store_cost_us(&sandbox, &module)?;
+    drop((module, sandbox));
 
     let file_bytes = corpus_bytes / files.len() as u64;
     let corpus = Job {
@@ -582,16 +596,15 @@ fn warm_page_cache(files: &[PathBuf]) -> anyhow::Result<u64> {
 
 // ---------------------------------------------------------------- native
 
-/// Count one file as the guest's map does (lossy UTF-8, in-file counts),
+/// Count one file as the guest's map does (in-file counts),
 /// then merge the counts into `global` as the guest's reduce would.
 fn count_file<S: BuildHasher + Default>(
     path: &Path,
     global: &mut HashMap<String, u64, S>,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let text = String::from_utf8_lossy(&bytes);
     let mut counts = HashMap::with_hasher(S::default());
-    count::count_words(&text, &mut counts);
+    count::count_words(&bytes, &mut counts);
     merge(global, counts);
     Ok(())
 }
@@ -1105,6 +1118,9 @@ fn print_table(r: &Report, size_mib: u64) {
             row.name, row.seconds, row.mb_per_s, row.vs_native_1_thread, row.vs_native_2_threads
         );
     }
+    println!(
+        "native and guest rows: the fastest of {THROUGHPUT_ROUNDS} rounds, taken in turns; the others: one run"
+    );
     println!("{}", r.cluster_note);
     if let Some(first) = r.per_task.first() {
         println!(
@@ -1176,4 +1192,96 @@ fn print_table(r: &Report, size_mib: u64) {
         None => println!("peak RSS: unavailable"),
     }
     println!("{}", r.reference);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// The definition of a word, written the obvious way.
+    fn reference(text: &[u8]) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for word in String::from_utf8_lossy(text).split(|c: char| !c.is_alphabetic()) {
+            if !word.is_empty() {
+                *counts.entry(word.to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    fn counted(text: &[u8]) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        count::count_words(text, &mut counts);
+        counts
+            .into_iter()
+            .map(|(w, n)| (w.to_string(), n))
+            .collect()
+    }
+
+    // ASCII letters and separators (each side of the case-folding edges),
+    // non-ASCII letters of 2, 3 and 4 bytes, non-ASCII non-letters, and
+    // byte sequences that are not UTF-8 (stray continuation, truncated
+    // sequences, overlong, surrogate, 0xff).
+    const PIECES: &[&[u8]] = &[
+        b"a",
+        b"z",
+        b"A",
+        b"Z",
+        b"q",
+        b" ",
+        b"\n",
+        b"@",
+        b"[",
+        b"`",
+        b"{",
+        b"0",
+        b"9",
+        b"'",
+        b"-",
+        b"\x7f",
+        "\u{e9}".as_bytes(),
+        "\u{df}".as_bytes(),
+        "\u{3a9}".as_bytes(),
+        "\u{44f}".as_bytes(),
+        "\u{4e2d}".as_bytes(),
+        "\u{1d538}".as_bytes(),
+        "\u{2014}".as_bytes(),
+        "\u{2019}".as_bytes(),
+        "\u{fffd}".as_bytes(),
+        "\u{1f600}".as_bytes(),
+        "\u{a0}".as_bytes(),
+        b"\x80",
+        b"\xc3",
+        b"\xe2\x82",
+        b"\xf0\x9f\x98",
+        b"\xc0\x80",
+        b"\xed\xa0\x80",
+        b"\xff",
+    ];
+
+    proptest! {
+        /// The one-pass, word-at-a-time tokenizer finds exactly the words
+        /// of the lossy-decode-then-split definition, at every alignment.
+        #[test]
+        fn fast_tokenizer_matches_the_definition(
+            pieces in prop::collection::vec(prop::sample::select(PIECES), 0..80)
+        ) {
+            let text = pieces.concat();
+            prop_assert_eq!(counted(&text), reference(&text));
+        }
+    }
+
+    #[test]
+    fn fast_tokenizer_matches_the_definition_on_the_books() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data");
+        let mut books = 0;
+        for entry in std::fs::read_dir(dir).expect("examples/data") {
+            let text = std::fs::read(entry.expect("entry").path()).expect("a book");
+            assert_eq!(counted(&text), reference(&text));
+            books += 1;
+        }
+        assert_eq!(books, 8);
+    }
 }

@@ -38,6 +38,20 @@ async fn open(
     Ok((endpoint, channel))
 }
 
+/// Submit a job and return its id once the coordinator has accepted it
+/// (`wmr deploy --detach`); the job runs on without the client.
+pub async fn submit(remote: &Remote, request: JobRequest) -> anyhow::Result<String> {
+    let (endpoint, mut channel) = open(remote, ClientRequest::Submit(Box::new(request))).await?;
+    let job = match channel.read::<ClientReply>().await? {
+        Some(ClientReply::Submitted { job }) => job,
+        Some(ClientReply::Error(message)) => bail!("{message}"),
+        Some(other) => bail!("unexpected reply from the coordinator: {other:?}"),
+        None => bail!("the coordinator closed the stream before accepting the job"),
+    };
+    endpoint.close(0u32.into(), b"detached");
+    Ok(job)
+}
+
 /// Submit a job and follow it to the end. `on_submitted` gets the job id,
 /// `on_progress` every progress report. If the coordinator goes away after
 /// accepting the job (it restarts from its durable state), reconnect and

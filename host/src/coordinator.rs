@@ -655,25 +655,42 @@ impl Core {
                 .map(|(q, r)| q[w].max(r[w]))
                 .sum()
         };
+        // Free slots are placed one at a time, each to the tenant holding the
+        // fewest slots for its weight, then to its least-served job. Slots
+        // free up one by one as attempts end, so this order decides who gets
+        // the next one: a tenant below its share, not whichever job is older
+        // (a tenant with 100 queued jobs would otherwise take every slot
+        // that frees).
+        let tenant_of: Vec<usize> = jobs
+            .iter()
+            .map(|&i| {
+                let t = &self.jobs[i].record.tenant;
+                tenants.iter().position(|x| x == t).expect("listed above")
+            })
+            .collect();
         loop {
-            let mut progressed = false;
-            for k in 0..quota.len() {
-                if quota[k].values().sum::<u32>() >= alloc[k] {
-                    continue;
-                }
-                let roomiest = capacity
-                    .iter()
-                    .map(|(w, cap)| (*w, cap.saturating_sub(occupied(&quota, w))))
-                    .filter(|(_, free)| *free > 0)
-                    .max_by_key(|(w, free)| (*free, std::cmp::Reverse(*w)));
-                if let Some((w, _)) = roomiest {
-                    *quota[k].get_mut(&w).expect("every live worker") += 1;
-                    progressed = true;
-                }
+            let roomiest = capacity
+                .iter()
+                .map(|(w, cap)| (*w, cap.saturating_sub(occupied(&quota, w))))
+                .filter(|(_, free)| *free > 0)
+                .max_by_key(|(w, free)| (*free, std::cmp::Reverse(*w)));
+            let Some((w, _)) = roomiest else { break };
+            let mut held = vec![0u64; tenants.len()];
+            for (k, (q, r)) in quota.iter().zip(&running).enumerate() {
+                held[tenant_of[k]] += q.iter().map(|(w, &n)| u64::from(n.max(r[w]))).sum::<u64>();
             }
-            if !progressed {
-                break;
-            }
+            let next = (0..quota.len())
+                .filter(|&k| quota[k].values().sum::<u32>() < alloc[k])
+                .min_by(|&a, &b| {
+                    let (ta, tb) = (tenant_of[a], tenant_of[b]);
+                    let (wa, wb) = (u64::from(weights[ta]), u64::from(weights[tb]));
+                    (held[ta] * wb)
+                        .cmp(&(held[tb] * wa))
+                        .then(served[a].cmp(&served[b]))
+                        .then(a.cmp(&b))
+                });
+            let Some(k) = next else { break };
+            *quota[k].get_mut(&w).expect("every live worker") += 1;
         }
         let now = Instant::now();
         for (k, &i) in jobs.iter().enumerate() {

@@ -99,6 +99,10 @@ enum TenantAction {
         /// Share of the slots relative to other tenants.
         #[arg(long, default_value_t = 1)]
         weight: u32,
+        /// A quota other than its default, NAME=VALUE (repeatable), e.g.
+        /// `max_jobs_queued=200`, `max_output_bytes_per_job=10GiB`.
+        #[arg(long = "quota", value_parser = parse_quota)]
+        quotas: Vec<(String, u64)>,
     },
     /// Remove a tenant: its token stops working at once.
     Revoke {
@@ -222,6 +226,10 @@ struct DeployArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Return once the job is accepted, printing its id on stdout; follow
+    /// it with `wmr status`.
+    #[arg(long)]
+    detach: bool,
 }
 
 #[derive(Args)]
@@ -257,6 +265,9 @@ struct GuestArgs {
     /// Bytes a guest may emit per attempt.
     #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
     output_limit: u64,
+    /// Bytes of committed output per job, all reducers together.
+    #[arg(long, default_value = "1TiB", value_parser = parse_bytes)]
+    job_output_limit: u64,
     /// Input records the job may skip because the guest traps on them
     /// (each is isolated and written to `_dead_letters.jsonl`); 0: fail.
     #[arg(long, default_value_t = Limits::default().max_dead_letters)]
@@ -270,6 +281,7 @@ impl GuestArgs {
             memory_bytes: self.memory,
             timeout_ms: self.timeout,
             output_bytes: self.output_limit,
+            job_output_bytes: self.job_output_limit,
             max_dead_letters: self.max_dead_letters,
             ..Limits::default()
         }
@@ -574,6 +586,12 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         params: args.guest.params(),
         max_attempts: args.max_attempts,
     };
+    if args.detach {
+        let job = wmr::client::submit(&args.remote.remote(), request).await?;
+        eprintln!("job {job} submitted");
+        println!("{job}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let bar = progress_bar(args.json);
     let mut on_submitted = |job: &str| eprintln!("job {job} submitted");
     let mut on_progress = |p: Progress| {
@@ -661,8 +679,13 @@ fn tenant(action: TenantAction) -> anyhow::Result<ExitCode> {
             state,
             root,
             weight,
+            quotas,
         } => {
-            let token = wmr::tenants::add_tenant(&state, &name, &root, weight)?;
+            let mut quota = wmr::tenants::Quota::default();
+            for (key, value) in &quotas {
+                quota.set(key, *value)?;
+            }
+            let token = wmr::tenants::add_tenant(&state, &name, &root, weight, quota)?;
             println!("{token}");
             eprintln!("tenant {name} added; the token above is shown only once");
         }
@@ -767,10 +790,19 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("bad size unit in {s:?} (use k, M or G)")),
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("bad size unit in {s:?} (use k, M, G or T)")),
     };
     n.checked_shl(shift)
         .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+/// `NAME=VALUE` of `wmr tenant add --quota`; sizes may carry a unit.
+fn parse_quota(s: &str) -> Result<(String, u64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    Ok((name.to_string(), parse_bytes(value)?))
 }
 
 /// `120s`, `500ms`, `2m` into milliseconds.

@@ -115,6 +115,8 @@ pub struct Limits {
     /// 0: a trapping record fails the attempt.
     #[serde(default)]
     pub max_dead_letters: u32,
+    /// Bytes of committed output (all reduce attempts together) per job.
+    pub job_output_bytes: u64,
 }
 
 impl Default for Limits {
@@ -126,6 +128,7 @@ impl Default for Limits {
             output_bytes: 1 << 30,
             log_bytes: 64 << 10,
             max_dead_letters: 10,
+            job_output_bytes: 1 << 40,
         }
     }
 }
@@ -244,6 +247,12 @@ pub enum AttemptFailure {
     TimedOut(u64),
     #[error("output limit exceeded (limit {0} bytes)")]
     OutputLimit(u64),
+    /// Committing this reduce attempt would take the job's output past its
+    /// limit: the attempt is discarded and the job fails.
+    #[error(
+        "job output limit exceeded: {total} bytes with this attempt (limit {limit} bytes per job)"
+    )]
+    JobOutputLimit { limit: u64, total: u64 },
     #[error("denied: {0}")]
     Denied(String),
     #[error("cancelled")]

@@ -607,6 +607,17 @@ impl Scheduler {
         }
         match outcome {
             Ok(stats) => {
+                if matches!(task, TaskId::Reduce(_)) {
+                    // The job's output limit holds before publication: an
+                    // attempt that would pass it is never committed.
+                    let limit = self.plan.limits.job_output_bytes;
+                    let total = self.reduce_output_bytes().saturating_add(stats.bytes_out);
+                    if total > limit {
+                        self.refuse_over_job_output(now, task, epoch, worker, stats, limit, total);
+                        return;
+                    }
+                }
+                let t = self.tasks.get_mut(&task).expect("known task");
                 t.state = TaskState::Committing { epoch, worker };
                 self.release_slot(worker);
                 if let Some(&i) = self.log_index.get(&(task, epoch)) {
@@ -677,6 +688,54 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Output bytes of the reduce attempts committed or being committed.
+    fn reduce_output_bytes(&self) -> u64 {
+        self.tasks
+            .iter()
+            .filter(|(task, _)| matches!(task, TaskId::Reduce(_)))
+            .filter_map(|(task, t)| match t.state {
+                TaskState::Committed { epoch, .. } | TaskState::Committing { epoch, .. } => {
+                    self.log_index.get(&(*task, epoch))
+                }
+                _ => None,
+            })
+            .filter_map(|&i| self.log[i].stats.as_ref())
+            .map(|s| s.bytes_out)
+            .sum()
+    }
+
+    /// Discard a reduce attempt whose output would take the job past its
+    /// output limit, and fail the job: a re-run would write the same bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse_over_job_output(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        worker: WorkerId,
+        stats: AttemptStats,
+        limit: u64,
+        total: u64,
+    ) {
+        let t = self.tasks.get_mut(&task).expect("known task");
+        t.state = TaskState::Pending;
+        self.release_slot(worker);
+        self.actions.push_back(Action::Discard {
+            task,
+            epoch,
+            worker,
+        });
+        let failure = AttemptFailure::JobOutputLimit { limit, total };
+        self.record_end(
+            now,
+            task,
+            epoch,
+            AttemptOutcome::Failed(failure.clone()),
+            Some(stats),
+        );
+        self.fail(now, format!("task {task} {epoch} on {worker}: {failure}"));
     }
 
     fn commit_finished(

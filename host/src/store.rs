@@ -21,8 +21,9 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+/// The on-disk format this build reads and writes (2: a job's limits hold
+/// its output limit).
+pub const FORMAT_VERSION: u64 = 2;
 const FILE_NAME: &str = "wmr-state.redb";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -143,6 +144,10 @@ impl StateStore {
             match found {
                 Some(v) if v > FORMAT_VERSION => bail!(
                     "state file {} has format {v}; this wmr reads format {FORMAT_VERSION} (upgrade wmr)",
+                    self.path.display()
+                ),
+                Some(v) if v < FORMAT_VERSION => bail!(
+                    "state file {} has format {v}, written by an older wmr; this wmr reads format {FORMAT_VERSION} (finish its jobs with that wmr, or move the state directory aside)",
                     self.path.display()
                 ),
                 Some(_) => {}

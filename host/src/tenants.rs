@@ -38,6 +38,10 @@ pub struct Tenant {
     pub quota: Quota,
 }
 
+fn default_job_output() -> u64 {
+    Limits::default().job_output_bytes
+}
+
 fn one() -> u32 {
     1
 }
@@ -51,6 +55,8 @@ pub struct Quota {
     pub max_timeout_ms_per_attempt: u64,
     pub max_module_bytes: u64,
     pub max_output_bytes_per_attempt: u64,
+    #[serde(default = "default_job_output")]
+    pub max_output_bytes_per_job: u64,
     pub max_jobs_queued: u32,
 }
 
@@ -64,12 +70,32 @@ impl Default for Quota {
             max_timeout_ms_per_attempt: limits.timeout_ms,
             max_module_bytes: 32 << 20,
             max_output_bytes_per_attempt: limits.output_bytes,
+            max_output_bytes_per_job: limits.job_output_bytes,
             max_jobs_queued: 16,
         }
     }
 }
 
 impl Quota {
+    /// Set one quota by name (`wmr tenant add --quota NAME=VALUE`).
+    pub fn set(&mut self, name: &str, value: u64) -> anyhow::Result<()> {
+        let small = || u32::try_from(value).with_context(|| format!("{name}={value} is too large"));
+        match name {
+            "max_concurrent_attempts" => self.max_concurrent_attempts = small()?,
+            "max_fuel_per_attempt" => self.max_fuel_per_attempt = value,
+            "max_memory_per_attempt" => self.max_memory_per_attempt = value,
+            "max_timeout_ms_per_attempt" => self.max_timeout_ms_per_attempt = value,
+            "max_module_bytes" => self.max_module_bytes = value,
+            "max_output_bytes_per_attempt" => self.max_output_bytes_per_attempt = value,
+            "max_output_bytes_per_job" => self.max_output_bytes_per_job = value,
+            "max_jobs_queued" => self.max_jobs_queued = small()?,
+            _ => bail!(
+                "unknown quota {name:?}; the quotas are max_concurrent_attempts, max_fuel_per_attempt, max_memory_per_attempt, max_timeout_ms_per_attempt, max_module_bytes, max_output_bytes_per_attempt, max_output_bytes_per_job, max_jobs_queued"
+            ),
+        }
+        Ok(())
+    }
+
     /// Check a job's limits and modules against the quota; the error names
     /// the quota and its value.
     pub fn check_job(&self, limits: &Limits, module_bytes: &[usize]) -> anyhow::Result<()> {
@@ -93,6 +119,11 @@ impl Quota {
                 "max_output_bytes_per_attempt",
                 limits.output_bytes,
                 self.max_output_bytes_per_attempt,
+            ),
+            (
+                "max_output_bytes_per_job",
+                limits.job_output_bytes,
+                self.max_output_bytes_per_job,
             ),
         ];
         for (name, asked, allowed) in checks {
@@ -196,6 +227,7 @@ pub fn add_tenant(
     name: &str,
     root: &Path,
     weight: u32,
+    quota: Quota,
 ) -> anyhow::Result<String> {
     anyhow::ensure!(
         !name.is_empty()
@@ -213,7 +245,7 @@ pub fn add_tenant(
             token_sha256: token_hash(&token),
             root,
             weight: weight.max(1),
-            quota: Quota::default(),
+            quota,
         },
     );
     save(state_dir, &file)?;
@@ -305,7 +337,7 @@ mod tests {
     #[test]
     fn tokens_are_checked_and_unknown_tenants_look_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let token = add_tenant(dir.path(), "alice", dir.path(), 2).unwrap();
+        let token = add_tenant(dir.path(), "alice", dir.path(), 2, Quota::default()).unwrap();
         let alice = TenantId("alice".into());
         assert_eq!(authenticate(dir.path(), &alice, &token).unwrap().weight, 2);
         let wrong = authenticate(dir.path(), &alice, "nope")

@@ -8,10 +8,9 @@ struct WordCount;
 
 impl Job for WordCount {
     fn map(_file: &[u8], text: &[u8], out: &mut Emitter) -> Result<(), String> {
-        let text = String::from_utf8_lossy(text);
         // In-mapper combining: one pair per distinct word in the split.
         let mut counts = HashMap::new();
-        count::count_words(&text, &mut counts);
+        count::count_words(text, &mut counts);
         for (word, n) in counts {
             out.emit(word, n.to_string());
         }
