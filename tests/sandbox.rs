@@ -583,3 +583,53 @@ fn after_the_abi_fuzz_the_sandbox_still_counts_words() {
     }
     assert_still_counts_words(sandbox);
 }
+
+#[test]
+fn a_print_flood_is_cut_at_the_log_limit_and_the_job_still_counts_words() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "print-flood")],
+    );
+    assert_eq!(call.result, Ok(()));
+    assert_eq!(
+        call.log.len(),
+        16 << 10,
+        "stdout and stderr kept up to the log limit"
+    );
+    assert!(call.log.starts_with("PPPP"), "{}", &call.log[..40]);
+    assert_eq!(word_counts(pairs), native_word_counts());
+}
+
+/// Two map tasks each report `max` = i64::MAX: the job's total saturates
+/// rather than wrapping (or panicking in a debug build).
+#[test]
+fn counter_totals_over_tasks_saturate_instead_of_overflowing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.txt"), TEXT).unwrap();
+    std::fs::write(input.join("b.txt"), TEXT).unwrap();
+    let out = tmp.path().join("out");
+    let (guest, input, out) = (path(&guest("hostile")), path(&input), path(&out));
+    let run = run_ok(&[
+        "run",
+        "--map",
+        &guest,
+        "--input",
+        &input,
+        "--output",
+        &out,
+        "--param",
+        "mode=counter-extreme",
+        "--json",
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        summary["counters"],
+        serde_json::json!({ "max": i64::MAX, "min": i64::MIN }),
+        "{summary}"
+    );
+}

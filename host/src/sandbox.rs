@@ -28,7 +28,6 @@ use wasmtime::component::{
     Component, ComponentType, Lift, Linker, ResourceTable, WasmList, WasmStr,
 };
 use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 mod bindings {
@@ -132,7 +131,7 @@ pub struct AttemptState {
     log: String,
     /// A log line was cut: the log takes no more lines.
     log_cut: bool,
-    stdio: MemoryOutputPipe,
+    stdio: CappedStdio,
     denied: Arc<Mutex<Denials>>,
     deadline: Instant,
     cancel: Arc<AtomicBool>,
@@ -197,6 +196,68 @@ impl Denials {
             what.push_str(&format!(" (and {} more)", self.more));
         }
         Some(what)
+    }
+}
+
+/// The guest's stdout and stderr: kept up to the log limit, the rest
+/// dropped. Writes past the limit still succeed, so a guest that prints a
+/// lot goes on (a full pipe would fail its writes and make Rust's `println!`
+/// panic, with a message nobody can read: it would go to the full pipe).
+#[derive(Clone)]
+struct CappedStdio {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    cap: usize,
+}
+
+impl CappedStdio {
+    fn new(cap: usize) -> Self {
+        CappedStdio {
+            buffer: Arc::default(),
+            cap,
+        }
+    }
+
+    fn contents(&self) -> Vec<u8> {
+        self.buffer.lock().expect("poisoned").clone()
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for CappedStdio {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for CappedStdio {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedStdio {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut buffer = self.buffer.lock().expect("poisoned");
+        let room = self.cap.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        std::task::Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -304,7 +365,7 @@ fn check_counter_name(name: &str) -> Result<(), HostStop> {
 impl AttemptState {
     /// A fresh attempt's host state: empty WASI context, no output yet.
     fn new(ctx: &AttemptContext, sink: Box<dyn PairSink>) -> AttemptState {
-        let stdio = MemoryOutputPipe::new(ctx.limits.log_bytes as usize);
+        let stdio = CappedStdio::new(ctx.limits.log_bytes as usize);
         let denied = Arc::new(Mutex::new(Denials::default()));
         let denied_log = denied.clone();
         let wasi = WasiCtx::builder()

@@ -28,6 +28,7 @@
 //!   then counts words;
 //! - `error-huge`: fails the attempt with an 8 MiB error message;
 //! - `net-flood`: 1,000 refused connections, then fails;
+//! - `print-flood`: 16 MiB each to stdout and stderr, then counts words;
 //! - `abi-fuzz`: `--param calls=N` pseudo-random raw host calls seeded by
 //!   `--param seed=S`, mixing valid and invalid pointers and lengths, then
 //!   counts words.
@@ -139,6 +140,13 @@ impl Job for Hostile {
                     .filter(|_| std::net::TcpStream::connect("127.0.0.1:9").is_err())
                     .count();
                 return Err(format!("net-flood: {refused} connections refused"));
+            }
+            "print-flood" => {
+                let line = "P".repeat(1023);
+                for _ in 0..(16 << 10) {
+                    println!("{line}");
+                    eprintln!("{line}");
+                }
             }
             "abi-fuzz" => abi_fuzz(param_num("seed"), param_num("calls")),
             "" => {}
