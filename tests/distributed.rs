@@ -849,7 +849,11 @@ fn reduce_attempts_on_two_workers_overlap_in_time() {
     let mut c = Cluster::start(&[]);
     c.add_workers(2, &["--slots", "1"]);
     let out = c.root.join("out");
-    let job = c.deploy_ok(&guest("hostile"), &out, &["--param", "reduce-ms=1000"]);
+    let job = c.deploy_ok(
+        &guest("hostile"),
+        &out,
+        &["--param", "reduce-ms=1000", "--grant", "clock"],
+    );
     assert_output_equals_reference(&out, "hostile");
     let status = c.status(Some(&job));
     let reduces: Vec<&Attempt> = status

@@ -471,6 +471,8 @@ fn killed_run_leaves_no_part_file_and_rerun_equals_reference() {
             "mode=sleep",
             "--param",
             "ms=100",
+            "--grant",
+            "clock",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -181,6 +181,50 @@ fn wasi_escape_is_denied_and_leaks_nothing() {
     assert_still_counts_words(&sandbox);
 }
 
+/// What the `clock` mode read: wall-clock seconds and whether the monotonic
+/// clock moved.
+fn clocks(pairs: &[wmr::shuffle::Pair]) -> (u64, bool) {
+    let value = |key: &str| {
+        let (_, v) = pairs
+            .iter()
+            .find(|(k, _)| k.as_slice() == key.as_bytes())
+            .unwrap_or_else(|| panic!("no {key} in {pairs:?}"));
+        String::from_utf8(v.clone()).unwrap()
+    };
+    (
+        value("clock:wall-secs").parse().unwrap(),
+        value("clock:monotonic-moves").parse().unwrap(),
+    )
+}
+
+/// Without `--grant clock` both WASI clocks stand still at zero; with it
+/// the guest reads the host's time.
+#[test]
+fn clocks_read_zero_unless_granted() {
+    let sandbox = Sandbox::new().unwrap();
+    let (result, pairs) = run_hostile(&sandbox, limits(), &[("mode", "clock")]);
+    result.unwrap();
+    assert_eq!(clocks(&pairs), (0, false));
+
+    let granted = Limits {
+        clock: true,
+        ..limits()
+    };
+    let (result, pairs) = run_hostile(&sandbox, granted, &[("mode", "clock")]);
+    result.unwrap();
+    let (wall, moves) = clocks(&pairs);
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        wall.abs_diff(host) <= 60,
+        "the guest's wall clock {wall} is not the host's {host}"
+    );
+    assert!(moves, "the granted monotonic clock did not move");
+    assert_still_counts_words(&sandbox);
+}
+
 #[test]
 fn trap_on_a_record_names_the_record() {
     let sandbox = Sandbox::new().unwrap();

@@ -381,7 +381,14 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
     let mut deploy = c.deploy(
         &guest("hostile"),
         &out,
-        &["--param", "reduce-ms=2000", "--split-size", "512KiB"],
+        &[
+            "--param",
+            "reduce-ms=2000",
+            "--split-size",
+            "512KiB",
+            "--grant",
+            "clock",
+        ],
     );
 
     // A committed map output on some worker, and that worker's capability.

@@ -433,6 +433,8 @@ fn two_tenants_of_equal_weight_share_the_slots_equally() {
         "mode=sleep",
         "--param",
         "ms=400",
+        "--grant",
+        "clock",
         "--split-size",
         "128KiB",
     ];
@@ -702,7 +704,14 @@ fn a_tenant_with_100_jobs_does_not_delay_another_tenants_single_job() {
         std::fs::write(t.root.join("small.txt"), lines).unwrap();
     }
     // One map task of a second, and (`Cluster::deploy`) four quick reduces.
-    let sleepy = ["--param", "mode=sleep", "--param", "ms=1000"];
+    let sleepy = [
+        "--param",
+        "mode=sleep",
+        "--param",
+        "ms=1000",
+        "--grant",
+        "clock",
+    ];
 
     // Alice's 100 jobs, submitted detached, a few clients at a time.
     let submit = |i: usize| {

@@ -247,6 +247,12 @@ struct JobArgs {
     guest: GuestArgs,
 }
 
+/// What a job may grant its guest beyond the empty sandbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Grant {
+    Clock,
+}
+
 /// What a guest gets: parameters and limits.
 #[derive(Args)]
 struct GuestArgs {
@@ -268,6 +274,10 @@ struct GuestArgs {
     /// Bytes of committed output per job, all reducers together.
     #[arg(long, default_value = "1TiB", value_parser = parse_bytes)]
     job_output_limit: u64,
+    /// A capability for the guest (repeatable). `clock`: the host's clocks
+    /// (without it the guest's clocks read zero).
+    #[arg(long = "grant", value_enum)]
+    grants: Vec<Grant>,
     /// Input records the job may skip because the guest traps on them
     /// (each is isolated and written to `_dead_letters.jsonl`); 0: fail.
     #[arg(long, default_value_t = Limits::default().max_dead_letters)]
@@ -282,6 +292,7 @@ impl GuestArgs {
             timeout_ms: self.timeout,
             output_bytes: self.output_limit,
             job_output_bytes: self.job_output_limit,
+            clock: self.grants.contains(&Grant::Clock),
             max_dead_letters: self.max_dead_letters,
             ..Limits::default()
         }

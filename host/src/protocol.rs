@@ -117,6 +117,10 @@ pub struct Limits {
     pub max_dead_letters: u32,
     /// Bytes of committed output (all reduce attempts together) per job.
     pub job_output_bytes: u64,
+    /// The guest may read the host's clocks (`--grant clock`). Without it
+    /// both WASI clocks read zero: no timing, and output that cannot depend
+    /// on when an attempt ran.
+    pub clock: bool,
 }
 
 impl Default for Limits {
@@ -129,6 +133,7 @@ impl Default for Limits {
             log_bytes: 64 << 10,
             max_dead_letters: 10,
             job_output_bytes: 1 << 40,
+            clock: false,
         }
     }
 }

@@ -203,6 +203,27 @@ impl Denials {
 /// dropped. Writes past the limit still succeed, so a guest that prints a
 /// lot goes on (a full pipe would fail its writes and make Rust's `println!`
 /// panic, with a message nobody can read: it would go to the full pipe).
+/// The clocks of a guest without `--grant clock`: always zero.
+struct StoppedClock;
+
+impl wasmtime_wasi::HostWallClock for StoppedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
 #[derive(Clone)]
 struct CappedStdio {
     buffer: Arc<Mutex<Vec<u8>>>,
@@ -368,7 +389,14 @@ impl AttemptState {
         let stdio = CappedStdio::new(ctx.limits.log_bytes as usize);
         let denied = Arc::new(Mutex::new(Denials::default()));
         let denied_log = denied.clone();
-        let wasi = WasiCtx::builder()
+        let mut wasi = WasiCtx::builder();
+        if !ctx.limits.clock {
+            // No clock unless granted: both WASI clocks stand still at zero,
+            // so a guest learns nothing from timing and its output cannot
+            // depend on when it ran.
+            wasi.wall_clock(StoppedClock).monotonic_clock(StoppedClock);
+        }
+        let wasi = wasi
             .stdout(stdio.clone())
             .stderr(stdio.clone())
             // TCP/UDP stay "allowed" so that every socket address reaches

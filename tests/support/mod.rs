@@ -218,12 +218,16 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     files
 }
 
+/// The hostile guest's `sleep` mode: it busy-waits on the clock, which the
+/// job must grant.
 pub fn sleep_params(ms: u32) -> Vec<String> {
     vec![
         "--param".into(),
         "mode=sleep".into(),
         "--param".into(),
         format!("ms={ms}"),
+        "--grant".into(),
+        "clock".into(),
     ]
 }
 

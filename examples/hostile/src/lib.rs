@@ -7,7 +7,8 @@
 //! - `escape`: tries to read a file, the environment and the network;
 //! - `flaky`: fails attempts numbered up to `--param fail-attempts=N`;
 //! - `recurse`: recurses without bound;
-//! - `sleep`: busy-waits `--param ms=N` per map call.
+//! - `sleep`: busy-waits `--param ms=N` per map call (needs `--grant clock`);
+//! - `clock`: emits what its wall and monotonic clocks read.
 //!
 //! Modes that call the host imports with huge or invalid arguments (some
 //! through the raw canonical-ABI imports, as a guest not built with the SDK
@@ -64,6 +65,7 @@ impl Job for Hostile {
                 }
             }
             "escape" => escape(out)?,
+            "clock" => read_clocks(out),
             "flaky" => {
                 let attempt: u32 = param_num("wmr.attempt");
                 let failures: u32 = param_num("fail-attempts");
@@ -411,3 +413,22 @@ fn abi_fuzz(seed: u64, calls: u32) {
 }
 
 wmr_guest::export!(Hostile);
+
+/// `clock` mode: what the guest's clocks say. Emits `clock:wall-secs` (the
+/// wall clock's seconds since 1970) and `clock:monotonic-moves` (whether
+/// the monotonic clock advanced during a bounded spin).
+fn read_clocks(out: &mut Emitter) {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let start = std::time::Instant::now();
+    let mut spins = 0u64;
+    while start.elapsed().is_zero() && spins < 1_000_000 {
+        spins = black_box(spins + 1);
+    }
+    out.emit("clock:wall-secs", wall.to_string());
+    out.emit(
+        "clock:monotonic-moves",
+        (!start.elapsed().is_zero()).to_string(),
+    );
+}
