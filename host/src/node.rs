@@ -607,10 +607,12 @@ async fn serve_shuffle(endpoint: quinn::Endpoint, work_dir: PathBuf) {
                 return;
             };
             let peer = connection.remote_address();
+            // Every log line of this connection (bad frames too) names the peer.
+            let span = tracing::info_span!("shuffle", %peer);
             while let Ok((send, recv)) = connection.accept_bi().await {
                 let mut channel = Channel { send, recv };
                 let work_dir = work_dir.clone();
-                tokio::spawn(async move {
+                let stream = async move {
                     let reply = match channel.read::<Open>().await {
                         Ok(Some(Open::FetchPartition {
                             job,
@@ -632,7 +634,7 @@ async fn serve_shuffle(endpoint: quinn::Endpoint, work_dir: PathBuf) {
                                     }
                                 }
                             } else {
-                                tracing::warn!(%job, %task, %epoch, partition, %peer, "partition fetch refused: wrong or missing capability");
+                                tracing::warn!(%job, %task, %epoch, partition, "partition fetch refused: wrong or missing capability");
                                 PartitionReply::Missing(not_authorised(job))
                             }
                         }
@@ -647,7 +649,8 @@ async fn serve_shuffle(endpoint: quinn::Endpoint, work_dir: PathBuf) {
                     let _ = channel.write(&reply).await;
                     let _ = channel.send.finish();
                     let _ = channel.send.stopped().await;
-                });
+                };
+                tokio::spawn(tracing::Instrument::instrument(stream, span.clone()));
             }
         });
     }

@@ -537,6 +537,29 @@ mod tests {
     }
 
     #[test]
+    fn fingerprint_lists_skip_comments_and_refuse_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker-fingerprints");
+        let a = "ab".repeat(32);
+        let b = "CD".repeat(32);
+        std::fs::write(&path, format!("# workers\n{a}\n\n  {b}  # rack 2\n")).unwrap();
+        let allowed = load_fingerprints(&path).unwrap();
+        assert_eq!(
+            allowed.into_iter().collect::<Vec<_>>(),
+            vec![a.clone(), b.to_ascii_lowercase()]
+        );
+        std::fs::write(&path, format!("{a}\n{}\n", &a[..63])).unwrap();
+        let error = format!("{:#}", load_fingerprints(&path).unwrap_err());
+        assert!(
+            error.ends_with(&format!(
+                ":2: \"{}\" is not a SHA-256 fingerprint (64 hex digits)",
+                &a[..63]
+            )),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn bad_frames_are_typed_errors() {
         assert_eq!(
             check_length((MAX_FRAME_BYTES as u32 + 1).to_be_bytes()),
