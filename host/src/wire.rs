@@ -244,7 +244,9 @@ impl Totals {
                     t.bytes_out += stats.bytes_out;
                     t.records_out += stats.records_out;
                     for (name, value) in &stats.counters {
-                        *t.counters.entry(name.clone()).or_default() += value;
+                        // Saturating: guests choose the deltas.
+                        let total = t.counters.entry(name.clone()).or_default();
+                        *total = total.saturating_add(*value);
                     }
                 }
             }
