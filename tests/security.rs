@@ -364,9 +364,10 @@ fn one_frame<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
 /// committed partition. Without the job's capability (a random one, or
 /// none) it is refused with the exact error, and the refusal is logged;
 /// with the capability the worker received (read from its work dir: the
-/// positive control) the same request gets the partition's exact bytes. A
-/// garbage frame on the shuffle endpoint is refused without an answer. The
-/// job's output still equals the sequential reference.
+/// positive control) the same request gets the partition's exact bytes.
+/// Malformed, truncated, oversize and wrong-version frames on the shuffle
+/// endpoint are each refused without an answer, logged, and leave the
+/// connection up. The job's output still equals the sequential reference.
 #[test]
 fn shuffle_fetch_without_the_jobs_capability_is_refused() {
     let _serial = serial();
@@ -460,6 +461,17 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
         })
     };
     let refusal = format!("not authorised: no valid shuffle capability for job {short}");
+    let version = PROTOCOL_VERSION.to_be_bytes();
+    let frame = |len: u32, body: &[u8]| [&len.to_be_bytes()[..], body].concat();
+    let bad_frames: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", frame(9, &[&version[..], &[0xff; 7]].concat())),
+        (
+            "truncated",
+            frame(1000, &[&version[..], &[1, 2, 3]].concat()),
+        ),
+        ("oversize", frame(MAX_FRAME_BYTES as u32 + 1, &version)),
+        ("wrong version", frame(4, &[0x7f, 0x7f, 1, 2])),
+    ];
     let (wrong, missing, garbage, right) = block_on("fetching partitions", async {
         let (_endpoint, connection) =
             wmr::transport::connect(shuffle_addr, &shuffle_fingerprint, CLIENT_LIMIT)
@@ -467,7 +479,10 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
                 .expect("pinning the worker's shuffle certificate");
         let wrong = exchange(&connection, &request(Capability::generate())).await;
         let missing = exchange(&connection, &request(Capability::default())).await;
-        let garbage = exchange(&connection, &[0, 0, 0, 9, 0, 2, 0xff, 0xff, 0xff]).await;
+        let mut garbage = Vec::new();
+        for (what, bytes) in &bad_frames {
+            garbage.push((*what, exchange(&connection, bytes).await));
+        }
         assert!(
             connection.close_reason().is_none(),
             "a refused fetch closed the whole connection"
@@ -483,10 +498,12 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
         PartitionReply::Missing(reason) => assert_eq!(reason, refusal),
         PartitionReply::Found(_) => panic!("no capability read a partition"),
     }
-    assert!(
-        garbage.is_empty(),
-        "a garbage frame got an answer: {garbage:?}"
-    );
+    for (what, answer) in &garbage {
+        assert!(
+            answer.is_empty(),
+            "{what}: a bad frame got an answer: {answer:?}"
+        );
+    }
     match one_frame::<PartitionReply>(&right) {
         PartitionReply::Found(bytes) => assert!(bytes == partition_bytes, "not the partition"),
         PartitionReply::Missing(reason) => panic!("the job's capability was refused: {reason}"),
@@ -498,7 +515,12 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
         2,
         "each refusal is logged: {log}"
     );
-    assert!(log.contains("closing a stream after a bad frame"), "{log}");
+    assert_eq!(
+        log.matches("closing a stream after a bad frame").count(),
+        bad_frames.len(),
+        "each bad frame is logged: {log}"
+    );
+    assert!(log.contains("stream ended inside a frame"), "{log}");
 
     Cluster::deploy_finishes_ok(&mut deploy);
     assert_output_equals_reference(&out, "hostile");
