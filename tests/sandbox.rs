@@ -639,10 +639,15 @@ fn after_the_abi_fuzz_the_sandbox_still_counts_words() {
 #[test]
 fn a_print_flood_is_cut_at_the_log_limit_and_the_job_still_counts_words() {
     let sandbox = Sandbox::new().unwrap();
+    // 64 times the log limit, line by line: slow-ish, hence the time.
+    let roomy = Limits {
+        timeout_ms: 30_000,
+        ..limits()
+    };
     let (call, pairs) = call_hostile(
         &sandbox,
         &hostile(&sandbox),
-        limits(),
+        roomy,
         &[("mode", "print-flood")],
     );
     assert_eq!(call.result, Ok(()));

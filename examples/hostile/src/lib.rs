@@ -29,7 +29,7 @@
 //!   then counts words;
 //! - `error-huge`: fails the attempt with an 8 MiB error message;
 //! - `net-flood`: 1,000 refused connections, then fails;
-//! - `print-flood`: 16 MiB each to stdout and stderr, then counts words;
+//! - `print-flood`: 1 MiB each to stdout and stderr, then counts words;
 //! - `abi-fuzz`: `--param calls=N` pseudo-random raw host calls seeded by
 //!   `--param seed=S`, mixing valid and invalid pointers and lengths, then
 //!   counts words.
@@ -145,7 +145,7 @@ impl Job for Hostile {
             }
             "print-flood" => {
                 let line = "P".repeat(1023);
-                for _ in 0..(16 << 10) {
+                for _ in 0..(1 << 10) {
                     println!("{line}");
                     eprintln!("{line}");
                 }
