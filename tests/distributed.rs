@@ -24,11 +24,10 @@ mod support;
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 use std::time::{Duration, Instant};
+use support::cluster::*;
 use support::*;
 use wmr::local::Progress;
 use wmr::scheduler::Phase;
@@ -58,453 +57,41 @@ impl Mode {
 
 /// The mode of the tests that do not choose one.
 const COORDINATOR_MODE: Mode = Mode::SharedStore;
-/// The step of every bounded poll.
-const STEP: Duration = Duration::from_millis(10);
 /// Bound on a whole job (deploy until it returns) in the longer tests.
 const JOB_LIMIT: Duration = Duration::from_secs(90);
 /// Bound on one `wmr status` / `wmr cancel` call.
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
 
-fn sleep_step() {
-    std::thread::sleep(STEP);
+/// Start a coordinator in [`COORDINATOR_MODE`]; see [`start_in`].
+fn start(coordinator_args: &[&str]) -> Cluster {
+    start_in(COORDINATOR_MODE, coordinator_args)
 }
 
-/// Poll `condition` every [`STEP`] until it holds; panic with `what` after
-/// `limit`. Returns the value the condition produced.
-fn poll<T>(what: &str, limit: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = condition() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        sleep_step();
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Processes
-
-/// A child process that is killed (SIGKILL) and reaped when dropped; its
-/// stdout and stderr go to files, whose tail is printed if the test panics.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
-        let stdout = logs.join(format!("{name}.stdout"));
-        let stderr = logs.join(format!("{name}.stderr"));
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The exit status if the process has exited.
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
-        let what = format!("{} to exit", self.name);
-        poll(&what, limit, || self.exited())
-    }
-
-    fn stdout_text(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Send a signal with kill(1) (libc is not a dependency).
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("running kill");
-        assert!(status.success(), "kill -{signal} {} failed", self.name);
-    }
-
-    /// SIGKILL now and reap: the abrupt death of a machine.
-    fn kill_now(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaping");
-    }
-
-    /// SIGTERM, then wait (bounded) for the exit.
-    fn terminate(&mut self, limit: Duration) -> ExitStatus {
-        if let Some(status) = self.exited() {
-            return status;
-        }
-        self.signal("TERM");
-        self.wait_within(limit)
-    }
-
-    /// The process state letter from /proc (`T` when stopped).
-    fn state(&self) -> Option<char> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
-        // pid (comm) STATE ...: comm may hold spaces, so split after ')'.
-        stat.rsplit_once(')')?.1.trim_start().chars().next()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = self.stderr_text();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(20)..];
-            eprintln!("--- {} stderr (last lines) ---", self.name);
-            for line in tail {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-/// Run a short client command with a hard time limit.
-fn output_within(mut cmd: Command, what: &str, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning wmr");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: no answer within {limit:?}");
-        }
-        sleep_step();
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap().unwrap_or_default(),
-        stderr: err.join().unwrap().unwrap_or_default(),
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A cluster on loopback
-
-/// A coordinator, its workers, and the temporary directory holding the
-/// coordinator's state, every log, every output and the processes' TMPDIR.
-struct Cluster {
-    coordinator: Proc,
-    workers: Vec<Proc>,
-    addr: String,
-    fingerprint: String,
-    logs: PathBuf,
-    root: PathBuf,
-    spawned: usize,
-    // Last: removed after every process above was killed.
-    _tmp: tempfile::TempDir,
+/// Start a coordinator in `mode` with `coordinator_args`, for jobs of
+/// [`REDUCERS`] reducers.
+fn start_in(mode: Mode, coordinator_args: &[&str]) -> Cluster {
+    Cluster::options()
+        .args(mode.args())
+        .args(coordinator_args)
+        .reducers(REDUCERS.parse().unwrap())
+        .client_limit(CLIENT_LIMIT)
+        .start()
 }
 
 impl Cluster {
-    /// Start a coordinator in [`COORDINATOR_MODE`]; see [`Cluster::start_in`].
-    fn start(coordinator_args: &[&str]) -> Cluster {
-        Cluster::start_in(COORDINATOR_MODE, coordinator_args)
-    }
-
-    /// Start a coordinator in `mode` on 127.0.0.1:0 and wait (bounded) until
-    /// it has published its address and certificate fingerprint.
-    fn start_in(mode: Mode, coordinator_args: &[&str]) -> Cluster {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let (state, logs) = (root.join("state"), root.join("logs"));
-        std::fs::create_dir_all(&logs).unwrap();
-        std::fs::create_dir_all(root.join("tmp")).unwrap();
-        let mut cmd = wmr_in(&root);
-        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
-            .arg(&state)
-            .args(mode.args())
-            .args(coordinator_args);
-        let mut coordinator = Proc::spawn("coordinator", cmd, &logs);
-        let (addr, fingerprint) = poll(
-            "the coordinator to write coordinator.addr and fingerprint",
-            Duration::from_secs(30),
-            || {
-                if let Some(status) = coordinator.exited() {
-                    panic!(
-                        "the coordinator exited ({status}) before listening: {}",
-                        coordinator.stderr_text()
-                    );
-                }
-                let addr = std::fs::read_to_string(state.join("coordinator.addr")).ok()?;
-                let fingerprint = std::fs::read_to_string(state.join("fingerprint")).ok()?;
-                Some((addr.trim().to_string(), fingerprint.trim().to_string()))
-            },
-        );
-        let parsed: std::net::SocketAddr = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("coordinator.addr {addr:?}: {e}"));
-        assert!(parsed.ip().is_loopback(), "{addr}: not on loopback");
-        assert_ne!(parsed.port(), 0, "{addr}: the bound port, not 0");
-        assert!(
-            fingerprint.len() == 64
-                && fingerprint
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
-            "fingerprint {fingerprint:?}: not a hex SHA-256"
-        );
-        Cluster {
-            coordinator,
-            workers: Vec::new(),
-            addr,
-            fingerprint,
-            logs,
-            root,
-            spawned: 0,
-            _tmp: tmp,
-        }
-    }
-
-    fn wmr(&self) -> Command {
-        wmr_in(&self.root)
-    }
-
-    /// `--coordinator ADDR --fingerprint HEX`
-    fn peer_args(&self) -> [&str; 4] {
-        [
-            "--coordinator",
-            &self.addr,
-            "--fingerprint",
-            &self.fingerprint,
-        ]
-    }
-
-    /// A worker process (not yet pushed onto `workers`).
-    fn spawn_worker(&mut self, name: &str, extra: &[&str]) -> Proc {
-        self.spawned += 1;
-        let mut cmd = self.wmr();
-        cmd.args(["worker", "--connect", &self.addr])
-            .args(["--fingerprint", &self.fingerprint])
-            .args(["--name", name])
-            .args(extra);
-        Proc::spawn(&format!("worker-{name}"), cmd, &self.logs)
-    }
-
-    /// Workers `w1..=wn`.
-    fn add_workers(&mut self, n: usize, extra: &[&str]) {
-        for i in 1..=n {
-            let worker = self.spawn_worker(&format!("w{i}"), extra);
-            self.workers.push(worker);
-        }
-    }
-
-    fn worker_named(&self, name: &str) -> &Proc {
-        let proc_name = format!("worker-{name}");
-        self.workers
-            .iter()
-            .find(|w| w.name == proc_name)
-            .unwrap_or_else(|| panic!("no worker process named {name}"))
-    }
-
-    /// Start `wmr deploy GUEST --input BOOKS --output OUT --reducers 10`.
-    fn deploy(&mut self, guest: &Path, out: &Path, extra: &[&str]) -> Proc {
-        self.spawned += 1;
-        let mut cmd = self.wmr();
-        cmd.arg("deploy")
-            .arg(guest)
-            .arg("--input")
-            .arg(books())
-            .arg("--output")
-            .arg(out)
-            .args(self.peer_args())
-            .args(["--reducers", REDUCERS])
-            .args(extra);
-        Proc::spawn(&format!("deploy-{}", self.spawned), cmd, &self.logs)
-    }
-
-    /// Wait (bounded) until a running deploy has said `job JOBID submitted`.
-    fn job_id(&self, deploy: &mut Proc) -> String {
-        poll(
-            "deploy to print `job JOBID submitted`",
-            CLIENT_LIMIT,
-            || {
-                let text = deploy.stderr_text();
-                if let Some(line) = text.lines().next()
-                    && text.contains('\n')
-                {
-                    return Some(parse_submitted(line));
-                }
-                if let Some(status) = deploy.exited() {
-                    panic!("deploy exited ({status}) before submitting: {text}");
-                }
-                None
-            },
-        )
-    }
-
-    /// Wait (bounded) for a deploy and insist that it succeeded; the job id.
-    fn deploy_finishes_ok(&self, deploy: &mut Proc, limit: Duration) -> String {
-        let status = deploy.wait_within(limit);
-        let stderr = deploy.stderr_text();
-        assert!(
-            status.success(),
-            "deploy failed ({status}): {stderr}\nstdout: {}",
-            deploy.stdout_text()
-        );
-        parse_submitted(stderr.lines().next().unwrap_or_default())
-    }
-
-    /// Deploy and wait for success; the job id.
+    /// Deploy over the books and wait for success; the job id.
     fn deploy_ok(&mut self, guest: &Path, out: &Path, extra: &[&str]) -> String {
-        let mut deploy = self.deploy(guest, out, extra);
+        let mut deploy = self.deploy(guest, &books(), out, extra);
         self.deploy_finishes_ok(&mut deploy, JOB_LIMIT)
-    }
-
-    /// Follow `job` as a reconnecting `wmr deploy` does (`Watch`) until a
-    /// progress report satisfies `until`, and return that report. The
-    /// coordinator pushes progress as it happens (and at least on every
-    /// heartbeat), so this returns within milliseconds of the condition.
-    /// Panics if the job ends first, or after `limit`.
-    fn watch_until(
-        &self,
-        job: &str,
-        what: &str,
-        limit: Duration,
-        mut until: impl FnMut(&Progress) -> bool,
-    ) -> Progress {
-        use wmr::transport::Channel;
-        use wmr::wire::{ClientReply, ClientRequest, Open};
-        let addr: std::net::SocketAddr = self.addr.parse().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let follow = async {
-                let (_endpoint, connection) =
-                    wmr::transport::connect(addr, &self.fingerprint, Duration::from_secs(30))
-                        .await
-                        .expect("connecting to the coordinator");
-                let mut channel = Channel::open(&connection).await.expect("opening a stream");
-                channel
-                    .write(&Open::Client {
-                        tenant: wmr::protocol::TenantId::local(),
-                        // Development mode (no tenants.toml): no token.
-                        token: String::new(),
-                        request: ClientRequest::Watch(job.to_string()),
-                    })
-                    .await
-                    .expect("sending Watch");
-                loop {
-                    match channel.read::<ClientReply>().await {
-                        Ok(Some(ClientReply::Progress {
-                            phase,
-                            committed,
-                            running,
-                            total,
-                        })) => {
-                            let progress = Progress {
-                                phase,
-                                committed,
-                                running,
-                                total,
-                            };
-                            if until(&progress) {
-                                return progress;
-                            }
-                        }
-                        Ok(Some(other)) => panic!("job {job} ended before {what}: {other:?}"),
-                        Ok(None) => panic!("the coordinator ended the watch of {job}"),
-                        Err(e) => panic!("watching {job}: {e}"),
-                    }
-                }
-            };
-            tokio::time::timeout(limit, follow)
-                .await
-                .unwrap_or_else(|_| panic!("job {job}: no {what} within {limit:?}"))
-        })
     }
 
     /// `wmr status [JOBID] --json`, which must succeed.
     fn status(&self, job: Option<&str>) -> Status {
-        let mut cmd = self.wmr();
-        cmd.arg("status")
-            .args(job)
-            .args(self.peer_args())
-            .arg("--json");
-        let out = output_within(cmd, "wmr status", CLIENT_LIMIT);
-        assert!(
-            out.status.success(),
-            "wmr status failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "wmr status --json printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        });
-        Status::parse(&json)
+        let mut args = vec!["status"];
+        args.extend(job);
+        args.push("--json");
+        Status::parse(&self.client_json(&args))
     }
-}
-
-/// `wmr` with TMPDIR inside the test's directory, so that anything a
-/// process writes to the system temp dir is found (and removed) too.
-fn wmr_in(root: &Path) -> Command {
-    let mut cmd = wmr();
-    cmd.env("TMPDIR", root.join("tmp"))
-        .env_remove("WMR_COORDINATOR")
-        .env_remove("WMR_FINGERPRINT");
-    cmd
-}
-
-fn parse_submitted(line: &str) -> String {
-    let job = line
-        .strip_prefix("job ")
-        .and_then(|rest| rest.strip_suffix(" submitted"))
-        .unwrap_or_else(|| {
-            panic!("deploy's first stderr line is {line:?}, not `job JOBID submitted`")
-        });
-    assert!(
-        !job.is_empty() && !job.contains(char::is_whitespace),
-        "job id {job:?}"
-    );
-    job.to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -738,7 +325,7 @@ fn find_named(dir: &Path, stem: &str) -> Vec<PathBuf> {
 #[test]
 fn wc_with_three_workers_equals_reference() {
     let _serial = serial();
-    let mut c = Cluster::start(&[]);
+    let mut c = start(&[]);
     c.add_workers(3, &[]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("wordcount"), &out, &[]);
@@ -752,7 +339,7 @@ fn wc_with_three_workers_equals_reference() {
 #[test]
 fn indexer_with_two_workers_equals_reference() {
     let _serial = serial();
-    let mut c = Cluster::start(&[]);
+    let mut c = start(&[]);
     c.add_workers(2, &[]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("indexer"), &out, &[]);
@@ -765,7 +352,7 @@ fn indexer_with_two_workers_equals_reference() {
 #[test]
 fn wc_with_three_workers_worker_local_equals_reference() {
     let _serial = serial();
-    let mut c = Cluster::start_in(Mode::WorkerLocal, &[]);
+    let mut c = start_in(Mode::WorkerLocal, &[]);
     c.add_workers(3, &[]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("wordcount"), &out, &[]);
@@ -792,7 +379,7 @@ fn wc_with_three_workers_worker_local_equals_reference() {
 #[test]
 fn indexer_with_two_workers_worker_local_equals_reference() {
     let _serial = serial();
-    let mut c = Cluster::start_in(Mode::WorkerLocal, &[]);
+    let mut c = start_in(Mode::WorkerLocal, &[]);
     c.add_workers(2, &[]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("indexer"), &out, &[]);
@@ -813,7 +400,7 @@ fn indexer_with_two_workers_worker_local_equals_reference() {
 #[test]
 fn map_attempts_on_two_workers_overlap_in_time() {
     let _serial = serial();
-    let mut c = Cluster::start(&[]);
+    let mut c = start(&[]);
     c.add_workers(2, &["--slots", "1"]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("hostile"), &out, &strs(&sleep_params(1000)));
@@ -846,7 +433,7 @@ fn map_attempts_on_two_workers_overlap_in_time() {
 #[test]
 fn reduce_attempts_on_two_workers_overlap_in_time() {
     let _serial = serial();
-    let mut c = Cluster::start(&[]);
+    let mut c = start(&[]);
     c.add_workers(2, &["--slots", "1"]);
     let out = c.root.join("out");
     let job = c.deploy_ok(
@@ -890,7 +477,7 @@ fn reduce_attempts_on_two_workers_overlap_in_time() {
 #[test]
 fn four_workers_run_exactly_eight_map_attempts() {
     let _serial = serial();
-    let mut c = Cluster::start(&[]);
+    let mut c = start(&[]);
     c.add_workers(4, &["--slots", "1"]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("hostile"), &out, &strs(&sleep_params(2000)));
@@ -921,7 +508,7 @@ fn four_workers_run_exactly_eight_map_attempts() {
 #[test]
 fn output_is_final_when_deploy_returns() {
     let _serial = serial();
-    let mut c = Cluster::start(&[]);
+    let mut c = start(&[]);
     c.add_workers(3, &[]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("wordcount"), &out, &[]);
@@ -946,7 +533,7 @@ fn output_is_final_when_deploy_returns() {
         snapshot(&out) == first,
         "the output changed after the workers stopped"
     );
-    let status = c.coordinator.terminate(Duration::from_secs(10));
+    let status = c.coordinator().terminate(Duration::from_secs(10));
     assert!(
         status.success() || status.code().is_none(),
         "coordinator exit on SIGTERM: {status}"
@@ -967,7 +554,7 @@ fn output_is_final_when_deploy_returns() {
 fn workers_crashing_at_random_still_give_reference_output() {
     let _serial = serial();
     // A short lease, so that a crashed worker's task is reassigned quickly.
-    let mut c = Cluster::start(&["--lease", "1s", "--heartbeat", "250ms"]);
+    let mut c = start(&["--lease", "1s", "--heartbeat", "250ms"]);
     let crashy = ["--slots", "1", "--crash-probability", "0.3"];
     c.add_workers(3, &crashy);
     let mut total_restarts = 0;
@@ -996,7 +583,7 @@ fn workers_killed_one_at_a_time_worker_local_still_give_reference_output() {
     const LIMIT: Duration = Duration::from_secs(90);
     let _serial = serial();
     let started = Instant::now();
-    let mut c = Cluster::start_in(
+    let mut c = start_in(
         Mode::WorkerLocal,
         &["--lease", "1s", "--heartbeat", "250ms"],
     );
@@ -1007,7 +594,7 @@ fn workers_killed_one_at_a_time_worker_local_still_give_reference_output() {
     params.extend(["--max-attempts".into(), "10".into()]);
     for round in 0..2 {
         let out = c.root.join(format!("out-{round}"));
-        let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&params));
+        let mut deploy = c.deploy(&guest("hostile"), &books(), &out, &strs(&params));
         let job = c.job_id(&mut deploy);
         let left = || LIMIT.saturating_sub(started.elapsed());
         let kills: [(&str, ProgressTest); 2] = [
@@ -1066,7 +653,12 @@ type ProgressTest = fn(&Progress) -> bool;
 /// that each task has exactly one committed attempt. The number of restarts.
 fn crash_round(c: &mut Cluster, crashy: &[&str], round: usize, limit: Duration) -> usize {
     let out = c.root.join(format!("out-{round}"));
-    let mut deploy = c.deploy(&guest("wordcount"), &out, &["--max-attempts", "10"]);
+    let mut deploy = c.deploy(
+        &guest("wordcount"),
+        &books(),
+        &out,
+        &["--max-attempts", "10"],
+    );
     let deadline = Instant::now() + limit;
     let mut restarts = 0;
     while deploy.exited().is_none() {
@@ -1119,13 +711,13 @@ fn crash_round(c: &mut Cluster, crashy: &[&str], round: usize, limit: Duration) 
 #[test]
 fn worker_killed_while_reducing_has_its_map_outputs_run_again() {
     let _serial = serial();
-    let mut c = Cluster::start_in(
+    let mut c = start_in(
         Mode::WorkerLocal,
         &["--lease", "1s", "--heartbeat", "250ms"],
     );
     c.add_workers(3, &["--slots", "1"]);
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&sleep_params(300)));
+    let mut deploy = c.deploy(&guest("hostile"), &books(), &out, &strs(&sleep_params(300)));
     let job = c.job_id(&mut deploy);
 
     // w1 holds a committed map output before the map phase ends.
@@ -1229,12 +821,12 @@ fn worker_killed_while_reducing_has_its_map_outputs_run_again() {
 #[test]
 fn frozen_worker_attempt_is_rejected_and_leaves_no_file() {
     let _serial = serial();
-    let mut c = Cluster::start(&["--lease", "2s", "--heartbeat", "500ms"]);
+    let mut c = start(&["--lease", "2s", "--heartbeat", "500ms"]);
     c.add_workers(2, &["--slots", "1"]);
     let out = c.root.join("out");
     let mut params = sleep_params(4000);
     params.extend(["--split-size".into(), "1GiB".into()]);
-    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&params));
+    let mut deploy = c.deploy(&guest("hostile"), &books(), &out, &strs(&params));
     let job = c.job_id(&mut deploy);
 
     // A running map attempt, and the process of its worker.
@@ -1339,10 +931,15 @@ fn frozen_worker_attempt_is_rejected_and_leaves_no_file() {
 #[test]
 fn job_survives_coordinator_frozen_for_three_seconds() {
     let _serial = serial();
-    let mut c = Cluster::start(&[]);
+    let mut c = start(&[]);
     c.add_workers(2, &["--slots", "1"]);
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&sleep_params(1000)));
+    let mut deploy = c.deploy(
+        &guest("hostile"),
+        &books(),
+        &out,
+        &strs(&sleep_params(1000)),
+    );
     let job = c.job_id(&mut deploy);
     poll("a committed map attempt", Duration::from_secs(30), || {
         let status = c.status(Some(&job));
@@ -1354,19 +951,23 @@ fn job_survives_coordinator_frozen_for_three_seconds() {
             .then_some(())
     });
 
-    c.coordinator.signal("STOP");
+    c.coordinator().signal("STOP");
     poll(
         "the coordinator to be stopped",
         Duration::from_secs(5),
-        || (c.coordinator.state() == Some('T')).then_some(()),
+        || (c.coordinator().state() == Some('T')).then_some(()),
     );
     let frozen_at = Instant::now();
     // The fault itself: the coordinator stays frozen for 3 s.
     while frozen_at.elapsed() < Duration::from_secs(3) {
-        assert_eq!(c.coordinator.state(), Some('T'), "the coordinator woke up");
+        assert_eq!(
+            c.coordinator().state(),
+            Some('T'),
+            "the coordinator woke up"
+        );
         sleep_step();
     }
-    c.coordinator.signal("CONT");
+    c.coordinator().signal("CONT");
 
     let job_again = c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
     assert_eq!(job_again, job);
@@ -1384,7 +985,7 @@ fn job_survives_coordinator_frozen_for_three_seconds() {
 fn wrong_fingerprint_is_refused_and_garbage_datagrams_are_ignored() {
     use rand::{RngCore, SeedableRng};
     let _serial = serial();
-    let mut c = Cluster::start(&[]);
+    let mut c = start(&[]);
     c.add_workers(2, &[]);
 
     // (a) The wrong fingerprint.
@@ -1447,7 +1048,7 @@ fn wrong_fingerprint_is_refused_and_garbage_datagrams_are_ignored() {
     send_garbage(&mut rng);
 
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("wordcount"), &out, &[]);
+    let mut deploy = c.deploy(&guest("wordcount"), &books(), &out, &[]);
     let job = c.job_id(&mut deploy);
     send_garbage(&mut rng);
     let status = c.status(Some(&job));
@@ -1460,7 +1061,7 @@ fn wrong_fingerprint_is_refused_and_garbage_datagrams_are_ignored() {
     let status = c.status(None);
     assert_eq!(status.job, job);
     assert_eq!(status.phase, "Completed");
-    assert!(c.coordinator.exited().is_none(), "the coordinator died");
+    assert!(c.coordinator().exited().is_none(), "the coordinator died");
 }
 
 /// Bad frames over a real QUIC connection (pinned TLS, the coordinator's
@@ -1472,10 +1073,10 @@ fn bad_frames_on_a_quic_connection_leave_the_coordinator_serving() {
     use wmr::transport::{Channel, MAX_FRAME_BYTES, PROTOCOL_VERSION, check_length, decode};
     use wmr::wire::{ClientReply, ClientRequest, Open};
     let _serial = serial();
-    let mut c = Cluster::start(&[]);
+    let mut c = start(&[]);
     c.add_workers(2, &["--slots", "1"]);
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&sleep_params(500)));
+    let mut deploy = c.deploy(&guest("hostile"), &books(), &out, &strs(&sleep_params(500)));
     let job = c.job_id(&mut deploy);
     assert_eq!(c.status(Some(&job)).phase, "Mapping");
 
@@ -1568,7 +1169,7 @@ fn bad_frames_on_a_quic_connection_leave_the_coordinator_serving() {
     c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
     assert_output_equals_reference(&out, "hostile");
     assert_eq!(c.status(Some(&job)).phase, "Completed");
-    assert!(c.coordinator.exited().is_none(), "the coordinator died");
+    assert!(c.coordinator().exited().is_none(), "the coordinator died");
 }
 
 /// SIGTERM drains a worker: it takes nothing new, finishes and reports what
@@ -1576,10 +1177,15 @@ fn bad_frames_on_a_quic_connection_leave_the_coordinator_serving() {
 #[test]
 fn sigterm_drains_a_worker_without_losing_its_attempt() {
     let _serial = serial();
-    let mut c = Cluster::start(&[]);
+    let mut c = start(&[]);
     let mut drainer = c.spawn_worker("drainer", &["--slots", "1"]);
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&sleep_params(1500)));
+    let mut deploy = c.deploy(
+        &guest("hostile"),
+        &books(),
+        &out,
+        &strs(&sleep_params(1500)),
+    );
     let job = c.job_id(&mut deploy);
     poll("an attempt running on the drainer", JOB_LIMIT, || {
         let status = c.status(Some(&job));
