@@ -24,323 +24,32 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 use std::time::{Duration, Instant};
+use support::cluster::*;
 use support::*;
-use wmr::local::Progress;
 use wmr::scheduler::Phase;
 
 /// nReduce of the MIT lab, as in `distributed.rs`.
 const REDUCERS: &str = "10";
-/// The step of every bounded poll.
-const STEP: Duration = Duration::from_millis(10);
 /// Bound on one client call (`wmr status`, `jobs`, `cancel`, `resume`).
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
 /// A short lease: the idle timeout of the QUIC connections is twice the
 /// lease, so workers and `wmr deploy` notice a dead coordinator in ~6 s.
 const FAST: [&str; 4] = ["--lease", "3s", "--heartbeat", "500ms"];
 
-// ---------------------------------------------------------------------------
-// Processes
-
-/// A child process that is killed (SIGKILL) and reaped when dropped; its
-/// stdout and stderr go to files, whose tail is printed if the test panics.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
-        let stdout = logs.join(format!("{name}.stdout"));
-        let stderr = logs.join(format!("{name}.stderr"));
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    /// SIGKILL now and reap.
-    fn kill_now(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaping");
-    }
-
-    fn stdout_text(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = self.stderr_text();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!("--- {} stderr (last lines) ---", self.name);
-            for line in &lines[lines.len().saturating_sub(20)..] {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A coordinator that can be killed and started again, and its workers
-
-struct Cluster {
-    /// `None` while it is dead.
-    coordinator: Option<Proc>,
-    workers: Vec<Proc>,
-    coordinator_args: Vec<String>,
-    /// `127.0.0.1:0` until the first start; then the bound address, which
-    /// every restart listens on again.
-    addr: String,
-    fingerprint: String,
-    starts: usize,
-    spawned: usize,
-    root: PathBuf,
-    state: PathBuf,
-    logs: PathBuf,
-    /// The hard bound of the test: no wait goes past it.
-    deadline: Instant,
-    // Last: removed after every process above was killed.
-    _tmp: tempfile::TempDir,
+/// A coordinator with `args`, for jobs of [`REDUCERS`] reducers; the test
+/// must end within `bound`.
+fn start(bound: Duration, args: &[&str]) -> Cluster {
+    Cluster::options()
+        .args(args)
+        .reducers(REDUCERS.parse().unwrap())
+        .client_limit(CLIENT_LIMIT)
+        .bound(bound)
+        .start()
 }
 
 impl Cluster {
-    /// A coordinator with `args` on 127.0.0.1:0; the test must end within
-    /// `bound`.
-    fn start(bound: Duration, args: &[&str]) -> Cluster {
-        let deadline = Instant::now() + bound;
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let (state, logs) = (root.join("state"), root.join("logs"));
-        std::fs::create_dir_all(&logs).unwrap();
-        std::fs::create_dir_all(root.join("tmp")).unwrap();
-        let mut c = Cluster {
-            coordinator: None,
-            workers: Vec::new(),
-            coordinator_args: args.iter().map(|a| a.to_string()).collect(),
-            addr: "127.0.0.1:0".into(),
-            fingerprint: String::new(),
-            starts: 0,
-            spawned: 0,
-            root,
-            state,
-            logs,
-            deadline,
-            _tmp: tmp,
-        };
-        c.start_coordinator();
-        c
-    }
-
-    /// Poll `condition` every [`STEP`] until it holds; panic with `what`
-    /// after `limit` or at the test's deadline, whichever comes first.
-    fn poll<T>(&self, what: &str, limit: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
-        let deadline = self.deadline.min(Instant::now() + limit);
-        loop {
-            if let Some(value) = condition() {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out ({}): {what}",
-                if deadline == self.deadline {
-                    "the test's time bound".to_string()
-                } else {
-                    format!("{limit:?}")
-                }
-            );
-            std::thread::sleep(STEP);
-        }
-    }
-
-    fn left(&self) -> Duration {
-        self.deadline.saturating_duration_since(Instant::now())
-    }
-
-    /// `wmr` with TMPDIR inside the test's directory.
-    fn wmr(&self) -> Command {
-        let mut cmd = wmr();
-        cmd.env("TMPDIR", self.root.join("tmp"))
-            .env_remove("WMR_COORDINATOR")
-            .env_remove("WMR_FINGERPRINT");
-        cmd
-    }
-
-    /// Start (or restart) the coordinator on `self.addr` with the same
-    /// state, and wait until it listens: it has written
-    /// `STATE/coordinator.addr`, which is removed first so that an old copy
-    /// does not count. A restart keeps the address and the certificate.
-    fn start_coordinator(&mut self) {
-        assert!(self.coordinator.is_none(), "the coordinator is running");
-        let addr_file = self.state.join("coordinator.addr");
-        let _ = std::fs::remove_file(&addr_file);
-        self.starts += 1;
-        let mut cmd = self.wmr();
-        cmd.args(["coordinator", "--listen", &self.addr, "--state"])
-            .arg(&self.state)
-            .args(&self.coordinator_args);
-        let name = format!("coordinator-{}", self.starts);
-        let mut coordinator = Proc::spawn(&name, cmd, &self.logs);
-        let (addr, fingerprint) = self.poll(
-            "the coordinator to write coordinator.addr",
-            Duration::from_secs(30),
-            || {
-                if let Some(status) = coordinator.exited() {
-                    panic!(
-                        "{name} exited ({status}) before listening: {}",
-                        coordinator.stderr_text()
-                    );
-                }
-                let addr = std::fs::read_to_string(&addr_file).ok()?;
-                let fingerprint = std::fs::read_to_string(self.state.join("fingerprint")).ok()?;
-                Some((addr.trim().to_string(), fingerprint.trim().to_string()))
-            },
-        );
-        if self.starts == 1 {
-            let parsed: std::net::SocketAddr = addr.parse().unwrap();
-            assert!(parsed.ip().is_loopback() && parsed.port() != 0, "{addr}");
-            (self.addr, self.fingerprint) = (addr, fingerprint);
-        } else {
-            assert_eq!(addr, self.addr, "the restarted coordinator's address");
-            assert_eq!(
-                fingerprint, self.fingerprint,
-                "the restarted coordinator's certificate"
-            );
-        }
-        self.coordinator = Some(coordinator);
-    }
-
-    /// SIGKILL the coordinator: no chance to write anything more.
-    fn kill_coordinator(&mut self) {
-        let mut coordinator = self.coordinator.take().expect("a running coordinator");
-        if let Some(status) = coordinator.exited() {
-            panic!(
-                "the coordinator had already exited ({status}): {}",
-                coordinator.stderr_text()
-            );
-        }
-        coordinator.kill_now();
-    }
-
-    fn peer_args(&self) -> [&str; 4] {
-        [
-            "--coordinator",
-            &self.addr,
-            "--fingerprint",
-            &self.fingerprint,
-        ]
-    }
-
-    /// Workers `w1..=wn`.
-    fn add_workers(&mut self, n: usize, extra: &[&str]) {
-        for i in 1..=n {
-            let mut cmd = self.wmr();
-            cmd.args(["worker", "--connect", &self.addr])
-                .args(["--fingerprint", &self.fingerprint])
-                .args(["--name", &format!("w{i}")])
-                .args(extra);
-            let worker = Proc::spawn(&format!("worker-w{i}"), cmd, &self.logs);
-            self.workers.push(worker);
-        }
-    }
-
-    /// Start `wmr deploy GUEST --input BOOKS --output OUT --reducers 10`.
-    fn deploy(&mut self, guest: &Path, out: &Path, extra: &[&str]) -> Proc {
-        self.spawned += 1;
-        let mut cmd = self.wmr();
-        cmd.arg("deploy")
-            .arg(guest)
-            .arg("--input")
-            .arg(books())
-            .arg("--output")
-            .arg(out)
-            .args(self.peer_args())
-            .args(["--reducers", REDUCERS])
-            .args(extra);
-        Proc::spawn(&format!("deploy-{}", self.spawned), cmd, &self.logs)
-    }
-
-    /// Wait until a running deploy has said `job JOBID submitted`.
-    fn job_id(&self, deploy: &mut Proc) -> String {
-        self.poll(
-            "deploy to print `job JOBID submitted`",
-            CLIENT_LIMIT,
-            || {
-                let text = deploy.stderr_text();
-                if let Some(line) = text.lines().next()
-                    && text.contains('\n')
-                {
-                    return Some(parse_submitted(line));
-                }
-                if let Some(status) = deploy.exited() {
-                    panic!("deploy exited ({status}) before submitting: {text}");
-                }
-                None
-            },
-        )
-    }
-
-    /// Wait for a deploy to exit; its status and stderr.
-    fn deploy_exit(&self, deploy: &mut Proc, limit: Duration) -> (ExitStatus, String) {
-        let what = format!("{} to exit", deploy.name);
-        let status = self.poll(&what, limit, || deploy.exited());
-        (status, deploy.stderr_text())
-    }
-
-    /// A client command (`status`, `jobs`, `cancel`, `resume`, with the
-    /// coordinator's address and fingerprint), bounded in time.
-    fn client(&self, args: &[&str]) -> Output {
-        let mut cmd = self.wmr();
-        cmd.args(args).args(self.peer_args());
-        let limit = CLIENT_LIMIT.min(self.left());
-        output_within(cmd, &format!("wmr {args:?}"), limit)
-    }
-
-    fn client_ok(&self, args: &[&str]) -> Output {
-        let out = self.client(args);
-        assert!(
-            out.status.success(),
-            "wmr {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn client_json(&self, args: &[&str]) -> Value {
-        let out = self.client_ok(args);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "wmr {args:?} printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-
     /// `wmr status JOB --json`.
     fn status(&self, job: &str) -> Status {
         Status::parse(&self.client_json(&["status", job, "--json"]))
@@ -373,120 +82,6 @@ impl Cluster {
         }
         all.iter().filter(|e| e["job"] == job).cloned().collect()
     }
-
-    /// Follow `job` as a reconnecting `wmr deploy` does (`Watch`) until a
-    /// progress report satisfies `until`; that report. The coordinator
-    /// pushes progress as it happens (at least on every heartbeat), so this
-    /// returns within milliseconds of the condition. Panics if the job ends
-    /// first, or after `limit` (or the test's deadline).
-    fn watch_until(
-        &self,
-        job: &str,
-        what: &str,
-        limit: Duration,
-        mut until: impl FnMut(&Progress) -> bool,
-    ) -> Progress {
-        use wmr::transport::Channel;
-        use wmr::wire::{ClientReply, ClientRequest, Open};
-        let limit = limit.min(self.left());
-        let addr: std::net::SocketAddr = self.addr.parse().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let follow = async {
-                let (_endpoint, connection) =
-                    wmr::transport::connect(addr, &self.fingerprint, Duration::from_secs(30))
-                        .await
-                        .expect("connecting to the coordinator");
-                let mut channel = Channel::open(&connection).await.expect("opening a stream");
-                channel
-                    .write(&Open::Client {
-                        tenant: wmr::protocol::TenantId::local(),
-                        // Development mode (no tenants.toml): no token.
-                        token: String::new(),
-                        request: ClientRequest::Watch(job.to_string()),
-                    })
-                    .await
-                    .expect("sending Watch");
-                loop {
-                    match channel.read::<ClientReply>().await {
-                        Ok(Some(ClientReply::Progress {
-                            phase,
-                            committed,
-                            running,
-                            total,
-                        })) => {
-                            let progress = Progress {
-                                phase,
-                                committed,
-                                running,
-                                total,
-                            };
-                            if until(&progress) {
-                                return progress;
-                            }
-                        }
-                        Ok(Some(other)) => panic!("job {job} ended before {what}: {other:?}"),
-                        Ok(None) => panic!("the coordinator ended the watch of {job}"),
-                        Err(e) => panic!("watching {job}: {e}"),
-                    }
-                }
-            };
-            tokio::time::timeout(limit, follow)
-                .await
-                .unwrap_or_else(|_| panic!("job {job}: no {what} within {limit:?}"))
-        })
-    }
-}
-
-/// Run a short command with a hard time limit.
-fn output_within(mut cmd: Command, what: &str, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning wmr");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: no answer within {limit:?}");
-        }
-        std::thread::sleep(STEP);
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap().unwrap_or_default(),
-        stderr: err.join().unwrap().unwrap_or_default(),
-    }
-}
-
-fn parse_submitted(line: &str) -> String {
-    let job = line
-        .strip_prefix("job ")
-        .and_then(|rest| rest.strip_suffix(" submitted"))
-        .unwrap_or_else(|| {
-            panic!("deploy's first stderr line is {line:?}, not `job JOBID submitted`")
-        });
-    assert!(!job.is_empty() && !job.contains(char::is_whitespace));
-    job.to_string()
 }
 
 // ---------------------------------------------------------------------------
@@ -647,19 +242,6 @@ fn assert_output_equals_reference(out: &Path, guest_name: &str) {
     );
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // 1. Coordinator crashes
 
@@ -677,11 +259,16 @@ fn coordinator_killed_while_mapping_and_while_reducing_resumes_the_job() {
     let started = Instant::now();
     let mut args = vec!["--shared-store"];
     args.extend(FAST);
-    let mut c = Cluster::start(Duration::from_secs(150), &args);
+    let mut c = start(Duration::from_secs(150), &args);
     c.add_workers(2, &["--slots", "1"]);
     books_reference("hostile");
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&sleep_params(1000)));
+    let mut deploy = c.deploy(
+        &guest("hostile"),
+        &books(),
+        &out,
+        &strs(&sleep_params(1000)),
+    );
     let job = c.job_id(&mut deploy);
 
     // Crash 1: in the map phase, once a map task has committed.
@@ -842,10 +429,10 @@ fn truncated_state_file_stops_the_coordinator_and_is_left_as_it_is() {
     let _serial = serial();
     let mut args = vec!["--shared-store"];
     args.extend(FAST);
-    let mut c = Cluster::start(Duration::from_secs(90), &args);
+    let mut c = start(Duration::from_secs(90), &args);
     c.add_workers(2, &[]);
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("wordcount"), &out, &[]);
+    let mut deploy = c.deploy(&guest("wordcount"), &books(), &out, &[]);
     let (exit, stderr) = c.deploy_exit(&mut deploy, Duration::from_secs(60));
     assert!(exit.success(), "deploy failed ({exit}): {stderr}");
     assert_output_equals_reference(&out, "wordcount");
@@ -932,11 +519,11 @@ fn truncated_state_file_stops_the_coordinator_and_is_left_as_it_is() {
 #[test]
 fn cancelled_job_is_resumed_and_completes() {
     let _serial = serial();
-    let mut c = Cluster::start(Duration::from_secs(120), &FAST);
+    let mut c = start(Duration::from_secs(120), &FAST);
     c.add_workers(2, &["--slots", "1"]);
     books_reference("hostile");
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("hostile"), &out, &strs(&sleep_params(500)));
+    let mut deploy = c.deploy(&guest("hostile"), &books(), &out, &strs(&sleep_params(500)));
     let job = c.job_id(&mut deploy);
     c.poll("a committed map attempt", Duration::from_secs(30), || {
         let status = c.status(&job);
@@ -1010,21 +597,16 @@ fn completed_job_is_listed_after_a_restart() {
     let _serial = serial();
     let mut args = vec!["--shared-store"];
     args.extend(FAST);
-    let mut c = Cluster::start(Duration::from_secs(90), &args);
+    let mut c = start(Duration::from_secs(90), &args);
     c.add_workers(2, &[]);
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("wordcount"), &out, &[]);
+    let mut deploy = c.deploy(&guest("wordcount"), &books(), &out, &[]);
     let job = c.job_id(&mut deploy);
     let (exit, stderr) = c.deploy_exit(&mut deploy, Duration::from_secs(60));
     assert!(exit.success(), "deploy failed ({exit}): {stderr}");
 
     let mut coordinator = c.coordinator.take().unwrap();
-    let term = Command::new("kill")
-        .arg("-TERM")
-        .arg(coordinator.child.id().to_string())
-        .status()
-        .expect("running kill");
-    assert!(term.success());
+    coordinator.signal("TERM");
     let exit = c.poll("the coordinator to exit on SIGTERM", CLIENT_LIMIT, || {
         coordinator.exited()
     });
@@ -1051,13 +633,13 @@ fn three_jobs_at_once_share_two_workers() {
     let _serial = serial();
     let mut args = vec!["--shared-store"];
     args.extend(FAST);
-    let mut c = Cluster::start(Duration::from_secs(120), &args);
+    let mut c = start(Duration::from_secs(120), &args);
     c.add_workers(2, &["--slots", "1"]);
     let params = sleep_params(300);
     let outs: Vec<PathBuf> = (0..3).map(|i| c.root.join(format!("out-{i}"))).collect();
     let mut deploys: Vec<Proc> = outs
         .iter()
-        .map(|out| c.deploy(&guest("hostile"), out, &strs(&params)))
+        .map(|out| c.deploy(&guest("hostile"), &books(), out, &strs(&params)))
         .collect();
     let jobs: Vec<String> = deploys.iter_mut().map(|d| c.job_id(d)).collect();
     for d in &mut deploys {
@@ -1105,7 +687,7 @@ fn dlq_lists_exactly_the_records_the_guest_trapped_on() {
     let _serial = serial();
     let mut args = vec!["--shared-store"];
     args.extend(FAST);
-    let mut c = Cluster::start(Duration::from_secs(90), &args);
+    let mut c = start(Duration::from_secs(90), &args);
     c.add_workers(2, &[]);
     let input = c.root.join("input").join("records.txt");
     std::fs::create_dir_all(input.parent().unwrap()).unwrap();
