@@ -10,15 +10,11 @@
 mod support;
 
 use serde_json::Value;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::cluster::*;
 use support::*;
 
-/// The step of every bounded poll.
-const STEP: Duration = Duration::from_millis(10);
 /// Bound on a whole job.
 const JOB_LIMIT: Duration = Duration::from_secs(120);
 /// Bound on one short client call.
@@ -26,302 +22,30 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(30);
 /// The one-line refusal of an unknown tenant or a wrong token.
 const REFUSED: &str = "error: unknown tenant or wrong token";
 
-fn poll<T>(what: &str, limit: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = condition() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(STEP);
-    }
+/// Tenants `names` of weight 1, each with a copy of the books in its root,
+/// and a coordinator with a shared store, for jobs of 4 reducers.
+fn start(names: &[&str]) -> (Cluster, Vec<Tenant>) {
+    start_with(names, &[])
 }
 
-// ---------------------------------------------------------------------------
-// Processes
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
-        let stdout = logs.join(format!("{name}.stdout"));
-        let stderr = logs.join(format!("{name}.stderr"));
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
-        let what = format!("{} to exit", self.name);
-        poll(&what, limit, || self.exited())
-    }
-
-    fn stdout_text(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = self.stderr_text();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(20)..];
-            eprintln!("--- {} stderr (last lines) ---", self.name);
-            for line in tail {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-/// Run a short command with a hard time limit.
-fn output_within(mut cmd: Command, what: &str, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning wmr");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: no answer within {limit:?}");
-        }
-        std::thread::sleep(STEP);
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap().unwrap_or_default(),
-        stderr: err.join().unwrap().unwrap_or_default(),
-    }
-}
-
-fn wmr_in(root: &Path) -> Command {
-    let mut cmd = wmr();
-    cmd.env("TMPDIR", root.join("tmp"));
-    for var in [
-        "WMR_COORDINATOR",
-        "WMR_FINGERPRINT",
-        "WMR_TENANT",
-        "WMR_TOKEN",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-fn parse_submitted(line: &str) -> String {
-    line.strip_prefix("job ")
-        .and_then(|rest| rest.strip_suffix(" submitted"))
-        .unwrap_or_else(|| {
-            panic!("deploy's first stderr line is {line:?}, not `job JOBID submitted`")
-        })
-        .to_string()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// A cluster with tenants
-
-struct Tenant {
-    name: String,
-    token: String,
-    root: PathBuf,
-}
-
-impl Tenant {
-    fn books(&self) -> PathBuf {
-        self.root.join("books")
-    }
-}
-
-struct Cluster {
-    _coordinator: Proc,
-    workers: Vec<Proc>,
-    addr: String,
-    fingerprint: String,
-    state: PathBuf,
-    logs: PathBuf,
-    root: PathBuf,
-    worker_token: String,
-    spawned: usize,
-    // Last: removed after every process above was killed.
-    _tmp: tempfile::TempDir,
+/// As [`start`], with `tenant_args` added to every `wmr tenant add`.
+fn start_with(names: &[&str], tenant_args: &[&str]) -> (Cluster, Vec<Tenant>) {
+    let c = Cluster::options()
+        .tenants(names)
+        .tenant_args(tenant_args)
+        .tenant_books()
+        .shared_store()
+        .reducers(4)
+        .client_limit(CLIENT_LIMIT)
+        .start();
+    let tenants = c.tenants.clone();
+    (c, tenants)
 }
 
 impl Cluster {
-    /// A state dir with tenants `names` (weight 1, each with a root holding
-    /// a copy of the books) and a worker token, then a coordinator.
-    fn start(names: &[&str]) -> (Cluster, Vec<Tenant>) {
-        Cluster::start_with(names, &[])
-    }
-
-    /// As [`Cluster::start`], with `tenant_args` added to every `wmr tenant add`.
-    fn start_with(names: &[&str], tenant_args: &[&str]) -> (Cluster, Vec<Tenant>) {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
-        let (state, logs) = (root.join("state"), root.join("logs"));
-        std::fs::create_dir_all(&logs).unwrap();
-        std::fs::create_dir_all(&state).unwrap();
-        std::fs::create_dir_all(root.join("tmp")).unwrap();
-        let tenants: Vec<Tenant> = names
-            .iter()
-            .map(|name| {
-                let troot = root.join("tenants").join(name);
-                copy_dir(&books(), &troot.join("books"));
-                let mut cmd = wmr_in(&root);
-                cmd.args(["tenant", "add", name, "--state"])
-                    .arg(&state)
-                    .arg("--root")
-                    .arg(&troot)
-                    .args(["--weight", "1"])
-                    .args(tenant_args);
-                let out = output_within(cmd, "tenant add", CLIENT_LIMIT);
-                assert!(
-                    out.status.success(),
-                    "tenant add {name}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-                assert!(token.len() >= 32, "token {token:?}");
-                Tenant {
-                    name: name.to_string(),
-                    token,
-                    root: troot,
-                }
-            })
-            .collect();
-        let mut cmd = wmr_in(&root);
-        cmd.args(["tenant", "worker-token", "--state"]).arg(&state);
-        let out = output_within(cmd, "tenant worker-token", CLIENT_LIMIT);
-        assert!(out.status.success(), "worker-token failed");
-        let worker_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-
-        let mut cmd = wmr_in(&root);
-        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
-            .arg(&state)
-            .arg("--shared-store");
-        let mut coordinator = Proc::spawn("coordinator", cmd, &logs);
-        let (addr, fingerprint) = poll(
-            "the coordinator to write coordinator.addr and fingerprint",
-            Duration::from_secs(30),
-            || {
-                if let Some(status) = coordinator.exited() {
-                    panic!(
-                        "the coordinator exited ({status}): {}",
-                        coordinator.stderr_text()
-                    );
-                }
-                let addr = std::fs::read_to_string(state.join("coordinator.addr")).ok()?;
-                let fingerprint = std::fs::read_to_string(state.join("fingerprint")).ok()?;
-                let (addr, fingerprint) = (addr.trim(), fingerprint.trim());
-                (!addr.is_empty() && fingerprint.len() == 64)
-                    .then(|| (addr.to_string(), fingerprint.to_string()))
-            },
-        );
-        let cluster = Cluster {
-            _coordinator: coordinator,
-            workers: Vec::new(),
-            addr,
-            fingerprint,
-            state,
-            logs,
-            root,
-            worker_token,
-            spawned: 0,
-            _tmp: tmp,
-        };
-        (cluster, tenants)
-    }
-
-    fn spawn_worker(&mut self, name: &str, token: &str) -> Proc {
-        let mut cmd = wmr_in(&self.root);
-        cmd.args(["worker", "--connect", &self.addr])
-            .args(["--fingerprint", &self.fingerprint])
-            .args(["--token", token])
-            .args(["--slots", "1", "--name", name]);
-        Proc::spawn(&format!("worker-{name}"), cmd, &self.logs)
-    }
-
-    fn add_workers(&mut self, n: usize) {
-        for i in 1..=n {
-            let token = self.worker_token.clone();
-            let worker = self.spawn_worker(&format!("w{i}"), &token);
-            self.workers.push(worker);
-        }
-    }
-
-    /// `wmr ARGS --coordinator .. --fingerprint .. --tenant NAME --token TOKEN`
-    fn client(&self, tenant: &str, token: &str, args: &[&str]) -> Command {
-        let mut cmd = wmr_in(&self.root);
-        cmd.args(args)
-            .args(["--coordinator", &self.addr])
-            .args(["--fingerprint", &self.fingerprint])
-            .args(["--tenant", tenant, "--token", token]);
-        cmd
-    }
-
-    fn run(&self, tenant: &str, token: &str, args: &[&str]) -> Output {
-        let cmd = self.client(tenant, token, args);
-        output_within(cmd, &format!("wmr {args:?}"), CLIENT_LIMIT)
-    }
-
     /// Run a client command that must fail with exit 1; its stderr, trimmed.
     fn refused(&self, tenant: &str, token: &str, args: &[&str]) -> String {
-        let out = self.run(tenant, token, args);
+        let out = self.run_as(tenant, token, args);
         assert_eq!(
             out.status.code(),
             Some(1),
@@ -332,58 +56,10 @@ impl Cluster {
         String::from_utf8(out.stderr).unwrap().trim().to_string()
     }
 
-    fn json(&self, tenant: &Tenant, args: &[&str]) -> Value {
-        let out = self.run(&tenant.name, &tenant.token, args);
-        assert!(
-            out.status.success(),
-            "wmr {args:?} as {}: {}",
-            tenant.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Start a deploy of `guest` over `input` as `tenant`.
-    fn deploy(
-        &mut self,
-        tenant: &Tenant,
-        guest: &Path,
-        input: &Path,
-        out: &Path,
-        extra: &[&str],
-    ) -> Proc {
-        self.spawned += 1;
-        let mut cmd = self.client(&tenant.name, &tenant.token, &["deploy"]);
-        cmd.arg(guest)
-            .arg("--input")
-            .arg(input)
-            .arg("--output")
-            .arg(out)
-            .args(["--reducers", "4"])
-            .args(extra);
-        Proc::spawn(
-            &format!("deploy-{}-{}", tenant.name, self.spawned),
-            cmd,
-            &self.logs,
-        )
-    }
-
-    /// Wait for a deploy to succeed; its job id.
-    fn deploy_finishes_ok(deploy: &mut Proc) -> String {
-        let status = deploy.wait_within(JOB_LIMIT);
-        let stderr = deploy.stderr_text();
-        assert!(
-            status.success(),
-            "deploy failed ({status}): {stderr}\nstdout: {}",
-            deploy.stdout_text()
-        );
-        parse_submitted(stderr.lines().next().unwrap_or_default())
-    }
-
     /// A deploy that must be refused: exit 1 and its one stderr line.
     fn deploy_refused(&mut self, tenant: &Tenant, input: &Path, extra: &[&str]) -> String {
         let out = tenant.root.join(format!("refused-{}", self.spawned));
-        let mut deploy = self.deploy(tenant, &guest("wordcount"), input, &out, extra);
+        let mut deploy = self.deploy_as(tenant, &guest("wordcount"), input, &out, extra);
         let status = deploy.wait_within(CLIENT_LIMIT);
         let stderr = deploy.stderr_text();
         assert_eq!(status.code(), Some(1), "deploy not refused: {stderr}");
@@ -425,8 +101,8 @@ fn submitted_unix_ms(jobs: &Value, job: &str) -> u64 {
 #[test]
 fn two_tenants_of_equal_weight_share_the_slots_equally() {
     let _serial = serial();
-    let (mut c, tenants) = Cluster::start(&["alice", "bob"]);
-    c.add_workers(2);
+    let (mut c, tenants) = start(&["alice", "bob"]);
+    c.add_workers(2, &["--slots", "1"]);
     let hostile = guest("hostile");
     let extra = [
         "--param",
@@ -444,12 +120,12 @@ fn two_tenants_of_equal_weight_share_the_slots_equally() {
         .zip(&outs)
         .map(|(t, out)| {
             let books = t.books();
-            c.deploy(t, &hostile, &books, out, &extra)
+            c.deploy_as(t, &hostile, &books, out, &extra)
         })
         .collect();
     let jobs: Vec<String> = deploys
         .iter_mut()
-        .map(Cluster::deploy_finishes_ok)
+        .map(|d| c.deploy_finishes_ok(d, JOB_LIMIT))
         .collect();
 
     let expected = reference(&hostile, &[&books()], &[]);
@@ -527,12 +203,12 @@ fn two_tenants_of_equal_weight_share_the_slots_equally() {
 #[test]
 fn tenants_see_only_their_own_jobs_and_revocation_is_immediate() {
     let _serial = serial();
-    let (mut c, tenants) = Cluster::start(&["alice", "bob"]);
+    let (mut c, tenants) = start(&["alice", "bob"]);
     let (alice, bob) = (&tenants[0], &tenants[1]);
-    c.add_workers(1);
+    c.add_workers(1, &["--slots", "1"]);
     let out = alice.root.join("out");
-    let mut deploy = c.deploy(alice, &guest("wordcount"), &alice.books(), &out, &[]);
-    let job = Cluster::deploy_finishes_ok(&mut deploy);
+    let mut deploy = c.deploy_as(alice, &guest("wordcount"), &alice.books(), &out, &[]);
+    let job = c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
 
     // Alice sees her job.
     let listing = c.json(alice, &["jobs", "--json"]);
@@ -569,7 +245,7 @@ fn tenants_see_only_their_own_jobs_and_revocation_is_immediate() {
     assert_eq!(empty, REFUSED);
 
     // Revoking bob takes effect at once, without a restart.
-    let mut cmd = wmr_in(&c.root);
+    let mut cmd = c.wmr();
     cmd.args(["tenant", "revoke", "bob", "--state"])
         .arg(&c.state);
     let out = output_within(cmd, "tenant revoke", CLIENT_LIMIT);
@@ -592,7 +268,7 @@ fn tenants_see_only_their_own_jobs_and_revocation_is_immediate() {
 #[test]
 fn inputs_outside_the_tenants_root_are_refused() {
     let _serial = serial();
-    let (mut c, tenants) = Cluster::start(&["alice"]);
+    let (mut c, tenants) = start(&["alice"]);
     let alice = &tenants[0];
     let outside = c.root.join("outside");
     copy_dir(&books(), &outside);
@@ -639,8 +315,10 @@ fn inputs_outside_the_tenants_root_are_refused() {
 #[test]
 fn a_worker_with_a_wrong_token_is_refused() {
     let _serial = serial();
-    let (mut c, _tenants) = Cluster::start(&["alice"]);
-    let mut worker = c.spawn_worker("intruder", "not-the-worker-token");
+    let (c, _tenants) = start(&["alice"]);
+    let mut cmd = c.worker_command("intruder");
+    cmd.args(["--token", "not-the-worker-token", "--slots", "1"]);
+    let mut worker = c.spawn("worker-intruder", cmd);
     let status = worker.wait_within(CLIENT_LIMIT);
     let stderr = worker.stderr_text();
     assert_eq!(status.code(), Some(1), "worker: {stderr}");
@@ -656,7 +334,7 @@ fn a_worker_with_a_wrong_token_is_refused() {
 #[test]
 fn a_job_over_the_fuel_quota_is_refused_naming_the_quota() {
     let _serial = serial();
-    let (mut c, tenants) = Cluster::start(&["alice"]);
+    let (mut c, tenants) = start(&["alice"]);
     let alice = &tenants[0];
     let msg = c.deploy_refused(alice, &alice.books(), &["--fuel", "999999999999999"]);
     assert_eq!(
@@ -693,8 +371,7 @@ fn attempt_times(c: &Cluster, tenant: &Tenant, job: &str, submitted: u64) -> Vec
 #[test]
 fn a_tenant_with_100_jobs_does_not_delay_another_tenants_single_job() {
     let _serial = serial();
-    let (mut c, tenants) =
-        Cluster::start_with(&["alice", "bob"], &["--quota", "max_jobs_queued=200"]);
+    let (mut c, tenants) = start_with(&["alice", "bob"], &["--quota", "max_jobs_queued=200"]);
     let (alice, bob) = (&tenants[0], &tenants[1]);
     let hostile = guest("hostile");
     for t in &tenants {
@@ -703,7 +380,7 @@ fn a_tenant_with_100_jobs_does_not_delay_another_tenants_single_job() {
             .collect();
         std::fs::write(t.root.join("small.txt"), lines).unwrap();
     }
-    // One map task of a second, and (`Cluster::deploy`) four quick reduces.
+    // One map task of a second, and (`start`) four quick reduces.
     let sleepy = [
         "--param",
         "mode=sleep",
@@ -716,7 +393,7 @@ fn a_tenant_with_100_jobs_does_not_delay_another_tenants_single_job() {
     // Alice's 100 jobs, submitted detached, a few clients at a time.
     let submit = |i: usize| {
         let out = alice.root.join(format!("out-{i}"));
-        let mut cmd = c.client(&alice.name, &alice.token, &["deploy", "--detach"]);
+        let mut cmd = c.tenant_command(&alice.name, &alice.token, &["deploy", "--detach"]);
         cmd.arg(&hostile)
             .arg("--input")
             .arg(alice.root.join("small.txt"))
@@ -746,7 +423,7 @@ fn a_tenant_with_100_jobs_does_not_delay_another_tenants_single_job() {
     assert_eq!(listing.as_array().map(Vec::len), Some(100), "{listing}");
     // The workers join once alice's jobs are queued (submitting is quicker
     // without two busy guests on the machine's two cores).
-    c.add_workers(2);
+    c.add_workers(2, &["--slots", "1"]);
     // Both slots busy with alice's work before bob arrives.
     poll("alice to run on both slots", JOB_LIMIT, || {
         let listing = c.json(alice, &["jobs", "--json"]);
@@ -760,14 +437,14 @@ fn a_tenant_with_100_jobs_does_not_delay_another_tenants_single_job() {
     });
 
     let bob_out = bob.root.join("out");
-    let mut deploy = c.deploy(
+    let mut deploy = c.deploy_as(
         bob,
         &hostile,
         &bob.root.join("small.txt"),
         &bob_out,
         &sleepy,
     );
-    let bob_job = Cluster::deploy_finishes_ok(&mut deploy);
+    let bob_job = c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
     assert_eq!(
         sorted_output(&bob_out),
         reference(&hostile, &[&bob.root.join("small.txt")], &[])
