@@ -13,310 +13,30 @@
 
 mod support;
 
-use serde_json::Value;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use support::cluster::*;
 use support::*;
 
-/// The step of every bounded poll.
-const STEP: Duration = Duration::from_millis(10);
 /// Bound on a whole job (each hostile job's limits end it far sooner).
 const JOB_LIMIT: Duration = Duration::from_secs(45);
 /// Bound on one short client call.
 const CLIENT_LIMIT: Duration = Duration::from_secs(20);
 
-fn poll<T>(what: &str, limit: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = condition() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(STEP);
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Processes (the same harness as tests/tenancy.rs)
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
-        let stdout = logs.join(format!("{name}.stdout"));
-        let stderr = logs.join(format!("{name}.stderr"));
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
-        let what = format!("{} to exit", self.name);
-        poll(&what, limit, || self.exited())
-    }
-
-    fn stdout_text(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = self.stderr_text();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(20)..];
-            eprintln!("--- {} stderr (last lines) ---", self.name);
-            for line in tail {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-/// Run a short command with a hard time limit.
-fn output_within(mut cmd: Command, what: &str, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning wmr");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: no answer within {limit:?}");
-        }
-        std::thread::sleep(STEP);
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap().unwrap_or_default(),
-        stderr: err.join().unwrap().unwrap_or_default(),
-    }
-}
-
-fn wmr_in(root: &Path) -> Command {
-    let mut cmd = wmr();
-    cmd.env("TMPDIR", root.join("tmp"));
-    for var in [
-        "WMR_COORDINATOR",
-        "WMR_FINGERPRINT",
-        "WMR_TENANT",
-        "WMR_TOKEN",
-        "WMR_WORKER_TOKEN",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
-fn parse_submitted(line: &str) -> String {
-    line.strip_prefix("job ")
-        .and_then(|rest| rest.strip_suffix(" submitted"))
-        .unwrap_or_else(|| {
-            panic!("deploy's first stderr line is {line:?}, not `job JOBID submitted`")
-        })
-        .to_string()
-}
-
-// ---------------------------------------------------------------------------
-// A cluster with two tenants
-
-struct Tenant {
-    name: String,
-    token: String,
-    root: PathBuf,
-}
-
-struct Cluster {
-    _coordinator: Proc,
-    workers: Vec<Proc>,
-    addr: String,
-    fingerprint: String,
-    logs: PathBuf,
-    root: PathBuf,
-    spawned: usize,
-    // Last: removed after every process above was killed.
-    _tmp: tempfile::TempDir,
+/// Tenants `names` (weight 1, each with an empty root), a coordinator with
+/// a shared store, and `workers` workers of one slot each.
+fn start(names: &[&str], workers: usize) -> (Cluster, Vec<Tenant>) {
+    let mut c = Cluster::options()
+        .tenants(names)
+        .shared_store()
+        .client_limit(CLIENT_LIMIT)
+        .start();
+    c.add_workers(workers, &["--slots", "1"]);
+    let tenants = c.tenants.clone();
+    (c, tenants)
 }
 
 impl Cluster {
-    /// Tenants `names` (weight 1, each with an empty root), a coordinator
-    /// and `workers` workers of one slot each.
-    fn start(names: &[&str], workers: usize) -> (Cluster, Vec<Tenant>) {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
-        let (state, logs) = (root.join("state"), root.join("logs"));
-        for dir in [&state, &logs, &root.join("tmp")] {
-            std::fs::create_dir_all(dir).unwrap();
-        }
-        let tenants: Vec<Tenant> = names
-            .iter()
-            .map(|name| {
-                let troot = root.join("tenants").join(name);
-                std::fs::create_dir_all(&troot).unwrap();
-                let mut cmd = wmr_in(&root);
-                cmd.args(["tenant", "add", name, "--state"])
-                    .arg(&state)
-                    .arg("--root")
-                    .arg(&troot)
-                    .args(["--weight", "1"]);
-                let out = output_within(cmd, "tenant add", CLIENT_LIMIT);
-                assert!(
-                    out.status.success(),
-                    "tenant add {name}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-                Tenant {
-                    name: name.to_string(),
-                    token,
-                    root: troot,
-                }
-            })
-            .collect();
-        let mut cmd = wmr_in(&root);
-        cmd.args(["tenant", "worker-token", "--state"]).arg(&state);
-        let out = output_within(cmd, "tenant worker-token", CLIENT_LIMIT);
-        assert!(out.status.success(), "worker-token failed");
-        let worker_token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-
-        let mut cmd = wmr_in(&root);
-        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
-            .arg(&state)
-            .arg("--shared-store");
-        let mut coordinator = Proc::spawn("coordinator", cmd, &logs);
-        let (addr, fingerprint) = poll(
-            "the coordinator to write coordinator.addr and fingerprint",
-            CLIENT_LIMIT,
-            || {
-                if let Some(status) = coordinator.exited() {
-                    panic!(
-                        "the coordinator exited ({status}): {}",
-                        coordinator.stderr_text()
-                    );
-                }
-                let addr = std::fs::read_to_string(state.join("coordinator.addr")).ok()?;
-                let fingerprint = std::fs::read_to_string(state.join("fingerprint")).ok()?;
-                let (addr, fingerprint) = (addr.trim(), fingerprint.trim());
-                (!addr.is_empty() && fingerprint.len() == 64)
-                    .then(|| (addr.to_string(), fingerprint.to_string()))
-            },
-        );
-        let mut cluster = Cluster {
-            _coordinator: coordinator,
-            workers: Vec::new(),
-            addr,
-            fingerprint,
-            logs,
-            root,
-            spawned: 0,
-            _tmp: tmp,
-        };
-        for i in 1..=workers {
-            let mut cmd = wmr_in(&cluster.root);
-            cmd.args(["worker", "--connect", &cluster.addr])
-                .args(["--fingerprint", &cluster.fingerprint])
-                .args(["--token", &worker_token])
-                .args(["--slots", "1", "--name", &format!("w{i}")]);
-            let worker = Proc::spawn(&format!("worker-w{i}"), cmd, &cluster.logs);
-            cluster.workers.push(worker);
-        }
-        (cluster, tenants)
-    }
-
-    /// `wmr ARGS --coordinator .. --fingerprint .. --tenant NAME --token TOKEN`
-    fn client(&self, tenant: &Tenant, args: &[&str]) -> Command {
-        let mut cmd = wmr_in(&self.root);
-        cmd.args(args)
-            .args(["--coordinator", &self.addr])
-            .args(["--fingerprint", &self.fingerprint])
-            .args(["--tenant", &tenant.name, "--token", &tenant.token]);
-        cmd
-    }
-
-    fn json(&self, tenant: &Tenant, args: &[&str]) -> Value {
-        let cmd = self.client(tenant, args);
-        let out = output_within(cmd, &format!("wmr {args:?}"), CLIENT_LIMIT);
-        assert!(
-            out.status.success(),
-            "wmr {args:?} as {}: {}",
-            tenant.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Start `wmr deploy GUEST --input INPUT --output OUT EXTRA..` as `tenant`.
-    fn deploy(
-        &mut self,
-        tenant: &Tenant,
-        guest: &Path,
-        input: &Path,
-        out: &Path,
-        extra: &[&str],
-    ) -> Proc {
-        self.spawned += 1;
-        let mut cmd = self.client(tenant, &["deploy"]);
-        cmd.arg(guest)
-            .arg("--input")
-            .arg(input)
-            .arg("--output")
-            .arg(out)
-            .args(extra);
-        Proc::spawn(
-            &format!("deploy-{}-{}", tenant.name, self.spawned),
-            cmd,
-            &self.logs,
-        )
-    }
-
     /// Every worker process is still running.
     fn assert_workers_alive(&mut self) {
         for worker in &mut self.workers {
@@ -329,16 +49,6 @@ impl Cluster {
             );
         }
     }
-}
-
-/// A deploy's job id, once the coordinator accepted it.
-fn submitted(deploy: &Proc) -> String {
-    let line = poll("deploy to print `job ID submitted`", CLIENT_LIMIT, || {
-        let text = deploy.stderr_text();
-        let line = text.lines().next()?;
-        line.ends_with(" submitted").then(|| line.to_string())
-    });
-    parse_submitted(&line)
 }
 
 /// Absolute [start, end] (unix ms) of a job's finished attempts, with the
@@ -461,7 +171,7 @@ fn hostile_jobs() -> Vec<Hostile> {
 #[test]
 fn hostile_jobs_fail_with_their_reasons_while_a_neighbours_word_count_completes_exactly() {
     let started = Instant::now();
-    let (mut c, tenants) = Cluster::start(&["alice", "bob"], 2);
+    let (mut c, tenants) = start(&["alice", "bob"], 2);
     let (alice, bob) = (&tenants[0], &tenants[1]);
 
     // Bob's corpus and its sequential reference. Bob's job is word count
@@ -486,8 +196,8 @@ fn hostile_jobs_fail_with_their_reasons_while_a_neighbours_word_count_completes_
     let bob_out = bob.root.join("out");
     let mut bob_args = vec!["--split-size", "4KiB", "--reducers", "3"];
     bob_args.extend(bob_params);
-    let mut bob_deploy = c.deploy(bob, &hostile, &corpus, &bob_out, &bob_args);
-    let bob_job = submitted(&bob_deploy);
+    let mut bob_deploy = c.deploy_as(bob, &hostile, &corpus, &bob_out, &bob_args);
+    let bob_job = c.job_id(&mut bob_deploy);
     // Alice starts once bob's job is under way, so the two surely overlap.
     poll("bob's job to commit a task", JOB_LIMIT, || {
         let report = c.json(bob, &["status", &bob_job, "--json"]);
@@ -514,7 +224,7 @@ fn hostile_jobs_fail_with_their_reasons_while_a_neighbours_word_count_completes_
             "1",
         ];
         args.extend(&h.args);
-        deploys.push((c.deploy(alice, &hostile, &small, &out, &args), out));
+        deploys.push((c.deploy_as(alice, &hostile, &small, &out, &args), out));
     }
 
     // Each hostile job fails with its own reason, as deploy prints it and
@@ -601,7 +311,7 @@ fn hostile_jobs_fail_with_their_reasons_while_a_neighbours_word_count_completes_
         "a worker is gone: {report}"
     );
     let after_out = alice.root.join("after");
-    let mut after = c.deploy(
+    let mut after = c.deploy_as(
         alice,
         &hostile,
         &small,
@@ -615,7 +325,7 @@ fn hostile_jobs_fail_with_their_reasons_while_a_neighbours_word_count_completes_
             "clock",
         ],
     );
-    let after_job = submitted(&after);
+    let after_job = c.job_id(&mut after);
     let status = after.wait_within(JOB_LIMIT);
     assert!(
         status.success(),
@@ -643,14 +353,14 @@ fn hostile_jobs_fail_with_their_reasons_while_a_neighbours_word_count_completes_
     for name in ["a.txt", "b.txt"] {
         std::fs::copy(&small, two.join(name)).unwrap();
     }
-    let mut counters = c.deploy(
+    let mut counters = c.deploy_as(
         alice,
         &hostile,
         &two,
         &alice.root.join("counters"),
         &["--param", "mode=counter-extreme"],
     );
-    let counters_job = submitted(&counters);
+    let counters_job = c.job_id(&mut counters);
     let status = counters.wait_within(JOB_LIMIT);
     assert!(status.success(), "counter job: {}", counters.stderr_text());
     let report = c.json(alice, &["status", &counters_job, "--json"]);
