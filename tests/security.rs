@@ -9,150 +9,18 @@
 
 mod support;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use support::cluster::*;
 use support::*;
 use wmr::protocol::{Capability, JobId, ModuleHash, TaskId};
 use wmr::transport::{Channel, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use wmr::wire::{ModuleReply, Open, PartitionReply, ToWorker};
 
-/// The step of every bounded poll.
-const STEP: Duration = Duration::from_millis(10);
 /// Bound on a whole job.
 const JOB_LIMIT: Duration = Duration::from_secs(120);
 /// Bound on one short client call or raw QUIC session.
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
-
-fn poll<T>(what: &str, limit: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = condition() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(STEP);
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Processes
-
-/// A child process killed (SIGKILL) and reaped when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, mut cmd: Command, logs: &Path) -> Proc {
-        let stdout = logs.join(format!("{name}.stdout"));
-        let stderr = logs.join(format!("{name}.stderr"));
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&stdout).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc {
-            name: name.to_string(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("try_wait")
-    }
-
-    fn wait_within(&mut self, limit: Duration) -> ExitStatus {
-        let what = format!("{} to exit", self.name);
-        poll(&what, limit, || self.exited())
-    }
-
-    fn stdout_text(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = self.stderr_text();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(20)..];
-            eprintln!("--- {} stderr (last lines) ---", self.name);
-            for line in tail {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-/// Run a short command with a hard time limit.
-fn output_within(mut cmd: Command, what: &str, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning wmr");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut buf).map(|_| buf)
-    });
-    let err = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut stderr, &mut buf).map(|_| buf)
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what}: no answer within {limit:?}");
-        }
-        std::thread::sleep(STEP);
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap().unwrap_or_default(),
-        stderr: err.join().unwrap().unwrap_or_default(),
-    }
-}
-
-fn wmr_in(root: &Path) -> Command {
-    let mut cmd = wmr();
-    cmd.env("TMPDIR", root.join("tmp")).env("NO_COLOR", "1");
-    for var in [
-        "WMR_COORDINATOR",
-        "WMR_FINGERPRINT",
-        "WMR_TENANT",
-        "WMR_TOKEN",
-        "WMR_WORKER_TOKEN",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
 
 /// Run a tokio future on a fresh runtime, bounded by [`CLIENT_LIMIT`].
 fn block_on<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
@@ -171,116 +39,39 @@ fn block_on<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
 // ---------------------------------------------------------------------------
 // A cluster in development mode (no tenants.toml)
 
-struct Cluster {
-    coordinator: Proc,
-    workers: Vec<Proc>,
-    addr: String,
-    fingerprint: String,
-    state: PathBuf,
-    logs: PathBuf,
-    root: PathBuf,
-    spawned: usize,
-    // Last: removed after every process above was killed.
-    _tmp: tempfile::TempDir,
+/// A coordinator with `args`, for jobs of 4 reducers; `prepare` runs on
+/// the state dir before it starts.
+fn start(args: &[&str], prepare: impl FnOnce(&Path, &Path)) -> Cluster {
+    Cluster::options()
+        .args(args)
+        .reducers(4)
+        .client_limit(CLIENT_LIMIT)
+        .start_with(prepare)
 }
 
 impl Cluster {
-    /// A coordinator on 127.0.0.1:0 with `args`; `prepare` runs on the state
-    /// dir before it starts.
-    fn start(args: &[&str], prepare: impl FnOnce(&Path, &Path)) -> Cluster {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
-        let (state, logs) = (root.join("state"), root.join("logs"));
-        std::fs::create_dir_all(&logs).unwrap();
-        std::fs::create_dir_all(&state).unwrap();
-        std::fs::create_dir_all(root.join("tmp")).unwrap();
-        prepare(&root, &state);
-        let mut cmd = wmr_in(&root);
-        cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
-            .arg(&state)
-            .args(args);
-        let mut coordinator = Proc::spawn("coordinator", cmd, &logs);
-        let (addr, fingerprint) = poll(
-            "the coordinator to write coordinator.addr and fingerprint",
-            CLIENT_LIMIT,
-            || {
-                if let Some(status) = coordinator.exited() {
-                    panic!(
-                        "the coordinator exited ({status}): {}",
-                        coordinator.stderr_text()
-                    );
-                }
-                let addr = std::fs::read_to_string(state.join("coordinator.addr")).ok()?;
-                let fingerprint = std::fs::read_to_string(state.join("fingerprint")).ok()?;
-                let (addr, fingerprint) = (addr.trim(), fingerprint.trim());
-                (!addr.is_empty() && fingerprint.len() == 64)
-                    .then(|| (addr.to_string(), fingerprint.to_string()))
-            },
-        );
-        Cluster {
-            coordinator,
-            workers: Vec::new(),
-            addr,
-            fingerprint,
-            state,
-            logs,
-            root,
-            spawned: 0,
-            _tmp: tmp,
-        }
-    }
-
-    fn socket_addr(&self) -> std::net::SocketAddr {
-        self.addr.parse().unwrap()
-    }
-
-    /// A worker keeping its map outputs in `ROOT/work-NAME`, logging at
-    /// info (its shuffle endpoint's address and fingerprint).
-    fn spawn_worker(&mut self, name: &str, extra: &[&str]) -> Proc {
-        let mut cmd = wmr_in(&self.root);
+    /// A one-slot worker keeping its map outputs in `ROOT/work-NAME`,
+    /// logging at info (its shuffle endpoint's address and fingerprint),
+    /// so that a test can reach what a reducer would.
+    fn spawn_observed_worker(&mut self, name: &str, extra: &[&str]) -> Proc {
+        let mut cmd = self.worker_command(name);
         cmd.env("WMR_LOG", "info")
-            .args(["worker", "--connect", &self.addr])
-            .args(["--fingerprint", &self.fingerprint])
-            .args(["--slots", "1", "--name", name])
+            .args(["--slots", "1"])
             .arg("--work-dir")
             .arg(self.worker_dir(name))
             .args(extra);
-        Proc::spawn(&format!("worker-{name}"), cmd, &self.logs)
+        self.spawn(&format!("worker-{name}"), cmd)
     }
 
     fn worker_dir(&self, name: &str) -> PathBuf {
         self.root.join(format!("work-{name}"))
     }
 
-    /// `wmr deploy GUEST --input BOOKS --output OUT --reducers 4`.
-    fn deploy(&mut self, guest: &Path, out: &Path, extra: &[&str]) -> Proc {
-        self.spawned += 1;
-        let mut cmd = wmr_in(&self.root);
-        cmd.arg("deploy")
-            .arg(guest)
-            .arg("--input")
-            .arg(books())
-            .arg("--output")
-            .arg(out)
-            .args(["--coordinator", &self.addr])
-            .args(["--fingerprint", &self.fingerprint])
-            .args(["--reducers", "4"])
-            .args(extra);
-        Proc::spawn(&format!("deploy-{}", self.spawned), cmd, &self.logs)
-    }
-
-    fn deploy_finishes_ok(deploy: &mut Proc) {
-        let status = deploy.wait_within(JOB_LIMIT);
-        assert!(
-            status.success(),
-            "deploy failed ({status}): {}\nstdout: {}",
-            deploy.stderr_text(),
-            deploy.stdout_text()
-        );
-    }
-
     fn assert_serving(&mut self) {
-        assert!(self.coordinator.exited().is_none(), "the coordinator died");
+        assert!(
+            self.coordinator().exited().is_none(),
+            "the coordinator died"
+        );
     }
 }
 
@@ -371,9 +162,9 @@ fn one_frame<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
 #[test]
 fn shuffle_fetch_without_the_jobs_capability_is_refused() {
     let _serial = serial();
-    let mut c = Cluster::start(&[], |_, _| {});
+    let mut c = start(&[], |_, _| {});
     for name in ["w1", "w2"] {
-        let worker = c.spawn_worker(name, &[]);
+        let worker = c.spawn_observed_worker(name, &[]);
         c.workers.push(worker);
     }
     let out = c.root.join("out");
@@ -381,6 +172,7 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
     // (they are deleted when the job ends) while the test fetches.
     let mut deploy = c.deploy(
         &guest("hostile"),
+        &books(),
         &out,
         &[
             "--param",
@@ -522,7 +314,7 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
     );
     assert!(log.contains("stream ended inside a frame"), "{log}");
 
-    Cluster::deploy_finishes_ok(&mut deploy);
+    c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
     assert_output_equals_reference(&out, "hostile");
     // The job is done: the workers delete its map outputs and capability
     // when the coordinator tells them (just after the job commit).
@@ -542,12 +334,12 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
 #[test]
 fn module_fetch_needs_an_admitted_worker() {
     let _serial = serial();
-    let mut c = Cluster::start(&["--shared-store"], |_, _| {});
-    let worker = c.spawn_worker("w1", &[]);
+    let mut c = start(&["--shared-store"], |_, _| {});
+    let worker = c.spawn_observed_worker("w1", &[]);
     c.workers.push(worker);
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("wordcount"), &out, &[]);
-    Cluster::deploy_finishes_ok(&mut deploy);
+    let mut deploy = c.deploy(&guest("wordcount"), &books(), &out, &[]);
+    c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
     assert_output_equals_reference(&out, "wordcount");
 
     let module = std::fs::read(guest("wordcount")).unwrap();
@@ -595,7 +387,7 @@ fn module_fetch_needs_an_admitted_worker() {
         ModuleReply::Found(bytes) => assert!(bytes == module, "not the module's bytes"),
         other => panic!("an admitted worker got {other:?}"),
     }
-    let log = plain(&c.coordinator.stderr_text());
+    let log = plain(&c.coordinator().stderr_text());
     assert!(
         log.contains("module fetch refused: no admitted worker on this connection")
             && log.contains(&hash.to_string()),
@@ -631,7 +423,7 @@ fn mutual_tls_admits_only_allowed_worker_certificates() {
         fingerprint
     };
     let mut fingerprints = Vec::new();
-    let mut c = Cluster::start(&[], |root, state| {
+    let mut c = start(&[], |root, state| {
         let allowed = identity(root, &root.join("id-allowed"));
         // Persistent: the same identity the second time, key kept private.
         assert_eq!(identity(root, &root.join("id-allowed")), allowed);
@@ -662,8 +454,8 @@ fn mutual_tls_admits_only_allowed_worker_certificates() {
     );
 
     let id_other = c.root.join("id-other");
-    let mut wrong = c.spawn_worker("other", &["--identity", id_other.to_str().unwrap()]);
-    let mut none = c.spawn_worker("none", &[]);
+    let mut wrong = c.spawn_observed_worker("other", &["--identity", id_other.to_str().unwrap()]);
+    let mut none = c.spawn_observed_worker("none", &[]);
     for (worker, expected) in [
         (
             &mut wrong,
@@ -681,15 +473,15 @@ fn mutual_tls_admits_only_allowed_worker_certificates() {
         let stderr = plain(&worker.stderr_text());
         assert_eq!(stderr.lines().last(), Some(expected.as_str()), "{stderr}");
     }
-    let log = plain(&c.coordinator.stderr_text());
+    let log = plain(&c.coordinator().stderr_text());
     assert_eq!(log.matches("worker refused").count(), 2, "{log}");
 
     let id_allowed = c.root.join("id-allowed");
-    let worker = c.spawn_worker("allowed", &["--identity", id_allowed.to_str().unwrap()]);
+    let worker = c.spawn_observed_worker("allowed", &["--identity", id_allowed.to_str().unwrap()]);
     c.workers.push(worker);
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("wordcount"), &out, &[]);
-    Cluster::deploy_finishes_ok(&mut deploy);
+    let mut deploy = c.deploy(&guest("wordcount"), &books(), &out, &[]);
+    c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
     assert_output_equals_reference(&out, "wordcount");
     c.assert_serving();
 }
@@ -705,7 +497,7 @@ fn mutual_tls_admits_only_allowed_worker_certificates() {
 #[test]
 fn bad_frames_from_an_admitted_worker_close_only_its_stream() {
     let _serial = serial();
-    let mut c = Cluster::start(&["--shared-store"], |_, _| {});
+    let mut c = start(&["--shared-store"], |_, _| {});
     let version = PROTOCOL_VERSION.to_be_bytes();
     let frame = |len: u32, body: &[u8]| [&len.to_be_bytes()[..], body].concat();
     let cases: Vec<(&str, Vec<u8>, String)> = vec![
@@ -785,7 +577,7 @@ fn bad_frames_from_an_admitted_worker_close_only_its_stream() {
         }
         c.assert_serving();
     }
-    let log = plain(&c.coordinator.stderr_text());
+    let log = plain(&c.coordinator().stderr_text());
     assert_eq!(
         log.matches("closing a worker's stream after a bad frame")
             .count(),
@@ -794,11 +586,11 @@ fn bad_frames_from_an_admitted_worker_close_only_its_stream() {
     );
     assert!(log.contains("stream ended inside a frame"), "{log}");
 
-    let worker = c.spawn_worker("w1", &[]);
+    let worker = c.spawn_observed_worker("w1", &[]);
     c.workers.push(worker);
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("wordcount"), &out, &[]);
-    Cluster::deploy_finishes_ok(&mut deploy);
+    let mut deploy = c.deploy(&guest("wordcount"), &books(), &out, &[]);
+    c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
     assert_output_equals_reference(&out, "wordcount");
     c.assert_serving();
 }
