@@ -89,11 +89,10 @@ fn word_counts(pairs: Vec<wmr::shuffle::Pair>) -> Vec<(String, u64)> {
 
 fn native_word_counts() -> Vec<(String, u64)> {
     let mut native = HashMap::new();
-    // `as_ref`: the tokenizer takes `&str` or (newer) `&[u8]`.
-    count::count_words(TEXT.as_ref(), &mut native);
+    count::count_words(TEXT.as_bytes(), &mut native);
     let mut want: Vec<(String, u64)> = native
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
+        .map(|(k, v): (count::Word, u64)| (String::from_utf8(k.0.to_vec()).unwrap(), v))
         .collect();
     want.sort();
     want

@@ -600,7 +600,7 @@ fn warm_page_cache(files: &[PathBuf]) -> anyhow::Result<u64> {
 /// then merge the counts into `global` as the guest's reduce would.
 fn count_file<S: BuildHasher + Default>(
     path: &Path,
-    global: &mut HashMap<String, u64, S>,
+    global: &mut HashMap<Vec<u8>, u64, S>,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut counts = HashMap::with_hasher(S::default());
@@ -610,21 +610,21 @@ fn count_file<S: BuildHasher + Default>(
 }
 
 fn merge<'w, S: BuildHasher>(
-    global: &mut HashMap<String, u64, S>,
-    counts: impl IntoIterator<Item = (&'w str, u64)>,
+    global: &mut HashMap<Vec<u8>, u64, S>,
+    counts: impl IntoIterator<Item = (count::Word<'w>, u64)>,
 ) {
-    for (word, n) in counts {
-        // Look up first: allocating a String per word would dominate.
+    for (count::Word(word), n) in counts {
+        // Look up first: allocating a key per word would dominate.
         match global.get_mut(word) {
             Some(total) => *total += n,
             None => {
-                global.insert(word.to_string(), n);
+                global.insert(word.to_vec(), n);
             }
         }
     }
 }
 
-fn totals_of<S>(global: &HashMap<String, u64, S>) -> Totals {
+fn totals_of<S>(global: &HashMap<Vec<u8>, u64, S>) -> Totals {
     Totals {
         words: global.values().sum(),
         distinct: Some(global.len()),
@@ -632,7 +632,7 @@ fn totals_of<S>(global: &HashMap<String, u64, S>) -> Totals {
 }
 
 fn native_one_thread(files: &[PathBuf]) -> anyhow::Result<Totals> {
-    let mut global: HashMap<String, u64> = HashMap::new();
+    let mut global: HashMap<Vec<u8>, u64> = HashMap::new();
     for path in files {
         count_file(path, &mut global)?;
     }
@@ -645,7 +645,7 @@ fn native_two_threads(files: &[PathBuf]) -> anyhow::Result<Totals> {
         let threads: Vec<_> = (0..2)
             .map(|t| {
                 scope.spawn(move || {
-                    let mut global: FxHashMap<String, u64> = FxHashMap::default();
+                    let mut global: FxHashMap<Vec<u8>, u64> = FxHashMap::default();
                     for path in files.iter().skip(t).step_by(2) {
                         count_file::<FxBuildHasher>(path, &mut global)?;
                     }
@@ -1214,9 +1214,10 @@ mod tests {
     fn counted(text: &[u8]) -> HashMap<String, u64> {
         let mut counts = HashMap::new();
         count::count_words(text, &mut counts);
+        // Every word is UTF-8.
         counts
             .into_iter()
-            .map(|(w, n)| (w.to_string(), n))
+            .map(|(w, n)| (String::from_utf8(w.0.to_vec()).expect("a UTF-8 word"), n))
             .collect()
     }
 

@@ -155,14 +155,10 @@ impl Job for Hostile {
             other => return Err(format!("unknown mode {other:?}")),
         }
         let _ = file;
-        let text = String::from_utf8_lossy(text);
         let mut counts = HashMap::new();
-        // `as_ref`: the tokenizer takes `&str` or (newer) `&[u8]`; the
-        // lossily decoded text counts the same under both.
-        let text: &str = &text;
-        count::count_words(text.as_ref(), &mut counts);
+        count::count_words(text, &mut counts);
         for (word, n) in counts {
-            out.emit(word, n.to_string());
+            out.emit(word.0, n.to_string());
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ impl Job for WordCount {
         let mut counts = HashMap::new();
         count::count_words(text, &mut counts);
         for (word, n) in counts {
-            out.emit(word, n.to_string());
+            out.emit(word.0, n.to_string());
         }
         Ok(())
     }
