@@ -22,18 +22,17 @@
 
 mod support;
 
-use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use std::time::{Duration, Instant};
 use support::cluster::*;
+use support::status::*;
 use support::*;
 use wmr::local::Progress;
 use wmr::scheduler::Phase;
 
 /// nReduce of the MIT lab.
-const REDUCERS: &str = "10";
+const REDUCERS: u64 = 10;
 /// Where map outputs live, i.e. how the coordinator is started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -73,7 +72,7 @@ fn start_in(mode: Mode, coordinator_args: &[&str]) -> Cluster {
     Cluster::options()
         .args(mode.args())
         .args(coordinator_args)
-        .reducers(REDUCERS.parse().unwrap())
+        .reducers(REDUCERS)
         .client_limit(CLIENT_LIMIT)
         .start()
 }
@@ -95,206 +94,7 @@ impl Cluster {
 }
 
 // ---------------------------------------------------------------------------
-// `wmr status --json`
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Task {
-    Map(u64),
-    Reduce(u64),
-}
-
-impl Task {
-    /// The attempt-private file name stem, as in ARCHITECTURE.md.
-    fn attempt_stem(self, epoch: u64) -> String {
-        match self {
-            Task::Map(i) => format!("m-{i:05}.a{epoch}"),
-            Task::Reduce(i) => format!("r-{i:05}.a{epoch}"),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Attempt {
-    task: Task,
-    epoch: u64,
-    worker: u64,
-    started_ms: u64,
-    ended_ms: Option<u64>,
-    /// "Committed", "Running", "RejectedStale", "Lost" or "Failed".
-    outcome: String,
-}
-
-impl Attempt {
-    fn parse(record: &Value) -> Attempt {
-        let task = &record["task"];
-        let task = match (task.get("Map"), task.get("Reduce")) {
-            (Some(i), None) => Task::Map(i.as_u64().expect("map index")),
-            (None, Some(i)) => Task::Reduce(i.as_u64().expect("reduce index")),
-            _ => panic!("bad task in attempt record {record}"),
-        };
-        let outcome = match &record["outcome"] {
-            Value::String(s) => s.clone(),
-            Value::Object(m) if m.len() == 1 => m.keys().next().unwrap().clone(),
-            other => panic!("bad outcome {other} in attempt record {record}"),
-        };
-        let num = |field: &str| {
-            record[field]
-                .as_u64()
-                .unwrap_or_else(|| panic!("attempt record without {field}: {record}"))
-        };
-        Attempt {
-            task,
-            epoch: num("epoch"),
-            worker: num("worker"),
-            started_ms: num("started_ms"),
-            ended_ms: match &record["ended_ms"] {
-                Value::Null => None,
-                v => Some(v.as_u64().expect("ended_ms")),
-            },
-            outcome,
-        }
-    }
-
-    /// Both intervals intersect (an attempt still running ends at infinity).
-    fn overlaps(&self, other: &Attempt) -> bool {
-        let end = |a: &Attempt| a.ended_ms.unwrap_or(u64::MAX);
-        self.started_ms < end(other) && other.started_ms < end(self)
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Status {
-    job: String,
-    phase: String,
-    attempts: Vec<Attempt>,
-    /// id → (name, connected)
-    workers: BTreeMap<u64, (String, bool)>,
-    raw: Value,
-}
-
-impl Status {
-    fn parse(json: &Value) -> Status {
-        let attempts = json["attempt_log"]
-            .as_array()
-            .unwrap_or_else(|| panic!("status without attempt_log: {json}"))
-            .iter()
-            .map(Attempt::parse)
-            .collect();
-        let workers = json["workers"]
-            .as_array()
-            .unwrap_or_else(|| panic!("status without workers: {json}"))
-            .iter()
-            .map(|w| {
-                (
-                    w["id"].as_u64().expect("worker id"),
-                    (
-                        w["name"].as_str().expect("worker name").to_string(),
-                        w["connected"].as_bool().expect("worker connected"),
-                    ),
-                )
-            })
-            .collect();
-        Status {
-            job: json["job"]
-                .as_str()
-                .unwrap_or_else(|| panic!("status without job: {json}"))
-                .to_string(),
-            phase: json["phase"]
-                .as_str()
-                .unwrap_or_else(|| panic!("status without phase: {json}"))
-                .to_string(),
-            attempts,
-            workers,
-            raw: json.clone(),
-        }
-    }
-
-    /// For failure messages: the phase, outcomes counted, the last attempts.
-    fn summary(&self) -> String {
-        let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
-        for a in &self.attempts {
-            *outcomes.entry(a.outcome.as_str()).or_default() += 1;
-        }
-        let last = &self.attempts[self.attempts.len().saturating_sub(8)..];
-        format!(
-            "job {} phase {}, attempts by outcome {outcomes:?}, workers {:?}, last attempts {last:?}",
-            self.job, self.phase, self.workers
-        )
-    }
-
-    fn maps(&self) -> Vec<&Attempt> {
-        self.attempts
-            .iter()
-            .filter(|a| matches!(a.task, Task::Map(_)))
-            .collect()
-    }
-
-    fn worker_name(&self, id: u64) -> &str {
-        &self
-            .workers
-            .get(&id)
-            .unwrap_or_else(|| panic!("worker {id} not in status: {}", self.raw))
-            .0
-    }
-
-    fn attempt(&self, task: Task, epoch: u64) -> &Attempt {
-        self.attempts
-            .iter()
-            .find(|a| a.task == task && a.epoch == epoch)
-            .unwrap_or_else(|| panic!("no attempt {task:?} epoch {epoch} in {}", self.raw))
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Outputs
-
-/// The committed output (with `_SUCCESS`, 10 part files) equals the
-/// reference; on a difference, say where instead of printing both.
-fn assert_output_equals_reference(out: &Path, guest_name: &str) {
-    let expected = books_reference(guest_name);
-    let got = sorted_output(out);
-    assert_eq!(
-        part_files(out).len(),
-        REDUCERS.parse::<usize>().unwrap(),
-        "{}: one part file per reducer",
-        out.display()
-    );
-    if got != expected {
-        let first = got
-            .iter()
-            .zip(&expected)
-            .position(|(g, e)| g != e)
-            .unwrap_or(got.len().min(expected.len()));
-        panic!(
-            "{}: {guest_name} output differs from the sequential reference: {} lines vs {} expected; first difference at sorted line {first}: got {:?}, expected {:?}",
-            out.display(),
-            got.len(),
-            expected.len(),
-            got.get(first),
-            expected.get(first)
-        );
-    }
-}
-
-/// Each of the 8 map and 10 reduce tasks has exactly one committed attempt.
-fn assert_one_commit_per_task(status: &Status) {
-    let mut commits: BTreeMap<Task, usize> = BTreeMap::new();
-    for a in status.attempts.iter().filter(|a| a.outcome == "Committed") {
-        *commits.entry(a.task).or_default() += 1;
-    }
-    let reducers = REDUCERS.parse::<u64>().unwrap();
-    let expected: BTreeMap<Task, usize> = (0..8)
-        .map(Task::Map)
-        .chain((0..reducers).map(Task::Reduce))
-        .map(|t| (t, 1))
-        .collect();
-    assert_eq!(
-        commits,
-        expected,
-        "committed attempts per task; {}",
-        status.summary()
-    );
-}
 
 /// Paths under `dir` whose name is `stem` or `stem` followed by a
 /// non-digit (so `m-00003.a1` does not match `m-00003.a12`).
@@ -329,7 +129,7 @@ fn wc_with_three_workers_equals_reference() {
     c.add_workers(3, &[]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("wordcount"), &out, &[]);
-    assert_output_equals_reference(&out, "wordcount");
+    assert_output_equals_reference(&out, "wordcount", REDUCERS);
     let status = c.status(Some(&job));
     assert_eq!(status.job, job);
     assert_eq!(status.phase, "Completed");
@@ -343,7 +143,7 @@ fn indexer_with_two_workers_equals_reference() {
     c.add_workers(2, &[]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("indexer"), &out, &[]);
-    assert_output_equals_reference(&out, "indexer");
+    assert_output_equals_reference(&out, "indexer", REDUCERS);
     assert_eq!(c.status(Some(&job)).phase, "Completed");
 }
 
@@ -356,10 +156,10 @@ fn wc_with_three_workers_worker_local_equals_reference() {
     c.add_workers(3, &[]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("wordcount"), &out, &[]);
-    assert_output_equals_reference(&out, "wordcount");
+    assert_output_equals_reference(&out, "wordcount", REDUCERS);
     let status = c.status(Some(&job));
     assert_eq!(status.phase, "Completed");
-    assert_one_commit_per_task(&status);
+    status.assert_one_commit_per_task(REDUCERS);
     // Nothing was lost, so nothing ran twice.
     assert!(
         status.attempts.iter().all(|a| a.outcome == "Committed"),
@@ -383,10 +183,10 @@ fn indexer_with_two_workers_worker_local_equals_reference() {
     c.add_workers(2, &[]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("indexer"), &out, &[]);
-    assert_output_equals_reference(&out, "indexer");
+    assert_output_equals_reference(&out, "indexer", REDUCERS);
     let status = c.status(Some(&job));
     assert_eq!(status.phase, "Completed");
-    assert_one_commit_per_task(&status);
+    status.assert_one_commit_per_task(REDUCERS);
 }
 
 // ---------------------------------------------------------------------------
@@ -404,7 +204,7 @@ fn map_attempts_on_two_workers_overlap_in_time() {
     c.add_workers(2, &["--slots", "1"]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("hostile"), &out, &strs(&sleep_params(1000)));
-    assert_output_equals_reference(&out, "hostile");
+    assert_output_equals_reference(&out, "hostile", REDUCERS);
     let status = c.status(Some(&job));
     let maps: Vec<&Attempt> = status
         .maps()
@@ -441,7 +241,7 @@ fn reduce_attempts_on_two_workers_overlap_in_time() {
         &out,
         &["--param", "reduce-ms=1000", "--grant", "clock"],
     );
-    assert_output_equals_reference(&out, "hostile");
+    assert_output_equals_reference(&out, "hostile", REDUCERS);
     let status = c.status(Some(&job));
     let reduces: Vec<&Attempt> = status
         .attempts
@@ -450,7 +250,7 @@ fn reduce_attempts_on_two_workers_overlap_in_time() {
         .collect();
     assert_eq!(
         reduces.len(),
-        REDUCERS.parse::<usize>().unwrap(),
+        REDUCERS as usize,
         "one committed attempt per reducer"
     );
     let overlapping = reduces.iter().any(|a| {
@@ -481,7 +281,7 @@ fn four_workers_run_exactly_eight_map_attempts() {
     c.add_workers(4, &["--slots", "1"]);
     let out = c.root.join("out");
     let job = c.deploy_ok(&guest("hostile"), &out, &strs(&sleep_params(2000)));
-    assert_output_equals_reference(&out, "hostile");
+    assert_output_equals_reference(&out, "hostile", REDUCERS);
     let status = c.status(Some(&job));
     let maps = status.maps();
     assert_eq!(
@@ -523,7 +323,7 @@ fn output_is_final_when_deploy_returns() {
         "_temporary left behind: {:?}",
         first.keys()
     );
-    assert_output_equals_reference(&out, "wordcount");
+    assert_output_equals_reference(&out, "wordcount", REDUCERS);
     assert_eq!(c.status(Some(&job)).phase, "Completed");
 
     for worker in &mut c.workers {
@@ -623,10 +423,10 @@ fn workers_killed_one_at_a_time_worker_local_still_give_reference_output() {
             c.workers[i] = fresh;
         }
         c.deploy_finishes_ok(&mut deploy, left());
-        assert_output_equals_reference(&out, "hostile");
+        assert_output_equals_reference(&out, "hostile", REDUCERS);
         let status = c.status(Some(&job));
         assert_eq!(status.phase, "Completed");
-        assert_one_commit_per_task(&status);
+        status.assert_one_commit_per_task(REDUCERS);
         let lost = status
             .attempts
             .iter()
@@ -682,10 +482,10 @@ fn crash_round(c: &mut Cluster, crashy: &[&str], round: usize, limit: Duration) 
         sleep_step();
     }
     let job = c.deploy_finishes_ok(&mut deploy, Duration::ZERO);
-    assert_output_equals_reference(&out, "wordcount");
+    assert_output_equals_reference(&out, "wordcount", REDUCERS);
     let status = c.status(Some(&job));
     assert_eq!(status.phase, "Completed");
-    assert_one_commit_per_task(&status);
+    status.assert_one_commit_per_task(REDUCERS);
     let lost = status
         .attempts
         .iter()
@@ -760,10 +560,10 @@ fn worker_killed_while_reducing_has_its_map_outputs_run_again() {
     );
 
     c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
-    assert_output_equals_reference(&out, "hostile");
+    assert_output_equals_reference(&out, "hostile", REDUCERS);
     let status = c.status(Some(&job));
     assert_eq!(status.phase, "Completed");
-    assert_one_commit_per_task(&status);
+    status.assert_one_commit_per_task(REDUCERS);
     let w1: Vec<u64> = status
         .workers
         .iter()
@@ -870,7 +670,7 @@ fn frozen_worker_attempt_is_rejected_and_leaves_no_file() {
     c.worker_named(&frozen_name).signal("CONT");
 
     c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
-    assert_output_equals_reference(&out, "hostile");
+    assert_output_equals_reference(&out, "hostile", REDUCERS);
 
     // The resumed worker has dealt with its stale attempt once it reported
     // it (RejectedStale), or once it has run an attempt started after the
@@ -971,7 +771,7 @@ fn job_survives_coordinator_frozen_for_three_seconds() {
 
     let job_again = c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
     assert_eq!(job_again, job);
-    assert_output_equals_reference(&out, "hostile");
+    assert_output_equals_reference(&out, "hostile", REDUCERS);
     assert_eq!(c.status(Some(&job)).phase, "Completed");
 }
 
@@ -1055,7 +855,7 @@ fn wrong_fingerprint_is_refused_and_garbage_datagrams_are_ignored() {
     assert_eq!(status.job, job);
     send_garbage(&mut rng);
     c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
-    assert_output_equals_reference(&out, "wordcount");
+    assert_output_equals_reference(&out, "wordcount", REDUCERS);
     send_garbage(&mut rng);
     // Without JOBID: the most recent job.
     let status = c.status(None);
@@ -1167,7 +967,7 @@ fn bad_frames_on_a_quic_connection_leave_the_coordinator_serving() {
 
     assert_eq!(c.status(Some(&job)).job, job);
     c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
-    assert_output_equals_reference(&out, "hostile");
+    assert_output_equals_reference(&out, "hostile", REDUCERS);
     assert_eq!(c.status(Some(&job)).phase, "Completed");
     assert!(c.coordinator().exited().is_none(), "the coordinator died");
 }
@@ -1209,5 +1009,5 @@ fn sigterm_drains_a_worker_without_losing_its_attempt() {
     }
     c.add_workers(2, &["--slots", "1"]);
     c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
-    assert_output_equals_reference(&out, "hostile");
+    assert_output_equals_reference(&out, "hostile", REDUCERS);
 }

@@ -21,17 +21,17 @@
 mod support;
 
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use std::time::{Duration, Instant};
 use support::cluster::*;
+use support::status::*;
 use support::*;
 use wmr::scheduler::Phase;
 
 /// nReduce of the MIT lab, as in `distributed.rs`.
-const REDUCERS: &str = "10";
+const REDUCERS: u64 = 10;
 /// Bound on one client call (`wmr status`, `jobs`, `cancel`, `resume`).
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
 /// A short lease: the idle timeout of the QUIC connections is twice the
@@ -43,7 +43,7 @@ const FAST: [&str; 4] = ["--lease", "3s", "--heartbeat", "500ms"];
 fn start(bound: Duration, args: &[&str]) -> Cluster {
     Cluster::options()
         .args(args)
-        .reducers(REDUCERS.parse().unwrap())
+        .reducers(REDUCERS)
         .client_limit(CLIENT_LIMIT)
         .bound(bound)
         .start()
@@ -85,156 +85,12 @@ impl Cluster {
 }
 
 // ---------------------------------------------------------------------------
-// `wmr status --json`
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Task {
-    Map(u64),
-    Reduce(u64),
-}
-
-#[derive(Clone, Debug)]
-struct Attempt {
-    task: Task,
-    epoch: u64,
-    /// "Committed", "Running", "RejectedStale", "Lost", "OutputLost", "Failed".
-    outcome: String,
-    /// Milliseconds since the job started (the coordinator's clock).
-    started_ms: u64,
-    ended_ms: Option<u64>,
-}
-
-impl Attempt {
-    fn parse(record: &Value) -> Attempt {
-        let task = &record["task"];
-        let task = match (task.get("Map"), task.get("Reduce")) {
-            (Some(i), None) => Task::Map(i.as_u64().expect("map index")),
-            (None, Some(i)) => Task::Reduce(i.as_u64().expect("reduce index")),
-            _ => panic!("bad task in attempt record {record}"),
-        };
-        let outcome = match &record["outcome"] {
-            Value::String(s) => s.clone(),
-            Value::Object(m) if m.len() == 1 => m.keys().next().unwrap().clone(),
-            other => panic!("bad outcome {other} in attempt record {record}"),
-        };
-        let num = |field: &str| {
-            record[field]
-                .as_u64()
-                .unwrap_or_else(|| panic!("attempt record without {field}: {record}"))
-        };
-        Attempt {
-            task,
-            epoch: num("epoch"),
-            outcome,
-            started_ms: num("started_ms"),
-            ended_ms: record["ended_ms"].as_u64(),
-        }
-    }
-
-    fn key(&self) -> (Task, u64) {
-        (self.task, self.epoch)
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Status {
-    phase: String,
-    attempts: Vec<Attempt>,
-}
-
-impl Status {
-    fn parse(json: &Value) -> Status {
-        Status {
-            phase: json["phase"]
-                .as_str()
-                .unwrap_or_else(|| panic!("status without phase: {json}"))
-                .to_string(),
-            attempts: json["attempt_log"]
-                .as_array()
-                .unwrap_or_else(|| panic!("status without attempt_log: {json}"))
-                .iter()
-                .map(Attempt::parse)
-                .collect(),
-        }
-    }
-
-    fn summary(&self) -> String {
-        let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
-        for a in &self.attempts {
-            *outcomes.entry(a.outcome.as_str()).or_default() += 1;
-        }
-        format!(
-            "phase {}, attempts by outcome {outcomes:?}, attempts {:?}",
-            self.phase, self.attempts
-        )
-    }
-
-    fn keys(&self) -> BTreeSet<(Task, u64)> {
-        self.attempts.iter().map(Attempt::key).collect()
-    }
-
-    fn max_epoch(&self) -> u64 {
-        self.attempts.iter().map(|a| a.epoch).max().unwrap_or(0)
-    }
-
-    fn committed(&self) -> Vec<&Attempt> {
-        self.attempts
-            .iter()
-            .filter(|a| a.outcome == "Committed")
-            .collect()
-    }
-
-    /// Each of the 8 map and 10 reduce tasks has exactly one committed
-    /// attempt.
-    fn assert_one_commit_per_task(&self) {
-        let mut commits: BTreeMap<Task, usize> = BTreeMap::new();
-        for a in self.committed() {
-            *commits.entry(a.task).or_default() += 1;
-        }
-        let reducers = REDUCERS.parse::<u64>().unwrap();
-        let expected: BTreeMap<Task, usize> = (0..8)
-            .map(Task::Map)
-            .chain((0..reducers).map(Task::Reduce))
-            .map(|t| (t, 1))
-            .collect();
-        assert_eq!(
-            commits,
-            expected,
-            "committed attempts per task; {}",
-            self.summary()
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Outputs
 
-/// The committed output (with `_SUCCESS`, 10 part files) equals the
-/// reference; on a difference, say where.
-fn assert_output_equals_reference(out: &Path, guest_name: &str) {
-    let expected = books_reference(guest_name);
-    let got = sorted_output(out);
-    assert_eq!(
-        part_files(out).len(),
-        REDUCERS.parse::<usize>().unwrap(),
-        "{}: one part file per reducer",
-        out.display()
-    );
-    if got != expected {
-        let first = got
-            .iter()
-            .zip(&expected)
-            .position(|(g, e)| g != e)
-            .unwrap_or(got.len().min(expected.len()));
-        panic!(
-            "{}: {guest_name} output differs from the reference: {} lines vs {} expected; first difference at sorted line {first}: got {:?}, expected {:?}",
-            out.display(),
-            got.len(),
-            expected.len(),
-            got.get(first),
-            expected.get(first)
-        );
-    }
+/// The committed output equals the reference, and nothing of the job's
+/// attempts is left in the output directory.
+fn assert_committed_output(out: &Path, guest_name: &str) {
+    assert_output_equals_reference(out, guest_name, REDUCERS);
     assert!(
         !out.join("_temporary").exists(),
         "{}/_temporary remains",
@@ -341,11 +197,11 @@ fn coordinator_killed_while_mapping_and_while_reducing_resumes_the_job() {
     );
     assert_eq!(parse_submitted(stderr.lines().next().unwrap()), job);
     println!("{:.1} s: deploy exited 0", started.elapsed().as_secs_f64());
-    assert_output_equals_reference(&out, "hostile");
+    assert_committed_output(&out, "hostile");
 
     let status = c.status(&job);
     assert_eq!(status.phase, "Completed", "{}", status.summary());
-    status.assert_one_commit_per_task();
+    status.assert_one_commit_per_task(REDUCERS);
     // Attempts from before each crash are still in the log.
     for (crash, before) in [(1, &first), (2, &second)] {
         let kept = before.keys().intersection(&status.keys()).count();
@@ -435,7 +291,7 @@ fn truncated_state_file_stops_the_coordinator_and_is_left_as_it_is() {
     let mut deploy = c.deploy(&guest("wordcount"), &books(), &out, &[]);
     let (exit, stderr) = c.deploy_exit(&mut deploy, Duration::from_secs(60));
     assert!(exit.success(), "deploy failed ({exit}): {stderr}");
-    assert_output_equals_reference(&out, "wordcount");
+    assert_committed_output(&out, "wordcount");
     c.kill_coordinator();
 
     let copy = c.root.join("state-copy");
@@ -570,8 +426,8 @@ fn cancelled_job_is_resumed_and_completes() {
             (status.phase == "Completed").then_some(status)
         },
     );
-    assert_output_equals_reference(&out, "hostile");
-    status.assert_one_commit_per_task();
+    assert_committed_output(&out, "hostile");
+    status.assert_one_commit_per_task(REDUCERS);
 
     // Completed now: listed as such, and no longer resumable.
     let listed = c.listings(&job, false);
@@ -647,7 +503,7 @@ fn three_jobs_at_once_share_two_workers() {
         assert!(exit.success(), "deploy failed ({exit}): {stderr}");
     }
     for out in &outs {
-        assert_output_equals_reference(out, "hostile");
+        assert_committed_output(out, "hostile");
     }
     // Absolute [first attempt start, last attempt end] of each job.
     let spans: Vec<(u64, u64)> = jobs

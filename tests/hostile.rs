@@ -16,6 +16,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use support::cluster::*;
+use support::status::submitted_unix_ms;
 use support::*;
 
 /// Bound on a whole job (each hostile job's limits end it far sooner).
@@ -54,15 +55,7 @@ impl Cluster {
 /// Absolute [start, end] (unix ms) of a job's finished attempts, with the
 /// worker of each and whether it committed.
 fn attempts(c: &Cluster, tenant: &Tenant, job: &str) -> Vec<(u64, u64, u64, bool)> {
-    let listing = c.json(tenant, &["jobs", "--json"]);
-    let submitted = listing
-        .as_array()
-        .expect("jobs --json is an array")
-        .iter()
-        .find(|j| j["job"] == job)
-        .unwrap_or_else(|| panic!("job {job} not in {listing}"))["submitted_unix_ms"]
-        .as_u64()
-        .expect("submitted_unix_ms");
+    let submitted = submitted_unix_ms(&c.json(tenant, &["jobs", "--json"]), job);
     let status = c.json(tenant, &["status", job, "--json"]);
     status["attempt_log"]
         .as_array()

@@ -13,6 +13,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::cluster::*;
+use support::status::submitted_unix_ms;
 use support::*;
 
 /// Bound on a whole job.
@@ -83,16 +84,6 @@ fn attempt_intervals(status: &Value, submitted_unix_ms: u64) -> Vec<(u64, u64)> 
             (submitted_unix_ms + start, submitted_unix_ms + end)
         })
         .collect()
-}
-
-fn submitted_unix_ms(jobs: &Value, job: &str) -> u64 {
-    jobs.as_array()
-        .expect("jobs --json is an array")
-        .iter()
-        .find(|j| j["job"] == job)
-        .unwrap_or_else(|| panic!("job {job} not in {jobs}"))["submitted_unix_ms"]
-        .as_u64()
-        .expect("submitted_unix_ms")
 }
 
 /// Two tenants of weight 1 submit ~30 sleeping map tasks each at the same

@@ -253,7 +253,7 @@ pub struct Options {
     tenants: Vec<String>,
     tenant_args: Vec<String>,
     tenant_books: bool,
-    reducers: Option<u32>,
+    reducers: Option<u64>,
     client_limit: Duration,
     bound: Option<Duration>,
 }
@@ -293,7 +293,7 @@ impl Options {
     }
 
     /// `--reducers N` on every [`Cluster::deploy`].
-    pub fn reducers(mut self, n: u32) -> Options {
+    pub fn reducers(mut self, n: u64) -> Options {
         self.reducers = Some(n);
         self
     }
@@ -375,7 +375,7 @@ pub struct Cluster {
     pub spawned: usize,
     starts: usize,
     coordinator_args: Vec<String>,
-    reducers: Option<u32>,
+    reducers: Option<u64>,
     client_limit: Duration,
     deadline: Option<Instant>,
     // Last: removed after every process above was killed.

@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub mod cluster;
+pub mod status;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -194,6 +195,35 @@ pub fn books_reference(guest_name: &str) -> Vec<String> {
             expected
         })
         .clone()
+}
+
+/// The committed output of a job over the books (with `_SUCCESS`, one part
+/// file per reducer) equals the sequential reference; on a difference, say
+/// where instead of printing both.
+pub fn assert_output_equals_reference(out: &Path, guest_name: &str, reducers: u64) {
+    let expected = books_reference(guest_name);
+    let got = sorted_output(out);
+    assert_eq!(
+        part_files(out).len() as u64,
+        reducers,
+        "{}: one part file per reducer",
+        out.display()
+    );
+    if got != expected {
+        let first = got
+            .iter()
+            .zip(&expected)
+            .position(|(g, e)| g != e)
+            .unwrap_or(got.len().min(expected.len()));
+        panic!(
+            "{}: {guest_name} output differs from the sequential reference: {} lines vs {} expected; first difference at sorted line {first}: got {:?}, expected {:?}",
+            out.display(),
+            got.len(),
+            expected.len(),
+            got.get(first),
+            expected.get(first)
+        );
+    }
 }
 
 /// Every file under `dir`, by relative path, with its bytes.
