@@ -16,7 +16,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use support::cluster::*;
-use support::status::submitted_unix_ms;
+use support::status::{Status, submitted_unix_ms};
 use support::*;
 
 /// Bound on a whole job (each hostile job's limits end it far sooner).
@@ -56,17 +56,18 @@ impl Cluster {
 /// worker of each and whether it committed.
 fn attempts(c: &Cluster, tenant: &Tenant, job: &str) -> Vec<(u64, u64, u64, bool)> {
     let submitted = submitted_unix_ms(&c.json(tenant, &["jobs", "--json"]), job);
-    let status = c.json(tenant, &["status", job, "--json"]);
-    status["attempt_log"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status without attempt_log: {status}"))
+    Status::parse(&c.json(tenant, &["status", job, "--json"]))
+        .attempts
         .iter()
         .map(|a| {
-            let start = a["started_ms"].as_u64().expect("started_ms");
-            let end = a["ended_ms"].as_u64().expect("ended_ms of a finished job");
-            let worker = a["worker"].as_u64().expect("worker id");
-            let committed = a["outcome"] == "Committed";
-            (submitted + start, submitted + end, worker, committed)
+            let end = a.ended_ms.expect("ended_ms of a finished job");
+            let committed = a.outcome == "Committed";
+            (
+                submitted + a.started_ms,
+                submitted + end,
+                a.worker,
+                committed,
+            )
         })
         .collect()
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::cluster::*;
-use support::status::submitted_unix_ms;
+use support::status::{Status, submitted_unix_ms};
 use support::*;
 
 /// Bound on a whole job.
@@ -74,14 +74,12 @@ impl Cluster {
 
 /// Absolute [start, end] (unix ms) of every finished attempt of a job.
 fn attempt_intervals(status: &Value, submitted_unix_ms: u64) -> Vec<(u64, u64)> {
-    status["attempt_log"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status without attempt_log: {status}"))
+    Status::parse(status)
+        .attempts
         .iter()
         .map(|a| {
-            let start = a["started_ms"].as_u64().expect("started_ms");
-            let end = a["ended_ms"].as_u64().expect("ended_ms of a finished job");
-            (submitted_unix_ms + start, submitted_unix_ms + end)
+            let end = a.ended_ms.expect("ended_ms of a finished job");
+            (submitted_unix_ms + a.started_ms, submitted_unix_ms + end)
         })
         .collect()
 }
@@ -340,15 +338,12 @@ fn a_job_over_the_fuel_quota_is_refused_naming_the_quota() {
 /// The attempts of one job: (start, end) in unix ms, ends of running ones
 /// as `u64::MAX`.
 fn attempt_times(c: &Cluster, tenant: &Tenant, job: &str, submitted: u64) -> Vec<(u64, u64)> {
-    let status = c.json(tenant, &["status", job, "--json"]);
-    status["attempt_log"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status without attempt_log: {status}"))
+    Status::parse(&c.json(tenant, &["status", job, "--json"]))
+        .attempts
         .iter()
         .map(|a| {
-            let start = submitted + a["started_ms"].as_u64().expect("started_ms");
-            let end = a["ended_ms"].as_u64().map_or(u64::MAX, |e| submitted + e);
-            (start, end)
+            let end = a.ended_ms.map_or(u64::MAX, |e| submitted + e);
+            (submitted + a.started_ms, end)
         })
         .collect()
 }
