@@ -304,9 +304,10 @@ impl Options {
         self
     }
 
-    /// The whole test must end within `bound`: every wait of the cluster
-    /// ends at that deadline too, so a slow test fails instead of adding up
-    /// its waits' limits.
+    /// The whole test must end within `bound`: the cluster's own waits
+    /// ([`Cluster::poll`], client calls, deploys, [`Cluster::watch_until`])
+    /// end at that deadline too, so a slow test fails at its bound instead
+    /// of after the sum of its waits' limits.
     pub fn bound(mut self, bound: Duration) -> Options {
         self.bound = Some(bound);
         self
