@@ -224,6 +224,26 @@ fn clocks_read_zero_unless_granted() {
     assert_still_counts_words(&sandbox);
 }
 
+/// A guest asleep in a host call (WASI `poll`) runs no Wasm, so no epoch
+/// check can stop it: its wall-clock limit must still hold.
+#[test]
+fn a_guest_asleep_in_the_host_times_out() {
+    let sandbox = Sandbox::new().unwrap();
+    let limits = Limits {
+        timeout_ms: 300,
+        ..limits()
+    };
+    let start = std::time::Instant::now();
+    let (result, _) = run_hostile(&sandbox, limits, &[("mode", "nap"), ("ms", "600000")]);
+    assert_eq!(result, Err(AttemptFailure::TimedOut(300)));
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(30),
+        "the attempt ran for {:?}",
+        start.elapsed()
+    );
+    assert_still_counts_words(&sandbox);
+}
+
 #[test]
 fn trap_on_a_record_names_the_record() {
     let sandbox = Sandbox::new().unwrap();

@@ -25,9 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{
-    Component, ComponentType, Lift, Linker, ResourceTable, WasmList, WasmStr,
+    Component, ComponentType, Lift, Linker, Resource, ResourceTable, WasmList, WasmStr,
 };
 use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
+use wasmtime_wasi::clocks::WasiClocksView as _;
+use wasmtime_wasi::p2::DynPollable;
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 mod bindings {
@@ -203,6 +206,50 @@ impl Denials {
 /// dropped. Writes past the limit still succeed, so a guest that prints a
 /// lot goes on (a full pipe would fail its writes and make Rust's `println!`
 /// panic, with a message nobody can read: it would go to the full pipe).
+/// `wasi:clocks/monotonic-clock` whose sleeps end by the attempt's deadline.
+/// A guest asleep in the host (`subscribe-duration` + `pollable.block`)
+/// runs no Wasm, so no epoch check could stop it at its wall-clock limit;
+/// capped, the sleep returns at the deadline and the next epoch check ends
+/// the attempt as timed out.
+struct DeadlineClock;
+
+impl wasmtime::component::HasData for DeadlineClock {
+    type Data<'a> = DeadlineClockView<'a>;
+}
+
+struct DeadlineClockView<'a> {
+    clocks: wasmtime_wasi::clocks::WasiClocksCtxView<'a>,
+    deadline: Instant,
+}
+
+impl DeadlineClockView<'_> {
+    fn left(&self) -> u64 {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        u64::try_from(left.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl monotonic_clock::Host for DeadlineClockView<'_> {
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        self.clocks.now()
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<u64> {
+        self.clocks.resolution()
+    }
+
+    fn subscribe_instant(&mut self, when: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        // As a duration from the guest's "now" (a stopped clock's is zero).
+        let duration = when.saturating_sub(self.clocks.now()?);
+        self.subscribe_duration(duration)
+    }
+
+    fn subscribe_duration(&mut self, duration: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        let capped = duration.min(self.left());
+        self.clocks.subscribe_duration(capped)
+    }
+}
+
 /// The clocks of a guest without `--grant clock`: always zero.
 struct StoppedClock;
 
@@ -574,6 +621,18 @@ impl Sandbox {
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // Replace the monotonic clock's sleeps with ones capped at the
+        // attempt's deadline (see `DeadlineClock`).
+        linker.allow_shadowing(true);
+        monotonic_clock::add_to_linker::<AttemptState, DeadlineClock>(&mut linker, |state| {
+            let deadline = state.deadline;
+            DeadlineClockView {
+                clocks: state.clocks(),
+                deadline,
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        linker.allow_shadowing(false);
         add_host_imports(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (weak_engine, stop) = (engine.weak(), ticker_stop.clone());

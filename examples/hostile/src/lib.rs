@@ -8,7 +8,8 @@
 //! - `flaky`: fails attempts numbered up to `--param fail-attempts=N`;
 //! - `recurse`: recurses without bound;
 //! - `sleep`: busy-waits `--param ms=N` per map call (needs `--grant clock`);
-//! - `clock`: emits what its wall and monotonic clocks read.
+//! - `clock`: emits what its wall and monotonic clocks read;
+//! - `nap`: sleeps `--param ms=N` in the host (WASI `poll`), then counts words.
 //!
 //! Modes that call the host imports with huge or invalid arguments (some
 //! through the raw canonical-ABI imports, as a guest not built with the SDK
@@ -83,6 +84,7 @@ impl Job for Hostile {
                     black_box(0);
                 }
             }
+            "nap" => std::thread::sleep(std::time::Duration::from_millis(param_num("ms"))),
             "emit-huge" => {
                 let bytes: usize = param_num("bytes");
                 let bytes = if bytes == 0 { 8 << 20 } else { bytes };
