@@ -408,7 +408,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
         _cert: &CertificateDer<'_>,
         _dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used by wmr".into()))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -417,12 +417,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -430,6 +425,28 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+// Both pinned verifiers (server and optional client certificates) check
+// handshake signatures the same way: TLS 1.3 only, with the provider's
+// algorithms.
+
+fn refuse_tls12() -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("TLS 1.2 is not used by wmr".into()))
+}
+
+fn verify_tls13(
+    provider: &rustls::crypto::CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &rustls::DigitallySignedStruct,
+) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
 }
 
 /// Asks for a client certificate without requiring one, and accepts any
@@ -470,7 +487,7 @@ impl rustls::server::danger::ClientCertVerifier for OptionalClientCertificate {
         _cert: &CertificateDer<'_>,
         _dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not used by wmr".into()))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -479,12 +496,7 @@ impl rustls::server::danger::ClientCertVerifier for OptionalClientCertificate {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
