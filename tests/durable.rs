@@ -49,6 +49,18 @@ fn start(bound: Duration, args: &[&str]) -> Cluster {
         .start()
 }
 
+/// The cluster most tests use: map outputs in the coordinator's shared
+/// store, short leases.
+fn start_shared(bound: Duration) -> Cluster {
+    start(bound, &shared_args())
+}
+
+fn shared_args() -> Vec<&'static str> {
+    let mut args = vec!["--shared-store"];
+    args.extend(FAST);
+    args
+}
+
 impl Cluster {
     /// `wmr status JOB --json`.
     fn status(&self, job: &str) -> Status {
@@ -113,9 +125,7 @@ fn assert_committed_output(out: &Path, guest_name: &str) {
 fn coordinator_killed_while_mapping_and_while_reducing_resumes_the_job() {
     let _serial = serial();
     let started = Instant::now();
-    let mut args = vec!["--shared-store"];
-    args.extend(FAST);
-    let mut c = start(Duration::from_secs(150), &args);
+    let mut c = start_shared(Duration::from_secs(150));
     c.add_workers(2, &["--slots", "1"]);
     books_reference("hostile");
     let out = c.root.join("out");
@@ -283,9 +293,7 @@ fn coordinator_killed_while_mapping_and_while_reducing_resumes_the_job() {
 #[test]
 fn truncated_state_file_stops_the_coordinator_and_is_left_as_it_is() {
     let _serial = serial();
-    let mut args = vec!["--shared-store"];
-    args.extend(FAST);
-    let mut c = start(Duration::from_secs(90), &args);
+    let mut c = start_shared(Duration::from_secs(90));
     c.add_workers(2, &[]);
     let out = c.root.join("out");
     let mut deploy = c.deploy(&guest("wordcount"), &books(), &out, &[]);
@@ -311,7 +319,7 @@ fn truncated_state_file_stops_the_coordinator_and_is_left_as_it_is() {
     let mut cmd = c.wmr();
     cmd.args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
         .arg(&copy)
-        .args(&args);
+        .args(shared_args());
     let refused = output_within(cmd, "wmr coordinator on a truncated state", CLIENT_LIMIT);
     let stderr = String::from_utf8_lossy(&refused.stderr).to_string();
     assert_eq!(
@@ -451,9 +459,7 @@ fn cancelled_job_is_resumed_and_completes() {
 #[test]
 fn completed_job_is_listed_after_a_restart() {
     let _serial = serial();
-    let mut args = vec!["--shared-store"];
-    args.extend(FAST);
-    let mut c = start(Duration::from_secs(90), &args);
+    let mut c = start_shared(Duration::from_secs(90));
     c.add_workers(2, &[]);
     let out = c.root.join("out");
     let mut deploy = c.deploy(&guest("wordcount"), &books(), &out, &[]);
@@ -487,9 +493,7 @@ fn completed_job_is_listed_after_a_restart() {
 #[test]
 fn three_jobs_at_once_share_two_workers() {
     let _serial = serial();
-    let mut args = vec!["--shared-store"];
-    args.extend(FAST);
-    let mut c = start(Duration::from_secs(120), &args);
+    let mut c = start_shared(Duration::from_secs(120));
     c.add_workers(2, &["--slots", "1"]);
     let params = sleep_params(300);
     let outs: Vec<PathBuf> = (0..3).map(|i| c.root.join(format!("out-{i}"))).collect();
@@ -541,9 +545,7 @@ fn three_jobs_at_once_share_two_workers() {
 #[test]
 fn dlq_lists_exactly_the_records_the_guest_trapped_on() {
     let _serial = serial();
-    let mut args = vec!["--shared-store"];
-    args.extend(FAST);
-    let mut c = start(Duration::from_secs(90), &args);
+    let mut c = start_shared(Duration::from_secs(90));
     c.add_workers(2, &[]);
     let input = c.root.join("input").join("records.txt");
     std::fs::create_dir_all(input.parent().unwrap()).unwrap();

@@ -107,6 +107,27 @@ fn log_field(text: &str, message: &str, field: &str) -> Option<String> {
     )
 }
 
+/// Open a worker control stream on `connection` (development mode: no
+/// worker token) and wait to be welcomed.
+async fn join_as_worker(connection: &quinn::Connection, name: &str) -> Channel {
+    let mut control = Channel::open(connection).await.unwrap();
+    control
+        .write(&Open::Worker {
+            name: name.into(),
+            slots: 1,
+            labels: Default::default(),
+            shuffle: None,
+            token: String::new(),
+        })
+        .await
+        .unwrap();
+    match control.expect::<ToWorker>().await.unwrap() {
+        ToWorker::Welcome { .. } => {}
+        other => panic!("{name}: not welcomed: {other:?}"),
+    }
+    control
+}
+
 /// One request on a fresh stream of `connection`; the raw answer bytes.
 async fn exchange(connection: &quinn::Connection, request: &[u8]) -> Vec<u8> {
     let (mut send, mut recv) = connection.open_bi().await.expect("opening a stream");
@@ -339,21 +360,7 @@ fn module_fetch_needs_an_admitted_worker() {
             wmr::transport::connect(c.socket_addr(), &c.fingerprint, CLIENT_LIMIT)
                 .await
                 .expect("connecting to the coordinator");
-        let mut control = Channel::open(&worker).await.unwrap();
-        control
-            .write(&Open::Worker {
-                name: "raw".into(),
-                slots: 1,
-                labels: Default::default(),
-                shuffle: None,
-                token: String::new(),
-            })
-            .await
-            .unwrap();
-        match control.expect::<ToWorker>().await.unwrap() {
-            ToWorker::Welcome { .. } => {}
-            other => panic!("not welcomed: {other:?}"),
-        }
+        let _control = join_as_worker(&worker, "raw").await;
         let found = exchange(&worker, &fetch).await;
         (refused, found)
     });
@@ -515,21 +522,7 @@ fn bad_frames_from_an_admitted_worker_close_only_its_stream() {
             let (_endpoint, connection) = wmr::transport::connect(addr, &fingerprint, CLIENT_LIMIT)
                 .await
                 .expect("connecting to the coordinator");
-            let mut control = Channel::open(&connection).await.unwrap();
-            control
-                .write(&Open::Worker {
-                    name: format!("bad-{what}"),
-                    slots: 1,
-                    labels: Default::default(),
-                    shuffle: None,
-                    token: String::new(),
-                })
-                .await
-                .unwrap();
-            match control.expect::<ToWorker>().await.unwrap() {
-                ToWorker::Welcome { .. } => {}
-                other => panic!("{what}: not welcomed: {other:?}"),
-            }
+            let mut control = join_as_worker(&connection, &format!("bad-{what}")).await;
             control.send.write_all(bytes).await.unwrap();
             if *what == "truncated" {
                 control.send.finish().unwrap();
