@@ -1286,6 +1286,22 @@ mod tests {
             let text = pieces.concat();
             prop_assert_eq!(counted(&text), reference(&text));
         }
+
+        /// `Word`'s word-wide comparison is byte equality, at every length
+        /// and wherever the two differ (one byte flipped, or none).
+        #[test]
+        fn word_equality_is_byte_equality(
+            a in prop::collection::vec(any::<u8>(), 0..40),
+            flip in prop::option::of((any::<prop::sample::Index>(), 1..=255u8)),
+        ) {
+            let mut b = a.clone();
+            if let (Some((at, by)), false) = (flip, a.is_empty()) {
+                b[at.index(a.len())] ^= by;
+            }
+            prop_assert_eq!(count::Word(&a) == count::Word(&b), a == b);
+            let shorter = &b[..b.len().saturating_sub(1)];
+            prop_assert_eq!(count::Word(&a) == count::Word(shorter), a[..] == *shorter);
+        }
     }
 
     #[test]
