@@ -120,7 +120,7 @@ pub fn run_embedded(
 ) -> anyhow::Result<JobSummary> {
     assert!(workers > 0, "at least one worker");
     let started = Instant::now();
-    let executor = Arc::new(Executor::new()?);
+    let executor = Arc::new(Executor::new(workers)?);
     // Everything that can be wrong with the request is found before any
     // file is written.
     let (map_module, reduce_module) = load_modules(&executor, &spec.map, &spec.reduce)?;

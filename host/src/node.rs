@@ -96,7 +96,7 @@ pub async fn run_as(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let client_identity = identity;
-    let executor = Arc::new(Executor::new()?);
+    let executor = Arc::new(Executor::new(options.slots)?);
     let state = Arc::new(WorkerState::default());
     let identity = transport::Identity::ephemeral()?;
     let shuffle_endpoint =

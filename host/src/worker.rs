@@ -43,9 +43,12 @@ impl From<Role> for RoleKey {
 }
 
 impl Executor {
-    pub fn new() -> anyhow::Result<Self> {
+    /// An executor for `slots` attempts at a time. Its sandbox holds room
+    /// for twice that and a few more: an interrupted attempt may still be
+    /// unwinding when its slot is given the next one.
+    pub fn new(slots: u32) -> anyhow::Result<Self> {
         Ok(Executor {
-            sandbox: Sandbox::new()?,
+            sandbox: Sandbox::with_capacity(slots.saturating_mul(2).saturating_add(4))?,
             modules: RwLock::default(),
         })
     }
