@@ -116,6 +116,22 @@ fn assert_still_counts_words(sandbox: &Sandbox) {
     assert_eq!(word_counts(sink.take()), native_word_counts());
 }
 
+/// A component that is both the map and the reduce module, or is loaded
+/// again, is compiled once per process.
+#[test]
+fn a_component_is_compiled_once_for_both_roles() {
+    let sandbox = Sandbox::new().unwrap();
+    let wordcount = std::fs::read(guest("wordcount")).unwrap();
+    sandbox.load(&wordcount, Role::Map).unwrap();
+    sandbox.load(&wordcount, Role::Reduce).unwrap();
+    sandbox.load(&wordcount, Role::Map).unwrap();
+    assert_eq!(sandbox.compiled_components(), 1);
+    sandbox
+        .load(&std::fs::read(guest("indexer")).unwrap(), Role::Reduce)
+        .unwrap();
+    assert_eq!(sandbox.compiled_components(), 2);
+}
+
 #[test]
 fn infinite_loop_runs_out_of_fuel() {
     let sandbox = Sandbox::new().unwrap();

@@ -620,6 +620,9 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<AttemptState>,
     ticker_stop: Arc<AtomicBool>,
+    /// Compiled components by the SHA-256 of their bytes: a component that
+    /// is both the map and the reduce module is compiled once.
+    compiled: Mutex<std::collections::HashMap<[u8; 32], Component>>,
 }
 
 impl Drop for Sandbox {
@@ -699,6 +702,7 @@ impl Sandbox {
             engine,
             linker,
             ticker_stop,
+            compiled: Mutex::default(),
         })
     }
 
@@ -706,8 +710,7 @@ impl Sandbox {
     /// Errors are one line and name what is wrong.
     pub fn load(&self, bytes: &[u8], role: Role) -> anyhow::Result<LoadedModule> {
         check_is_component(bytes)?;
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| anyhow::anyhow!("not a valid Wasm component: {}", one_line(&e)))?;
+        let component = self.compile(bytes)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!(
                 "the component needs an import wmr does not provide: {}",
@@ -738,6 +741,24 @@ impl Sandbox {
             }
         }
         Ok(module)
+    }
+
+    /// How many distinct components this sandbox has compiled.
+    pub fn compiled_components(&self) -> usize {
+        self.compiled.lock().expect("poisoned").len()
+    }
+
+    fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        if let Some(component) = self.compiled.lock().expect("poisoned").get(&digest) {
+            return Ok(component.clone());
+        }
+        // Compiled outside the lock: other loads need not wait for it.
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| anyhow::anyhow!("not a valid Wasm component: {}", one_line(&e)))?;
+        let mut compiled = self.compiled.lock().expect("poisoned");
+        Ok(compiled.entry(digest).or_insert(component).clone())
     }
 
     fn check_exports(&self, component: &Component, role: Role) -> anyhow::Result<()> {
