@@ -116,6 +116,67 @@ fn assert_still_counts_words(sandbox: &Sandbox) {
     assert_eq!(word_counts(sink.take()), native_word_counts());
 }
 
+/// A sink that, on its first pair, says so and then holds the guest (and
+/// with it the store's pool slot) until released.
+struct Gate {
+    started: Option<std::sync::mpsc::Sender<()>>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl wmr::sandbox::PairSink for Gate {
+    fn accept(&mut self, _key: Vec<u8>, _value: Vec<u8>) -> anyhow::Result<()> {
+        if let Some(started) = self.started.take() {
+            started.send(()).unwrap();
+            self.release.recv().unwrap();
+        }
+        Ok(())
+    }
+}
+
+/// An attempt past the instance pool's capacity fails as the host's
+/// problem (retried elsewhere; never bisected as a bad record), the
+/// attempt holding the slot is unaffected, and the slot serves the next.
+#[test]
+fn an_attempt_past_the_pool_capacity_fails_as_a_host_error() {
+    let sandbox = Sandbox::with_capacity(1).unwrap();
+    let module = hostile(&sandbox);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let holder = scope.spawn(|| {
+            let gate = Gate {
+                started: Some(started_tx),
+                release: release_rx,
+            };
+            let ctx = context(limits(), &[("mode", "flood")]);
+            sandbox
+                .run_map(&module, &ctx, b"f", b"", Box::new(gate))
+                .result
+        });
+        started_rx.recv().unwrap();
+        let limits = Limits {
+            max_dead_letters: 10,
+            ..limits()
+        };
+        let (second, pairs) = run_hostile(&sandbox, limits, &[("mode", "loop")]);
+        assert_eq!(
+            second,
+            Err(AttemptFailure::Host(
+                "this worker's instance pool is full: maximum concurrent limit of 1 for \
+                 component instances reached"
+                    .into()
+            ))
+        );
+        assert!(pairs.is_empty());
+        release_tx.send(()).unwrap();
+        assert_eq!(
+            holder.join().unwrap(),
+            Err(AttemptFailure::OutputLimit(1 << 20))
+        );
+    });
+    assert_still_counts_words(&sandbox);
+}
+
 /// A component that is both the map and the reduce module, or is loaded
 /// again, is compiled once per process.
 #[test]

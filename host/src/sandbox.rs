@@ -950,6 +950,10 @@ fn classify_trap(
     if let Some(msg) = &state.sink_error {
         return AttemptFailure::Host(format!("storing output: {msg}"));
     }
+    // Not the guest's doing: the attempt is retried, never bisected.
+    if let Some(full) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return AttemptFailure::Host(format!("this worker's instance pool is full: {full}"));
+    }
     if let Some(trap) = error.downcast_ref::<wasmtime::Trap>()
         && (*trap == wasmtime::Trap::OutOfFuel || fuel_left == 0)
     {
