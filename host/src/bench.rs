@@ -216,28 +216,28 @@ fn measure(
     let (compile, module) = timed(|| sandbox.load(guest, Role::Map))?;
     // The single-process rows take turns, and each keeps its fastest round:
     // a disturbance of the machine (other processes) only ever slows a
-    // round down, and does not land on one row only.
-    // Each round also pairs the guest with the native run just before it:
-    // the spread of those ratios says how much to trust the best-of figure.
+    // round down, and does not land on one row only. The two one-thread
+    // rows take turns file by file (native count of a file, then the
+    // guest's map of it), so both see the machine in the same state; each
+    // round's ratio of the two is the paired ratio.
     let (mut native_1, mut native_2, mut guest_map) = (f64::MAX, f64::MAX, f64::MAX);
     let mut guest_ratios = Vec::new();
     let mut expected = None;
     for _ in 0..THROUGHPUT_ROUNDS {
-        let (native_seconds, totals) = timed(|| native_one_thread(files))?;
-        let expected = *expected.get_or_insert(totals);
-        check_agrees("native, 1 thread", expected, totals)?;
-        native_1 = native_1.min(native_seconds);
+        let round = one_thread_round(&sandbox, &module, files)?;
+        let expected = *expected.get_or_insert(round.native_totals);
+        check_agrees("native, 1 thread", expected, round.native_totals)?;
+        let guest_totals = Totals {
+            words: round.guest_words,
+            distinct: None,
+        };
+        check_agrees("guest map", expected, guest_totals)?;
+        native_1 = native_1.min(round.native_seconds);
+        guest_map = guest_map.min(round.guest_seconds);
+        guest_ratios.push(round.native_seconds / round.guest_seconds);
         let (seconds, totals) = timed(|| native_two_threads(files))?;
         check_agrees("native, 2 threads", expected, totals)?;
         native_2 = native_2.min(seconds);
-        let (seconds, words) = timed(|| guest_map_per_file(&sandbox, &module, files))?;
-        let totals = Totals {
-            words,
-            distinct: None,
-        };
-        check_agrees("guest map", expected, totals)?;
-        guest_map = guest_map.min(seconds);
-        guest_ratios.push(native_seconds / seconds);
     }
     let expected = expected.expect("at least one round");
     guest_ratios.sort_by(f64::total_cmp);
@@ -642,14 +642,6 @@ fn totals_of<S>(global: &HashMap<Vec<u8>, u64, S>) -> Totals {
     }
 }
 
-fn native_one_thread(files: &[PathBuf]) -> anyhow::Result<Totals> {
-    let mut global: HashMap<Vec<u8>, u64> = HashMap::new();
-    for path in files {
-        count_file(path, &mut global)?;
-    }
-    Ok(totals_of(&global))
-}
-
 /// Two threads take alternate files; their maps are merged at the end.
 fn native_two_threads(files: &[PathBuf]) -> anyhow::Result<Totals> {
     let mut halves = std::thread::scope(|scope| {
@@ -709,24 +701,45 @@ fn attempt_context() -> AttemptContext {
     }
 }
 
-/// One map call (hence one fresh store) per file, on this thread, with the
-/// default limits (fuel and epoch deadline on). Returns the word total.
-fn guest_map_per_file(
+/// One round of the two one-thread rows.
+struct OneThreadRound {
+    native_seconds: f64,
+    native_totals: Totals,
+    guest_seconds: f64,
+    guest_words: u64,
+}
+
+/// Native (std `HashMap`) and guest, file by file in turns, each timed on
+/// its own. The guest makes one map call (hence one fresh store) per file,
+/// with the default limits (fuel and epoch deadline on).
+fn one_thread_round(
     sandbox: &Sandbox,
     module: &LoadedModule,
     files: &[PathBuf],
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<OneThreadRound> {
+    let mut global: HashMap<Vec<u8>, u64> = HashMap::new();
     let ctx = attempt_context();
     let tally = Arc::new(Tally::default());
+    let (mut native_seconds, mut guest_seconds) = (0.0, 0.0);
     for path in files {
-        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let key = path.file_name().unwrap_or_default().to_string_lossy();
-        let sink = Box::new(TallySink(tally.clone()));
-        let call = sandbox.run_map(module, &ctx, key.as_bytes(), &text, sink);
-        call.result
-            .map_err(|f| anyhow!("guest map of {}: {f}", path.display()))?;
+        native_seconds += timed(|| count_file(path, &mut global))?.0;
+        guest_seconds += timed(|| {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let key = path.file_name().unwrap_or_default().to_string_lossy();
+            let sink = Box::new(TallySink(tally.clone()));
+            let call = sandbox.run_map(module, &ctx, key.as_bytes(), &text, sink);
+            call.result
+                .map_err(|f| anyhow!("guest map of {}: {f}", path.display()))
+        })?
+        .0;
     }
-    Ok(tally.words.load(Ordering::Relaxed))
+    Ok(OneThreadRound {
+        native_seconds,
+        native_totals: totals_of(&global),
+        guest_seconds,
+        guest_words: tally.words.load(Ordering::Relaxed),
+    })
 }
 
 /// Microseconds per attempt of a fresh store, instantiation and a map call
@@ -1154,7 +1167,7 @@ fn print_table(r: &Report, size_mib: u64) {
         );
     }
     println!(
-        "native and guest rows: the fastest of {THROUGHPUT_ROUNDS} rounds, taken in turns; the others: one run"
+        "native and guest rows: the fastest of {THROUGHPUT_ROUNDS} rounds, taken in turns (the two one-thread rows file by file); the others: one run"
     );
     let ratios = &r.guest_vs_native_1_per_round;
     if let (Some(low), Some(high)) = (ratios.first(), ratios.last()) {
