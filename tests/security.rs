@@ -203,7 +203,7 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
                     };
                     for map in maps.flatten() {
                         let name = map.file_name().to_string_lossy().to_string();
-                        if name.starts_with("m-") && map.path().join("part-00000").is_file() {
+                        if name.starts_with("m-") && map.path().is_file() {
                             return Some((i, map.path(), job.path().join("capability")));
                         }
                     }
@@ -226,7 +226,7 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
     let (task, epoch) = stem.split_once(".a").unwrap();
     let task = TaskId::Map(task.strip_prefix("m-").unwrap().parse().unwrap());
     let epoch = wmr::protocol::AttemptEpoch(epoch.parse().unwrap());
-    let partition_bytes = std::fs::read(committed.join("part-00000")).unwrap();
+    let partition_bytes = wmr::shuffle::read_map_partition(&committed, 0).unwrap();
 
     let capability = std::fs::read_to_string(&capability_file).expect("the recorded capability");
     assert_eq!(capability.len(), 64, "32 random bytes, hex: {capability:?}");

@@ -1,10 +1,12 @@
 //! Where attempts write, and how one attempt per task is published.
 //!
-//! An attempt writes only below its attempt-private directory, named by task
-//! and epoch. Committing a task (`commit_attempt`) is one `rename` of that
-//! directory (map) or file (reduce) to the task's committed name, after the
-//! files were fsynced; the parent directory is fsynced after the rename. A
-//! rename is atomic, so a reader sees either nothing or a complete file.
+//! An attempt writes only to its attempt-private path, named by task and
+//! epoch: one file for a map attempt (every reduce partition in it, see
+//! `shuffle::write_map_output`), a directory holding its part file for a
+//! reduce attempt. Committing a task (`commit_attempt`) is one `rename` of
+//! that file to the task's committed name; a reduce output is fsynced
+//! before and its directory after the rename. A rename is atomic, so a
+//! reader sees either nothing or a complete file.
 //! Nothing else writes a committed name, and the scheduler asks for at most
 //! one commit per task (invariant I2), so output is never duplicated.
 //!
@@ -15,8 +17,8 @@
 //! `_SUCCESS` tells a reader that the output is complete.
 //!
 //! ```text
-//! <work>/job-<id>/map/_attempts/m-00003.a2/part-00007        map attempt, private
-//! <work>/job-<id>/map/m-00003.a2/part-00007                  committed map output
+//! <work>/job-<id>/map/_attempts/m-00003.a2                   map attempt, private
+//! <work>/job-<id>/map/m-00003.a2                             committed map output
 //! <output>/_temporary/job-<id>/r-00007.a1/part-r-00007       reduce attempt, private
 //! <output>/_temporary/job-<id>/committed/part-r-00007        committed reduce task
 //! <output>/part-r-00007                                      after the job commit
@@ -74,11 +76,6 @@ impl JobDirs {
             TaskId::Map(_) => self.work.join("map").join(format!("{task}.{epoch}")),
             TaskId::Reduce(r) => self.job_temporary().join("committed").join(part_name(r)),
         }
-    }
-
-    /// Where a map attempt writes reduce partition `partition`.
-    pub fn map_partition_file(dir: &Path, partition: u32) -> PathBuf {
-        dir.join(format!("part-{partition:05}"))
     }
 
     /// Where a reduce attempt writes its part file.
@@ -145,7 +142,7 @@ impl JobDirs {
         std::fs::rename(&from, &to)
             .with_context(|| format!("committing {task} {epoch}: rename {}", from.display()))?;
         if let TaskId::Reduce(_) = task {
-            // Final output is durable (see `write_partition` for why map
+            // Final output is durable (see `shuffle::write_map_output` for why map
             // output is not).
             sync_dir(to.parent().expect("committed paths have parents"))?;
             remove_if_exists(&self.attempt_path(task, epoch))?;

@@ -623,15 +623,19 @@ async fn serve_shuffle(endpoint: quinn::Endpoint, work_dir: PathBuf) {
                         })) => {
                             if authorised(&work_dir, job, &capability).await {
                                 let dirs = JobDirs::new(job, &work_dir, std::path::Path::new(""));
-                                let file = JobDirs::map_partition_file(
-                                    &dirs.committed_path(task, epoch),
-                                    partition,
-                                );
-                                match tokio::fs::read(&file).await {
-                                    Ok(bytes) => PartitionReply::Found(bytes),
-                                    Err(e) => {
-                                        PartitionReply::Missing(format!("{task} {epoch}: {e}"))
+                                let path = dirs.committed_path(task, epoch);
+                                let read = tokio::task::spawn_blocking(move || {
+                                    crate::shuffle::read_map_partition(&path, partition)
+                                })
+                                .await;
+                                match read {
+                                    Ok(Ok(bytes)) => PartitionReply::Found(bytes),
+                                    Ok(Err(e)) => {
+                                        PartitionReply::Missing(format!("{task} {epoch}: {e:#}"))
                                     }
+                                    Err(e) => PartitionReply::Missing(format!(
+                                        "{task} {epoch}: reading it failed: {e}"
+                                    )),
                                 }
                             } else {
                                 tracing::warn!(%job, %task, %epoch, partition, "partition fetch refused: wrong or missing capability");

@@ -198,8 +198,8 @@ impl Executor {
             Err(failure) => return (Err(failure), log),
         }
         let parts = std::mem::take(&mut *parts.lock().expect("poisoned"));
-        let dir = dirs.attempt_path(a.task, a.epoch);
-        let written = self.combine_and_write(&module, ctx, parts, &dir, &mut log);
+        let path = dirs.attempt_path(a.task, a.epoch);
+        let written = self.combine_and_write(&module, ctx, parts, &path, &mut log);
         match written {
             Ok(bytes) => {
                 stats.bytes_out = bytes;
@@ -283,22 +283,23 @@ impl Executor {
     }
 
     /// Sort each partition, apply the combiner to keys with several values,
-    /// and write the partition files, fsynced, into the attempt directory.
+    /// and write the attempt's map output file (attempt-private).
     fn combine_and_write(
         &self,
         module: &LoadedModule,
         ctx: &AttemptContext,
         parts: Vec<Vec<Pair>>,
-        dir: &Path,
+        path: &Path,
         log: &mut String,
     ) -> Result<u64, AttemptFailure> {
         let host_err = |e: anyhow::Error| AttemptFailure::Host(format!("{e:#}"));
+        let dir = path.parent().expect("attempt paths have parents");
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating {}", dir.display()))
             .map_err(host_err)?;
         let mut combining = true;
-        let mut bytes = 0;
-        for (partition, mut pairs) in parts.into_iter().enumerate() {
+        let mut sorted = Vec::with_capacity(parts.len());
+        for mut pairs in parts {
             shuffle::sort_pairs(&mut pairs);
             if combining && pairs.windows(2).any(|w| w[0].0 == w[1].0) {
                 match self.combine(module, ctx, pairs) {
@@ -310,11 +311,10 @@ impl Executor {
                     }
                 }
             }
-            let file = JobDirs::map_partition_file(dir, partition as u32);
-            bytes += shuffle::write_partition(&file, &pairs).map_err(host_err)?;
+            sorted.push(pairs);
         }
         let _ = log;
-        Ok(bytes)
+        shuffle::write_map_output(path, &sorted).map_err(host_err)
     }
 
     /// Combine the keys that have several values; single values pass as
@@ -374,12 +374,11 @@ impl Executor {
             None => {
                 let mut read = Vec::with_capacity(map_outputs.len());
                 for (task, epoch, _) in map_outputs {
-                    let dir = dirs.committed_path(*task, *epoch);
-                    let file = JobDirs::map_partition_file(&dir, partition);
-                    match std::fs::read(&file) {
+                    let path = dirs.committed_path(*task, *epoch);
+                    match shuffle::read_map_partition(&path, partition) {
                         Ok(bytes) => read.push(bytes),
                         Err(e) => {
-                            let e = anyhow::Error::new(e).context(format!("map output of {task}"));
+                            let e = e.context(format!("map output of {task}"));
                             return (Err(host_err(e)), String::new());
                         }
                     }
