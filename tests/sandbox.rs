@@ -747,13 +747,58 @@ fn a_print_flood_is_cut_at_the_log_limit_and_the_job_still_counts_words() {
         &[("mode", "print-flood")],
     );
     assert_eq!(call.result, Ok(()));
-    assert_eq!(
-        call.log.len(),
-        16 << 10,
-        "stdout and stderr kept up to the log limit"
-    );
-    assert!(call.log.starts_with("PPPP"), "{}", &call.log[..40]);
+    assert_flood_kept_head_and_tail(&call.log);
+    assert!(call.log.ends_with("PPPP\n"), "{}", tail_of(&call.log));
     assert_eq!(word_counts(pairs), native_word_counts());
+}
+
+/// 2 MiB of stdout and stderr against a 16 KiB log limit: the first
+/// 12,224 bytes, a line saying what was dropped, the last 4,096 bytes.
+fn assert_flood_kept_head_and_tail(log: &str) {
+    let head = (16 << 10) - 4096 - 64;
+    let dropped = (2 << 20) - head - 4096;
+    assert!(log.len() <= 16 << 10, "{} bytes kept", log.len());
+    assert!(log[..head].bytes().all(|b| b == b'P' || b == b'\n'));
+    let marker = format!("\n[… {dropped} bytes dropped …]\n");
+    assert_eq!(&log[head..head + marker.len()], marker);
+    assert_eq!(log.len(), head + marker.len() + 4096);
+}
+
+fn tail_of(log: &str) -> &str {
+    &log[log.len().saturating_sub(200)..]
+}
+
+/// A guest that prints past the log limit and then panics: the panic
+/// message is at the end of its output, and still names the failure.
+#[test]
+fn a_panic_after_a_print_flood_keeps_its_message() {
+    let sandbox = Sandbox::new().unwrap();
+    let roomy = Limits {
+        timeout_ms: 30_000,
+        ..limits()
+    };
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        roomy,
+        &[("mode", "print-flood-panic")],
+    );
+    let Err(AttemptFailure::Trap(message)) = &call.result else {
+        panic!("expected a trap, got {:?}", call.result);
+    };
+    assert!(
+        message.starts_with("wasm trap: wasm `unreachable` instruction executed; thread")
+            && message.contains("panicked at")
+            && message.ends_with(": gave up after printing 2 MiB"),
+        "{message}"
+    );
+    assert!(
+        tail_of(&call.log).contains("gave up after printing 2 MiB\n"),
+        "{}",
+        tail_of(&call.log)
+    );
+    assert!(pairs.is_empty());
+    assert_still_counts_words(&sandbox);
 }
 
 /// Two map tasks each report `max` = i64::MAX: the job's total saturates

@@ -289,22 +289,79 @@ impl wasmtime_wasi::HostMonotonicClock for StoppedClock {
     }
 }
 
+/// The guest's stdout and stderr, at most `cap` bytes: the first bytes and
+/// the last [`STDIO_TAIL_BYTES`], with a line saying how much was dropped
+/// between them. The tail is kept because a guest that prints too much and
+/// then panics has its panic message at the very end.
 #[derive(Clone)]
 struct CappedStdio {
-    buffer: Arc<Mutex<Vec<u8>>>,
+    kept: Arc<Mutex<KeptStdio>>,
     cap: usize,
 }
+
+#[derive(Default)]
+struct KeptStdio {
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    dropped: u64,
+}
+
+const STDIO_TAIL_BYTES: usize = 4096;
+/// Room left for the `[… N bytes dropped …]` line.
+const STDIO_MARKER_BYTES: usize = 64;
 
 impl CappedStdio {
     fn new(cap: usize) -> Self {
         CappedStdio {
-            buffer: Arc::default(),
+            kept: Arc::default(),
             cap,
         }
     }
 
+    /// Bytes kept at the end; none when the cap is too small to split.
+    fn tail_cap(&self) -> usize {
+        if self.cap < 4 * STDIO_MARKER_BYTES {
+            0
+        } else {
+            STDIO_TAIL_BYTES.min(self.cap / 4)
+        }
+    }
+
+    fn write(&self, mut bytes: &[u8]) {
+        let tail_cap = self.tail_cap();
+        let head_cap = if tail_cap == 0 {
+            self.cap
+        } else {
+            self.cap - tail_cap - STDIO_MARKER_BYTES
+        };
+        let mut kept = self.kept.lock().expect("poisoned");
+        let room = head_cap.saturating_sub(kept.head.len());
+        let to_head = bytes.len().min(room);
+        kept.head.extend_from_slice(&bytes[..to_head]);
+        bytes = &bytes[to_head..];
+        if tail_cap == 0 {
+            kept.dropped += bytes.len() as u64;
+            return;
+        }
+        // Only the last `tail_cap` bytes can stay in the tail.
+        if bytes.len() > tail_cap {
+            kept.dropped += (bytes.len() - tail_cap) as u64;
+            bytes = &bytes[bytes.len() - tail_cap..];
+        }
+        let overflow = (kept.tail.len() + bytes.len()).saturating_sub(tail_cap);
+        kept.tail.drain(..overflow);
+        kept.dropped += overflow as u64;
+        kept.tail.extend(bytes);
+    }
+
     fn contents(&self) -> Vec<u8> {
-        self.buffer.lock().expect("poisoned").clone()
+        let kept = self.kept.lock().expect("poisoned");
+        let mut out = kept.head.clone();
+        if kept.dropped > 0 && self.tail_cap() > 0 {
+            out.extend_from_slice(format!("\n[… {} bytes dropped …]\n", kept.dropped).as_bytes());
+        }
+        out.extend(kept.tail.iter());
+        out
     }
 }
 
@@ -326,9 +383,7 @@ impl tokio::io::AsyncWrite for CappedStdio {
         _cx: &mut std::task::Context<'_>,
         bytes: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        let mut buffer = self.buffer.lock().expect("poisoned");
-        let room = self.cap.saturating_sub(buffer.len());
-        buffer.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.write(bytes);
         std::task::Poll::Ready(Ok(bytes.len()))
     }
 

@@ -145,11 +145,14 @@ impl Job for Hostile {
                     .count();
                 return Err(format!("net-flood: {refused} connections refused"));
             }
-            "print-flood" => {
+            "print-flood" | "print-flood-panic" => {
                 let line = "P".repeat(1023);
                 for _ in 0..(1 << 10) {
                     println!("{line}");
                     eprintln!("{line}");
+                }
+                if mode == "print-flood-panic" {
+                    panic!("gave up after printing 2 MiB");
                 }
             }
             "abi-fuzz" => abi_fuzz(param_num("seed"), param_num("calls")),
