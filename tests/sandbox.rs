@@ -732,20 +732,20 @@ fn after_the_abi_fuzz_the_sandbox_still_counts_words() {
     assert_still_counts_words(sandbox);
 }
 
-#[test]
-fn a_print_flood_is_cut_at_the_log_limit_and_the_job_still_counts_words() {
-    let sandbox = Sandbox::new().unwrap();
-    // 64 times the log limit, line by line: slow-ish, hence the time.
+/// 2 MiB of stdout and stderr from the hostile guest in `mode`: 128 times
+/// the log limit, line by line; slow-ish, hence the time limit.
+fn print_flood(sandbox: &Sandbox, mode: &str) -> (CallOutcome, Vec<wmr::shuffle::Pair>) {
     let roomy = Limits {
         timeout_ms: 30_000,
         ..limits()
     };
-    let (call, pairs) = call_hostile(
-        &sandbox,
-        &hostile(&sandbox),
-        roomy,
-        &[("mode", "print-flood")],
-    );
+    call_hostile(sandbox, &hostile(sandbox), roomy, &[("mode", mode)])
+}
+
+#[test]
+fn a_print_flood_is_cut_at_the_log_limit_and_the_job_still_counts_words() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, pairs) = print_flood(&sandbox, "print-flood");
     assert_eq!(call.result, Ok(()));
     assert_flood_kept_head_and_tail(&call.log);
     assert!(call.log.ends_with("PPPP\n"), "{}", tail_of(&call.log));
@@ -773,16 +773,7 @@ fn tail_of(log: &str) -> &str {
 #[test]
 fn a_panic_after_a_print_flood_keeps_its_message() {
     let sandbox = Sandbox::new().unwrap();
-    let roomy = Limits {
-        timeout_ms: 30_000,
-        ..limits()
-    };
-    let (call, pairs) = call_hostile(
-        &sandbox,
-        &hostile(&sandbox),
-        roomy,
-        &[("mode", "print-flood-panic")],
-    );
+    let (call, pairs) = print_flood(&sandbox, "print-flood-panic");
     let Err(AttemptFailure::Trap(message)) = &call.result else {
         panic!("expected a trap, got {:?}", call.result);
     };
