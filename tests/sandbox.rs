@@ -321,6 +321,39 @@ fn a_guest_asleep_in_the_host_times_out() {
     assert_still_counts_words(&sandbox);
 }
 
+/// Cancels its attempt when the guest's first pair arrives.
+struct CancelOnFirstPair(Arc<AtomicBool>);
+
+impl wmr::sandbox::PairSink for CancelOnFirstPair {
+    fn accept(&mut self, _key: Vec<u8>, _value: Vec<u8>) -> anyhow::Result<()> {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A guest asleep in the host when its attempt is cancelled (as a stale or
+/// backup attempt is) wakes and ends as cancelled, without waiting for its
+/// wall-clock limit: its worker slot and pool slot are free again.
+#[test]
+fn a_guest_asleep_in_the_host_ends_when_cancelled() {
+    let sandbox = Sandbox::new().unwrap();
+    let limits = Limits {
+        timeout_ms: 60_000,
+        ..limits()
+    };
+    let ctx = context(limits, &[("mode", "nap"), ("ms", "600000")]);
+    let sink = CancelOnFirstPair(ctx.cancel.clone());
+    let start = std::time::Instant::now();
+    let call = sandbox.run_map(&hostile(&sandbox), &ctx, b"f", b"", Box::new(sink));
+    assert_eq!(call.result, Err(AttemptFailure::Cancelled));
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "the attempt ran for {:?}",
+        start.elapsed()
+    );
+    assert_still_counts_words(&sandbox);
+}
+
 #[test]
 fn trap_on_a_record_names_the_record() {
     let sandbox = Sandbox::new().unwrap();

@@ -220,16 +220,16 @@ impl Denials {
     }
 }
 
-/// The guest's stdout and stderr: kept up to the log limit, the rest
-/// dropped. Writes past the limit still succeed, so a guest that prints a
-/// lot goes on (a full pipe would fail its writes and make Rust's `println!`
-/// panic, with a message nobody can read: it would go to the full pipe).
-/// `wasi:clocks/monotonic-clock` whose sleeps end by the attempt's deadline.
-/// A guest asleep in the host (`subscribe-duration` + `pollable.block`)
-/// runs no Wasm, so no epoch check could stop it at its wall-clock limit;
-/// capped, the sleep returns at the deadline and the next epoch check ends
-/// the attempt as timed out.
+/// `wasi:clocks/monotonic-clock` whose sleeps end by the attempt's deadline
+/// or soon after it is cancelled. A guest asleep in the host
+/// (`subscribe-duration` + `pollable.block`) runs no Wasm, so no epoch
+/// check could stop it; the sleep returns at the deadline, or within
+/// [`CANCEL_POLL`] of a cancel, and the next epoch check ends the attempt
+/// as timed out or cancelled.
 struct DeadlineClock;
+
+/// How often a guest's sleep in the host looks at its attempt's cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(10);
 
 impl wasmtime::component::HasData for DeadlineClock {
     type Data<'a> = DeadlineClockView<'a>;
@@ -238,6 +238,34 @@ impl wasmtime::component::HasData for DeadlineClock {
 struct DeadlineClockView<'a> {
     clocks: wasmtime_wasi::clocks::WasiClocksCtxView<'a>,
     deadline: Instant,
+    cancel: Arc<AtomicBool>,
+}
+
+/// A guest's sleep: until `until`, or until its attempt is cancelled.
+struct CancellableSleep {
+    until: tokio::time::Instant,
+    cancel: Arc<AtomicBool>,
+}
+
+// The trait is declared with `async_trait`; this is its expansion.
+impl wasmtime_wasi::p2::Pollable for CancellableSleep {
+    fn ready<'life, 'future>(
+        &'life mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'future>>
+    where
+        'life: 'future,
+        Self: 'future,
+    {
+        Box::pin(async move {
+            while !self.cancel.load(Ordering::Relaxed) {
+                let now = tokio::time::Instant::now();
+                if now >= self.until {
+                    return;
+                }
+                tokio::time::sleep_until(self.until.min(now + CANCEL_POLL)).await;
+            }
+        })
+    }
 }
 
 impl DeadlineClockView<'_> {
@@ -264,7 +292,16 @@ impl monotonic_clock::Host for DeadlineClockView<'_> {
 
     fn subscribe_duration(&mut self, duration: u64) -> wasmtime::Result<Resource<DynPollable>> {
         let capped = duration.min(self.left());
-        self.clocks.subscribe_duration(capped)
+        if capped == 0 {
+            // WASI's own zero sleep: it yields to the runtime once.
+            return self.clocks.subscribe_duration(0);
+        }
+        let sleep = CancellableSleep {
+            until: tokio::time::Instant::now() + Duration::from_nanos(capped),
+            cancel: self.cancel.clone(),
+        };
+        let sleep = self.clocks.table.push(sleep)?;
+        wasmtime_wasi::p2::subscribe(self.clocks.table, sleep)
     }
 }
 
@@ -292,7 +329,9 @@ impl wasmtime_wasi::HostMonotonicClock for StoppedClock {
 /// The guest's stdout and stderr, at most `cap` bytes: the first bytes and
 /// the last [`STDIO_TAIL_BYTES`], with a line saying how much was dropped
 /// between them. The tail is kept because a guest that prints too much and
-/// then panics has its panic message at the very end.
+/// then panics has its panic message at the very end. Writes past the
+/// limit still succeed, so a guest that prints a lot goes on (a full pipe
+/// would fail its writes and make Rust's `println!` panic).
 #[derive(Clone)]
 struct CappedStdio {
     kept: Arc<Mutex<KeptStdio>>,
@@ -730,10 +769,11 @@ impl Sandbox {
         // attempt's deadline (see `DeadlineClock`).
         linker.allow_shadowing(true);
         monotonic_clock::add_to_linker::<AttemptState, DeadlineClock>(&mut linker, |state| {
-            let deadline = state.deadline;
+            let (deadline, cancel) = (state.deadline, state.cancel.clone());
             DeadlineClockView {
                 clocks: state.clocks(),
                 deadline,
+                cancel,
             }
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -971,6 +1011,11 @@ fn finish(
                 what.push_str(&format!(" (then the guest failed: {message})"));
             }
             Err(AttemptFailure::Denied(cap_message(what)))
+        }
+        // Cancelled while asleep in the host, the guest may return before
+        // any epoch check sees the cancel; it is cancelled all the same.
+        (Ok(Ok(())), None) if state.cancel.load(Ordering::Relaxed) => {
+            Err(AttemptFailure::Cancelled)
         }
         (Ok(Ok(())), None) => Ok(()),
         (Ok(Err(message)), None) => Err(AttemptFailure::GuestError(cap_message(message))),

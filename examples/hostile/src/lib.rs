@@ -84,7 +84,12 @@ impl Job for Hostile {
                     black_box(0);
                 }
             }
-            "nap" => std::thread::sleep(std::time::Duration::from_millis(param_num("ms"))),
+            "nap" => {
+                // Say so first: a test can then act while the guest sleeps.
+                out.emit("napping", "");
+                out.flush();
+                std::thread::sleep(std::time::Duration::from_millis(param_num("ms")));
+            }
             "emit-huge" => {
                 let bytes: usize = param_num("bytes");
                 let bytes = if bytes == 0 { 8 << 20 } else { bytes };
