@@ -731,8 +731,9 @@ impl Sandbox {
     }
 
     /// A sandbox whose instance pool holds `concurrent_attempts` attempts
-    /// at once. An attempt past that fails to instantiate, with wasmtime's
-    /// "limit reached" message; callers size it above their slot count.
+    /// at once. An attempt past that fails as a host failure ("this
+    /// worker's instance pool is full"); callers size it above their slot
+    /// count.
     pub fn with_capacity(concurrent_attempts: u32) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.consume_fuel(true);
@@ -747,9 +748,9 @@ impl Sandbox {
         let n = concurrent_attempts.max(1);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(n)
-            .total_core_instances(n * CORE_INSTANCES_PER_ATTEMPT)
-            .total_memories(n * MEMORIES_PER_ATTEMPT)
-            .total_tables(n * TABLES_PER_ATTEMPT)
+            .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_ATTEMPT))
+            .total_memories(n.saturating_mul(MEMORIES_PER_ATTEMPT))
+            .total_tables(n.saturating_mul(TABLES_PER_ATTEMPT))
             .max_memories_per_module(2)
             .max_tables_per_module(4)
             .table_elements(100_000)
