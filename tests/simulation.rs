@@ -627,6 +627,10 @@ impl Sim {
     }
 
     fn drain(&mut self, cause: Option<(TaskId, AttemptEpoch)>) -> Vec<Action> {
+        // The scheduler's kept counts agree with a scan of its tasks.
+        if let Err(e) = self.sched.audit() {
+            panic!("scheduler tally: {e}");
+        }
         let mut actions = Vec::new();
         while let Some(action) = self.sched.poll_action() {
             self.apply_action(&action, cause);
