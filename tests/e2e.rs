@@ -645,3 +645,33 @@ fn more_trapping_records_than_allowed_fail_the_job() {
     assert!(stderr.starts_with("error: job failed: 3 records made the guest trap, more than --max-dead-letters 2; first: in.txt:"), "{stderr}");
     assert!(!out.exists());
 }
+
+/// Under a virtual memory limit too small for the instance pool (`ulimit
+/// -v` of 16 GB; the pool reserves ~4 GiB per memory slot up front), `wmr
+/// run` says so, allocates each attempt's instance on its own, and its
+/// output equals the reference.
+#[test]
+fn a_virtual_memory_limit_too_small_for_the_pool_still_runs_jobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let wordcount = guest("wordcount");
+    let (guest_path, books_path, out_path) = (path(&wordcount), path(&books()), path(&out));
+    let run = std::process::Command::new("sh")
+        .args(["-c", "ulimit -v 16000000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_wmr"))
+        .args(["run", "--map", &guest_path, "--input", &books_path])
+        .args(["--output", &out_path, "--workers", "2", "--reducers", "3"])
+        .env("WMR_LOG", "warn")
+        .output()
+        .expect("running wmr under ulimit");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no instance pool (failed to create memory pool mapping); allocating each \
+             attempt's instance on its own (slower stores)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(sorted_output(&out), reference(&wordcount, &[&books()], &[]));
+}

@@ -757,13 +757,26 @@ impl Sandbox {
             .max_core_instance_size(16 << 20)
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
             .table_keep_resident(KEEP_RESIDENT_BYTES);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // `WMR_PROFILE=perfmap`: name guest functions for `perf` (a
         // /tmp/perf-PID.map file); how the guest hot spots were found.
         if std::env::var("WMR_PROFILE").as_deref() == Ok("perfmap") {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // The pool reserves its address space up front (about 4 GiB per
+        // memory slot); under a virtual memory limit (`ulimit -v`) that
+        // fails, and one instance at a time still fits: fall back to
+        // allocating per attempt rather than not running at all.
+        let engine = match Engine::new(&pooled) {
+            Ok(engine) => engine,
+            Err(e) => {
+                tracing::warn!(
+                    "no instance pool ({e}); allocating each attempt's instance on its own (slower stores)"
+                );
+                Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?
+            }
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         // Replace the monotonic clock's sleeps with ones capped at the
