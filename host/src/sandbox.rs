@@ -716,7 +716,7 @@ pub struct Sandbox {
     ticker_stop: Arc<AtomicBool>,
     /// Compiled components by the SHA-256 of their bytes: a component that
     /// is both the map and the reduce module is compiled once.
-    compiled: Mutex<std::collections::HashMap<[u8; 32], Component>>,
+    compiled: Mutex<std::collections::HashMap<crate::protocol::ModuleHash, Component>>,
 }
 
 impl Drop for Sandbox {
@@ -858,8 +858,7 @@ impl Sandbox {
     }
 
     fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        let digest = crate::protocol::ModuleHash::of(bytes);
         if let Some(component) = self.compiled.lock().expect("poisoned").get(&digest) {
             return Ok(component.clone());
         }

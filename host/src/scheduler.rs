@@ -531,10 +531,15 @@ impl Scheduler {
                 TaskState::Running { lease_until, .. } => Some(lease_until),
                 _ => None,
             });
+        // No task in backoff (the usual case): no scan of the queue.
+        let scanned = if self.backoffs > 0 {
+            self.pending.len()
+        } else {
+            0
+        };
         let retries = self
             .pending
-            .iter()
-            .take(if self.backoffs > 0 { usize::MAX } else { 0 })
+            .range(..scanned)
             .filter_map(|id| self.tasks[id].not_before);
         leases.chain(retries).min()
     }
