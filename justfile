@@ -34,3 +34,9 @@ lint:
 # Word-count throughput: native baselines, the guest, `wmr run`.
 bench size_mib="256": guests build
     ./target/release/wmr bench --size-mib {{size_mib}} --guest {{guest_dir}}/wordcount.wasm
+
+# The differential test at length: CASES random jobs (default 200) through
+# `wmr run` (and a fifth as many through a cluster) against `wmr seq`.
+# SEED replays a run; `random` draws a new one (printed at the start).
+differential cases="200" seed="": guests
+    WMR_DIFF_CASES={{cases}} WMR_DIFF_SEED={{seed}} cargo test --release --test differential -- --nocapture

@@ -682,3 +682,233 @@ fn a_virtual_memory_limit_too_small_for_the_pool_still_runs_jobs() {
     );
     assert_eq!(sorted_output(&out), reference(&wordcount, &[&books()], &[]));
 }
+
+/// The lines of the committed part files as bytes, sorted; every part file
+/// ends with a newline (or is empty).
+fn part_lines(out: &Path) -> Vec<Vec<u8>> {
+    assert!(
+        out.join("_SUCCESS").is_file(),
+        "{}: no _SUCCESS",
+        out.display()
+    );
+    let mut lines = Vec::new();
+    for file in part_files(out) {
+        let bytes = std::fs::read(&file).unwrap();
+        let Some(body) = bytes.strip_suffix(b"\n") else {
+            assert!(bytes.is_empty(), "{}: no final newline", file.display());
+            continue;
+        };
+        lines.extend(body.split(|&b| b == b'\n').map(<[u8]>::to_vec));
+    }
+    lines.sort();
+    lines
+}
+
+/// The records of `--output-format jsonl` output, sorted: every line is one
+/// JSON object holding `key` or `key_base64`, and `value` or `value_base64`.
+fn jsonl_records(bytes: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use base64::Engine as _;
+    let text = std::str::from_utf8(bytes).expect("jsonl output is UTF-8");
+    let mut records: Vec<(Vec<u8>, Vec<u8>)> = text
+        .lines()
+        .map(|line| {
+            let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON object: {line:?}: {e}"));
+            assert_eq!(object.len(), 2, "{line}");
+            let field = |name: &str| match (object.get(name), object.get(&format!("{name}_base64")))
+            {
+                (Some(s), None) => s.as_str().expect(line).as_bytes().to_vec(),
+                (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                    .decode(b.as_str().expect(line))
+                    .expect(line),
+                _ => panic!("{name}: {line}"),
+            };
+            (field("key"), field("value"))
+        })
+        .collect();
+    records.sort();
+    records
+}
+
+/// `wmr seq --output-format jsonl`: its records, sorted.
+fn seq_jsonl_records(guest: &Path, inputs: &[&Path], params: &[&str]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut args: Vec<String> = vec!["seq".into(), "--map".into(), path(guest)];
+    for input in inputs {
+        args.extend(["--input".into(), path(input)]);
+    }
+    for param in params {
+        args.extend(["--param".into(), param.to_string()]);
+    }
+    args.extend(["--output-format".into(), "jsonl".into()]);
+    jsonl_records(&run_ok(&strs(&args)).stdout)
+}
+
+/// The generated corpus plus a document whose name holds a newline and
+/// what looks like an indexer record: `(dir, that file's name)`.
+fn corpus_with_forging_name(dir: &Path) -> (std::path::PathBuf, &'static str) {
+    let input = dir.join("in");
+    generated_corpus(&input, 10);
+    let name = "doc1\nzzz-forged 999 victim.txt";
+    std::fs::write(input.join(name), "map reduce\nvictim\n").unwrap();
+    (input, name)
+}
+
+/// Issue 10, 7: an input file named `doc1\nzzz-forged 999 victim.txt` added
+/// forged lines to the indexer's output. Now one record is one line: as
+/// many lines as distinct words, none forged, the name escaped.
+#[test]
+fn a_file_name_holding_a_newline_adds_no_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, name) = corpus_with_forging_name(tmp.path());
+    // The indexer's words: maximal runs of alphabetic characters.
+    let mut words = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&input).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for word in text.split(|c: char| !c.is_alphabetic()) {
+            if !word.is_empty() {
+                words.insert(word.to_string());
+            }
+        }
+    }
+    let indexer = guest("indexer");
+    let out = tmp.path().join("out");
+    run_job(&indexer, &[&input], &out, 3, 2, &[]);
+    let lines = part_lines(&out);
+    assert_eq!(lines.len(), words.len(), "one line per distinct word");
+    assert!(!lines.iter().any(|l| l.starts_with(b"zzz-forged")));
+    let escaped = name.replace('\n', "\\n");
+    let victim = format!("victim 1 {escaped}");
+    assert!(lines.contains(&victim.into_bytes()), "{escaped}");
+    assert_eq!(
+        sorted_output(&out),
+        reference(&indexer, &[&input], &[]),
+        "wmr seq escapes the same way"
+    );
+}
+
+/// A key holding a newline (and one holding a CR and a byte that is not
+/// UTF-8) is one escaped line, in `wmr run` and in `wmr seq`.
+#[test]
+fn a_key_holding_a_newline_adds_no_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "x y\n").unwrap();
+    let hostile = guest("hostile");
+    let out = tmp.path().join("out");
+    run_job(
+        &hostile,
+        &[&input],
+        &out,
+        2,
+        1,
+        &["--param", "mode=emit-newline-key"],
+    );
+    let expected: Vec<Vec<u8>> = vec![
+        b"a\\nforged-record 999999 1".to_vec(),
+        b"x 1".to_vec(),
+        b"y 1".to_vec(),
+        b"\xff\\r 1".to_vec(),
+    ];
+    assert_eq!(part_lines(&out), expected);
+    let seq = run_ok(&[
+        "seq",
+        "--map",
+        &path(&hostile),
+        "--input",
+        &path(&input),
+        "--param",
+        "mode=emit-newline-key",
+    ]);
+    let mut seq_lines: Vec<Vec<u8>> = seq
+        .stdout
+        .strip_suffix(b"\n")
+        .unwrap()
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    seq_lines.sort();
+    assert_eq!(seq_lines, expected);
+}
+
+/// `--output-format jsonl`: every line is a JSON object, and the records
+/// (decoded, base64 where the bytes are not UTF-8) equal `wmr seq`'s.
+#[test]
+fn jsonl_output_decodes_to_the_sequential_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (input, name) = corpus_with_forging_name(tmp.path());
+    let indexer = guest("indexer");
+    let out = tmp.path().join("index");
+    run_job(
+        &indexer,
+        &[&input],
+        &out,
+        3,
+        2,
+        &["--output-format", "jsonl"],
+    );
+    let mut bytes = Vec::new();
+    for file in part_files(&out) {
+        bytes.extend(std::fs::read(file).unwrap());
+    }
+    let records = jsonl_records(&bytes);
+    assert!(records.len() > 5);
+    let victim = (b"victim".to_vec(), format!("1 {name}").into_bytes());
+    assert!(records.contains(&victim));
+    assert_eq!(records, seq_jsonl_records(&indexer, &[&input], &[]));
+
+    let small = tmp.path().join("small.txt");
+    std::fs::write(&small, "x y\n").unwrap();
+    let hostile = guest("hostile");
+    let out = tmp.path().join("hostile");
+    let params = ["mode=emit-newline-key"];
+    run_job(
+        &hostile,
+        &[&small],
+        &out,
+        2,
+        1,
+        &["--param", params[0], "--output-format", "jsonl"],
+    );
+    let mut bytes = Vec::new();
+    for file in part_files(&out) {
+        bytes.extend(std::fs::read(file).unwrap());
+    }
+    assert!(
+        String::from_utf8(bytes.clone())
+            .unwrap()
+            .contains(r#"{"key_base64":"/w0=","value":"1"}"#),
+        "the key that is not UTF-8 is base64"
+    );
+    let records = jsonl_records(&bytes);
+    let one = |k: &[u8]| (k.to_vec(), b"1".to_vec());
+    assert_eq!(
+        records,
+        [
+            one(b"a\nforged-record 999999"),
+            one(b"x"),
+            one(b"y"),
+            one(b"\xff\r")
+        ]
+    );
+    assert_eq!(records, seq_jsonl_records(&hostile, &[&small], &params));
+}
+
+#[test]
+fn an_unknown_output_format_is_a_usage_error() {
+    let out = run(&[
+        "seq",
+        "--map",
+        "x.wasm",
+        "--input",
+        "x",
+        "--output-format",
+        "csv",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid value 'csv' for '--output-format <OUTPUT_FORMAT>'")
+            && stderr.contains("[possible values: text, jsonl]"),
+        "{stderr}"
+    );
+}

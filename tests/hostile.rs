@@ -78,16 +78,71 @@ struct Hostile {
     name: &'static str,
     args: Vec<&'static str>,
     reason: String,
+    input: Input,
+    /// The attempt must end within this long of its start (issue 10: the
+    /// limits hold for the whole attempt, whatever stores it runs).
+    within: Option<Duration>,
 }
+
+/// What a hostile job reads.
+#[derive(Clone, Copy)]
+enum Input {
+    /// One line of text.
+    Small,
+    /// The line of `Small`, this many times.
+    Lines(usize),
+    /// This many distinct words, each twice: past several 1 MiB batches of
+    /// groups for the combiner.
+    PairedWords(usize),
+}
+
+impl Input {
+    const LINE: &str = "It was the best of times, it was the worst of times\n";
+
+    fn write(self, dir: &std::path::Path, i: usize) -> PathBuf {
+        let file = dir.join(format!("input-{i}.txt"));
+        let text = match self {
+            Input::Small => Self::LINE.to_string(),
+            Input::Lines(n) => Self::LINE.repeat(n),
+            Input::PairedWords(n) => (0..2 * n).map(|w| format!("w{:06}\n", w % n)).collect(),
+        };
+        std::fs::write(&file, text).unwrap();
+        file
+    }
+}
+
+/// A guest that traps on every line after 150 ms: skip mode bisects 64
+/// lines in 127 runs (19 s).
+const BISECTING: &[&str] = &[
+    "--param",
+    "mode=trap",
+    "--param",
+    "trap-on=times",
+    "--param",
+    "map-ms=150",
+    "--max-dead-letters",
+    "1000",
+];
+/// A combiner that spends 400 ms on each of its ~4 batches.
+const SLOW_COMBINER: &[&str] = &["--param", "mode=slow-combine", "--param", "combine-ms=400"];
+/// The waits above need the clock; each run is far below a 1 s timeout.
+const ATTEMPT_TIMEOUT_1S: &[&str] = &["--grant", "clock", "--timeout", "1s"];
 
 fn hostile_jobs() -> Vec<Hostile> {
     let job = |name, args: &[&'static str], reason: &str| Hostile {
         name,
         args: args.to_vec(),
         reason: reason.to_string(),
+        input: Input::Small,
+        within: None,
     };
-    // std's `TcpStream::connect` binds first: that is the denial.
-    let escape = "denied: network access to 0.0.0.0:0 (TcpBind) is not granted \
+    let bounded = |name, args: &[&'static str], reason: &str, input| Hostile {
+        input,
+        within: Some(Duration::from_secs(4)),
+        ..job(name, args, reason)
+    };
+    // std's `TcpStream::connect` creates a socket first: that is the denial.
+    let escape = "denied: creating a TCP socket is not granted \
         (then the guest failed: escape refused: file: No such file or directory (os error 44); \
         env: environment variable not found; net: Permission denied (os error 2))";
     vec![
@@ -156,6 +211,33 @@ fn hostile_jobs() -> Vec<Hostile> {
                 "E".repeat(4096)
             ),
         ),
+        // Issue 10, 3: every piece of skip mode's bisection and every
+        // combiner batch had its own full budget.
+        bounded(
+            "skip mode bisecting a slow guest",
+            &[BISECTING, ATTEMPT_TIMEOUT_1S].concat(),
+            "timed out (limit 1000 ms)",
+            Input::Lines(64),
+        ),
+        bounded(
+            "a slow combiner",
+            &[SLOW_COMBINER, ATTEMPT_TIMEOUT_1S].concat(),
+            "timed out (limit 1000 ms)",
+            Input::PairedWords(150_000),
+        ),
+        // Issue 10, 5: each socket was a host fd.
+        job(
+            "sockets opened without end",
+            &["--param", "mode=socket-hoard"],
+            "denied: creating a TCP socket is not granted (then the guest failed: \
+             socket 0 refused: Permission denied (os error 2))",
+        ),
+        // Issue 10, 6: a 1-byte pair cost the host ~80 bytes, charged 8.
+        job(
+            "emit: 1-byte pairs without end",
+            &["--param", "mode=emit-tiny", "--output-limit", "1MiB"],
+            "output limit exceeded (limit 1048576 bytes)",
+        ),
     ]
 }
 
@@ -198,27 +280,20 @@ fn hostile_jobs_fail_with_their_reasons_while_a_neighbours_word_count_completes_
         (report["committed"].as_u64() >= Some(1)).then_some(())
     });
 
-    // Alice's input: one small file, one map task.
+    // Alice's inputs: small files, one map task each.
     let small = alice.root.join("small.txt");
-    std::fs::write(
-        &small,
-        "It was the best of times, it was the worst of times\n",
-    )
-    .unwrap();
+    std::fs::write(&small, Input::LINE).unwrap();
     let jobs = hostile_jobs();
     let mut deploys: Vec<(Proc, PathBuf)> = Vec::new();
     for (i, h) in jobs.iter().enumerate() {
         let out = alice.root.join(format!("out-{i}"));
-        let mut args = vec![
-            "--max-attempts",
-            "1",
-            "--max-dead-letters",
-            "0",
-            "--reducers",
-            "1",
-        ];
+        let input = h.input.write(&alice.root, i);
+        let mut args = vec!["--max-attempts", "1", "--reducers", "1"];
+        if !h.args.contains(&"--max-dead-letters") {
+            args.extend(["--max-dead-letters", "0"]);
+        }
         args.extend(&h.args);
-        deploys.push((c.deploy_as(alice, &hostile, &small, &out, &args), out));
+        deploys.push((c.deploy_as(alice, &hostile, &input, &out, &args), out));
     }
 
     // Each hostile job fails with its own reason, as deploy prints it and
@@ -258,9 +333,29 @@ fn hostile_jobs_fail_with_their_reasons_while_a_neighbours_word_count_completes_
             h.name,
             log[0]["outcome"]
         );
-        hostile_attempts.extend(attempts(&c, alice, &job));
+        let ran = attempts(&c, alice, &job);
+        if let Some(within) = h.within {
+            let took = Duration::from_millis(ran[0].1 - ran[0].0);
+            assert!(took <= within, "{}: the attempt ran {took:?}", h.name);
+        }
+        hostile_attempts.extend(ran);
         eprintln!("{}: {reason:.100}", h.name);
     }
+    c.assert_workers_alive();
+
+    // Issue 10, 4 and 5: a component with more memories than an attempt
+    // may have (it filled the workers' instance pool) is refused when it
+    // is validated, before it reaches a worker.
+    let pool_filler = alice.root.join("memories-32.wasm");
+    std::fs::write(&pool_filler, many_memories_component(32, 1)).unwrap();
+    let mut refused = c.deploy_as(alice, &pool_filler, &small, &alice.root.join("pool"), &[]);
+    let status = refused.wait_within(JOB_LIMIT);
+    assert_eq!(status.code(), Some(1), "{}", refused.stderr_text());
+    assert!(
+        refused.stderr_text().contains(MANY_MEMORIES_32),
+        "{}",
+        refused.stderr_text()
+    );
     c.assert_workers_alive();
 
     // Bob's job completes, exactly.
@@ -378,4 +473,217 @@ fn failure_of(line: &str) -> Option<(String, String)> {
     let (worker, rest) = rest.split_once("; last: ")?;
     let reason = rest.strip_prefix(&format!("{worker} a1: "))?;
     Some((worker.to_string(), reason.to_string()))
+}
+
+/// What refusing [`many_memories_component`]`(32, _)` says.
+const MANY_MEMORIES_32: &str = "the component needs more than one attempt may have: \
+    The component transitively contains 32 Wasm linear memories, which exceeds the \
+    configured maximum of 4 in the pooling allocator";
+
+/// A component of `memories` core modules, each instantiated, each with one
+/// memory of `pages` 64 KiB pages; it exports nothing (it is refused before
+/// its exports matter).
+fn many_memories_component(memories: u32, pages: u64) -> Vec<u8> {
+    use wasm_encoder::{
+        Component, InstanceSection, MemorySection, MemoryType, Module, ModuleSection,
+    };
+    let mut module = Module::new();
+    let mut memory = MemorySection::new();
+    memory.memory(MemoryType {
+        minimum: pages,
+        maximum: None,
+        memory64: false,
+        shared: false,
+        page_size_log2: None,
+    });
+    module.section(&memory);
+    let mut component = Component::new();
+    for _ in 0..memories {
+        component.section(&ModuleSection(&module));
+    }
+    let mut instances = InstanceSection::new();
+    for i in 0..memories {
+        instances.instantiate(i, Vec::<(&str, wasm_encoder::ModuleArg)>::new());
+    }
+    component.section(&instances);
+    component.finish()
+}
+
+/// Issue 10, 4: a component with 22 memories of 512 MiB each passed `wmr
+/// validate` and took 11.6 GB under `--memory 512MiB`. It is refused at
+/// validation, and `wmr run` refuses it the same way.
+#[test]
+fn a_component_with_more_memories_than_an_attempt_may_have_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wasm = tmp.path().join("memories-22.wasm");
+    std::fs::write(&wasm, many_memories_component(22, 8192)).unwrap();
+    let refusal = "the component needs more than one attempt may have: The component \
+        transitively contains 22 Wasm linear memories, which exceeds the configured maximum \
+        of 4 in the pooling allocator";
+    let err = run_err(&["validate", &path(&wasm)]);
+    assert!(err.contains(refusal), "{err}");
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "x\n").unwrap();
+    let err = run_err(&[
+        "run",
+        "--map",
+        &path(&wasm),
+        "--input",
+        &path(&input),
+        "--output",
+        &path(&tmp.path().join("out")),
+        "--memory",
+        "512MiB",
+    ]);
+    assert!(err.contains(refusal), "{err}");
+}
+
+/// `wmr run ARGS` within `limit`: its exit status, stderr and how long it
+/// took, and its peak RSS in KiB (from `wait4`, so exactly this process's).
+fn run_measured(
+    args: &[&str],
+    limit: Duration,
+) -> (std::process::ExitStatus, String, Duration, u64) {
+    use std::os::unix::process::ExitStatusExt as _;
+    let started = Instant::now();
+    let mut child = wmr()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap());
+    // Kill it at the limit, so that a hang fails the test instead of it.
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            // SAFETY: kill with signal 0 only probes the process.
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                return;
+            }
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+        // SAFETY: plain syscall on the child's pid.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; std's handle is not waited on again.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    let took = started.elapsed();
+    std::mem::forget(child);
+    watchdog.thread().unpark();
+    let _ = watchdog.join();
+    let stderr = reader.join().unwrap();
+    let status = std::process::ExitStatus::from_raw(status);
+    assert!(took < limit, "wmr {args:?} ran past {limit:?}: {stderr}");
+    (status, stderr, took, usage.ru_maxrss as u64)
+}
+
+/// Issue 10, 2 and 3: skip mode's bisection and a slow combiner under `wmr
+/// run` fail with the timeout within a bounded multiple of it (they ran
+/// 22 s under `--timeout 2s`, or hung for ever once a lease ran out).
+#[test]
+fn bisection_and_a_slow_combiner_end_within_the_attempt_timeout_under_wmr_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hostile = guest("hostile");
+    let cases: [(&str, Input, &[&str]); 2] = [
+        ("bisection", Input::Lines(64), BISECTING),
+        ("slow combiner", Input::PairedWords(150_000), SLOW_COMBINER),
+    ];
+    for (i, (name, input, params)) in cases.into_iter().enumerate() {
+        let input = input.write(tmp.path(), i);
+        let out = tmp.path().join(format!("out-{i}"));
+        let mut args = vec![
+            "run",
+            "--map",
+            &path(&hostile),
+            "--input",
+            &path(&input),
+            "--output",
+            &path(&out),
+            "--workers",
+            "2",
+            "--reducers",
+            "1",
+            "--grant",
+            "clock",
+            "--timeout",
+            "1s",
+            "--max-attempts",
+            "2",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(params.iter().map(|p| p.to_string()));
+        let (status, stderr, took, _) = run_measured(&strs(&args), Duration::from_secs(60));
+        assert_eq!(status.code(), Some(1), "{name}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: job failed: task m-00000 failed 2 times on ")
+                && last.ends_with(": timed out (limit 1000 ms)"),
+            "{name}: {last}"
+        );
+        // Two attempts of 1 s each, plus compiling and starting.
+        assert!(took < Duration::from_secs(15), "{name}: took {took:?}");
+        assert!(!out.join("_SUCCESS").exists(), "{name}");
+        eprintln!("{name}: failed in {took:?}");
+    }
+}
+
+/// Issue 10, 6: a flood of 1-byte pairs fails its attempt at the output
+/// limit, and the process stays within the bound SECURITY.md states: the
+/// output limit, twice the memory limit (guest memory and its input) and a
+/// fixed base, per running attempt. At the old cost (~80 bytes a pair,
+/// charged 8) this flood took over 2 GB.
+#[test]
+fn a_flood_of_one_byte_pairs_fails_at_the_output_limit_in_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.txt");
+    std::fs::write(&input, "x\n").unwrap();
+    let hostile = guest("hostile");
+    const OUTPUT_MIB: u64 = 256;
+    const MEMORY_MIB: u64 = 64;
+    const BASE_MIB: u64 = 160;
+    let (status, stderr, _, peak_kib) = run_measured(
+        &[
+            "run",
+            "--map",
+            &path(&hostile),
+            "--input",
+            &path(&input),
+            "--output",
+            &path(&tmp.path().join("out")),
+            "--workers",
+            "1",
+            "--max-attempts",
+            "1",
+            "--param",
+            "mode=emit-tiny",
+            "--output-limit",
+            "256MiB",
+            "--memory",
+            "64MiB",
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("output limit exceeded (limit 268435456 bytes)"),
+        "{stderr}"
+    );
+    let bound_mib = OUTPUT_MIB + 2 * MEMORY_MIB + BASE_MIB;
+    eprintln!("peak RSS {} MiB, bound {bound_mib} MiB", peak_kib / 1024);
+    assert!(
+        peak_kib / 1024 <= bound_mib,
+        "peak RSS {} MiB",
+        peak_kib / 1024
+    );
 }

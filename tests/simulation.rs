@@ -218,6 +218,7 @@ impl Sim {
             limits: Limits::default(),
             params: BTreeMap::new(),
             output: PathBuf::from("out"),
+            output_format: Default::default(),
             work_root: PathBuf::from("work"),
             map_outputs_on_workers: profile.map_outputs_on_workers,
         };

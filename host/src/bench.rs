@@ -694,11 +694,11 @@ impl PairSink for TallySink {
 }
 
 fn attempt_context() -> AttemptContext {
-    AttemptContext {
-        limits: Limits::default(),
-        params: Arc::default(),
-        cancel: Arc::new(AtomicBool::new(false)),
-    }
+    AttemptContext::new(
+        Limits::default(),
+        Arc::default(),
+        Arc::new(AtomicBool::new(false)),
+    )
 }
 
 /// One round of the two one-thread rows.
@@ -813,6 +813,7 @@ fn embedded_job(
         reduce: guest.to_path_buf(),
         inputs: vec![job.input()?],
         output: output.to_path_buf(),
+        output_format: Default::default(),
         reducers: job.reducers,
         split_bytes: job.split_bytes,
         limits: Limits::default(),
@@ -1067,6 +1068,7 @@ impl Cluster {
             reduce_module: None,
             inputs: vec![job.input()?],
             output: output.to_path_buf(),
+            output_format: Default::default(),
             reducers: job.reducers,
             split_bytes: job.split_bytes,
             limits: Limits::default(),

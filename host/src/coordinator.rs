@@ -958,6 +958,7 @@ impl Core {
             limits: record.request.limits.clone(),
             params: record.request.params.clone(),
             output: record.request.output.clone(),
+            output_format: record.request.output_format,
             work_root: self.config.work_root.clone(),
             map_outputs_on_workers: !self.config.shared_store,
         }

@@ -16,6 +16,7 @@ pub mod client;
 pub mod commit;
 pub mod coordinator;
 pub mod local;
+pub mod map_buffer;
 pub mod node;
 pub mod protocol;
 pub mod sandbox;

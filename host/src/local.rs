@@ -28,6 +28,7 @@ pub struct JobSpec {
     pub reduce: PathBuf,
     pub inputs: Vec<String>,
     pub output: PathBuf,
+    pub output_format: crate::protocol::OutputFormat,
     pub reducers: u32,
     pub split_bytes: u64,
     pub limits: Limits,
@@ -143,6 +144,7 @@ pub fn run_embedded(
         limits: spec.limits.clone(),
         params: spec.params.clone(),
         output: spec.output.clone(),
+        output_format: spec.output_format,
         work_root: work_root.to_path_buf(),
         map_outputs_on_workers: false,
     };
@@ -241,7 +243,13 @@ fn drive(
                 if !report.log.is_empty() {
                     tracing::debug!(task = %report.task, epoch = %report.epoch, log = %report.log, "attempt log");
                 }
+                let worker = report.worker;
                 scheduler.handle(Instant::now(), Event::AttemptFinished(report));
+                // A report is proof of life: the embedded workers send no
+                // heartbeats, and a worker marked suspect when a lease ran
+                // out would otherwise never be given work again (a job
+                // whose every worker was suspect hung; issue 10).
+                scheduler.handle(Instant::now(), Event::Heartbeat { worker });
             }
             Err(mpsc::RecvTimeoutError::Timeout) => scheduler.handle_timeout(Instant::now()),
             Err(mpsc::RecvTimeoutError::Disconnected) => {

@@ -6,7 +6,7 @@ use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wmr::local::{JobSpec, JobSummary, Progress};
-use wmr::protocol::Limits;
+use wmr::protocol::{Limits, OutputFormat};
 use wmr::scheduler::JobOutcome;
 
 #[derive(Parser)]
@@ -213,6 +213,9 @@ struct DeployArgs {
     /// Output directory (must be new or empty).
     #[arg(long)]
     output: PathBuf,
+    /// How output records are written (see README, "Output formats").
+    #[arg(long, value_enum, default_value_t)]
+    output_format: OutputFormat,
     #[arg(long, default_value_t = 4)]
     reducers: u32,
     #[arg(long, default_value = "8MiB", value_parser = parse_bytes)]
@@ -243,6 +246,9 @@ struct JobArgs {
     /// Input file, directory or glob (repeatable).
     #[arg(long, required = true)]
     input: Vec<String>,
+    /// How output records are written (see README, "Output formats").
+    #[arg(long, value_enum, default_value_t)]
+    output_format: OutputFormat,
     #[command(flatten)]
     guest: GuestArgs,
 }
@@ -447,6 +453,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         map: args.job.map.clone(),
         inputs: args.job.input.clone(),
         output: args.output.clone(),
+        output_format: args.job.output_format,
         reducers: args.reducers,
         split_bytes: args.split_size,
         limits: args.job.guest.limits(),
@@ -591,6 +598,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         reduce_module: reduce,
         inputs,
         output: cwd.join(&args.output),
+        output_format: args.output_format,
         reducers: args.reducers,
         split_bytes: args.split_size,
         limits: args.guest.limits(),
@@ -766,6 +774,7 @@ fn seq(args: SeqArgs) -> anyhow::Result<ExitCode> {
         &args.job.input,
         &args.job.guest.limits(),
         &args.job.guest.params(),
+        args.job.output_format,
     )?;
     match &args.output {
         Some(path) => std::fs::write(path, out)?,

@@ -101,7 +101,7 @@ impl fmt::Display for ModuleHash {
 /// Per-attempt resource limits, enforced inside the worker's sandbox.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
-    /// Wasm fuel per guest call sequence of one attempt.
+    /// Wasm fuel per attempt, all its guest calls and stores together.
     pub fuel: u64,
     /// Linear memory (all memories together) per attempt, bytes.
     pub memory_bytes: u64,
@@ -136,6 +136,21 @@ impl Default for Limits {
             clock: false,
         }
     }
+}
+
+/// How reduce output records are written to the part files
+/// (`--output-format`); a property of the job. Either way one emitted
+/// record is exactly one output line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// `KEY VALUE` (`KEY` alone for an empty value), with `\`, LF and CR
+    /// in both escaped as `\\`, `\n` and `\r`; nothing else is escaped.
+    #[default]
+    Text,
+    /// `{"key":K,"value":V}` with JSON strings, or `key_base64` /
+    /// `value_base64` (standard, padded) for bytes that are not UTF-8.
+    Jsonl,
 }
 
 /// A contiguous byte range of one input file, cut on line boundaries.
@@ -174,6 +189,8 @@ pub struct Assignment {
     /// The job's output directory (shared store: reduce attempts write
     /// their private files below it).
     pub output: PathBuf,
+    /// How reduce attempts write their records.
+    pub output_format: OutputFormat,
     /// The root of intermediate data in the shared store.
     pub work_root: PathBuf,
     pub shuffle: Shuffle,

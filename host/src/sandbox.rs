@@ -34,6 +34,8 @@ use wasmtime::{
 use wasmtime_wasi::clocks::WasiClocksView as _;
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
+use wasmtime_wasi::p2::bindings::sockets::{network, tcp_create_socket};
+use wasmtime_wasi::p2::bindings::sync::sockets::udp_create_socket;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 mod bindings {
@@ -83,6 +85,14 @@ pub const DEFAULT_CONCURRENT_ATTEMPTS: u32 = 16;
 const CORE_INSTANCES_PER_ATTEMPT: u32 = 64;
 const MEMORIES_PER_ATTEMPT: u32 = 4;
 const TABLES_PER_ATTEMPT: u32 = 16;
+/// Table elements of one attempt, all tables together (host memory: 8–16
+/// bytes each).
+const TABLE_ELEMENTS_PER_ATTEMPT: u64 = 1 << 20;
+/// Resource handles (streams, pollables, sockets, …) one store may hold.
+/// A Rust guest uses a handful; each costs host memory, a socket an fd.
+pub const MAX_RESOURCES_PER_STORE: usize = 4096;
+/// wasmtime's own hostcall fuel (bytes one guest-to-host call may copy).
+const DEFAULT_HOSTCALL_FUEL: usize = 128 << 20;
 
 /// Bytes of each memory and table reset by `memset` rather than `madvise`
 /// when a slot is reused: a small attempt then takes no page faults.
@@ -98,9 +108,10 @@ pub const MAX_COUNTER_NAME_BYTES: usize = 256;
 /// (`incr-counter: more than 1024 distinct counters`).
 pub const MAX_COUNTERS: usize = 1024;
 /// What each emitted pair costs against the output limit on top of its key
-/// and value bytes, so that a flood of empty pairs is bounded too (the host
-/// holds a map attempt's pairs in memory).
-pub const PAIR_OVERHEAD_BYTES: u64 = 8;
+/// and value bytes: what holding it really costs the host (see
+/// [`crate::map_buffer`]), so a flood of empty pairs is bounded by the
+/// output limit in host memory too.
+pub const PAIR_OVERHEAD_BYTES: u64 = crate::map_buffer::HOST_BYTES_PER_PAIR;
 /// A guest's error message (and a trap's) is cut to this many bytes: it
 /// travels to the coordinator and is kept in the job's attempt log.
 pub const MAX_FAILURE_MESSAGE_BYTES: usize = 4096;
@@ -141,12 +152,20 @@ pub struct AttemptState {
     table: ResourceTable,
     limits: Limits,
     memory_limit_hit: bool,
+    /// Bytes of all the store's linear memories together.
+    memory_bytes: u64,
+    /// Elements of all the store's tables together.
+    table_elements: u64,
     sink: Box<dyn PairSink>,
     bytes_out: u64,
     records_out: u64,
-    /// `bytes_out` plus [`PAIR_OVERHEAD_BYTES`] per pair: what the output
-    /// limit is checked against.
+    /// What the attempt holds (all its stores; see [`AttemptBudget`]) plus
+    /// this store's pairs, each at [`pair_charge`]: what the output limit is
+    /// checked against.
     charged_out: u64,
+    /// The fuel this store was given: what the attempt had left.
+    fuel_given: u64,
+    budget: Arc<Mutex<AttemptBudget>>,
     counters: BTreeMap<String, i64>,
     params: Arc<BTreeMap<String, String>>,
     log: String,
@@ -169,26 +188,49 @@ impl WasiView for AttemptState {
 }
 
 impl ResourceLimiter for AttemptState {
+    // Called for every memory, from its creation (current 0) on: the sum
+    // of the approved growths is all memories together.
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired as u64 > self.limits.memory_bytes {
+        let total = (self.memory_bytes + desired as u64).saturating_sub(current as u64);
+        if total > self.limits.memory_bytes {
             self.memory_limit_hit = true;
             return Ok(false);
         }
+        self.memory_bytes = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
+        let total = (self.table_elements + desired as u64).saturating_sub(current as u64);
+        if total > TABLE_ELEMENTS_PER_ATTEMPT {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
+    }
+
+    // Counts per store; the pool's per-component maximums refuse a
+    // component with more at load time already.
+    fn instances(&self) -> usize {
+        CORE_INSTANCES_PER_ATTEMPT as usize
+    }
+
+    fn memories(&self) -> usize {
+        MEMORIES_PER_ATTEMPT as usize
+    }
+
+    fn tables(&self) -> usize {
+        TABLES_PER_ATTEMPT as usize
     }
 }
 
@@ -302,6 +344,71 @@ impl monotonic_clock::Host for DeadlineClockView<'_> {
         };
         let sleep = self.clocks.table.push(sleep)?;
         wasmtime_wasi::p2::subscribe(self.clocks.table, sleep)
+    }
+}
+
+/// `wasi:sockets` socket creation, refused: a socket is an fd, and a guest
+/// that may not connect or bind has no use for one. Without this a guest
+/// could hold the worker's whole fd limit in unconnected sockets (issue 10).
+/// The refusal is recorded, so the attempt fails as `denied`.
+struct NoSockets;
+
+impl wasmtime::component::HasData for NoSockets {
+    type Data<'a> = SocketDenials<'a>;
+}
+
+/// The view [`NoSockets`] hands the socket-creation imports.
+struct SocketDenials<'a>(&'a Mutex<Denials>);
+
+impl SocketDenials<'_> {
+    fn refuse(&self, kind: &str) -> wasmtime_wasi::p2::SocketError {
+        self.0
+            .lock()
+            .expect("denial log poisoned")
+            .record(format!("creating a {kind} socket is not granted"));
+        network::ErrorCode::AccessDenied.into()
+    }
+}
+
+impl tcp_create_socket::Host for SocketDenials<'_> {
+    fn create_tcp_socket(
+        &mut self,
+        _family: network::IpAddressFamily,
+    ) -> wasmtime_wasi::p2::SocketResult<Resource<wasmtime_wasi::p2::TcpSocket>> {
+        Err(self.refuse("TCP"))
+    }
+}
+
+impl udp_create_socket::Host for SocketDenials<'_> {
+    fn create_udp_socket(
+        &mut self,
+        _family: network::IpAddressFamily,
+    ) -> wasmtime_wasi::p2::SocketResult<Resource<wasmtime_wasi::p2::UdpSocket>> {
+        Err(self.refuse("UDP"))
+    }
+}
+
+// Required by the bindings' trait bounds; only the create functions are
+// linked through this view.
+impl network::Host for SocketDenials<'_> {
+    fn convert_error_code(
+        &mut self,
+        error: wasmtime_wasi::p2::SocketError,
+    ) -> wasmtime::Result<network::ErrorCode> {
+        error.downcast()
+    }
+
+    fn network_error_code(
+        &mut self,
+        _error: Resource<network::Error>,
+    ) -> wasmtime::Result<Option<network::ErrorCode>> {
+        Ok(None)
+    }
+}
+
+impl network::HostNetwork for SocketDenials<'_> {
+    fn drop(&mut self, _network: Resource<network::Network>) -> wasmtime::Result<()> {
+        Ok(())
     }
 }
 
@@ -572,22 +679,38 @@ impl AttemptState {
                 Box::pin(async { false })
             })
             .build();
+        let (deadline, fuel_given, charged_out) = {
+            let budget = ctx.budget.lock().expect("poisoned");
+            (
+                budget.deadline,
+                ctx.limits.fuel.saturating_sub(budget.fuel_used),
+                budget.output_held,
+            )
+        };
+        let mut table = ResourceTable::new();
+        // Each handle is host memory (and a socket may be an fd): cap what
+        // one store can hold.
+        table.set_max_capacity(MAX_RESOURCES_PER_STORE);
         AttemptState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limits: ctx.limits.clone(),
             memory_limit_hit: false,
             sink,
             bytes_out: 0,
             records_out: 0,
-            charged_out: 0,
+            charged_out,
+            fuel_given,
+            budget: ctx.budget.clone(),
+            memory_bytes: 0,
+            table_elements: 0,
             counters: BTreeMap::new(),
             params: ctx.params.clone(),
             log: String::new(),
             log_cut: false,
             stdio,
             denied,
-            deadline: Instant::now() + Duration::from_millis(ctx.limits.timeout_ms),
+            deadline,
             cancel: ctx.cancel.clone(),
             sink_error: None,
         }
@@ -599,8 +722,7 @@ impl AttemptState {
         let bytes = (key_len as u64).saturating_add(value_len as u64);
         let charged = self
             .charged_out
-            .saturating_add(bytes)
-            .saturating_add(PAIR_OVERHEAD_BYTES);
+            .saturating_add(pair_charge(key_len, value_len));
         if charged > self.limits.output_bytes {
             return Err(HostStop::OutputLimit);
         }
@@ -692,11 +814,87 @@ pub struct LoadedModule {
     combine: Option<bindings::combine::CombineTaskPre<AttemptState>>,
 }
 
-/// Per-attempt inputs that are not limits.
+impl LoadedModule {
+    /// The module exports a combiner (it may still decline to combine).
+    pub fn has_combiner(&self) -> bool {
+        self.combine.is_some()
+    }
+}
+
+/// One attempt's inputs and what it has used so far. An attempt may run
+/// several stores (skip mode's bisection, combiner batches, a map then its
+/// combiner): they share this context, so its limits hold for the attempt,
+/// all its stores together, not per store (issue 10).
 pub struct AttemptContext {
     pub limits: Limits,
     pub params: Arc<BTreeMap<String, String>>,
     pub cancel: Arc<AtomicBool>,
+    budget: Arc<Mutex<AttemptBudget>>,
+}
+
+/// What an attempt's stores have used, carried from one store to the next.
+#[derive(Debug)]
+struct AttemptBudget {
+    /// The attempt's wall-clock deadline, fixed when it starts.
+    deadline: Instant,
+    fuel_used: u64,
+    /// Output bytes (plus [`PAIR_OVERHEAD_BYTES`] per pair) the host holds
+    /// for the attempt: what the output limit is checked against.
+    output_held: u64,
+}
+
+impl AttemptContext {
+    /// A context for an attempt starting now: its deadline is
+    /// `limits.timeout_ms` from here.
+    pub fn new(
+        limits: Limits,
+        params: Arc<BTreeMap<String, String>>,
+        cancel: Arc<AtomicBool>,
+    ) -> Self {
+        let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+        AttemptContext {
+            limits,
+            params,
+            cancel,
+            budget: Arc::new(Mutex::new(AttemptBudget {
+                deadline,
+                fuel_used: 0,
+                output_held: 0,
+            })),
+        }
+    }
+
+    /// Fuel the attempt's stores have used.
+    pub fn fuel_used(&self) -> u64 {
+        self.budget.lock().expect("poisoned").fuel_used
+    }
+
+    /// Output the host holds for the attempt, as charged.
+    pub fn output_held(&self) -> u64 {
+        self.budget.lock().expect("poisoned").output_held
+    }
+
+    /// Go back to an earlier [`Self::output_held`]: the pairs emitted since
+    /// were dropped (a skip-mode run that trapped).
+    pub fn restore_output_held(&self, held: u64) {
+        let mut budget = self.budget.lock().expect("poisoned");
+        debug_assert!(held <= budget.output_held, "output held only shrinks back");
+        budget.output_held = held;
+    }
+
+    /// Pairs of `charged` bytes were replaced by a combiner's output.
+    pub fn release_output(&self, charged: u64) {
+        let mut budget = self.budget.lock().expect("poisoned");
+        debug_assert!(charged <= budget.output_held, "released more than held");
+        budget.output_held = budget.output_held.saturating_sub(charged);
+    }
+}
+
+/// What the host charges for one held pair against the output limit.
+pub fn pair_charge(key_len: usize, value_len: usize) -> u64 {
+    (key_len as u64)
+        .saturating_add(value_len as u64)
+        .saturating_add(PAIR_OVERHEAD_BYTES)
 }
 
 /// What one guest call sequence produced.
@@ -753,6 +951,12 @@ impl Sandbox {
             .total_tables(n.saturating_mul(TABLES_PER_ATTEMPT))
             .max_memories_per_module(2)
             .max_tables_per_module(4)
+            // One attempt's component may not take more pool slots than
+            // its share: refused at load, before any attempt runs, so a
+            // job cannot fill the pool its neighbours need.
+            .max_memories_per_component(MEMORIES_PER_ATTEMPT)
+            .max_tables_per_component(TABLES_PER_ATTEMPT)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_ATTEMPT)
             .table_elements(100_000)
             .max_core_instance_size(16 << 20)
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
@@ -789,6 +993,15 @@ impl Sandbox {
                 deadline,
                 cancel,
             }
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // And refuse to create sockets (see `NoSockets`).
+        tcp_create_socket::add_to_linker::<AttemptState, NoSockets>(&mut linker, |state| {
+            SocketDenials(&state.denied)
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        udp_create_socket::add_to_linker::<AttemptState, NoSockets>(&mut linker, |state| {
+            SocketDenials(&state.denied)
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         linker.allow_shadowing(false);
@@ -863,8 +1076,14 @@ impl Sandbox {
             return Ok(component.clone());
         }
         // Compiled outside the lock: other loads need not wait for it.
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| anyhow::anyhow!("not a valid Wasm component: {}", one_line(&e)))?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            let e = one_line(&e);
+            if e.contains("exceeds the configured maximum") {
+                anyhow::anyhow!("the component needs more than one attempt may have: {e}")
+            } else {
+                anyhow::anyhow!("not a valid Wasm component: {e}")
+            }
+        })?;
         let mut compiled = self.compiled.lock().expect("poisoned");
         Ok(compiled.entry(digest).or_insert(component).clone())
     }
@@ -906,8 +1125,20 @@ impl Sandbox {
         let state = AttemptState::new(ctx, sink);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| s as &mut dyn ResourceLimiter);
-        // Fuel and the epoch deadline must be set before instantiation.
-        store.set_fuel(ctx.limits.fuel).expect("fuel is enabled");
+        // Fuel and the epoch deadline must be set before instantiation: the
+        // fuel the attempt has left (the deadline is the attempt's, in the
+        // state).
+        let fuel = store.data().fuel_given;
+        store.set_fuel(fuel).expect("fuel is enabled");
+        // What one guest-to-host call may have the host copy: anything the
+        // guest hands over sits in its memory, so its memory limit bounds
+        // it; below that, wasmtime's default. Our own imports charge what
+        // they copy against the output and log limits first.
+        let hostcall = usize::try_from(ctx.limits.memory_bytes)
+            .unwrap_or(usize::MAX)
+            .max(DEFAULT_HOSTCALL_FUEL);
+        store.set_hostcall_fuel(hostcall);
+        store.set_max_component_handles(MAX_RESOURCES_PER_STORE);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|ctx| {
             let state = ctx.data();
@@ -963,27 +1194,29 @@ impl Sandbox {
         finish(store, result)
     }
 
-    /// Run the optional combiner over `groups`. `None` when the module has
-    /// no combiner or declines to combine.
+    /// Run the optional combiner over `groups` in a fresh store; its pairs
+    /// go to `sink`. `None` when the module has no combiner or it declines
+    /// (then the caller drops whatever it emitted).
     pub fn run_combine(
         &self,
         module: &LoadedModule,
         ctx: &AttemptContext,
         groups: &[Group],
-    ) -> Option<Result<Vec<Pair>, AttemptFailure>> {
+        sink: Box<dyn PairSink>,
+    ) -> Option<Result<(), AttemptFailure>> {
         let pre = module.combine.as_ref()?;
-        let collected = CollectPairs::default();
-        let mut store = self.new_store(ctx, Box::new(collected.clone()));
+        let mut store = self.new_store(ctx, sink);
         let result = pre.instantiate(&mut store).and_then(|inst| {
             inst.wmr_mapreduce_combiner()
                 .call_combine(&mut store, groups)
         });
-        let combined = match &result {
-            Ok(Ok(false)) => return None,
-            _ => result.map(|r| r.map(|_| ())),
-        };
-        let outcome = finish(store, combined);
-        Some(outcome.result.map(|()| collected.take()))
+        let declined = matches!(result, Ok(Ok(false)));
+        // Finished either way: what the store used counts for the attempt.
+        let outcome = finish(store, result.map(|r| r.map(|_| ())));
+        match (declined, outcome.result) {
+            (true, Ok(())) => None,
+            (_, result) => Some(result),
+        }
     }
 }
 
@@ -1011,7 +1244,13 @@ fn finish(
 ) -> CallOutcome {
     let fuel_left = store.get_fuel().unwrap_or(0);
     let state = store.data_mut();
-    let fuel_used = state.limits.fuel.saturating_sub(fuel_left);
+    let fuel_used = state.fuel_given.saturating_sub(fuel_left);
+    {
+        // Carry what this store used to the attempt's next store.
+        let mut budget = state.budget.lock().expect("poisoned");
+        budget.fuel_used = budget.fuel_used.saturating_add(fuel_used);
+        budget.output_held = state.charged_out;
+    }
     let stdio = String::from_utf8_lossy(&state.stdio.contents()).into_owned();
     let mut log = std::mem::take(&mut state.log);
     append_capped(&mut log, &stdio, state.limits.log_bytes);
@@ -1239,15 +1478,15 @@ mod tests {
             calls in vec(call(), 0..64)
         ) {
             let params: BTreeMap<String, String> = [("p".to_string(), "value".to_string())].into();
-            let ctx = AttemptContext {
-                limits: Limits {
+            let ctx = AttemptContext::new(
+                Limits {
                     output_bytes: OUTPUT_LIMIT,
                     log_bytes: LOG_LIMIT,
                     ..Limits::default()
                 },
-                params: Arc::new(params.clone()),
-                cancel: Arc::default(),
-            };
+                Arc::new(params.clone()),
+                Arc::default(),
+            );
             let sink = CollectPairs::default();
             let mut state = AttemptState::new(&ctx, Box::new(sink.clone()));
             let (mut pairs, mut charged) = (Vec::new(), 0u64);

@@ -17,7 +17,7 @@
 
 use crate::protocol::{
     Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, InputSplit, JobId,
-    Limits, ModuleHash, Shuffle, TaskId, TaskInput, TenantId, WorkerId,
+    Limits, ModuleHash, OutputFormat, Shuffle, TaskId, TaskInput, TenantId, WorkerId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -35,6 +35,7 @@ pub struct JobPlan {
     pub limits: Limits,
     pub params: BTreeMap<String, String>,
     pub output: std::path::PathBuf,
+    pub output_format: OutputFormat,
     pub work_root: std::path::PathBuf,
     /// Map outputs live on the worker that produced them (networked mode):
     /// when that worker is lost, its committed map tasks run again.
@@ -1068,6 +1069,7 @@ impl Scheduler {
                 limits: self.plan.limits.clone(),
                 params,
                 output: self.plan.output.clone(),
+                output_format: self.plan.output_format,
                 work_root: self.plan.work_root.clone(),
                 shuffle: if self.plan.map_outputs_on_workers {
                     Shuffle::WorkerLocal

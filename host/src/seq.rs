@@ -4,7 +4,7 @@
 //! once per whole input file, one global sort, `reduce` over every group in
 //! one store. No combiner (a combiner must not change the result).
 
-use crate::protocol::Limits;
+use crate::protocol::{Limits, OutputFormat};
 use crate::sandbox::{AttemptContext, CollectPairs, Role, Sandbox};
 use crate::shuffle::{self, Pair};
 use crate::split;
@@ -14,13 +14,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-/// Run the job sequentially and return its output, lines in key order.
+/// Run the job sequentially and return its output, lines in key order, in
+/// `format`.
 pub fn run_sequential(
     map: &Path,
     reduce: &Path,
     inputs: &[String],
     limits: &Limits,
     params: &BTreeMap<String, String>,
+    format: OutputFormat,
 ) -> anyhow::Result<Vec<u8>> {
     let sandbox = Sandbox::new()?;
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("{}", p.display()));
@@ -32,10 +34,15 @@ pub fn run_sequential(
         .with_context(|| format!("{}", reduce.display()))?;
     let mut params = params.clone();
     params.insert("wmr.attempt".into(), "1".into());
-    let ctx = AttemptContext {
-        limits: limits.clone(),
-        params: Arc::new(params),
-        cancel: Arc::new(AtomicBool::new(false)),
+    // A fresh attempt context per guest call: each gets the job's limits
+    // whole, as an attempt would.
+    let params = Arc::new(params);
+    let ctx = || {
+        AttemptContext::new(
+            limits.clone(),
+            params.clone(),
+            Arc::new(AtomicBool::new(false)),
+        )
     };
     let mut pairs: Vec<Pair> = Vec::new();
     for file in split::discover_inputs(inputs)? {
@@ -47,7 +54,7 @@ pub fn run_sequential(
         let sink = CollectPairs::default();
         let call = sandbox.run_map(
             &map_module,
-            &ctx,
+            &ctx(),
             name.as_bytes(),
             &text,
             Box::new(sink.clone()),
@@ -60,11 +67,11 @@ pub fn run_sequential(
     let groups = shuffle::group_sorted(pairs);
     let sink = CollectPairs::default();
     let mut all = std::iter::once(groups);
-    let call = sandbox.run_reduce(&reduce_module, &ctx, &mut all, Box::new(sink.clone()));
+    let call = sandbox.run_reduce(&reduce_module, &ctx(), &mut all, Box::new(sink.clone()));
     call.result.map_err(|f| anyhow!("reduce: {f}"))?;
     let mut out = Vec::new();
     for (key, value) in &sink.take() {
-        shuffle::output_line(&mut out, key, value);
+        shuffle::output_record(&mut out, format, key, value);
     }
     Ok(out)
 }

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 /// The on-disk format this build reads and writes (2: a job's limits hold
 /// its output limit; 3: a committed map output is one file, not a
 /// directory of partition files, so jobs resumed from format 2 could not
-/// read theirs).
-pub const FORMAT_VERSION: u64 = 3;
+/// read theirs; 4: a job's request holds its output format).
+pub const FORMAT_VERSION: u64 = 4;
 const FILE_NAME: &str = "wmr-state.redb";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

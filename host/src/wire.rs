@@ -6,8 +6,8 @@
 
 use crate::local::JobSummary;
 use crate::protocol::{
-    Assignment, AttemptEpoch, AttemptReport, Capability, JobId, Limits, ModuleHash, Peer, TaskId,
-    TenantId, WorkerId,
+    Assignment, AttemptEpoch, AttemptReport, Capability, JobId, Limits, ModuleHash, OutputFormat,
+    Peer, TaskId, TenantId, WorkerId,
 };
 use crate::scheduler::{AttemptRecord, Phase};
 use serde::{Deserialize, Serialize};
@@ -131,6 +131,7 @@ pub struct JobRequest {
     pub reduce_module: Option<Vec<u8>>,
     pub inputs: Vec<String>,
     pub output: PathBuf,
+    pub output_format: OutputFormat,
     pub reducers: u32,
     pub split_bytes: u64,
     pub limits: Limits,

@@ -3,11 +3,14 @@
 //! commit does (see [`crate::commit`]).
 
 use crate::commit::JobDirs;
+use crate::map_buffer::{BufferSink, MapBuffer};
 use crate::protocol::{
     Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, ModuleHash, TaskId,
     TaskInput, WorkerId,
 };
-use crate::sandbox::{AttemptContext, CallOutcome, Group, LoadedModule, PairSink, Role, Sandbox};
+use crate::sandbox::{
+    AttemptContext, CallOutcome, LoadedModule, PairSink, Role, Sandbox, pair_charge,
+};
 use crate::shuffle::{self, Pair};
 use crate::split;
 use anyhow::{Context as _, anyhow};
@@ -107,11 +110,11 @@ impl Executor {
         let _enter = span.enter();
         let started = Instant::now();
         let dirs = JobDirs::new(assignment.job, &assignment.work_root, &assignment.output);
-        let ctx = AttemptContext {
-            limits: assignment.limits.clone(),
-            params: Arc::new(assignment.params.clone()),
+        let ctx = AttemptContext::new(
+            assignment.limits.clone(),
+            Arc::new(assignment.params.clone()),
             cancel,
-        };
+        );
         let (outcome, log) = match &assignment.input {
             TaskInput::Map(split) => self.run_map(&dirs, assignment, &ctx, split),
             TaskInput::Reduce {
@@ -150,46 +153,49 @@ impl Executor {
             Ok(m) => m,
             Err(e) => return (Err(e), String::new()),
         };
+        // The split is copied into the guest's memory whole: one larger
+        // than the memory limit cannot run, so it is not read at all (a
+        // single 6 GiB line took the host down).
+        if split.len > ctx.limits.memory_bytes {
+            let log = format!(
+                "the split of {} at {} is {} bytes, more than the memory limit",
+                split.path.display(),
+                split.offset,
+                split.len
+            );
+            return (
+                Err(AttemptFailure::OutOfMemory(ctx.limits.memory_bytes)),
+                log,
+            );
+        }
         let input = match split::read_split(split) {
             Ok(bytes) => bytes,
             Err(e) => return (Err(AttemptFailure::Host(format!("{e:#}"))), String::new()),
         };
-        let parts: Arc<Mutex<Vec<Vec<Pair>>>> =
-            Arc::new(Mutex::new(vec![Vec::new(); a.reducers as usize]));
-        let sink = Partitioner {
-            parts: parts.clone(),
-            reducers: a.reducers,
-        };
+        let buffer = Arc::new(Mutex::new(MapBuffer::new(a.reducers)));
         let name = split
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned());
         let key = name.unwrap_or_default();
-        let call = self
-            .sandbox
-            .run_map(&module, ctx, key.as_bytes(), &input, Box::new(sink));
-        let mut log = call.log.clone();
+        let call = self.sandbox.run_map(
+            &module,
+            ctx,
+            key.as_bytes(),
+            &input,
+            Box::new(BufferSink(buffer.clone())),
+        );
+        let log = call.log.clone();
         let mut stats = stats_of(&call, input.len() as u64);
         match call.result {
             Ok(()) => {}
             Err(AttemptFailure::Trap(_)) if ctx.limits.max_dead_letters > 0 => {
                 // Skip mode: drop this call's output and find the records
                 // the guest traps on, running the rest without them.
-                parts
-                    .lock()
-                    .expect("poisoned")
-                    .iter_mut()
-                    .for_each(Vec::clear);
-                let found = self.isolate_bad_records(
-                    &module,
-                    ctx,
-                    &key,
-                    &input,
-                    split.offset,
-                    &parts,
-                    a.reducers,
-                    &mut stats,
-                );
+                *buffer.lock().expect("poisoned") = MapBuffer::new(a.reducers);
+                ctx.restore_output_held(0);
+                let found =
+                    self.isolate_bad_records(&module, ctx, &key, &input, split.offset, &buffer);
                 match found {
                     Ok(dead) => stats.dead_letters = dead,
                     Err(failure) => return (Err(failure), log),
@@ -197,9 +203,10 @@ impl Executor {
             }
             Err(failure) => return (Err(failure), log),
         }
-        let parts = std::mem::take(&mut *parts.lock().expect("poisoned"));
+        drop(input);
         let path = dirs.attempt_path(a.task, a.epoch);
-        let written = self.combine_and_write(&module, ctx, parts, &path, &mut log);
+        let written = self.combine_and_write(&module, ctx, &buffer, &path);
+        stats.fuel_used = ctx.fuel_used();
         match written {
             Ok(bytes) => {
                 stats.bytes_out = bytes;
@@ -211,9 +218,9 @@ impl Executor {
 
     /// Bisect `input` by lines, in fresh stores, until every record that
     /// makes `map` trap is alone (Hadoop's skip mode). Output of the good
-    /// ranges goes to `parts`. At most `max_dead_letters` records are
-    /// skipped; one more fails the attempt.
-    #[allow(clippy::too_many_arguments, reason = "one attempt's whole context")]
+    /// ranges goes to `buffer`. At most `max_dead_letters` records are
+    /// skipped; one more fails the attempt. Every run shares the attempt's
+    /// fuel, deadline and output limit.
     fn isolate_bad_records(
         &self,
         module: &LoadedModule,
@@ -221,51 +228,37 @@ impl Executor {
         file: &str,
         input: &[u8],
         base_offset: u64,
-        parts: &Mutex<Vec<Vec<Pair>>>,
-        reducers: u32,
-        stats: &mut AttemptStats,
+        buffer: &Arc<Mutex<MapBuffer>>,
     ) -> Result<Vec<crate::protocol::DeadLetter>, AttemptFailure> {
         let max = ctx.limits.max_dead_letters as usize;
         let mut dead = Vec::new();
         // Ranges still to run, whole lines; the last pushed runs first.
         let mut ranges = vec![(0, input.len())];
         while let Some((lo, hi)) = ranges.pop() {
-            let sink = crate::sandbox::CollectPairs::default();
+            let mark = buffer.lock().expect("poisoned").mark();
+            let held = ctx.output_held();
             let call = self.sandbox.run_map(
                 module,
                 ctx,
                 file.as_bytes(),
                 &input[lo..hi],
-                Box::new(sink.clone()),
+                Box::new(BufferSink(buffer.clone())),
             );
-            stats.fuel_used += call.fuel_used;
             match call.result {
-                Ok(()) => {
-                    let mut parts = parts.lock().expect("poisoned");
-                    for (key, value) in sink.take() {
-                        parts[shuffle::partition_of(&key, reducers) as usize].push((key, value));
-                    }
-                }
+                Ok(()) => {}
                 Err(AttemptFailure::Trap(message)) => {
+                    buffer.lock().expect("poisoned").rollback(&mark);
+                    ctx.restore_output_held(held);
                     match split::middle_line_break(&input[lo..hi]) {
                         Some(mid) => {
                             ranges.push((lo + mid, hi));
                             ranges.push((lo, lo + mid));
                         }
                         None => {
-                            let record = String::from_utf8_lossy(&input[lo..hi]);
-                            let mut record = record.trim_end_matches(['\n', '\r']).to_string();
-                            if record.len() > 1024 {
-                                let mut end = 1024;
-                                while !record.is_char_boundary(end) {
-                                    end -= 1;
-                                }
-                                record.truncate(end);
-                            }
                             dead.push(crate::protocol::DeadLetter {
                                 file: file.to_string(),
                                 offset: base_offset + lo as u64,
-                                record,
+                                record: dead_letter_text(&input[lo..hi]),
                                 message: message.clone(),
                             });
                             if dead.len() > max {
@@ -282,73 +275,47 @@ impl Executor {
         Ok(dead)
     }
 
-    /// Sort each partition, apply the combiner to keys with several values,
-    /// and write the attempt's map output file (attempt-private).
+    /// Apply the combiner to keys with several values, then write the
+    /// attempt's map output file (attempt-private), each partition sorted.
     fn combine_and_write(
         &self,
         module: &LoadedModule,
         ctx: &AttemptContext,
-        parts: Vec<Vec<Pair>>,
+        buffer: &Arc<Mutex<MapBuffer>>,
         path: &Path,
-        log: &mut String,
     ) -> Result<u64, AttemptFailure> {
         let host_err = |e: anyhow::Error| AttemptFailure::Host(format!("{e:#}"));
         let dir = path.parent().expect("attempt paths have parents");
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating {}", dir.display()))
             .map_err(host_err)?;
-        let mut combining = true;
-        let mut sorted = Vec::with_capacity(parts.len());
-        for mut pairs in parts {
-            shuffle::sort_pairs(&mut pairs);
-            if combining && pairs.windows(2).any(|w| w[0].0 == w[1].0) {
-                match self.combine(module, ctx, pairs) {
-                    (Some(Ok(combined)), _) => pairs = combined,
-                    (Some(Err(failure)), _) => return Err(failure),
-                    (None, original) => {
-                        combining = false;
-                        pairs = original;
+        if module.has_combiner() {
+            MapBuffer::combine(buffer, GROUP_BATCH_BYTES, |groups, sink| {
+                let held = ctx.output_held();
+                match self.sandbox.run_combine(module, ctx, groups, sink) {
+                    // Declined: whatever it emitted is dropped (the buffer
+                    // rolls back) and the batch stays as it came.
+                    None => {
+                        ctx.restore_output_held(held);
+                        Ok(false)
                     }
+                    Some(Ok(())) => {
+                        // Its output replaces the batch's pairs.
+                        let replaced = groups
+                            .iter()
+                            .flat_map(|g| {
+                                g.values.iter().map(|v| pair_charge(g.key.len(), v.len()))
+                            })
+                            .sum();
+                        ctx.release_output(replaced);
+                        Ok(true)
+                    }
+                    Some(Err(failure)) => Err(failure),
                 }
-            }
-            sorted.push(pairs);
+            })?;
         }
-        let _ = log;
-        shuffle::write_map_output(path, &sorted).map_err(host_err)
-    }
-
-    /// Combine the keys that have several values; single values pass as
-    /// they are (a combiner may run zero or more times, as in Hadoop).
-    fn combine(
-        &self,
-        module: &LoadedModule,
-        ctx: &AttemptContext,
-        pairs: Vec<Pair>,
-    ) -> (Option<Result<Vec<Pair>, AttemptFailure>>, Vec<Pair>) {
-        let groups = shuffle::group_sorted(pairs);
-        let (multi, single): (Vec<Group>, Vec<Group>) =
-            groups.into_iter().partition(|g| g.values.len() > 1);
-        let mut out: Vec<Pair> = single
-            .into_iter()
-            .flat_map(|g| g.values.into_iter().map(move |v| (g.key.clone(), v)))
-            .collect();
-        for batch in shuffle::batches(multi, GROUP_BATCH_BYTES) {
-            match self.sandbox.run_combine(module, ctx, &batch) {
-                Some(Ok(combined)) => out.extend(combined),
-                Some(Err(failure)) => return (Some(Err(failure)), Vec::new()),
-                None => {
-                    // No combiner: give back the pairs as they came.
-                    out.extend(batch.into_iter().flat_map(|g| {
-                        let key = g.key;
-                        g.values.into_iter().map(move |v| (key.clone(), v))
-                    }));
-                    shuffle::sort_pairs(&mut out);
-                    return (None, out);
-                }
-            }
-        }
-        shuffle::sort_pairs(&mut out);
-        (Some(Ok(out)), Vec::new())
+        let mut buffer = buffer.lock().expect("poisoned");
+        buffer.write(path).map_err(host_err)
     }
 
     fn run_reduce(
@@ -399,7 +366,7 @@ impl Executor {
         shuffle::sort_pairs(&mut pairs);
         let groups = shuffle::group_sorted(pairs);
         let path = dirs.reduce_attempt_file(a.task, a.epoch);
-        let writer = match LineWriter::create(&path) {
+        let writer = match LineWriter::create(&path, a.output_format) {
             Ok(w) => w,
             Err(e) => return (Err(host_err(e)), String::new()),
         };
@@ -429,6 +396,24 @@ impl Executor {
     }
 }
 
+/// A record for a dead letter: its first 1 KiB, as text (the record itself
+/// may be gigabytes; it is cut before it is copied).
+fn dead_letter_text(record: &[u8]) -> String {
+    const KEPT: usize = 1024;
+    // Up to 3 more bytes, so a character cut at KEPT is not lost to lossy decoding.
+    let head = &record[..record.len().min(KEPT + 3)];
+    let text = String::from_utf8_lossy(head);
+    let mut text = text.trim_end_matches(['\n', '\r']).to_string();
+    if text.len() > KEPT {
+        let mut end = KEPT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 fn stats_of(call: &CallOutcome, bytes_in: u64) -> AttemptStats {
     AttemptStats {
         bytes_in,
@@ -441,37 +426,26 @@ fn stats_of(call: &CallOutcome, bytes_in: u64) -> AttemptStats {
     }
 }
 
-/// Routes map output pairs to their reduce partitions as they are emitted.
-struct Partitioner {
-    parts: Arc<Mutex<Vec<Vec<Pair>>>>,
-    reducers: u32,
-}
-
-impl PairSink for Partitioner {
-    fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
-        let p = shuffle::partition_of(&key, self.reducers) as usize;
-        self.parts.lock().expect("poisoned")[p].push((key, value));
-        Ok(())
-    }
-}
-
-/// Writes reduce output records as lines; flushes and fsyncs when dropped
-/// with the store, leaving the byte count (or the error) in `written`.
+/// Writes reduce output records as lines in the job's output format;
+/// flushes and fsyncs when dropped with the store, leaving the byte count
+/// (or the error) in `written`.
 struct LineWriter {
     file: Option<std::io::BufWriter<std::fs::File>>,
+    format: crate::protocol::OutputFormat,
     line: Vec<u8>,
     bytes: u64,
     written: Arc<Mutex<Option<Result<u64, String>>>>,
 }
 
 impl LineWriter {
-    fn create(path: &Path) -> anyhow::Result<Self> {
+    fn create(path: &Path, format: crate::protocol::OutputFormat) -> anyhow::Result<Self> {
         let dir = path.parent().expect("attempt files have a parent");
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let file =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         Ok(LineWriter {
             file: Some(std::io::BufWriter::with_capacity(256 << 10, file)),
+            format,
             line: Vec::new(),
             bytes: 0,
             written: Arc::default(),
@@ -482,7 +456,7 @@ impl LineWriter {
 impl PairSink for LineWriter {
     fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
         self.line.clear();
-        shuffle::output_line(&mut self.line, &key, &value);
+        shuffle::output_record(&mut self.line, self.format, &key, &value);
         self.bytes += self.line.len() as u64;
         let file = self.file.as_mut().ok_or_else(|| anyhow!("output closed"))?;
         file.write_all(&self.line).context("writing reduce output")

@@ -3,13 +3,20 @@
 //! - `loop`: spins forever in `map`;
 //! - `membomb`: allocates without bound;
 //! - `flood`: emits pairs without end;
-//! - `trap`: panics on the first line containing `--param trap-on=TEXT`;
+//! - `trap`: panics on the first line containing `--param trap-on=TEXT`,
+//!   after busy-waiting `--param map-ms=N` (needs `--grant clock`): skip
+//!   mode then bisects slowly;
 //! - `escape`: tries to read a file, the environment and the network;
 //! - `flaky`: fails attempts numbered up to `--param fail-attempts=N`;
 //! - `recurse`: recurses without bound;
 //! - `sleep`: busy-waits `--param ms=N` per map call (needs `--grant clock`);
 //! - `clock`: emits what its wall and monotonic clocks read;
-//! - `nap`: sleeps `--param ms=N` in the host (WASI `poll`), then counts words.
+//! - `nap`: sleeps `--param ms=N` in the host (WASI `poll`), then counts words;
+//! - `slow-combine`: emits every word with `1` (no counting in `map`); its
+//!   combiner busy-waits `--param combine-ms=N` once per call (per batch of
+//!   groups, needs `--grant clock`), then sums;
+//! - `socket-hoard`: opens unconnected TCP sockets through wasi-libc's
+//!   `socket()` until one is refused, keeping them all.
 //!
 //! Modes that call the host imports with huge or invalid arguments (some
 //! through the raw canonical-ABI imports, as a guest not built with the SDK
@@ -18,7 +25,11 @@
 //! - `emit-alias`: one batch of `--param count=N` (default 65536) pairs whose
 //!   keys and values all point at the same 1 MiB buffer;
 //! - `emit-empty`: empty pairs without end, in batches of 4096;
+//! - `emit-tiny`: 1-byte pairs (key `k`, empty value) without end, in
+//!   batches of 4096;
 //! - `emit-oob`: a batch whose second pair's key points past linear memory;
+//! - `emit-newline-key`: the keys `a\nforged-record 999999` and `\xff\r`
+//!   (not UTF-8), value `1`, then counts words;
 //! - `counter-long-name`: a counter named with 1 MiB of text;
 //! - `counter-many`: 100,000 distinct counters;
 //! - `counter-extreme`: `max` += i64::MAX twice, `min` += i64::MIN twice,
@@ -59,6 +70,7 @@ impl Job for Hostile {
                 out.emit("flood", "x".repeat(1024));
             },
             "trap" => {
+                busy_wait(param_num("map-ms"));
                 let poison = wmr_guest::param("trap-on").ok_or("trap needs --param trap-on")?;
                 let text = String::from_utf8_lossy(text);
                 if let Some(line) = text.lines().find(|l| l.contains(poison.as_str())) {
@@ -77,13 +89,7 @@ impl Job for Hostile {
             "recurse" => {
                 black_box(recurse(black_box(1)));
             }
-            "sleep" => {
-                let ms: u64 = param_num("ms");
-                let start = std::time::Instant::now();
-                while start.elapsed().as_millis() < u128::from(ms) {
-                    black_box(0);
-                }
-            }
+            "sleep" => busy_wait(param_num("ms")),
             "nap" => {
                 // Say so first: a test can then act while the guest sleeps.
                 out.emit("napping", "");
@@ -97,6 +103,21 @@ impl Job for Hostile {
                 out.flush();
             }
             "emit-alias" => emit_alias(),
+            "emit-tiny" => loop {
+                let batch = vec![RawPair::of(b"k", b""); 4096];
+                // SAFETY: a valid list of valid pairs.
+                unsafe { raw::emit(batch.as_ptr().cast_mut().cast(), batch.len()) };
+            },
+            "slow-combine" => {
+                for word in text
+                    .split(u8::is_ascii_whitespace)
+                    .filter(|w| !w.is_empty())
+                {
+                    out.emit(word, "1");
+                }
+                return Ok(());
+            }
+            "socket-hoard" => socket_hoard()?,
             "emit-empty" => loop {
                 let batch = vec![RawPair::default(); 4096];
                 // SAFETY: a valid list of valid (empty) pairs.
@@ -114,6 +135,10 @@ impl Job for Hostile {
                 ];
                 // SAFETY: the host must refuse the out-of-bounds pair.
                 unsafe { raw::emit(pairs.as_ptr().cast_mut().cast(), pairs.len()) };
+            }
+            "emit-newline-key" => {
+                out.emit("a\nforged-record 999999", "1");
+                out.emit(b"\xff\r", "1");
             }
             "counter-long-name" => wmr_guest::incr_counter(&"c".repeat(1 << 20), 1),
             "counter-many" => {
@@ -173,16 +198,27 @@ impl Job for Hostile {
         Ok(())
     }
 
+    fn combine(group: &Group, out: &mut Emitter) -> Option<Result<(), String>> {
+        // Per instance, that is per combine call (a fresh store each).
+        static WAITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        static MODE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+        if MODE.get_or_init(|| wmr_guest::param("mode")).as_deref() != Some("slow-combine") {
+            return None;
+        }
+        if !WAITED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            busy_wait(param_num("combine-ms"));
+        }
+        let total: u64 = group.values.iter().map(|v| wmr_guest::parse_u64(v)).sum();
+        out.emit(&group.key, total.to_string());
+        Some(Ok(()))
+    }
+
     fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
         // `--param reduce-ms=N`: busy-wait N ms once per reduce attempt (a
         // fresh instance per attempt, so the flag starts false each time).
         static WAITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if !WAITED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            let ms: u64 = param_num("reduce-ms");
-            let start = std::time::Instant::now();
-            while start.elapsed().as_millis() < u128::from(ms) {
-                black_box(0);
-            }
+            busy_wait(param_num("reduce-ms"));
         }
         if wmr_guest::param("reduce-trap-on").is_some_and(|k| k.as_bytes() == group.key) {
             // Make sure some output reached the host before the trap.
@@ -199,6 +235,39 @@ fn param_num<T: std::str::FromStr + Default>(name: &str) -> T {
     wmr_guest::param(name)
         .and_then(|v| v.parse().ok())
         .unwrap_or_default()
+}
+
+/// Spin for `ms` milliseconds of the guest's clock (zero without
+/// `--grant clock`, so then not at all).
+fn busy_wait(ms: u64) {
+    let start = std::time::Instant::now();
+    while start.elapsed().as_millis() < u128::from(ms) {
+        black_box(0);
+    }
+}
+
+/// Unconnected sockets until one is refused (each was a host fd).
+fn socket_hoard() -> Result<(), String> {
+    unsafe extern "C" {
+        // wasi-libc: `wasi:sockets/tcp-create-socket` behind a descriptor.
+        fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
+    }
+    // wasi-libc's AF_INET and SOCK_STREAM.
+    const AF_INET: i32 = 1;
+    const SOCK_STREAM: i32 = 6;
+    let mut kept = Vec::new();
+    for i in 0..1_000_000 {
+        // SAFETY: a libc call with plain integer arguments.
+        let fd = unsafe { socket(AF_INET, SOCK_STREAM, 0) };
+        if fd < 0 {
+            return Err(format!(
+                "socket {i} refused: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        kept.push(fd);
+    }
+    Err(format!("{} sockets held", black_box(kept).len()))
 }
 
 fn spin_forever() -> ! {

@@ -1,0 +1,45 @@
+//! Test guest of tests/differential.rs: counts input lines (or tokens).
+//! Every key's value is `1`; reduce sums. `--param key=line|word|hot` (see
+//! `keys.rs`); `--param combine=sum` sums on the map side, `combine=decline`
+//! (the default) keeps the SDK's default combiner, which declines.
+use std::sync::OnceLock;
+use wmr_guest::{Emitter, Group, Job};
+
+mod keys;
+
+struct Lines;
+
+impl Job for Lines {
+    fn map(_file: &[u8], text: &[u8], out: &mut Emitter) -> Result<(), String> {
+        let keys = keys::Keys::from_param(wmr_guest::param("key").as_deref())?;
+        keys::each_key(text, &keys, |key| out.emit(key, "1"));
+        Ok(())
+    }
+
+    fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
+        out.emit(&group.key, sum(group).to_string());
+        Ok(())
+    }
+
+    fn combine(group: &Group, out: &mut Emitter) -> Option<Result<(), String>> {
+        // Read once per instance: combine runs once per group.
+        static COMBINE: OnceLock<Option<String>> = OnceLock::new();
+        match COMBINE
+            .get_or_init(|| wmr_guest::param("combine"))
+            .as_deref()
+        {
+            Some("sum") => {
+                out.emit(&group.key, sum(group).to_string());
+                Some(Ok(()))
+            }
+            None | Some("decline") => None,
+            Some(other) => Some(Err(format!("combine={other}: expected sum or decline"))),
+        }
+    }
+}
+
+fn sum(group: &Group) -> u64 {
+    group.values.iter().map(|v| wmr_guest::parse_u64(v)).sum()
+}
+
+wmr_guest::export!(Lines);
