@@ -912,3 +912,75 @@ fn an_unknown_output_format_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+/// Issue 11: every invalid setting is refused the same way by `run` and
+/// `deploy`: one `error:` line naming the flag, exit 1, nothing created
+/// (`wmr run --max-attempts 0` panicked and left `OUTPUT/_temporary`).
+#[test]
+fn invalid_settings_are_refused_in_one_line_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wordcount = guest("wordcount");
+    let cases: [(&str, &str, &str); 8] = [
+        (
+            "--max-attempts",
+            "0",
+            "--max-attempts must be greater than 0",
+        ),
+        ("--reducers", "0", "--reducers must be greater than 0"),
+        ("--workers", "0", "--workers must be greater than 0"),
+        ("--split-size", "0", "--split-size must be greater than 0"),
+        ("--fuel", "0", "--fuel must be greater than 0"),
+        ("--memory", "0", "--memory must be greater than 0"),
+        ("--timeout", "0s", "--timeout must be greater than 0"),
+        (
+            "--output-limit",
+            "0",
+            "--output-limit must be greater than 0",
+        ),
+    ];
+    for (flag, value, message) in cases {
+        let out = tmp.path().join(format!("out{flag}"));
+        let work = tmp.path().join(format!("work{flag}"));
+        let args = [
+            "run",
+            "--map",
+            &path(&wordcount),
+            "--input",
+            &path(&books()),
+            "--output",
+            &path(&out),
+            "--work-dir",
+            &path(&work),
+            flag,
+            value,
+        ];
+        let result = run(&args);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "run {flag}: {stderr}");
+        assert_eq!(stderr, format!("error: {message}\n"), "run {flag}");
+        assert!(!out.exists(), "run {flag}: the output was created");
+        assert!(!work.exists(), "run {flag}: the work directory was created");
+        if flag == "--workers" {
+            continue; // `deploy` has no workers of its own.
+        }
+        // `deploy` refuses it before it connects (nothing listens here).
+        let result = run(&[
+            "deploy",
+            &path(&wordcount),
+            "--input",
+            &path(&books()),
+            "--output",
+            &path(&out),
+            "--coordinator",
+            "127.0.0.1:9",
+            "--fingerprint",
+            "00",
+            flag,
+            value,
+        ]);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "deploy {flag}: {stderr}");
+        assert_eq!(stderr, format!("error: {message}\n"), "deploy {flag}");
+        assert!(!out.exists(), "deploy {flag}: the output was created");
+    }
+}

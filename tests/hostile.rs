@@ -687,3 +687,42 @@ fn a_flood_of_one_byte_pairs_fails_at_the_output_limit_in_bounded_memory() {
         peak_kib / 1024
     );
 }
+
+/// Issue 10, 6: one 6 GiB input line took the host down (held twice). A
+/// split larger than the memory limit cannot be copied into the guest, so
+/// the attempt fails as out of memory without reading it.
+#[test]
+fn a_line_larger_than_the_memory_limit_fails_its_attempt_unread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("one-line.txt");
+    let mut line = vec![b'x'; 96 << 20];
+    line.push(b'\n');
+    std::fs::write(&input, line).unwrap();
+    let (status, stderr, _, peak_kib) = run_measured(
+        &[
+            "run",
+            "--map",
+            &path(&guest("wordcount")),
+            "--input",
+            &path(&input),
+            "--output",
+            &path(&tmp.path().join("out")),
+            "--workers",
+            "1",
+            "--max-attempts",
+            "1",
+            "--memory",
+            "64MiB",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("out of memory (limit 67108864 bytes)"),
+        "{stderr}"
+    );
+    // Not read: far less than the line in memory.
+    assert!(peak_kib < 96 << 10, "peak RSS {} MiB", peak_kib / 1024);
+}

@@ -880,12 +880,13 @@ impl Core {
             }
             request.output = tenants::confine(root, &request.output)?;
         }
-        anyhow::ensure!(request.reducers > 0, "--reducers must be at least 1");
-        anyhow::ensure!(request.split_bytes > 0, "--split-size must be positive");
-        anyhow::ensure!(
-            request.max_attempts > 0,
-            "--max-attempts must be at least 1"
-        );
+        crate::protocol::check_job_settings(
+            request.reducers,
+            request.split_bytes,
+            request.max_attempts,
+            &request.limits,
+        )
+        .map_err(anyhow::Error::msg)?;
         let mut batch = Batch::default();
         let map_bytes = std::mem::take(&mut request.map_module);
         let map_module = self.store_module(map_bytes.clone());

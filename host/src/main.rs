@@ -438,12 +438,17 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.reducers > 0, "--reducers must be at least 1");
-    anyhow::ensure!(args.split_size > 0, "--split-size must be positive");
+    wmr::protocol::check_job_settings(
+        args.reducers,
+        args.split_size,
+        args.max_attempts,
+        &args.job.guest.limits(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
-    anyhow::ensure!(workers > 0, "--workers must be at least 1");
+    anyhow::ensure!(workers > 0, "--workers must be greater than 0");
     let spec = JobSpec {
         reduce: args
             .job
@@ -567,6 +572,13 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 
 async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     // Validate locally: a clear error before anything is sent.
+    wmr::protocol::check_job_settings(
+        args.reducers,
+        args.split_size,
+        args.max_attempts,
+        &args.guest.limits(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let map =
         std::fs::read(&args.map).map_err(|e| anyhow::anyhow!("{}: {e}", args.map.display()))?;
     let reduce = match &args.reduce {

@@ -138,6 +138,30 @@ impl Default for Limits {
     }
 }
 
+/// The one check of a job's settings, shared by `wmr run`, `wmr deploy`
+/// (before anything is sent) and the coordinator (whatever a client sent):
+/// each refusal names its flag, and nothing has been created yet.
+pub fn check_job_settings(
+    reducers: u32,
+    split_bytes: u64,
+    max_attempts: u32,
+    limits: &Limits,
+) -> Result<(), String> {
+    let positive = [
+        ("--reducers", u64::from(reducers)),
+        ("--split-size", split_bytes),
+        ("--max-attempts", u64::from(max_attempts)),
+        ("--fuel", limits.fuel),
+        ("--memory", limits.memory_bytes),
+        ("--timeout", limits.timeout_ms),
+        ("--output-limit", limits.output_bytes),
+    ];
+    match positive.iter().find(|(_, value)| *value == 0) {
+        Some((flag, _)) => Err(format!("{flag} must be greater than 0")),
+        None => Ok(()),
+    }
+}
+
 /// How reduce output records are written to the part files
 /// (`--output-format`); a property of the job. Either way one emitted
 /// record is exactly one output line.
