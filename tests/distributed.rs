@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use support::cluster::*;
 use support::status::*;
 use support::*;
-use wmr::local::Progress;
 use wmr::scheduler::Phase;
+use wmr::summary::Progress;
 
 /// nReduce of the MIT lab.
 const REDUCERS: u64 = 10;

@@ -464,9 +464,13 @@ fn emit_of_a_value_over_the_output_limit_is_refused_before_it_is_copied() {
 #[test]
 fn a_300_mib_value_within_the_limits_is_emitted_whole() {
     let sandbox = Sandbox::new().unwrap();
+    // Time and fuel to spare: copying 300 MiB twice takes a second or
+    // more on a loaded machine; the hostcall bound is what is tested.
     let big = Limits {
         memory_bytes: 1 << 30,
         output_bytes: 1 << 30,
+        timeout_ms: 60_000,
+        fuel: Limits::default().fuel,
         ..limits()
     };
     let bytes = (300 << 20).to_string();

@@ -6,7 +6,7 @@
 //! reports that arrive late, twice or out of order, workers that vanish (their
 //! attempts keep running as zombies and may still report), leases that
 //! expire, commits that fail. Every action the scheduler emits is checked
-//! against the invariants I1..I5 documented in `wmr::scheduler`. Then the
+//! against the invariants I1..I5 documented in `wmr_core::scheduler`. Then the
 //! faults stop and the job must finish within a bounded number of rounds.
 //!
 //! Every property is checked in both shuffle modes. With the worker-local
@@ -32,11 +32,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use wmr::protocol::{
+use wmr_core::protocol::{
     AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, InputSplit, JobId, Limits,
     ModuleHash, TaskId, TaskInput, TenantId, WorkerId,
 };
-use wmr::scheduler::{
+use wmr_core::scheduler::{
     Action, AttemptOutcome, Event, JobOutcome, JobPlan, Phase, Scheduler, SchedulerConfig,
 };
 
@@ -857,7 +857,7 @@ impl Sim {
         }
     }
 
-    fn check_assign(&mut self, worker: WorkerId, a: &wmr::protocol::Assignment) {
+    fn check_assign(&mut self, worker: WorkerId, a: &wmr_core::protocol::Assignment) {
         let task = a.task;
         check!(
             self,

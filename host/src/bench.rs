@@ -19,11 +19,12 @@
 
 use crate::client::{self, Remote};
 use crate::coordinator::{self, CoordinatorConfig};
-use crate::local::{JobSpec, JobSummary, run_embedded};
+use crate::local::{JobSpec, run_embedded};
 use crate::node::{self, WorkerOptions};
 use crate::protocol::{Limits, TaskId, TenantId, WorkerId};
 use crate::sandbox::{AttemptContext, LoadedModule, PairSink, Role, Sandbox};
 use crate::scheduler::JobOutcome;
+use crate::summary::JobSummary;
 use crate::wire::JobRequest;
 use anyhow::{Context as _, anyhow, bail, ensure};
 use rustc_hash::{FxBuildHasher, FxHashMap};

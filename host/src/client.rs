@@ -1,7 +1,7 @@
 //! The client side of `wmr deploy`, `wmr status` and `wmr cancel`.
 
-use crate::local::{JobSummary, Progress};
 use crate::protocol::TenantId;
+use crate::summary::{JobSummary, Progress};
 use crate::transport::{self, Channel};
 use crate::wire::{ClientReply, ClientRequest, JobRequest, Open, StatusReport};
 use anyhow::bail;

@@ -8,7 +8,6 @@
 //! the core commits and discards attempt files itself.
 
 use crate::commit::JobDirs;
-use crate::local::{JobSummary, summarize};
 use crate::protocol::{
     AttemptEpoch, Capability, JobId, ModuleHash, Peer, TaskId, TaskInput, TenantId, WorkerId,
 };
@@ -16,6 +15,7 @@ use crate::scheduler::Phase;
 use crate::scheduler::{Action, Event, JobOutcome, JobPlan, Scheduler, SchedulerConfig};
 use crate::split;
 use crate::store::{Batch, JobRecord, PhaseChange, StateStore, unix_ms};
+use crate::summary::{JobSummary, summarize};
 use crate::tenants::{self, Principal};
 use crate::transport::{self, Channel, Identity};
 use crate::wire::{

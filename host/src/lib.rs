@@ -1,8 +1,9 @@
 //! # wmr: a WebAssembly-sandboxed map/reduce executor
 //!
 //! ## Layout
-//! - [`protocol`]: the messages between coordinator and workers (plain data).
-//! - [`scheduler`]: the coordinator's sans-IO state machine (no I/O, no clock).
+//! - [`protocol`], [`scheduler`], [`summary`]: re-exported from `wmr-core`
+//!   (`host/core`): ids, limits and messages; one job's sans-IO state
+//!   machine; what a finished job did. No I/O in them.
 //! - [`sandbox`]: the wasmtime engine, one fresh store per attempt, limits.
 //! - [`worker`]: runs one attempt into attempt-private files.
 //! - [`commit`]: job directory layout and the atomic commit of an attempt.
@@ -11,16 +12,18 @@
 //! - [`transport`], [`wire`]: QUIC with pinned TLS, frames, messages.
 //! - [`coordinator`], [`node`]: the networked coordinator and worker.
 //! - [`seq`]: the sequential reference; [`bench`]: `wmr bench`.
+pub use wmr_core::{protocol, scheduler, summary};
+
 pub mod bench;
 pub mod client;
 pub mod commit;
 pub mod coordinator;
+#[cfg(test)]
+mod format_pins;
 pub mod local;
 pub mod map_buffer;
 pub mod node;
-pub mod protocol;
 pub mod sandbox;
-pub mod scheduler;
 pub mod seq;
 pub mod shuffle;
 pub mod split;

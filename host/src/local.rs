@@ -4,17 +4,14 @@
 
 use crate::commit::JobDirs;
 use crate::protocol::{
-    Assignment, AttemptEpoch, AttemptReport, DeadLetter, JobId, Limits, TaskId, TenantId, WorkerId,
+    Assignment, AttemptEpoch, AttemptReport, JobId, Limits, TaskId, TenantId, WorkerId,
 };
 use crate::sandbox::Role;
-use crate::scheduler::{
-    Action, AttemptOutcome, AttemptRecord, Event, JobOutcome, JobPlan, Phase, Scheduler,
-    SchedulerConfig,
-};
+use crate::scheduler::{Action, Event, JobOutcome, JobPlan, Scheduler, SchedulerConfig};
 use crate::split;
+use crate::summary::{JobSummary, Progress, dead_letters, summarize};
 use crate::worker::Executor;
 use anyhow::Context as _;
-use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,47 +31,6 @@ pub struct JobSpec {
     pub limits: Limits,
     pub params: BTreeMap<String, String>,
     pub max_attempts: u32,
-}
-
-/// Progress as the driver reports it after every event.
-#[derive(Clone, Copy, Debug)]
-pub struct Progress {
-    pub phase: Phase,
-    pub committed: usize,
-    pub running: usize,
-    pub total: usize,
-}
-
-/// What a finished job did; `wmr run --json` prints it.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct JobSummary {
-    pub job: String,
-    pub outcome: JobOutcome,
-    pub tasks: usize,
-    pub attempts: usize,
-    pub failed_attempts: usize,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub records_out: u64,
-    pub fuel_used: u64,
-    pub wall_ms: u64,
-    pub counters: BTreeMap<String, i64>,
-    /// Records skipped because the guest trapped on them (skip mode).
-    pub dead_letters: Vec<DeadLetter>,
-    pub attempt_log: Vec<AttemptRecord>,
-}
-
-/// The dead letters of a job: those of its committed map attempts.
-pub fn dead_letters(scheduler: &Scheduler) -> Vec<DeadLetter> {
-    let mut dead: Vec<DeadLetter> = scheduler
-        .attempt_log()
-        .iter()
-        .filter(|r| r.outcome == AttemptOutcome::Committed)
-        .filter_map(|r| r.stats.as_ref())
-        .flat_map(|s| s.dead_letters.iter().cloned())
-        .collect();
-    dead.sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
-    dead
 }
 
 /// Commit a job whose tasks all committed: publish its output and dead
@@ -257,49 +213,6 @@ fn drive(
             }
         }
     }
-}
-
-pub fn summarize(scheduler: &Scheduler, outcome: JobOutcome, wall: Duration) -> JobSummary {
-    let log = scheduler.attempt_log().to_vec();
-    let mut summary = JobSummary {
-        job: scheduler.job().to_string(),
-        outcome,
-        tasks: scheduler.task_count(),
-        attempts: log.len(),
-        failed_attempts: log
-            .iter()
-            .filter(|r| matches!(r.outcome, AttemptOutcome::Failed(_)))
-            .count(),
-        bytes_in: 0,
-        bytes_out: 0,
-        records_out: 0,
-        fuel_used: 0,
-        wall_ms: wall.as_millis() as u64,
-        counters: BTreeMap::new(),
-        dead_letters: dead_letters(scheduler),
-        attempt_log: Vec::new(),
-    };
-    for record in &log {
-        let Some(stats) = &record.stats else { continue };
-        summary.fuel_used += stats.fuel_used;
-        if record.outcome != AttemptOutcome::Committed {
-            continue;
-        }
-        match record.task {
-            TaskId::Map(_) => summary.bytes_in += stats.bytes_in,
-            TaskId::Reduce(_) => {
-                summary.bytes_out += stats.bytes_out;
-                summary.records_out += stats.records_out;
-            }
-        }
-        for (name, value) in &stats.counters {
-            // Saturating: a guest's extreme deltas must not overflow here.
-            let total = summary.counters.entry(name.clone()).or_default();
-            *total = total.saturating_add(*value);
-        }
-    }
-    summary.attempt_log = log;
-    summary
 }
 
 /// Local worker threads, one slot each.

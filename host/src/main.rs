@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wmr::local::{JobSpec, JobSummary, Progress};
+use wmr::local::JobSpec;
 use wmr::protocol::{Limits, OutputFormat};
 use wmr::scheduler::JobOutcome;
+use wmr::summary::{JobSummary, Progress};
 
 #[derive(Parser)]
 #[command(name = "wmr", version, about = "WebAssembly-sandboxed map/reduce")]

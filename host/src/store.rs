@@ -9,9 +9,9 @@
 //! incarnations. Writes happen in one transaction per batch of events,
 //! before anything that depends on them is acknowledged.
 
-use crate::local::JobSummary;
 use crate::protocol::{AttemptEpoch, Capability, InputSplit, JobId, ModuleHash, TaskId, TenantId};
 use crate::scheduler::{AttemptRecord, JobOutcome, Phase};
+use crate::summary::JobSummary;
 use crate::wire::JobRequest;
 use anyhow::{Context as _, bail};
 use redb::{

@@ -4,12 +4,12 @@
 //! worker keeps one control stream open for its whole connection; module
 //! fetches and client requests each use a stream of their own.
 
-use crate::local::JobSummary;
 use crate::protocol::{
     Assignment, AttemptEpoch, AttemptReport, Capability, JobId, Limits, ModuleHash, OutputFormat,
     Peer, TaskId, TenantId, WorkerId,
 };
 use crate::scheduler::{AttemptRecord, Phase};
+use crate::summary::JobSummary;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

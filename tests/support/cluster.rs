@@ -13,7 +13,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
-use wmr::local::Progress;
+use wmr::summary::Progress;
 
 /// The step of every bounded poll.
 pub const STEP: Duration = Duration::from_millis(10);

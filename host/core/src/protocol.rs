@@ -165,7 +165,8 @@ pub fn check_job_settings(
 /// How reduce output records are written to the part files
 /// (`--output-format`); a property of the job. Either way one emitted
 /// record is exactly one output line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// `KEY VALUE` (`KEY` alone for an empty value), with `\`, LF and CR

@@ -229,6 +229,10 @@ pub struct Scheduler {
     /// An upper bound on the pending tasks waiting out a backoff: the
     /// backoff scans run only while it is above zero.
     backoffs: usize,
+    /// The epoch of the last commit issued per task: what I2 is checked
+    /// against (a map task commits again only after its output was lost,
+    /// and then at a higher epoch).
+    commits_issued: BTreeMap<TaskId, AttemptEpoch>,
 }
 
 /// Counts of committed tasks and the set of running (or committing) ones.
@@ -307,6 +311,7 @@ impl Scheduler {
             changed: std::collections::BTreeSet::new(),
             tally: StateTally::default(),
             backoffs: 0,
+            commits_issued: BTreeMap::new(),
         };
         // A job with no input has no map tasks: it goes straight to reduce.
         scheduler.advance_phase();
@@ -718,6 +723,8 @@ impl Scheduler {
                     }
                 }
                 let t = self.tasks.get_mut(&task).expect("known task");
+                // I2: a commit only for the task's current epoch.
+                debug_assert_eq!(t.epoch, epoch, "I2: {task} commits its current epoch only");
                 self.tally
                     .set(task, &mut t.state, TaskState::Committing { epoch, worker });
                 self.release_slot(worker);
@@ -726,6 +733,12 @@ impl Scheduler {
                     self.changed.insert(i);
                 }
                 tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, "committing");
+                // I2: at most one commit per epoch, each above the last.
+                let previous = self.commits_issued.insert(task, epoch);
+                debug_assert!(
+                    previous.is_none_or(|p| p < epoch),
+                    "I2: {task} {epoch} committed after {previous:?}"
+                );
                 self.actions.push_back(Action::Commit {
                     task,
                     epoch,
@@ -1025,8 +1038,17 @@ impl Scheduler {
             TaskState::Pending,
             "only pending tasks are assigned"
         );
-        let epoch = AttemptEpoch(t.epoch.0 + 1);
-        debug_assert!(epoch > t.epoch, "I1: epochs only grow");
+        let epoch = AttemptEpoch(t.epoch.0.checked_add(1).expect("I1: epochs never wrap"));
+        // I1, against the attempt log (this incarnation's attempts and the
+        // restored ones): no attempt of the task ever had this epoch or a
+        // higher one.
+        debug_assert!(
+            self.log_index
+                .range((task, epoch)..=(task, AttemptEpoch(u32::MAX)))
+                .next()
+                .is_none(),
+            "I1: {task} {epoch} is not above every epoch it had"
+        );
         t.epoch = epoch;
         let running = TaskState::Running {
             epoch,

@@ -1,0 +1,93 @@
+//! What a finished job did: its totals, dead letters and attempt log,
+//! computed from its scheduler. `wmr run --json` prints it; the
+//! coordinator keeps it and sends it to clients.
+
+use crate::protocol::{DeadLetter, TaskId};
+use crate::scheduler::{AttemptOutcome, AttemptRecord, JobOutcome, Phase, Scheduler};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Progress as the driver reports it after every event.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub phase: Phase,
+    pub committed: usize,
+    pub running: usize,
+    pub total: usize,
+}
+
+/// What a finished job did; `wmr run --json` prints it.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct JobSummary {
+    pub job: String,
+    pub outcome: JobOutcome,
+    pub tasks: usize,
+    pub attempts: usize,
+    pub failed_attempts: usize,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub records_out: u64,
+    pub fuel_used: u64,
+    pub wall_ms: u64,
+    pub counters: BTreeMap<String, i64>,
+    /// Records skipped because the guest trapped on them (skip mode).
+    pub dead_letters: Vec<DeadLetter>,
+    pub attempt_log: Vec<AttemptRecord>,
+}
+
+/// The dead letters of a job: those of its committed map attempts.
+pub fn dead_letters(scheduler: &Scheduler) -> Vec<DeadLetter> {
+    let mut dead: Vec<DeadLetter> = scheduler
+        .attempt_log()
+        .iter()
+        .filter(|r| r.outcome == AttemptOutcome::Committed)
+        .filter_map(|r| r.stats.as_ref())
+        .flat_map(|s| s.dead_letters.iter().cloned())
+        .collect();
+    dead.sort_by(|a, b| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
+    dead
+}
+
+pub fn summarize(scheduler: &Scheduler, outcome: JobOutcome, wall: Duration) -> JobSummary {
+    let log = scheduler.attempt_log().to_vec();
+    let mut summary = JobSummary {
+        job: scheduler.job().to_string(),
+        outcome,
+        tasks: scheduler.task_count(),
+        attempts: log.len(),
+        failed_attempts: log
+            .iter()
+            .filter(|r| matches!(r.outcome, AttemptOutcome::Failed(_)))
+            .count(),
+        bytes_in: 0,
+        bytes_out: 0,
+        records_out: 0,
+        fuel_used: 0,
+        wall_ms: wall.as_millis() as u64,
+        counters: BTreeMap::new(),
+        dead_letters: dead_letters(scheduler),
+        attempt_log: Vec::new(),
+    };
+    for record in &log {
+        let Some(stats) = &record.stats else { continue };
+        summary.fuel_used += stats.fuel_used;
+        if record.outcome != AttemptOutcome::Committed {
+            continue;
+        }
+        match record.task {
+            TaskId::Map(_) => summary.bytes_in += stats.bytes_in,
+            TaskId::Reduce(_) => {
+                summary.bytes_out += stats.bytes_out;
+                summary.records_out += stats.records_out;
+            }
+        }
+        for (name, value) in &stats.counters {
+            // Saturating: a guest's extreme deltas must not overflow here.
+            let total = summary.counters.entry(name.clone()).or_default();
+            *total = total.saturating_add(*value);
+        }
+    }
+    summary.attempt_log = log;
+    summary
+}

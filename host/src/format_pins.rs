@@ -1,0 +1,381 @@
+//! Golden bytes of every wire message and every persisted record (issue 11).
+//!
+//! postcard encodes fields by position, with no names and no tolerance: a
+//! field added to `Limits`, `JobRequest` or `AttemptRecord` changes the wire
+//! protocol and the redb format at once, and `#[serde(default)]` does not
+//! help. Each type here has one fully populated sample whose bytes are
+//! pinned together with the version they were pinned at. When the bytes
+//! change, the failure says what to do: raise `transport::PROTOCOL_VERSION`
+//! (wire) or `store::FORMAT_VERSION` (redb) if it was not raised yet, then
+//! pin the new bytes it prints.
+
+use crate::protocol::{
+    AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, Capability, DeadLetter, InputSplit,
+    JobId, Limits, ModuleHash, OutputFormat, Peer, Shuffle, TaskId, TaskInput, TenantId, WorkerId,
+};
+use crate::scheduler::{AttemptOutcome, AttemptRecord, JobOutcome, Phase};
+use crate::store::{FORMAT_VERSION, JobRecord, PhaseChange};
+use crate::summary::JobSummary;
+use crate::transport::PROTOCOL_VERSION;
+use crate::wire::{
+    ClientReply, ClientRequest, FromWorker, JobRequest, ModuleReply, Open, PartitionReply,
+    StatusReport, ToWorker, Totals, WorkerInfo,
+};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn job() -> JobId {
+    JobId(uuid::Uuid::from_u128(
+        0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+    ))
+}
+
+fn limits() -> Limits {
+    Limits {
+        fuel: 1,
+        memory_bytes: 2,
+        timeout_ms: 3,
+        output_bytes: 4,
+        log_bytes: 5,
+        max_dead_letters: 6,
+        job_output_bytes: 7,
+        clock: true,
+    }
+}
+
+fn params() -> BTreeMap<String, String> {
+    [("k".to_string(), "v".to_string())].into()
+}
+
+fn stats() -> AttemptStats {
+    AttemptStats {
+        bytes_in: 1,
+        bytes_out: 2,
+        records_out: 3,
+        fuel_used: 4,
+        wall_ms: 5,
+        counters: [("c".to_string(), -1)].into(),
+        dead_letters: vec![DeadLetter {
+            file: "f".into(),
+            offset: 9,
+            record: "r".into(),
+            message: "m".into(),
+        }],
+    }
+}
+
+fn record() -> AttemptRecord {
+    AttemptRecord {
+        task: TaskId::Reduce(1),
+        epoch: AttemptEpoch(2),
+        worker: WorkerId(3),
+        started_ms: 4,
+        ended_ms: Some(5),
+        outcome: AttemptOutcome::Failed(AttemptFailure::FetchFailed {
+            map_task: TaskId::Map(6),
+            map_epoch: AttemptEpoch(7),
+            worker: WorkerId(8),
+            reason: "x".into(),
+        }),
+        stats: Some(stats()),
+    }
+}
+
+fn request() -> JobRequest {
+    JobRequest {
+        map_module: vec![1, 2],
+        reduce_module: Some(vec![3]),
+        inputs: vec!["in".into()],
+        output: PathBuf::from("out"),
+        output_format: OutputFormat::Jsonl,
+        reducers: 2,
+        split_bytes: 3,
+        limits: limits(),
+        params: params(),
+        max_attempts: 4,
+    }
+}
+
+fn summary() -> JobSummary {
+    JobSummary {
+        job: "j".into(),
+        outcome: JobOutcome::Failed("why".into()),
+        tasks: 1,
+        attempts: 2,
+        failed_attempts: 3,
+        bytes_in: 4,
+        bytes_out: 5,
+        records_out: 6,
+        fuel_used: 7,
+        wall_ms: 8,
+        counters: [("c".to_string(), 9)].into(),
+        dead_letters: stats().dead_letters,
+        attempt_log: vec![record()],
+    }
+}
+
+fn phase_change() -> PhaseChange {
+    PhaseChange {
+        phase: Phase::Reducing,
+        unix_ms: 1,
+        reason: "r".into(),
+    }
+}
+
+fn hex<T: Serialize>(value: &T) -> String {
+    let bytes = postcard::to_stdvec(value).expect("samples serialize");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Check each `(name, sample bytes)` against its pin `(name, version, hex)`.
+fn check(
+    kind: &str,
+    constant: &str,
+    current: u64,
+    got: &[(&str, String)],
+    pins: &[(&str, u64, &str)],
+) {
+    let mut problems = Vec::new();
+    for (name, bytes) in got {
+        let Some(&(_, pinned_at, pinned)) = pins.iter().find(|p| p.0 == *name) else {
+            problems.push(format!(
+                "{name}: not pinned; pin (\"{name}\", {current}, \"{bytes}\")"
+            ));
+            continue;
+        };
+        match (bytes == pinned, pinned_at == current) {
+            (true, true) => {}
+            (false, true) => problems.push(format!(
+                "{name}: its {kind} encoding changed but {constant} is still {current}: raise \
+                 {constant}, then pin (\"{name}\", {}, \"{bytes}\")",
+                current + 1
+            )),
+            (false, false) => problems.push(format!(
+                "{name}: {constant} is {current}; pin (\"{name}\", {current}, \"{bytes}\")"
+            )),
+            (true, false) => problems.push(format!(
+                "{name}: {constant} was raised to {current} but {name} did not change: pin \
+                 (\"{name}\", {current}, \"{bytes}\")"
+            )),
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Every message on the wire, with its nested types populated.
+#[test]
+fn wire_messages_are_pinned_to_the_protocol_version() {
+    let assignment = crate::protocol::Assignment {
+        tenant: TenantId("t".into()),
+        job: job(),
+        task: TaskId::Map(1),
+        epoch: AttemptEpoch(2),
+        module: ModuleHash("h".into()),
+        input: TaskInput::Map(InputSplit {
+            path: PathBuf::from("p"),
+            offset: 3,
+            len: 4,
+        }),
+        reducers: 5,
+        limits: limits(),
+        params: params(),
+        output: PathBuf::from("o"),
+        output_format: OutputFormat::Jsonl,
+        work_root: PathBuf::from("w"),
+        shuffle: Shuffle::WorkerLocal,
+        peers: [(
+            WorkerId(6),
+            Peer {
+                addr: "127.0.0.1:7".parse().unwrap(),
+                fingerprint: "f".into(),
+            },
+        )]
+        .into(),
+        capability: Capability("c".into()),
+    };
+    let reduce_input = TaskInput::Reduce {
+        partition: 1,
+        map_outputs: vec![(TaskId::Map(2), AttemptEpoch(3), WorkerId(4))],
+    };
+    let report = AttemptReport {
+        job: job(),
+        task: TaskId::Map(1),
+        epoch: AttemptEpoch(2),
+        worker: WorkerId(3),
+        outcome: Ok(stats()),
+        log: "l".into(),
+    };
+    let status = StatusReport {
+        job: "j".into(),
+        phase: Phase::Mapping,
+        outcome: Some(JobOutcome::Completed),
+        tasks: 1,
+        committed: 2,
+        running: 3,
+        pending: 4,
+        attempt_log: vec![record()],
+        workers: vec![WorkerInfo {
+            id: WorkerId(5),
+            name: "n".into(),
+            slots: 6,
+            connected: true,
+        }],
+        transitions: vec![phase_change()],
+        totals: [("job".to_string(), Totals::default())].into(),
+    };
+    let got = [
+        (
+            "Open::Worker",
+            hex(&Open::Worker {
+                name: "n".into(),
+                slots: 1,
+                labels: params(),
+                shuffle: Some(Peer {
+                    addr: "[::1]:2".parse().unwrap(),
+                    fingerprint: "f".into(),
+                }),
+                token: "t".into(),
+            }),
+        ),
+        (
+            "Open::FetchPartition",
+            hex(&Open::FetchPartition {
+                job: job(),
+                task: TaskId::Map(1),
+                epoch: AttemptEpoch(2),
+                partition: 3,
+                capability: Capability("c".into()),
+            }),
+        ),
+        (
+            "Open::Client(Submit)",
+            hex(&Open::Client {
+                tenant: TenantId("t".into()),
+                token: "s".into(),
+                request: ClientRequest::Submit(Box::new(request())),
+            }),
+        ),
+        (
+            "ToWorker::Assign",
+            hex(&ToWorker::Assign(Box::new(assignment))),
+        ),
+        ("TaskInput::Reduce", hex(&reduce_input)),
+        ("FromWorker::Finished", hex(&FromWorker::Finished(report))),
+        (
+            "AttemptFailure::JobOutputLimit",
+            hex(&AttemptFailure::JobOutputLimit { limit: 1, total: 2 }),
+        ),
+        (
+            "ClientReply::Done",
+            hex(&ClientReply::Done(Box::new(summary()))),
+        ),
+        (
+            "ClientReply::Status",
+            hex(&ClientReply::Status(Box::new(status))),
+        ),
+        (
+            "PartitionReply::Found",
+            hex(&PartitionReply::Found(vec![1])),
+        ),
+        (
+            "ModuleReply::Refused",
+            hex(&ModuleReply::Refused("r".into())),
+        ),
+    ];
+    check(
+        "wire",
+        "transport::PROTOCOL_VERSION",
+        u64::from(PROTOCOL_VERSION),
+        &got,
+        WIRE_PINS,
+    );
+}
+
+/// Every record the coordinator persists in redb.
+#[test]
+fn persisted_records_are_pinned_to_the_store_format_version() {
+    let job_record = JobRecord {
+        id: job(),
+        tenant: TenantId("t".into()),
+        request: request(),
+        map_module: ModuleHash("m".into()),
+        reduce_module: ModuleHash("r".into()),
+        splits: vec![InputSplit {
+            path: PathBuf::from("p"),
+            offset: 1,
+            len: 2,
+        }],
+        transitions: vec![phase_change()],
+        outcome: Some(JobOutcome::Cancelled),
+        summary: Some(summary()),
+    };
+    let got = [
+        ("JobRecord", hex(&job_record)),
+        ("AttemptRecord", hex(&record())),
+    ];
+    check(
+        "storage",
+        "store::FORMAT_VERSION",
+        FORMAT_VERSION,
+        &got,
+        STORE_PINS,
+    );
+}
+
+/// `(message, protocol version pinned at, postcard bytes in hex)`.
+const WIRE_PINS: &[(&str, u64, &str)] = &[
+    (
+        "Open::Worker",
+        3,
+        "00016e0101016b01760101000000000000000000000000000000010201660174",
+    ),
+    (
+        "Open::FetchPartition",
+        3,
+        "01100123456789abcdef0011223344556677000102030163",
+    ),
+    (
+        "Open::Client(Submit)",
+        3,
+        "0301740173000201020101030102696e036f7574010203010203040506070101016b017604",
+    ),
+    (
+        "ToWorker::Assign",
+        3,
+        "020174100123456789abcdef00112233445566770001020168000170030405010203040506070101016b0176016f010177010106007f0000010701660163",
+    ),
+    ("TaskInput::Reduce", 3, "01010100020304"),
+    (
+        "FromWorker::Finished",
+        3,
+        "01100123456789abcdef00112233445566770001020300010203040501016301010166090172016d016c",
+    ),
+    ("AttemptFailure::JobOutputLimit", 3, "060102"),
+    (
+        "ClientReply::Done",
+        3,
+        "02016a0103776879010203040506070801016312010166090172016d0101010203040105020900060708017801010203040501016301010166090172016d",
+    ),
+    (
+        "ClientReply::Status",
+        3,
+        "03016a010100010203040101010203040105020900060708017801010203040501016301010166090172016d0105016e0601010201017201036a6f620000000000000000",
+    ),
+    ("PartitionReply::Found", 3, "000101"),
+    ("ModuleReply::Refused", 3, "020172"),
+];
+
+/// `(record, store format version pinned at, postcard bytes in hex)`.
+const STORE_PINS: &[(&str, u64, &str)] = &[
+    (
+        "JobRecord",
+        4,
+        "100123456789abcdef001122334455667701740201020101030102696e036f7574010203010203040506070101016b017604016d017201017001020102010172010201016a0103776879010203040506070801016312010166090172016d0101010203040105020900060708017801010203040501016301010166090172016d",
+    ),
+    (
+        "AttemptRecord",
+        4,
+        "01010203040105020900060708017801010203040501016301010166090172016d",
+    ),
+];
