@@ -3,8 +3,9 @@
 //! One task (the core) owns all state: the jobs' schedulers, the workers and
 //! their outbound queues. Connection tasks only translate frames into
 //! [`CoreEvent`]s and back, so every decision is made by the sans-IO
-//! scheduler, in one place, in order. Jobs run one after another (FIFO);
-//! storage is shared (coordinator and workers see the same filesystem), so
+//! scheduler, in one place, in order. Jobs share the workers: slots are
+//! split between tenants by weight, then between each tenant's jobs
+//! (`rebalance`). Storage is shared (coordinator and workers see the same filesystem), so
 //! the core commits and discards attempt files itself.
 
 use crate::commit::JobDirs;
@@ -14,7 +15,8 @@ use crate::protocol::{
 use crate::scheduler::Phase;
 use crate::scheduler::{Action, Event, JobOutcome, JobPlan, Scheduler, SchedulerConfig};
 use crate::split;
-use crate::store::{Batch, JobRecord, PhaseChange, StateStore, unix_ms};
+use crate::store::{Batch, JobRecord, StateStore, unix_ms};
+use crate::summary::PhaseChange;
 use crate::summary::{JobSummary, summarize};
 use crate::tenants::{self, Principal};
 use crate::transport::{self, Channel, Identity};

@@ -14,8 +14,8 @@ use crate::protocol::{
     JobId, Limits, ModuleHash, OutputFormat, Peer, Shuffle, TaskId, TaskInput, TenantId, WorkerId,
 };
 use crate::scheduler::{AttemptOutcome, AttemptRecord, JobOutcome, Phase};
-use crate::store::{FORMAT_VERSION, JobRecord, PhaseChange};
-use crate::summary::JobSummary;
+use crate::store::{FORMAT_VERSION, JobRecord};
+use crate::summary::{JobSummary, PhaseChange};
 use crate::transport::PROTOCOL_VERSION;
 use crate::wire::{
     ClientReply, ClientRequest, FromWorker, JobRequest, ModuleReply, Open, PartitionReply,

@@ -24,7 +24,7 @@ const OWN_CHUNK_BYTES: usize = 64 << 10;
 /// What one pair costs the host beyond its key and value: its index entry
 /// (16 bytes) and that index's growth slack (a `Vec` doubles, so up to as
 /// much again). The sandbox charges this per emitted pair.
-pub const HOST_BYTES_PER_PAIR: u64 = 32;
+pub const HOST_BYTES_PER_PAIR: u64 = crate::sandbox::PAIR_OVERHEAD_BYTES;
 
 /// Where one pair's bytes are: chunk, offset, key length, value length.
 /// Its position in the arena is also its emission order.
@@ -37,6 +37,8 @@ struct PairRef {
 }
 
 const _: () = assert!(std::mem::size_of::<PairRef>() == 16);
+// The charge covers the index entry and its growth slack.
+const _: () = assert!(2 * std::mem::size_of::<PairRef>() as u64 <= HOST_BYTES_PER_PAIR);
 
 /// Emitted pairs, by reduce partition.
 pub struct MapBuffer {

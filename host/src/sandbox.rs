@@ -17,7 +17,6 @@
 //! including WASI calls.
 
 use crate::protocol::{AttemptFailure, Limits};
-use crate::shuffle::Pair;
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -111,7 +110,7 @@ pub const MAX_COUNTERS: usize = 1024;
 /// and value bytes: what holding it really costs the host (see
 /// [`crate::map_buffer`]), so a flood of empty pairs is bounded by the
 /// output limit in host memory too.
-pub const PAIR_OVERHEAD_BYTES: u64 = crate::map_buffer::HOST_BYTES_PER_PAIR;
+pub const PAIR_OVERHEAD_BYTES: u64 = 32;
 /// A guest's error message (and a trap's) is cut to this many bytes: it
 /// travels to the coordinator and is kept in the job's attempt log.
 pub const MAX_FAILURE_MESSAGE_BYTES: usize = 4096;
@@ -133,6 +132,9 @@ impl Role {
         }
     }
 }
+
+/// An emitted pair: key and value bytes.
+pub type Pair = (Vec<u8>, Vec<u8>);
 
 /// Where an attempt's emitted pairs go.
 pub trait PairSink: Send {

@@ -6,11 +6,10 @@
 
 use crate::protocol::OutputFormat;
 use crate::sandbox::Group;
+pub use crate::sandbox::Pair;
 use anyhow::Context as _;
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
-
-pub type Pair = (Vec<u8>, Vec<u8>);
 
 /// The partition of `key` among `reducers`: FNV-1a, written out here
 /// because it is part of the output layout and must never change between

@@ -11,7 +11,7 @@
 
 use crate::protocol::{AttemptEpoch, Capability, InputSplit, JobId, ModuleHash, TaskId, TenantId};
 use crate::scheduler::{AttemptRecord, JobOutcome, Phase};
-use crate::summary::JobSummary;
+use crate::summary::{JobSummary, PhaseChange};
 use crate::wire::JobRequest;
 use anyhow::{Context as _, bail};
 use redb::{
@@ -37,14 +37,6 @@ const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
 const CAPABILITIES: TableDefinition<&[u8], &str> = TableDefinition::new("capabilities");
 /// Key: job id (16 bytes) + task (1 + 4 bytes) + epoch (4 bytes), big-endian.
 const ATTEMPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attempts");
-
-/// One phase change of a job, persisted with its time and reason.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PhaseChange {
-    pub phase: Phase,
-    pub unix_ms: u64,
-    pub reason: String,
-}
 
 /// A job as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -13,9 +13,10 @@
 //! only the CA chain is replaced by the pin.
 //!
 //! Mutual TLS for workers (optional): a worker started with `--identity DIR`
-//! presents its own self-signed certificate; a coordinator started with
-//! `--worker-fingerprints FILE` asks every peer for one (optionally, so that
-//! tenants connect without). The handshake signature proves the peer holds
+//! presents its own self-signed certificate; a coordinator whose state
+//! directory holds `worker-fingerprints` (`wmr tenant allow-worker
+//! FINGERPRINT`) asks every peer for one (optionally, so that tenants
+//! connect without). The handshake signature proves the peer holds
 //! the key; which fingerprints may act as a worker is decided per stream by
 //! the coordinator ([`peer_fingerprint`], [`load_fingerprints`]).
 

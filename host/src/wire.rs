@@ -205,7 +205,7 @@ pub struct StatusReport {
     pub attempt_log: Vec<AttemptRecord>,
     pub workers: Vec<WorkerInfo>,
     /// Every phase change, with its time and reason (durable).
-    pub transitions: Vec<crate::store::PhaseChange>,
+    pub transitions: Vec<crate::summary::PhaseChange>,
     /// Aggregates over the attempt log: "job", "map" and "reduce".
     pub totals: BTreeMap<String, Totals>,
 }

@@ -8,6 +8,15 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// One phase change of a job, with its time and reason: the coordinator
+/// persists them and `wmr status` shows them.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct PhaseChange {
+    pub phase: Phase,
+    pub unix_ms: u64,
+    pub reason: String,
+}
+
 /// Progress as the driver reports it after every event.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
