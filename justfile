@@ -33,7 +33,8 @@ lint:
 
 # Word-count throughput: native baselines, the guest, `wmr run`.
 bench size_mib="256": guests build
-    ./target/release/wmr bench --size-mib {{size_mib}} --guest {{guest_dir}}/wordcount.wasm
+    cargo build --release -p wmr-bench
+    ./target/release/wmr-bench --size-mib {{size_mib}} --guest {{guest_dir}}/wordcount.wasm
 
 # The differential test at length: CASES random jobs (default 200) through
 # `wmr run` (and a fifth as many through a cluster) against `wmr seq`.

@@ -11,10 +11,10 @@
 //! - [`local`]: the embedded driver of `wmr run` (threads and channels).
 //! - [`transport`], [`wire`]: QUIC with pinned TLS, frames, messages.
 //! - [`coordinator`], [`node`]: the networked coordinator and worker.
-//! - [`seq`]: the sequential reference; [`bench`]: `wmr bench`.
+//! - [`seq`]: the sequential reference. The benchmark is its own crate,
+//!   `host/bench` (`wmr-bench`), outside the product.
 pub use wmr_core::{protocol, scheduler, summary};
 
-pub mod bench;
 pub mod client;
 pub mod commit;
 pub mod coordinator;

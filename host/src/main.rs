@@ -28,8 +28,6 @@ enum Command {
         /// The component (.wasm).
         component: PathBuf,
     },
-    /// Measure word count: native baselines, the guest, and `wmr run`.
-    Bench(wmr::bench::BenchArgs),
     /// Serve jobs and workers over QUIC.
     Coordinator(CoordinatorArgs),
     /// Join a coordinator and run attempts.
@@ -387,7 +385,6 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Seq(args) => seq(args),
         Command::Validate { component } => validate(&component),
-        Command::Bench(args) => wmr::bench::run(&args),
         Command::Coordinator(args) => block_on(coordinator(args)),
         Command::Worker(args) => block_on(worker(args)),
         Command::Deploy(args) => block_on(deploy(args)),

@@ -119,7 +119,7 @@ impl StateStore {
     }
 
     /// A store that lives in memory only: what durability is measured
-    /// against (`wmr bench`), and for throwaway coordinators.
+    /// against (`wmr-bench`), and for throwaway coordinators.
     pub fn in_memory() -> anyhow::Result<Self> {
         let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
         let store = StateStore {

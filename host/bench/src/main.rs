@@ -1,4 +1,5 @@
-//! `wmr bench`: word count measured several ways in one run.
+//! `wmr-bench`: word count measured several ways in one run (`just bench`).
+//! Its own binary, built on the `wmr` library: not part of the product.
 //!
 //! Every row reads the same generated corpus (from the page cache) and
 //! counts the same words with the same tokenizer: the native rows include
@@ -17,15 +18,6 @@
 //! embedded, and over QUIC with the durable state store and with the
 //! in-memory one; their difference is the cost of durability.
 
-use crate::client::{self, Remote};
-use crate::coordinator::{self, CoordinatorConfig};
-use crate::local::{JobSpec, run_embedded};
-use crate::node::{self, WorkerOptions};
-use crate::protocol::{Limits, TaskId, TenantId, WorkerId};
-use crate::sandbox::{AttemptContext, LoadedModule, PairSink, Role, Sandbox};
-use crate::scheduler::JobOutcome;
-use crate::summary::JobSummary;
-use crate::wire::JobRequest;
 use anyhow::{Context as _, anyhow, bail, ensure};
 use rustc_hash::{FxBuildHasher, FxHashMap};
 use serde::Serialize;
@@ -38,9 +30,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use wmr::client::{self, Remote};
+use wmr::coordinator::{self, CoordinatorConfig};
+use wmr::local::{JobSpec, run_embedded};
+use wmr::node::{self, WorkerOptions};
+use wmr::protocol::{Limits, TaskId, TenantId, WorkerId};
+use wmr::sandbox::{AttemptContext, LoadedModule, PairSink, Role, Sandbox};
+use wmr::scheduler::JobOutcome;
+use wmr::summary::JobSummary;
+use wmr::wire::JobRequest;
 
 /// The guest's tokenizer, compiled natively.
-#[path = "../../examples/wordcount/src/count.rs"]
+#[path = "../../../examples/wordcount/src/count.rs"]
 mod count;
 
 const MIB: u64 = 1 << 20;
@@ -91,7 +92,11 @@ const CLUSTER_NOTE: &str = "QUIC rows: a coordinator and 2 one-slot workers in t
 const REFERENCE: &str = "reference on this machine: native 2-thread FxHash ~440 MB/s; \
                          Spark local[2] ~21 MB/s; Dask ~16 MB/s";
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "wmr-bench",
+    about = "Word count measured several ways in one run"
+)]
 pub struct BenchArgs {
     /// Corpus size in MiB (generated from the bundled books).
     #[arg(long, default_value_t = 256)]
@@ -184,6 +189,24 @@ struct Report {
 struct Totals {
     words: u64,
     distinct: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WMR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = <BenchArgs as clap::Parser>::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -1351,7 +1374,7 @@ mod tests {
 
     #[test]
     fn fast_tokenizer_matches_the_definition_on_the_books() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data");
         let mut books = 0;
         for entry in std::fs::read_dir(dir).expect("examples/data") {
             let text = std::fs::read(entry.expect("entry").path()).expect("a book");
