@@ -5,12 +5,13 @@
 //!   (`host/core`): ids, limits and messages; one job's sans-IO state
 //!   machine; what a finished job did. No I/O in them.
 //! - [`sandbox`]: the wasmtime engine, one fresh store per attempt, limits.
-//! - [`worker`]: runs one attempt into attempt-private files.
+//! - [`executor`]: runs one attempt into attempt-private files.
 //! - [`commit`]: job directory layout and the atomic commit of an attempt.
 //! - [`split`], [`shuffle`]: input splitting; partition, sort, group.
 //! - [`local`]: the embedded driver of `wmr run` (threads and channels).
 //! - [`transport`], [`wire`]: QUIC with pinned TLS, frames, messages.
-//! - [`coordinator`], [`node`]: the networked coordinator and worker.
+//! - [`coordinator`], [`worker`]: the `wmr coordinator` and `wmr worker`
+//!   processes.
 //! - [`seq`]: the sequential reference. The benchmark is its own crate,
 //!   `host/bench` (`wmr-bench`), outside the product.
 pub use wmr_core::{protocol, scheduler, summary};
@@ -18,11 +19,11 @@ pub use wmr_core::{protocol, scheduler, summary};
 pub mod client;
 pub mod commit;
 pub mod coordinator;
+pub mod executor;
 #[cfg(test)]
 mod format_pins;
 pub mod local;
 pub mod map_buffer;
-pub mod node;
 pub mod sandbox;
 pub mod seq;
 pub mod shuffle;

@@ -3,6 +3,7 @@
 //! as a networked coordinator does, with channels instead of QUIC streams.
 
 use crate::commit::JobDirs;
+use crate::executor::Executor;
 use crate::protocol::{
     Assignment, AttemptEpoch, AttemptReport, JobId, Limits, TaskId, TenantId, WorkerId,
 };
@@ -10,7 +11,6 @@ use crate::sandbox::Role;
 use crate::scheduler::{Action, Event, JobOutcome, JobPlan, Scheduler, SchedulerConfig};
 use crate::split;
 use crate::summary::{JobSummary, Progress, dead_letters, summarize};
-use crate::worker::Executor;
 use anyhow::Context as _;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

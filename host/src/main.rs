@@ -546,7 +546,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         tracing::info!(fingerprint = %identity.fingerprint(), "worker certificate");
     }
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
-    let options = wmr::node::WorkerOptions {
+    let options = wmr::worker::WorkerOptions {
         coordinator: args.connect,
         fingerprint: args.fingerprint.unwrap_or_default(),
         slots: args.slots.unwrap_or(cores).max(1),
@@ -564,7 +564,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         shuffle_listen: args.shuffle_listen,
         token: args.token,
     };
-    wmr::node::run_as(options, identity, shutdown_signal()).await?;
+    wmr::worker::run_as(options, identity, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 

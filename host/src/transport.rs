@@ -257,7 +257,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Hex SHA-256 of a DER certificate.
 pub fn fingerprint_of(cert: &[u8]) -> String {
-    crate::protocol::ModuleHash::of(cert).0
+    crate::protocol::sha256_hex(cert)
 }
 
 fn install_crypto_provider() {

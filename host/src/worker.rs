@@ -1,477 +1,661 @@
-//! The worker side of an attempt: turn an [`Assignment`] into private output
-//! files and an [`AttemptReport`]. It never publishes: the coordinator's
-//! commit does (see [`crate::commit`]).
+//! `wmr worker`: joins a coordinator over QUIC and runs attempts.
+//!
+//! The worker never gives up on a transient error: when the connection
+//! drops it reconnects with capped exponential backoff and re-sends the
+//! reports the coordinator has not acknowledged (a report is idempotent:
+//! the coordinator accepts it once and rejects stale epochs). On SIGTERM it
+//! drains: it tells the coordinator, takes nothing new, finishes what runs,
+//! delivers the reports, then exits.
 
 use crate::commit::JobDirs;
-use crate::map_buffer::{BufferSink, MapBuffer};
+use crate::executor::Executor;
 use crate::protocol::{
-    Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, ModuleHash, TaskId,
-    TaskInput, WorkerId,
+    Assignment, AttemptEpoch, AttemptFailure, AttemptReport, Capability, JobId, ModuleHash, Peer,
+    Shuffle, TaskId, TaskInput, WorkerId,
 };
-use crate::sandbox::{
-    AttemptContext, CallOutcome, LoadedModule, PairSink, Role, Sandbox, pair_charge,
-};
-use crate::shuffle::{self, Pair};
-use crate::split;
-use anyhow::{Context as _, anyhow};
-use std::collections::HashMap;
-use std::io::Write as _;
-use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use crate::sandbox::Role;
+use crate::transport::{self, Channel};
+use crate::wire::{FromWorker, ModuleReply, Open, PartitionReply, ToWorker};
+use anyhow::{Context as _, bail};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
 
-/// Groups handed to one `reduce`/`combine` call, in bytes.
-const GROUP_BATCH_BYTES: usize = 1 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Silence after which the connection counts as lost.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a reducer waits to connect to a worker holding map output.
+const FETCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs attempts. Compiles each module once per process and keeps it.
-pub struct Executor {
-    sandbox: Sandbox,
-    modules: RwLock<HashMap<(ModuleHash, RoleKey), LoadedModule>>,
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub coordinator: SocketAddr,
+    pub fingerprint: String,
+    pub slots: u32,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Fault injection: exit abruptly at the start of a task with this
+    /// probability (the MIT lab's `maybeCrash`).
+    pub crash_probability: f64,
+    /// Fetched modules, by hash.
+    pub cache_dir: PathBuf,
+    /// Map outputs this worker keeps (worker-local shuffle).
+    pub work_dir: PathBuf,
+    /// Where this worker serves map outputs to reducers.
+    pub shuffle_listen: SocketAddr,
+    /// The cluster's worker token (empty in development mode).
+    pub token: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum RoleKey {
-    Map,
-    Reduce,
+type AttemptKey = (JobId, TaskId, AttemptEpoch);
+
+/// The coordinator refused this worker (wrong worker token).
+#[derive(Debug, thiserror::Error)]
+#[error("the coordinator refused this worker: {0}")]
+struct Refused(String);
+
+/// What outlives a connection.
+#[derive(Default)]
+struct WorkerState {
+    /// Finished attempts whose report the coordinator has not acknowledged.
+    unacked: Mutex<BTreeMap<AttemptKey, AttemptReport>>,
+    running: Mutex<HashMap<AttemptKey, Arc<AtomicBool>>>,
+    draining: AtomicBool,
+    changed: Notify,
 }
 
-impl From<Role> for RoleKey {
-    fn from(role: Role) -> Self {
-        match role {
-            Role::Map => RoleKey::Map,
-            Role::Reduce => RoleKey::Reduce,
-        }
+impl WorkerState {
+    fn idle(&self) -> bool {
+        self.running.lock().expect("poisoned").is_empty()
+            && self.unacked.lock().expect("poisoned").is_empty()
     }
 }
 
-impl Executor {
-    /// An executor for `slots` attempts at a time. Its sandbox holds room
-    /// for twice that and a few more: an interrupted attempt may still be
-    /// unwinding when its slot is given the next one.
-    pub fn new(slots: u32) -> anyhow::Result<Self> {
-        Ok(Executor {
-            sandbox: Sandbox::with_capacity(slots.saturating_mul(2).saturating_add(4))?,
-            modules: RwLock::default(),
-        })
-    }
+/// The file next to a job's map outputs holding the job's shuffle
+/// capability, as the worker received it with an assignment.
+pub const CAPABILITY_FILE: &str = "capability";
 
-    pub fn sandbox(&self) -> &Sandbox {
-        &self.sandbox
-    }
+/// Run until drained after `shutdown` resolves.
+pub async fn run(
+    options: WorkerOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    run_as(options, None, shutdown).await
+}
 
-    pub fn has_module(&self, hash: &ModuleHash, role: Role) -> bool {
-        let modules = self.modules.read().expect("poisoned");
-        modules.contains_key(&(hash.clone(), role.into()))
-    }
+/// [`run`], presenting `identity` as this worker's client certificate to
+/// the coordinator (mutual TLS, `wmr worker --identity DIR`).
+pub async fn run_as(
+    options: WorkerOptions,
+    identity: Option<transport::Identity>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client_identity = identity;
+    let executor = Arc::new(Executor::new(options.slots)?);
+    let state = Arc::new(WorkerState::default());
+    let identity = transport::Identity::ephemeral()?;
+    let shuffle_endpoint =
+        transport::server_endpoint(&identity, options.shuffle_listen, IDLE_TIMEOUT)?;
+    let peer = Peer {
+        addr: shuffle_endpoint.local_addr()?,
+        fingerprint: identity.fingerprint(),
+    };
+    tracing::info!(addr = %peer.addr, fingerprint = %peer.fingerprint, "serving map outputs");
+    let shuffle_server = tokio::spawn(serve_shuffle(
+        shuffle_endpoint.clone(),
+        options.work_dir.clone(),
+    ));
+    let result = serve(
+        &options,
+        client_identity.as_ref(),
+        &peer,
+        &executor,
+        &state,
+        shutdown,
+    )
+    .await;
+    // Reducers can no longer fetch from here: close the shuffle endpoint.
+    shuffle_endpoint.close(quinn::VarInt::from_u32(0), b"worker stopped");
+    shuffle_server.abort();
+    result
+}
 
-    /// Compile and validate `bytes` for `role`; cached by content hash.
-    pub fn add_module(&self, bytes: &[u8], role: Role) -> anyhow::Result<ModuleHash> {
-        let hash = ModuleHash::of(bytes);
-        if self.has_module(&hash, role) {
-            return Ok(hash);
-        }
-        let loaded = self.sandbox.load(bytes, role)?;
-        let mut modules = self.modules.write().expect("poisoned");
-        modules.insert((hash.clone(), role.into()), loaded);
-        Ok(hash)
-    }
-
-    fn module(&self, hash: &ModuleHash, role: Role) -> Result<LoadedModule, AttemptFailure> {
-        let modules = self.modules.read().expect("poisoned");
-        modules
-            .get(&(hash.clone(), role.into()))
-            .cloned()
-            .ok_or_else(|| AttemptFailure::Host(format!("module {hash} is not loaded")))
-    }
-
-    /// Run one attempt to the end. Output stays attempt-private.
-    pub fn execute(
-        &self,
-        assignment: &Assignment,
-        worker: WorkerId,
-        cancel: Arc<AtomicBool>,
-    ) -> AttemptReport {
-        self.execute_with_inputs(assignment, worker, cancel, None)
-    }
-
-    /// [`Self::execute`], with a reduce task's map outputs already fetched
-    /// (encoded partition files, in `map_outputs` order) instead of read
-    /// from the shared store.
-    pub fn execute_with_inputs(
-        &self,
-        assignment: &Assignment,
-        worker: WorkerId,
-        cancel: Arc<AtomicBool>,
-        fetched: Option<Vec<Vec<u8>>>,
-    ) -> AttemptReport {
-        let span = tracing::info_span!("attempt", job = %assignment.job, task = %assignment.task,
-            epoch = %assignment.epoch, %worker);
-        let _enter = span.enter();
-        let started = Instant::now();
-        let dirs = JobDirs::new(assignment.job, &assignment.work_root, &assignment.output);
-        let ctx = AttemptContext::new(
-            assignment.limits.clone(),
-            Arc::new(assignment.params.clone()),
-            cancel,
-        );
-        let (outcome, log) = match &assignment.input {
-            TaskInput::Map(split) => self.run_map(&dirs, assignment, &ctx, split),
-            TaskInput::Reduce {
-                partition,
-                map_outputs,
-            } => self.run_reduce(&dirs, assignment, &ctx, *partition, map_outputs, fetched),
-        };
-        let outcome = outcome.map(|mut stats| {
-            stats.wall_ms = started.elapsed().as_millis() as u64;
-            stats
-        });
-        if let Err(failure) = &outcome {
-            tracing::info!(%failure, "attempt failed");
-            // Partial files of a failed attempt are deleted here too, not
-            // only when the coordinator's discard arrives.
-            let _ = dirs.abort_attempt(assignment.task, assignment.epoch);
-        }
-        AttemptReport {
-            job: assignment.job,
-            task: assignment.task,
-            epoch: assignment.epoch,
-            worker,
-            outcome,
-            log,
-        }
-    }
-
-    fn run_map(
-        &self,
-        dirs: &JobDirs,
-        a: &Assignment,
-        ctx: &AttemptContext,
-        split: &crate::protocol::InputSplit,
-    ) -> (Result<AttemptStats, AttemptFailure>, String) {
-        let module = match self.module(&a.module, Role::Map) {
-            Ok(m) => m,
-            Err(e) => return (Err(e), String::new()),
-        };
-        // The split is copied into the guest's memory whole: one larger
-        // than the memory limit cannot run, so it is not read at all (a
-        // single 6 GiB line took the host down).
-        if split.len > ctx.limits.memory_bytes {
-            let log = format!(
-                "the split of {} at {} is {} bytes, more than the memory limit",
-                split.path.display(),
-                split.offset,
-                split.len
-            );
-            return (
-                Err(AttemptFailure::OutOfMemory(ctx.limits.memory_bytes)),
-                log,
-            );
-        }
-        let input = match split::read_split(split) {
-            Ok(bytes) => bytes,
-            Err(e) => return (Err(AttemptFailure::Host(format!("{e:#}"))), String::new()),
-        };
-        let buffer = Arc::new(Mutex::new(MapBuffer::new(a.reducers)));
-        let name = split
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned());
-        let key = name.unwrap_or_default();
-        let call = self.sandbox.run_map(
-            &module,
-            ctx,
-            key.as_bytes(),
-            &input,
-            Box::new(BufferSink(buffer.clone())),
-        );
-        let log = call.log.clone();
-        let mut stats = stats_of(&call, input.len() as u64);
-        match call.result {
-            Ok(()) => {}
-            Err(AttemptFailure::Trap(_)) if ctx.limits.max_dead_letters > 0 => {
-                // Skip mode: drop this call's output and find the records
-                // the guest traps on, running the rest without them.
-                *buffer.lock().expect("poisoned") = MapBuffer::new(a.reducers);
-                ctx.restore_output_held(0);
-                let found =
-                    self.isolate_bad_records(&module, ctx, &key, &input, split.offset, &buffer);
-                match found {
-                    Ok(dead) => stats.dead_letters = dead,
-                    Err(failure) => return (Err(failure), log),
+/// Sessions, one after another, until drained or refused.
+async fn serve(
+    options: &WorkerOptions,
+    identity: Option<&transport::Identity>,
+    peer: &Peer,
+    executor: &Arc<Executor>,
+    state: &Arc<WorkerState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut backoff = BACKOFF_MIN;
+    tokio::pin!(shutdown);
+    let mut shutdown_seen = false;
+    loop {
+        // The session is never dropped for a shutdown: it sees the draining
+        // flag, tells the coordinator, and ends once everything is reported.
+        let result = {
+            let session = session(options, identity, peer, executor, state, &mut backoff);
+            tokio::pin!(session);
+            loop {
+                tokio::select! {
+                    result = &mut session => break result,
+                    () = &mut shutdown, if !shutdown_seen => {
+                        shutdown_seen = true;
+                        state.draining.store(true, Ordering::SeqCst);
+                        state.changed.notify_waiters();
+                    }
                 }
             }
-            Err(failure) => return (Err(failure), log),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            // Retrying cannot fix a refusal.
+            Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
+            Err(e) => tracing::warn!("{e:#}; reconnecting in {backoff:?}"),
         }
-        drop(input);
-        let path = dirs.attempt_path(a.task, a.epoch);
-        let written = self.combine_and_write(&module, ctx, &buffer, &path);
-        stats.fuel_used = ctx.fuel_used();
-        match written {
-            Ok(bytes) => {
-                stats.bytes_out = bytes;
-                (Ok(stats), log)
+        if state.draining.load(Ordering::SeqCst) && state.idle() {
+            return Ok(());
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection's life. Returns `Ok` only when drained.
+async fn session(
+    options: &WorkerOptions,
+    identity: Option<&transport::Identity>,
+    peer: &Peer,
+    executor: &Arc<Executor>,
+    state: &Arc<WorkerState>,
+    backoff: &mut Duration,
+) -> anyhow::Result<()> {
+    let (_endpoint, connection) = transport::connect_as(
+        options.coordinator,
+        &options.fingerprint,
+        IDLE_TIMEOUT,
+        identity,
+    )
+    .await?;
+    let mut control = Channel::open(&connection).await?;
+    control
+        .write(&Open::Worker {
+            name: options.name.clone(),
+            slots: options.slots,
+            labels: options.labels.clone(),
+            shuffle: Some(peer.clone()),
+            token: options.token.clone(),
+        })
+        .await?;
+    let (worker, heartbeat_ms) = match control.expect().await? {
+        ToWorker::Welcome {
+            worker,
+            heartbeat_ms,
+        } => (worker, heartbeat_ms),
+        ToWorker::Refused(reason) => return Err(Refused(reason).into()),
+        _ => bail!("the coordinator did not welcome this worker"),
+    };
+    *backoff = BACKOFF_MIN;
+    let span = tracing::info_span!("worker", %worker);
+    let _enter = span.enter();
+    tracing::info!(coordinator = %options.coordinator, "joined");
+
+    // A reader task: frame reads are not cancel-safe, so they never race
+    // in a select.
+    let (inbound_tx, mut inbound) = mpsc::unbounded_channel();
+    let mut recv = control.recv;
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = transport::read_frame::<ToWorker>(&mut recv).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if inbound_tx.send(frame).is_err() || end {
+                return;
             }
-            Err(failure) => (Err(failure), log),
+        }
+    });
+    let mut send = control.send;
+    let (outbound, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
+    let resend: Vec<AttemptReport> = state
+        .unacked
+        .lock()
+        .expect("poisoned")
+        .values()
+        .cloned()
+        .collect();
+    for report in resend {
+        let _ = outbound.send(FromWorker::Finished(report));
+    }
+    let mut told_draining = false;
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(10)));
+    let result = loop {
+        if state.draining.load(Ordering::SeqCst) {
+            if !told_draining {
+                told_draining = true;
+                let _ = outbound.send(FromWorker::Draining);
+            }
+            if state.idle() {
+                break Ok(());
+            }
+        }
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                if let Err(e) = write(&mut send, &FromWorker::Heartbeat).await { break Err(e) }
+            }
+            Some(message) = outgoing.recv() => {
+                if let Err(e) = write(&mut send, &message).await { break Err(e) }
+            }
+            frame = inbound.recv() => match frame {
+                Some(Ok(Some(message))) => handle(message, worker, options, executor, state, &connection, &outbound),
+                Some(Ok(None)) | None => break Err(anyhow::anyhow!("the coordinator closed the connection")),
+                Some(Err(e)) => break Err(anyhow::anyhow!("from the coordinator: {e}")),
+            },
+            () = state.changed.notified() => {}
+        }
+    };
+    reader.abort();
+    connection.close(quinn::VarInt::from_u32(0), b"worker leaving");
+    result
+}
+
+async fn write(send: &mut quinn::SendStream, message: &FromWorker) -> anyhow::Result<()> {
+    send.write_all(&transport::encode(message))
+        .await
+        .context("writing to the coordinator")
+}
+
+fn handle(
+    message: ToWorker,
+    worker: WorkerId,
+    options: &WorkerOptions,
+    executor: &Arc<Executor>,
+    state: &Arc<WorkerState>,
+    connection: &quinn::Connection,
+    outbound: &mpsc::UnboundedSender<FromWorker>,
+) {
+    match message {
+        ToWorker::Assign(assignment) => {
+            if options.crash_probability > 0.0 && rand::random::<f64>() < options.crash_probability
+            {
+                tracing::warn!(task = %assignment.task, "fault injection: crashing");
+                std::process::exit(3);
+            }
+            let key = (assignment.job, assignment.task, assignment.epoch);
+            let cancel = Arc::new(AtomicBool::new(false));
+            state
+                .running
+                .lock()
+                .expect("poisoned")
+                .insert(key, cancel.clone());
+            let mut assignment = *assignment;
+            if assignment.shuffle == Shuffle::WorkerLocal {
+                // Map outputs stay here, in this worker's own directory.
+                assignment.work_root = options.work_dir.clone();
+                // Reducers must present the job's capability to read them.
+                if let Err(e) = record_capability(options, assignment.job, &assignment.capability) {
+                    tracing::warn!(job = %assignment.job, "recording the shuffle capability: {e:#}");
+                }
+            }
+            let (executor, state, connection, outbound, cache) = (
+                executor.clone(),
+                state.clone(),
+                connection.clone(),
+                outbound.clone(),
+                options.cache_dir.clone(),
+            );
+            tokio::spawn(async move {
+                let report =
+                    run_attempt(assignment, worker, cancel, executor, &connection, &cache).await;
+                state.running.lock().expect("poisoned").remove(&key);
+                state
+                    .unacked
+                    .lock()
+                    .expect("poisoned")
+                    .insert(key, report.clone());
+                // If this connection is gone, the next session re-sends it.
+                let _ = outbound.send(FromWorker::Finished(report));
+                state.changed.notify_waiters();
+            });
+        }
+        ToWorker::Interrupt { job, task, epoch } => {
+            if let Some(cancel) = state
+                .running
+                .lock()
+                .expect("poisoned")
+                .get(&(job, task, epoch))
+            {
+                tracing::info!(%job, %task, %epoch, "interrupting attempt");
+                cancel.store(true, Ordering::SeqCst);
+            }
+        }
+        ToWorker::Ack { job, task, epoch } => {
+            state
+                .unacked
+                .lock()
+                .expect("poisoned")
+                .remove(&(job, task, epoch));
+            state.changed.notify_waiters();
+        }
+        ToWorker::Commit { job, task, epoch } => {
+            let (outbound, dirs) = (outbound.clone(), local_dirs(options, job));
+            tokio::task::spawn_blocking(move || {
+                let result = dirs
+                    .commit_attempt(task, epoch)
+                    .map_err(|e| format!("{e:#}"));
+                let _ = outbound.send(FromWorker::Committed {
+                    job,
+                    task,
+                    epoch,
+                    result,
+                });
+            });
+        }
+        ToWorker::Discard { job, task, epoch } => {
+            if let Err(e) = local_dirs(options, job).abort_attempt(task, epoch) {
+                tracing::warn!(%job, %task, %epoch, "discarding: {e:#}");
+            }
+        }
+        ToWorker::JobDone { job } => {
+            let dirs = local_dirs(options, job);
+            if let Err(e) = std::fs::remove_dir_all(&dirs.work)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(%job, "removing map outputs: {e:#}");
+            }
+        }
+        ToWorker::Welcome { .. } | ToWorker::Refused(_) => {
+            tracing::warn!("unexpected second welcome ignored")
         }
     }
+}
 
-    /// Bisect `input` by lines, in fresh stores, until every record that
-    /// makes `map` trap is alone (Hadoop's skip mode). Output of the good
-    /// ranges goes to `buffer`. At most `max_dead_letters` records are
-    /// skipped; one more fails the attempt. Every run shares the attempt's
-    /// fuel, deadline and output limit.
-    fn isolate_bad_records(
-        &self,
-        module: &LoadedModule,
-        ctx: &AttemptContext,
-        file: &str,
-        input: &[u8],
-        base_offset: u64,
-        buffer: &Arc<Mutex<MapBuffer>>,
-    ) -> Result<Vec<crate::protocol::DeadLetter>, AttemptFailure> {
-        let max = ctx.limits.max_dead_letters as usize;
-        let mut dead = Vec::new();
-        // Ranges still to run, whole lines; the last pushed runs first.
-        let mut ranges = vec![(0, input.len())];
-        while let Some((lo, hi)) = ranges.pop() {
-            let mark = buffer.lock().expect("poisoned").mark();
-            let held = ctx.output_held();
-            let call = self.sandbox.run_map(
-                module,
-                ctx,
-                file.as_bytes(),
-                &input[lo..hi],
-                Box::new(BufferSink(buffer.clone())),
-            );
-            match call.result {
-                Ok(()) => {}
-                Err(AttemptFailure::Trap(message)) => {
-                    buffer.lock().expect("poisoned").rollback(&mark);
-                    ctx.restore_output_held(held);
-                    match split::middle_line_break(&input[lo..hi]) {
-                        Some(mid) => {
-                            ranges.push((lo + mid, hi));
-                            ranges.push((lo, lo + mid));
-                        }
-                        None => {
-                            dead.push(crate::protocol::DeadLetter {
-                                file: file.to_string(),
-                                offset: base_offset + lo as u64,
-                                record: dead_letter_text(&input[lo..hi]),
-                                message: message.clone(),
-                            });
-                            if dead.len() > max {
-                                return Err(AttemptFailure::Trap(format!(
-                                    "more than {max} records make the guest trap (--max-dead-letters); last: {message}"
-                                )));
+async fn run_attempt(
+    assignment: crate::protocol::Assignment,
+    worker: WorkerId,
+    cancel: Arc<AtomicBool>,
+    executor: Arc<Executor>,
+    connection: &quinn::Connection,
+    cache: &std::path::Path,
+) -> AttemptReport {
+    let role = match assignment.task {
+        TaskId::Map(_) => Role::Map,
+        TaskId::Reduce(_) => Role::Reduce,
+    };
+    if !executor.has_module(&assignment.module, role) {
+        let loaded = match fetch_module(connection, &assignment.module, cache).await {
+            Ok(bytes) => {
+                let executor = executor.clone();
+                tokio::task::spawn_blocking(move || executor.add_module(&bytes, role).map(|_| ()))
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("compiling: {e}")))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = loaded {
+            return AttemptReport {
+                job: assignment.job,
+                task: assignment.task,
+                epoch: assignment.epoch,
+                worker,
+                outcome: Err(crate::protocol::AttemptFailure::Host(format!(
+                    "module {}: {e:#}",
+                    assignment.module
+                ))),
+                log: String::new(),
+            };
+        }
+    }
+    let (job, task, epoch) = (assignment.job, assignment.task, assignment.epoch);
+    let fetched = match fetch_map_outputs(&assignment, worker).await {
+        Ok(fetched) => fetched,
+        Err(failure) => {
+            return AttemptReport {
+                job,
+                task,
+                epoch,
+                worker,
+                outcome: Err(failure),
+                log: String::new(),
+            };
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        executor.execute_with_inputs(&assignment, worker, cancel, fetched)
+    })
+    .await
+    .unwrap_or_else(|e| AttemptReport {
+        job,
+        task,
+        epoch,
+        worker,
+        outcome: Err(crate::protocol::AttemptFailure::Host(format!(
+            "attempt panicked: {e}"
+        ))),
+        log: String::new(),
+    })
+}
+
+/// A module from the disk cache, or fetched from the coordinator once and
+/// checked against its hash before it is cached or compiled.
+async fn fetch_module(
+    connection: &quinn::Connection,
+    hash: &ModuleHash,
+    cache: &std::path::Path,
+) -> anyhow::Result<Vec<u8>> {
+    let cached = cache.join(format!("{}.wasm", hash.0));
+    if let Ok(bytes) = std::fs::read(&cached)
+        && ModuleHash::of(&bytes) == *hash
+    {
+        return Ok(bytes);
+    }
+    let mut channel = Channel::open(connection).await?;
+    channel.write(&Open::FetchModule(hash.clone())).await?;
+    let bytes = match channel.expect::<ModuleReply>().await? {
+        ModuleReply::Found(bytes) => bytes,
+        ModuleReply::Missing => bail!("the coordinator does not have module {hash}"),
+        ModuleReply::Refused(reason) => bail!("module {hash}: {reason}"),
+    };
+    if ModuleHash::of(&bytes) != *hash {
+        bail!("module {hash}: received bytes do not match the hash");
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    // Several workers may share the cache: each writes its own temporary.
+    let tmp = cached.with_extension(format!(
+        "{}.{}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::write(&tmp, &bytes)?;
+    std::fs::rename(&tmp, &cached)?;
+    Ok(bytes)
+}
+
+/// Keep `job`'s shuffle capability in `job-<id>/capability` (0600) under
+/// the work dir, where the shuffle endpoint checks fetches against it.
+/// Removed with the job's map outputs (`JobDone`).
+fn record_capability(
+    options: &WorkerOptions,
+    job: JobId,
+    capability: &Capability,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    anyhow::ensure!(!capability.0.is_empty(), "the assignment carries none");
+    let dir = local_dirs(options, job).work;
+    let path = dir.join(CAPABILITY_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|known| known == capability.0) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension(format!("{}.tmp", rand::random::<u32>()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("{}", tmp.display()))?;
+    file.write_all(capability.0.as_bytes())?;
+    drop(file);
+    std::fs::rename(&tmp, &path).with_context(|| format!("{}", path.display()))?;
+    Ok(())
+}
+
+/// Whether `presented` is the capability this worker received for `job`.
+async fn authorised(work_dir: &std::path::Path, job: JobId, presented: &Capability) -> bool {
+    let dirs = JobDirs::new(job, work_dir, std::path::Path::new(""));
+    match tokio::fs::read_to_string(dirs.work.join(CAPABILITY_FILE)).await {
+        Ok(known) => Capability(known).admits(&presented.0),
+        Err(_) => false,
+    }
+}
+
+/// This worker's directories for `job` (map outputs only; the output
+/// directory is not used here).
+fn local_dirs(options: &WorkerOptions, job: JobId) -> JobDirs {
+    JobDirs::new(job, &options.work_dir, std::path::Path::new(""))
+}
+
+/// A reduce task's inputs under worker-local shuffle: every map output's
+/// partition, from this worker's disk or fetched from the worker holding
+/// it. `None` for every other task. A fetch that fails names the map task
+/// so that the coordinator runs it again.
+async fn fetch_map_outputs(
+    assignment: &Assignment,
+    me: WorkerId,
+) -> Result<Option<Vec<Vec<u8>>>, AttemptFailure> {
+    let TaskInput::Reduce {
+        partition,
+        map_outputs,
+    } = &assignment.input
+    else {
+        return Ok(None);
+    };
+    if assignment.shuffle != Shuffle::WorkerLocal {
+        return Ok(None);
+    }
+    let mut fetched = Vec::with_capacity(map_outputs.len());
+    let mut connections: HashMap<WorkerId, (quinn::Endpoint, quinn::Connection)> = HashMap::new();
+    for &(map_task, map_epoch, holder) in map_outputs {
+        let failed = |reason: String| AttemptFailure::FetchFailed {
+            map_task,
+            map_epoch,
+            worker: holder,
+            reason,
+        };
+        let request = Open::FetchPartition {
+            job: assignment.job,
+            task: map_task,
+            epoch: map_epoch,
+            partition: *partition,
+            capability: assignment.capability.clone(),
+        };
+        let peer = assignment
+            .peers
+            .get(&holder)
+            .ok_or_else(|| failed("no shuffle address for that worker".into()))?;
+        if holder == me {
+            tracing::trace!(%map_task, "map output is local, fetching through the endpoint anyway");
+        }
+        let connection = match connections.entry(holder) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                // A dead holder must not keep this reducer (and its slot)
+                // for the whole idle timeout: fail fast, the map reruns.
+                let connect = transport::connect(peer.addr, &peer.fingerprint, IDLE_TIMEOUT);
+                let connected = tokio::time::timeout(FETCH_CONNECT_TIMEOUT, connect)
+                    .await
+                    .map_err(|_| failed(format!("no answer within {FETCH_CONNECT_TIMEOUT:?}")))?
+                    .map_err(|e| failed(format!("{e:#}")))?;
+                entry.insert(connected)
+            }
+        };
+        let connection = &connection.1;
+        let reply = async {
+            let mut channel = Channel::open(connection).await?;
+            channel.write(&request).await?;
+            channel.expect::<PartitionReply>().await
+        }
+        .await
+        .map_err(|e| failed(format!("{e:#}")))?;
+        match reply {
+            PartitionReply::Found(bytes) => fetched.push(bytes),
+            PartitionReply::Missing(reason) => return Err(failed(reason)),
+        }
+    }
+    Ok(Some(fetched))
+}
+
+/// The refusal of a partition fetch without the job's capability (the
+/// same whether the job is unknown here or the capability is wrong).
+pub fn not_authorised(job: JobId) -> String {
+    format!("not authorised: no valid shuffle capability for job {job}")
+}
+
+/// Serve this worker's committed map outputs to reducers, to requests
+/// carrying the job's capability.
+async fn serve_shuffle(endpoint: quinn::Endpoint, work_dir: PathBuf) {
+    while let Some(incoming) = endpoint.accept().await {
+        let work_dir = work_dir.clone();
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
+            let peer = connection.remote_address();
+            // Every log line of this connection (bad frames too) names the peer.
+            let span = tracing::info_span!("shuffle", %peer);
+            while let Ok((send, recv)) = connection.accept_bi().await {
+                let mut channel = Channel { send, recv };
+                let work_dir = work_dir.clone();
+                let stream = async move {
+                    let reply = match channel.read::<Open>().await {
+                        Ok(Some(Open::FetchPartition {
+                            job,
+                            task,
+                            epoch,
+                            partition,
+                            capability,
+                        })) => {
+                            if authorised(&work_dir, job, &capability).await {
+                                let dirs = JobDirs::new(job, &work_dir, std::path::Path::new(""));
+                                let path = dirs.committed_path(task, epoch);
+                                let read = tokio::task::spawn_blocking(move || {
+                                    crate::shuffle::read_map_partition(&path, partition)
+                                })
+                                .await;
+                                match read {
+                                    Ok(Ok(bytes)) => PartitionReply::Found(bytes),
+                                    Ok(Err(e)) => {
+                                        PartitionReply::Missing(format!("{task} {epoch}: {e:#}"))
+                                    }
+                                    Err(e) => PartitionReply::Missing(format!(
+                                        "{task} {epoch}: reading it failed: {e}"
+                                    )),
+                                }
+                            } else {
+                                tracing::warn!(%job, %task, %epoch, partition, "partition fetch refused: wrong or missing capability");
+                                PartitionReply::Missing(not_authorised(job))
                             }
                         }
-                    }
-                }
-                Err(other) => return Err(other),
-            }
-        }
-        Ok(dead)
-    }
-
-    /// Apply the combiner to keys with several values, then write the
-    /// attempt's map output file (attempt-private), each partition sorted.
-    fn combine_and_write(
-        &self,
-        module: &LoadedModule,
-        ctx: &AttemptContext,
-        buffer: &Arc<Mutex<MapBuffer>>,
-        path: &Path,
-    ) -> Result<u64, AttemptFailure> {
-        let host_err = |e: anyhow::Error| AttemptFailure::Host(format!("{e:#}"));
-        let dir = path.parent().expect("attempt paths have parents");
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {}", dir.display()))
-            .map_err(host_err)?;
-        if module.has_combiner() {
-            MapBuffer::combine(buffer, GROUP_BATCH_BYTES, |groups, sink| {
-                let held = ctx.output_held();
-                match self.sandbox.run_combine(module, ctx, groups, sink) {
-                    // Declined: whatever it emitted is dropped (the buffer
-                    // rolls back) and the batch stays as it came.
-                    None => {
-                        ctx.restore_output_held(held);
-                        Ok(false)
-                    }
-                    Some(Ok(())) => {
-                        // Its output replaces the batch's pairs.
-                        let replaced = groups
-                            .iter()
-                            .flat_map(|g| {
-                                g.values.iter().map(|v| pair_charge(g.key.len(), v.len()))
-                            })
-                            .sum();
-                        ctx.release_output(replaced);
-                        Ok(true)
-                    }
-                    Some(Err(failure)) => Err(failure),
-                }
-            })?;
-        }
-        let mut buffer = buffer.lock().expect("poisoned");
-        buffer.write(path).map_err(host_err)
-    }
-
-    fn run_reduce(
-        &self,
-        dirs: &JobDirs,
-        a: &Assignment,
-        ctx: &AttemptContext,
-        partition: u32,
-        map_outputs: &[(TaskId, AttemptEpoch, WorkerId)],
-        fetched: Option<Vec<Vec<u8>>>,
-    ) -> (Result<AttemptStats, AttemptFailure>, String) {
-        let host_err = |e: anyhow::Error| AttemptFailure::Host(format!("{e:#}"));
-        let module = match self.module(&a.module, Role::Reduce) {
-            Ok(m) => m,
-            Err(e) => return (Err(e), String::new()),
-        };
-        // Map outputs in task order, so a key's values arrive in a
-        // deterministic order.
-        let mut pairs: Vec<Pair> = Vec::new();
-        let mut bytes_in = 0;
-        let encoded: Vec<Vec<u8>> = match fetched {
-            Some(fetched) => fetched,
-            None => {
-                let mut read = Vec::with_capacity(map_outputs.len());
-                for (task, epoch, _) in map_outputs {
-                    let path = dirs.committed_path(*task, *epoch);
-                    match shuffle::read_map_partition(&path, partition) {
-                        Ok(bytes) => read.push(bytes),
-                        Err(e) => {
-                            let e = e.context(format!("map output of {task}"));
-                            return (Err(host_err(e)), String::new());
+                        Ok(_) => PartitionReply::Missing(
+                            "a shuffle endpoint only serves partitions".into(),
+                        ),
+                        Err(error) => {
+                            channel.reject(&error);
+                            return;
                         }
-                    }
-                }
-                read
+                    };
+                    let _ = channel.write(&reply).await;
+                    let _ = channel.send.finish();
+                    let _ = channel.send.stopped().await;
+                };
+                tokio::spawn(tracing::Instrument::instrument(stream, span.clone()));
             }
-        };
-        for (bytes, (task, _, _)) in encoded.iter().zip(map_outputs) {
-            bytes_in += bytes.len() as u64;
-            match shuffle::decode_partition(bytes) {
-                Ok(mut p) => pairs.append(&mut p),
-                Err(e) => {
-                    let e = e.context(format!("map output of {task}"));
-                    return (Err(host_err(e)), String::new());
-                }
-            }
-        }
-        shuffle::sort_pairs(&mut pairs);
-        let groups = shuffle::group_sorted(pairs);
-        let path = dirs.reduce_attempt_file(a.task, a.epoch);
-        let writer = match LineWriter::create(&path, a.output_format) {
-            Ok(w) => w,
-            Err(e) => return (Err(host_err(e)), String::new()),
-        };
-        let written = writer.written.clone();
-        let mut batches = shuffle::batches(groups, GROUP_BATCH_BYTES);
-        let call = self
-            .sandbox
-            .run_reduce(&module, ctx, &mut batches, Box::new(writer));
-        let log = call.log.clone();
-        let mut stats = stats_of(&call, bytes_in);
-        if let Err(failure) = call.result {
-            return (Err(failure), log);
-        }
-        // The sandbox dropped the writer (flushed and fsynced it) with the store.
-        let finished = written.lock().expect("poisoned").take();
-        match finished {
-            Some(Ok(bytes)) => {
-                stats.bytes_out = bytes;
-                (Ok(stats), log)
-            }
-            Some(Err(e)) => (Err(AttemptFailure::Host(e)), log),
-            None => (
-                Err(AttemptFailure::Host("reduce output was not closed".into())),
-                log,
-            ),
-        }
-    }
-}
-
-/// A record for a dead letter: its first 1 KiB, as text (the record itself
-/// may be gigabytes; it is cut before it is copied).
-fn dead_letter_text(record: &[u8]) -> String {
-    const KEPT: usize = 1024;
-    // Up to 3 more bytes, so a character cut at KEPT is not lost to lossy decoding.
-    let head = &record[..record.len().min(KEPT + 3)];
-    let text = String::from_utf8_lossy(head);
-    let mut text = text.trim_end_matches(['\n', '\r']).to_string();
-    if text.len() > KEPT {
-        let mut end = KEPT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
-}
-
-fn stats_of(call: &CallOutcome, bytes_in: u64) -> AttemptStats {
-    AttemptStats {
-        bytes_in,
-        bytes_out: call.bytes_out,
-        records_out: call.records_out,
-        fuel_used: call.fuel_used,
-        wall_ms: 0,
-        counters: call.counters.clone(),
-        dead_letters: Vec::new(),
-    }
-}
-
-/// Writes reduce output records as lines in the job's output format;
-/// flushes and fsyncs when dropped with the store, leaving the byte count
-/// (or the error) in `written`.
-struct LineWriter {
-    file: Option<std::io::BufWriter<std::fs::File>>,
-    format: crate::protocol::OutputFormat,
-    line: Vec<u8>,
-    bytes: u64,
-    written: Arc<Mutex<Option<Result<u64, String>>>>,
-}
-
-impl LineWriter {
-    fn create(path: &Path, format: crate::protocol::OutputFormat) -> anyhow::Result<Self> {
-        let dir = path.parent().expect("attempt files have a parent");
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(LineWriter {
-            file: Some(std::io::BufWriter::with_capacity(256 << 10, file)),
-            format,
-            line: Vec::new(),
-            bytes: 0,
-            written: Arc::default(),
-        })
-    }
-}
-
-impl PairSink for LineWriter {
-    fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
-        self.line.clear();
-        shuffle::output_record(&mut self.line, self.format, &key, &value);
-        self.bytes += self.line.len() as u64;
-        let file = self.file.as_mut().ok_or_else(|| anyhow!("output closed"))?;
-        file.write_all(&self.line).context("writing reduce output")
-    }
-}
-
-impl Drop for LineWriter {
-    fn drop(&mut self) {
-        let Some(file) = self.file.take() else { return };
-        let result = file
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all())
-            .map(|()| self.bytes)
-            .map_err(|e| format!("writing reduce output: {e}"));
-        *self.written.lock().expect("poisoned") = Some(result);
+        });
     }
 }

@@ -33,12 +33,12 @@ use tokio::sync::watch;
 use wmr::client::{self, Remote};
 use wmr::coordinator::{self, CoordinatorConfig};
 use wmr::local::{JobSpec, run_embedded};
-use wmr::node::{self, WorkerOptions};
 use wmr::protocol::{Limits, TaskId, TenantId, WorkerId};
 use wmr::sandbox::{AttemptContext, LoadedModule, PairSink, Role, Sandbox};
 use wmr::scheduler::JobOutcome;
 use wmr::summary::JobSummary;
 use wmr::wire::JobRequest;
+use wmr::worker::{self, WorkerOptions};
 
 /// The guest's tokenizer, compiled natively.
 #[path = "../../../examples/wordcount/src/count.rs"]
@@ -1067,7 +1067,7 @@ impl Cluster {
                     // No `tenants.toml` in the state dir: development mode.
                     token: String::new(),
                 };
-                runtime.spawn(node::run(options, stopped(&stop_workers)))
+                runtime.spawn(worker::run(options, stopped(&stop_workers)))
             })
             .collect();
         Ok(Cluster {

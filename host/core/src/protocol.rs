@@ -85,11 +85,19 @@ impl fmt::Display for WorkerId {
 pub struct ModuleHash(pub String);
 
 impl ModuleHash {
+    /// The content address of a module's bytes.
     pub fn of(bytes: &[u8]) -> Self {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(bytes);
-        ModuleHash(digest.iter().map(|b| format!("{b:02x}")).collect())
+        ModuleHash(sha256_hex(bytes))
     }
+}
+
+/// Hex SHA-256 of `bytes`. Module addresses, certificate fingerprints and
+/// the stored hashes of tokens are all this digest; only a module's is a
+/// [`ModuleHash`].
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Display for ModuleHash {
