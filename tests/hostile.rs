@@ -572,6 +572,29 @@ fn run_measured(
     (out.status, stderr, took, peak.parse().unwrap())
 }
 
+/// `wmr run --map GUEST --input INPUT --output OUT EXTRA…`, which must fail
+/// (exit 1, nothing committed) with a last line ending in `reason`: its
+/// stderr, wall time and peak RSS in KiB (see [`run_measured`]).
+fn run_failing(
+    guest: &std::path::Path,
+    input: &std::path::Path,
+    out: &std::path::Path,
+    extra: &[&str],
+    reason: &str,
+    limit: Duration,
+) -> (String, Duration, u64) {
+    let (guest, input, output) = (path(guest), path(input), path(out));
+    let mut args = vec![
+        "run", "--map", &guest, "--input", &input, "--output", &output,
+    ];
+    args.extend(extra);
+    let (status, stderr, took, peak_kib) = run_measured(&args, limit);
+    assert_eq!(status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.trim_end().ends_with(reason), "{args:?}: {stderr}");
+    assert!(!out.join("_SUCCESS").exists(), "{args:?}: committed");
+    (stderr, took, peak_kib)
+}
+
 /// Issue 10, 2 and 3: skip mode's bisection and a slow combiner under `wmr
 /// run` fail with the timeout within a bounded multiple of it (they ran
 /// 22 s under `--timeout 2s`, or hung for ever once a lease ran out).
@@ -586,14 +609,7 @@ fn bisection_and_a_slow_combiner_end_within_the_attempt_timeout_under_wmr_run() 
     for (i, (name, input, params)) in cases.into_iter().enumerate() {
         let input = input.write(tmp.path(), i);
         let out = tmp.path().join(format!("out-{i}"));
-        let mut args = vec![
-            "run",
-            "--map",
-            &path(&hostile),
-            "--input",
-            &path(&input),
-            "--output",
-            &path(&out),
+        let mut extra = vec![
             "--workers",
             "2",
             "--reducers",
@@ -604,22 +620,23 @@ fn bisection_and_a_slow_combiner_end_within_the_attempt_timeout_under_wmr_run() 
             "1s",
             "--max-attempts",
             "2",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
-        args.extend(params.iter().map(|p| p.to_string()));
-        let (status, stderr, took, _) = run_measured(&strs(&args), Duration::from_secs(60));
-        assert_eq!(status.code(), Some(1), "{name}: {stderr}");
+        ];
+        extra.extend(params);
+        let (stderr, took, _) = run_failing(
+            &hostile,
+            &input,
+            &out,
+            &extra,
+            ": timed out (limit 1000 ms)",
+            Duration::from_secs(60),
+        );
         let last = stderr.lines().last().unwrap_or_default();
         assert!(
-            last.starts_with("error: job failed: task m-00000 failed 2 times on ")
-                && last.ends_with(": timed out (limit 1000 ms)"),
+            last.starts_with("error: job failed: task m-00000 failed 2 times on "),
             "{name}: {last}"
         );
         // Two attempts of 1 s each, plus compiling and starting.
         assert!(took < Duration::from_secs(15), "{name}: took {took:?}");
-        assert!(!out.join("_SUCCESS").exists(), "{name}");
         eprintln!("{name}: failed in {took:?}");
     }
 }
@@ -638,15 +655,11 @@ fn a_flood_of_one_byte_pairs_fails_at_the_output_limit_in_bounded_memory() {
     const OUTPUT_MIB: u64 = 256;
     const MEMORY_MIB: u64 = 64;
     const BASE_MIB: u64 = 160;
-    let (status, stderr, _, peak_kib) = run_measured(
+    let (_, _, peak_kib) = run_failing(
+        &hostile,
+        &input,
+        &tmp.path().join("out"),
         &[
-            "run",
-            "--map",
-            &path(&hostile),
-            "--input",
-            &path(&input),
-            "--output",
-            &path(&tmp.path().join("out")),
             "--workers",
             "1",
             "--max-attempts",
@@ -658,14 +671,8 @@ fn a_flood_of_one_byte_pairs_fails_at_the_output_limit_in_bounded_memory() {
             "--memory",
             "64MiB",
         ],
+        "output limit exceeded (limit 268435456 bytes)",
         Duration::from_secs(120),
-    );
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr
-            .trim_end()
-            .ends_with("output limit exceeded (limit 268435456 bytes)"),
-        "{stderr}"
     );
     let bound_mib = OUTPUT_MIB + 2 * MEMORY_MIB + BASE_MIB;
     eprintln!("peak RSS {} MiB, bound {bound_mib} MiB", peak_kib / 1024);
@@ -686,30 +693,13 @@ fn a_line_larger_than_the_memory_limit_fails_its_attempt_unread() {
     let mut line = vec![b'x'; 320 << 20];
     line.push(b'\n');
     std::fs::write(&input, line).unwrap();
-    let (status, stderr, _, peak_kib) = run_measured(
-        &[
-            "run",
-            "--map",
-            &path(&guest("wordcount")),
-            "--input",
-            &path(&input),
-            "--output",
-            &path(&tmp.path().join("out")),
-            "--workers",
-            "1",
-            "--max-attempts",
-            "1",
-            "--memory",
-            "64MiB",
-        ],
+    let (_, _, peak_kib) = run_failing(
+        &guest("wordcount"),
+        &input,
+        &tmp.path().join("out"),
+        &["--workers", "1", "--max-attempts", "1", "--memory", "64MiB"],
+        "out of memory (limit 67108864 bytes)",
         Duration::from_secs(60),
-    );
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr
-            .trim_end()
-            .ends_with("out of memory (limit 67108864 bytes)"),
-        "{stderr}"
     );
     // Not read: the process's base (~100 MiB) and nothing like the line.
     assert!(peak_kib < 256 << 10, "peak RSS {} MiB", peak_kib / 1024);

@@ -1,4 +1,7 @@
-//! The Wasm sandbox: one `Engine` per process, a fresh `Store` per attempt.
+//! The Wasm sandbox: one `Engine` per process, a fresh `Store` per guest
+//! call sequence (an attempt runs one or more: skip mode's bisection and
+//! the combiner's batches add stores, all under the attempt's one budget,
+//! [`AttemptContext`]).
 //!
 //! Every attempt gets fuel, a memory limit (a `ResourceLimiter`), a wall-clock
 //! deadline checked through epoch interruption, an output limit enforced in
@@ -13,8 +16,8 @@
 //! of pairs is lifted one pair at a time and each is charged against the
 //! output limit first; strings are read in place. What any host call may
 //! copy is bounded by the output limit, the log limit and the constants
-//! below; wasmtime's hostcall fuel (128 MiB per call) bounds the rest,
-//! including WASI calls.
+//! below; wasmtime's hostcall fuel (the memory limit, at least 128 MiB per
+//! call) bounds the rest, including WASI calls.
 
 use crate::protocol::{AttemptFailure, Limits};
 use anyhow::{Context as _, bail};
