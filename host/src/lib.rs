@@ -8,13 +8,16 @@
 //! - [`executor`]: runs one attempt into attempt-private files.
 //! - [`commit`]: job directory layout and the atomic commit of an attempt.
 //! - [`split`], [`shuffle`]: input splitting; partition, sort, group.
+//! - [`cluster`] (from `wmr-core`): the coordinator's state machine,
+//!   driven by [`coordinator`] (QUIC, redb) and [`local`] (`wmr run`).
+//! - [`lifecycle`]: plan, prepare, commit and clean up a job's files.
 //! - [`local`]: the embedded driver of `wmr run` (threads and channels).
 //! - [`transport`], [`wire`]: QUIC with pinned TLS, frames, messages.
 //! - [`coordinator`], [`worker`]: the `wmr coordinator` and `wmr worker`
 //!   processes.
 //! - [`seq`]: the sequential reference. The benchmark is its own crate,
 //!   `host/bench` (`wmr-bench`), outside the product.
-pub use wmr_core::{protocol, scheduler, summary};
+pub use wmr_core::{attempt_ledger, cluster, protocol, records, scheduler, summary, wire};
 
 pub mod client;
 pub mod commit;
@@ -22,6 +25,7 @@ pub mod coordinator;
 pub mod executor;
 #[cfg(test)]
 mod format_pins;
+pub mod lifecycle;
 pub mod local;
 pub mod map_buffer;
 pub mod sandbox;
@@ -31,5 +35,4 @@ pub mod split;
 pub mod store;
 pub mod tenants;
 pub mod transport;
-pub mod wire;
 pub mod worker;

@@ -1,57 +1,24 @@
-//! The embedded driver behind `wmr run`: the scheduler and N worker threads
-//! in one process, no set-up. It carries out the scheduler's actions exactly
-//! as a networked coordinator does, with channels instead of QUIC streams.
+//! The embedded driver behind `wmr run`: the coordinator's state machine
+//! ([`Cluster`]) and N worker threads in one process, no set-up. It carries
+//! out the same effects as the networked coordinator, with channels instead
+//! of QUIC streams and no durable state.
 
+use crate::cluster::{ClientId, Cluster, ClusterConfig, Effect, TenantTerms};
 use crate::commit::JobDirs;
 use crate::executor::Executor;
+use crate::lifecycle::{self, clock};
 use crate::protocol::{
-    Assignment, AttemptEpoch, AttemptReport, JobId, Limits, TaskId, TenantId, WorkerId,
+    Assignment, AttemptEpoch, AttemptReport, Capability, JobId, TaskId, TenantId, WorkerId,
 };
 use crate::sandbox::Role;
-use crate::scheduler::{Action, Event, JobOutcome, JobPlan, Scheduler, SchedulerConfig};
-use crate::split;
-use crate::summary::{JobSummary, Progress, dead_letters, summarize};
+use crate::summary::{JobSummary, Progress};
+use crate::wire::{ClientReply, FromWorker, JobRequest, ToWorker};
 use anyhow::Context as _;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
-
-/// Everything `wmr run` needs to know about a job.
-#[derive(Clone, Debug)]
-pub struct JobSpec {
-    pub map: PathBuf,
-    pub reduce: PathBuf,
-    pub inputs: Vec<String>,
-    pub output: PathBuf,
-    pub output_format: crate::protocol::OutputFormat,
-    pub reducers: u32,
-    pub split_bytes: u64,
-    pub limits: Limits,
-    pub params: BTreeMap<String, String>,
-    pub max_attempts: u32,
-}
-
-/// Commit a job whose tasks all committed: publish its output and dead
-/// letters, unless it skipped more records than it may.
-pub fn commit_job(dirs: &JobDirs, scheduler: &Scheduler, max_dead_letters: u32) -> JobOutcome {
-    let dead = dead_letters(scheduler);
-    if dead.len() > max_dead_letters as usize {
-        let _ = dirs.cleanup_work();
-        return JobOutcome::Failed(format!(
-            "{} records made the guest trap, more than --max-dead-letters {max_dead_letters}; first: {}:{}: {}",
-            dead.len(),
-            dead[0].file,
-            dead[0].offset,
-            dead[0].message
-        ));
-    }
-    match dirs.finish(&dead) {
-        Ok(()) => JobOutcome::Completed,
-        Err(e) => JobOutcome::Failed(format!("job commit: {e:#}")),
-    }
-}
+use std::time::Duration;
 
 /// Compile and validate both components; errors name the file and the role.
 pub fn load_modules(
@@ -68,148 +35,162 @@ pub fn load_modules(
     Ok((load(map, Role::Map)?, load(reduce, Role::Reduce)?))
 }
 
-/// Run a job to the end with `workers` local worker threads.
+/// The one client of an embedded run.
+const CLIENT: ClientId = ClientId(0);
+
+/// Run a job to the end with `workers` local worker threads. `request`
+/// carries no module bytes: the components are read from `map` and
+/// `reduce`.
 pub fn run_embedded(
-    spec: &JobSpec,
+    map: &Path,
+    reduce: &Path,
+    request: JobRequest,
     workers: u32,
     work_root: &Path,
     on_progress: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<JobSummary> {
-    assert!(workers > 0, "at least one worker");
-    let started = Instant::now();
+    anyhow::ensure!(workers > 0, "--workers must be greater than 0");
     let executor = Arc::new(Executor::new(workers)?);
     // Everything that can be wrong with the request is found before any
     // file is written.
-    let (map_module, reduce_module) = load_modules(&executor, &spec.map, &spec.reduce)?;
-    let files = split::discover_inputs(&spec.inputs)?;
-    let splits = split::plan_splits(&files, spec.split_bytes)?;
+    let modules = load_modules(&executor, map, reduce)?;
     let job = JobId::new();
     let span = tracing::info_span!("job", %job);
     let _enter = span.enter();
-    let dirs = JobDirs::new(job, work_root, &spec.output);
-    let output_existed = spec.output.exists();
-    dirs.prepare()?;
-
-    let plan = JobPlan {
-        tenant: TenantId::local(),
+    let output = request.output.clone();
+    let output_existed = output.exists();
+    // Local workers cannot vanish; their attempts end by the sandbox's own
+    // deadline. The lease only backs that up.
+    let lease = Duration::from_millis(request.limits.timeout_ms) + Duration::from_secs(30);
+    let (record, dirs) = lifecycle::plan_job(
         job,
-        map_module,
-        reduce_module,
-        splits,
-        reducers: spec.reducers,
-        limits: spec.limits.clone(),
-        params: spec.params.clone(),
-        output: spec.output.clone(),
-        output_format: spec.output_format,
+        TenantId::local(),
+        request,
+        modules,
+        work_root,
+        clock().unix_ms,
+    )?;
+    let mut cluster = Cluster::new(ClusterConfig {
+        heartbeat: lease,
+        lease,
+        shared_store: true,
         work_root: work_root.to_path_buf(),
-        map_outputs_on_workers: false,
-    };
-    let config = SchedulerConfig {
-        max_attempts: spec.max_attempts,
-        // Local workers cannot vanish; their attempts end by the sandbox's
-        // own deadline. The lease only backs that up.
-        lease: Duration::from_millis(spec.limits.timeout_ms) + Duration::from_secs(30),
-        ..SchedulerConfig::default()
-    };
-    let mut scheduler = Scheduler::new(plan, config, Instant::now());
+    });
     let pool = WorkerPool::start(executor, workers);
-    for &worker in pool.senders.keys() {
-        scheduler.handle(Instant::now(), Event::WorkerJoined { worker, slots: 1 });
+    for worker in 1..=workers {
+        let id = cluster.worker_joined(clock(), format!("local-{worker}"), 1, None);
+        debug_assert_eq!(id, WorkerId(worker));
     }
-    let outcome = drive(&mut scheduler, &pool, &dirs, on_progress);
-    drop(pool);
-    let outcome = match outcome {
-        JobOutcome::Completed => commit_job(&dirs, &scheduler, spec.limits.max_dead_letters),
-        other => other,
+    let terms = TenantTerms {
+        weight: 1,
+        max_concurrent_attempts: u32::MAX,
+        max_jobs_queued: 1,
     };
-    match &outcome {
-        JobOutcome::Completed => {}
-        _ => {
-            // A job that did not complete publishes nothing.
-            dirs.cleanup_work()?;
-            if !output_existed {
-                let _ = std::fs::remove_dir(&spec.output);
-            }
-        }
+    cluster.submit(
+        clock(),
+        Some(CLIENT),
+        record,
+        Capability::default(),
+        terms,
+        Vec::new(),
+    );
+    let summary = drive(&mut cluster, &pool, &dirs, on_progress);
+    drop(pool);
+    let summary = summary?;
+    if summary.outcome != crate::scheduler::JobOutcome::Completed && !output_existed {
+        // A job that did not complete publishes nothing.
+        let _ = std::fs::remove_dir(&output);
     }
-    Ok(summarize(&scheduler, outcome, started.elapsed()))
+    Ok(summary)
 }
 
-/// Carry out actions and feed events until the job ends.
+/// Carry out effects and feed events until the job ends.
 fn drive(
-    scheduler: &mut Scheduler,
+    cluster: &mut Cluster,
     pool: &WorkerPool,
     dirs: &JobDirs,
     on_progress: &mut dyn FnMut(Progress),
-) -> JobOutcome {
+) -> anyhow::Result<JobSummary> {
     let mut cancels: HashMap<(TaskId, AttemptEpoch), Arc<AtomicBool>> = HashMap::new();
     loop {
-        while let Some(action) = scheduler.poll_action() {
-            match action {
-                Action::Assign { worker, assignment } => {
-                    let cancel = Arc::new(AtomicBool::new(false));
-                    cancels.insert((assignment.task, assignment.epoch), cancel.clone());
-                    pool.senders[&worker]
-                        .send((*assignment, cancel))
-                        .expect("worker threads outlive the job");
-                }
-                Action::Commit { task, epoch, .. } => {
+        while let Some(effect) = cluster.poll_effect() {
+            match effect {
+                // Nothing of `wmr run` outlives the process.
+                Effect::Persist(_) => {}
+                Effect::Send { worker, message } => match message {
+                    ToWorker::Assign(assignment) => {
+                        let cancel = Arc::new(AtomicBool::new(false));
+                        cancels.insert((assignment.task, assignment.epoch), cancel.clone());
+                        pool.senders[&worker]
+                            .send((*assignment, cancel))
+                            .expect("worker threads outlive the job");
+                    }
+                    ToWorker::Interrupt { task, epoch, .. } => {
+                        if let Some(cancel) = cancels.get(&(task, epoch)) {
+                            cancel.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    // Reports travel over a channel that loses nothing;
+                    // map outputs are in the shared work directory.
+                    _ => {}
+                },
+                Effect::Reply { reply, .. } => match reply {
+                    ClientReply::Progress {
+                        phase,
+                        committed,
+                        running,
+                        total,
+                    } => on_progress(Progress {
+                        phase,
+                        committed,
+                        running,
+                        total,
+                    }),
+                    ClientReply::Done(summary) => {
+                        for cancel in cancels.values() {
+                            cancel.store(true, Ordering::Relaxed);
+                        }
+                        return Ok(*summary);
+                    }
+                    ClientReply::Error(e) => anyhow::bail!(e),
+                    _ => {}
+                },
+                Effect::CommitAttempt { job, task, epoch } => {
                     let result = dirs
                         .commit_attempt(task, epoch)
                         .map_err(|e| format!("{e:#}"));
-                    let event = Event::CommitFinished {
-                        task,
-                        epoch,
-                        result,
-                    };
-                    scheduler.handle(Instant::now(), event);
+                    cluster.commit_finished(clock(), job, task, epoch, result);
                 }
-                Action::Discard { task, epoch, .. } => {
+                Effect::DiscardAttempt { task, epoch, .. } => {
                     if let Err(e) = dirs.abort_attempt(task, epoch) {
                         tracing::warn!(%task, %epoch, "discarding attempt files: {e:#}");
                     }
                 }
-                Action::Interrupt { task, epoch, .. } => {
-                    if let Some(cancel) = cancels.get(&(task, epoch)) {
-                        cancel.store(true, Ordering::Relaxed);
-                    }
+                Effect::CommitJob { job, dead_letters } => {
+                    let result = lifecycle::commit_job(dirs, &dead_letters);
+                    cluster.job_committed(clock(), job, result);
                 }
-                Action::Finished(outcome) => {
-                    for cancel in cancels.values() {
-                        cancel.store(true, Ordering::Relaxed);
-                    }
-                    return outcome;
-                }
+                Effect::CleanupJob { .. } => lifecycle::cleanup_job(dirs),
             }
         }
-        let (committed, running, _) = scheduler.progress();
-        on_progress(Progress {
-            phase: scheduler.phase(),
-            committed,
-            running,
-            total: scheduler.task_count(),
-        });
-        let wait = scheduler
+        let wait = cluster
             .poll_timeout()
-            .map(|t| t.saturating_duration_since(Instant::now()))
+            .map(|t| t.saturating_duration_since(std::time::Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
         match pool.reports.recv_timeout(wait) {
             Ok(report) => {
                 cancels.remove(&(report.task, report.epoch));
-                if !report.log.is_empty() {
-                    tracing::debug!(task = %report.task, epoch = %report.epoch, log = %report.log, "attempt log");
-                }
                 let worker = report.worker;
-                scheduler.handle(Instant::now(), Event::AttemptFinished(report));
+                cluster.from_worker(clock(), worker, FromWorker::Finished(report));
                 // A report is proof of life: the embedded workers send no
                 // heartbeats, and a worker marked suspect when a lease ran
                 // out would otherwise never be given work again (a job
                 // whose every worker was suspect hung; issue 10).
-                scheduler.handle(Instant::now(), Event::Heartbeat { worker });
+                cluster.from_worker(clock(), worker, FromWorker::Heartbeat);
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => scheduler.handle_timeout(Instant::now()),
+            Err(mpsc::RecvTimeoutError::Timeout) => cluster.handle_timeout(clock()),
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return JobOutcome::Failed("all workers stopped".into());
+                anyhow::bail!("all workers stopped");
             }
         }
     }

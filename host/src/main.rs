@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wmr::local::JobSpec;
 use wmr::protocol::{Limits, OutputFormat};
 use wmr::scheduler::JobOutcome;
 use wmr::summary::{JobSummary, Progress};
@@ -447,13 +446,12 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
     anyhow::ensure!(workers > 0, "--workers must be greater than 0");
-    let spec = JobSpec {
-        reduce: args
-            .job
-            .reduce
-            .clone()
-            .unwrap_or_else(|| args.job.map.clone()),
-        map: args.job.map.clone(),
+    let map = args.job.map.clone();
+    let reduce = args.job.reduce.clone().unwrap_or_else(|| map.clone());
+    let request = wmr::wire::JobRequest {
+        // Read from `map` and `reduce` by the embedded driver.
+        map_module: Vec::new(),
+        reduce_module: None,
         inputs: args.job.input.clone(),
         output: args.output.clone(),
         output_format: args.job.output_format,
@@ -474,7 +472,14 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bar.set_position(p.committed as u64);
         bar.set_message(format!("{:?}, {} running", p.phase, p.running));
     };
-    let summary = wmr::local::run_embedded(&spec, workers, &work_root, &mut on_progress)?;
+    let summary = wmr::local::run_embedded(
+        &map,
+        &reduce,
+        request,
+        workers,
+        &work_root,
+        &mut on_progress,
+    )?;
     bar.finish_and_clear();
     report(&summary, args.json, &args.output)
 }

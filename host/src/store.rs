@@ -9,16 +9,14 @@
 //! incarnations. Writes happen in one transaction per batch of events,
 //! before anything that depends on them is acknowledged.
 
-use crate::protocol::{AttemptEpoch, Capability, InputSplit, JobId, ModuleHash, TaskId, TenantId};
-use crate::scheduler::{AttemptRecord, JobOutcome, Phase};
-use crate::summary::{JobSummary, PhaseChange};
-use crate::wire::JobRequest;
+use crate::protocol::{AttemptEpoch, Capability, JobId, ModuleHash, TaskId};
+pub use crate::records::{Batch, JobRecord};
+use crate::scheduler::AttemptRecord;
 use anyhow::{Context as _, bail};
 use redb::{
     Database, ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _,
     TableDefinition,
 };
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The on-disk format this build reads and writes (2: a job's limits hold
@@ -37,28 +35,6 @@ const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
 const CAPABILITIES: TableDefinition<&[u8], &str> = TableDefinition::new("capabilities");
 /// Key: job id (16 bytes) + task (1 + 4 bytes) + epoch (4 bytes), big-endian.
 const ATTEMPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attempts");
-
-/// A job as stored.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub id: JobId,
-    pub tenant: TenantId,
-    /// The request, with the module bytes removed (they are in `modules`).
-    pub request: JobRequest,
-    pub map_module: ModuleHash,
-    pub reduce_module: ModuleHash,
-    /// The splits as first planned: a resumed job must not re-plan them.
-    pub splits: Vec<InputSplit>,
-    pub transitions: Vec<PhaseChange>,
-    pub outcome: Option<JobOutcome>,
-    pub summary: Option<JobSummary>,
-}
-
-impl JobRecord {
-    pub fn phase(&self) -> Option<Phase> {
-        self.transitions.last().map(|t| t.phase)
-    }
-}
 
 pub struct StateStore {
     db: Database,
@@ -246,25 +222,6 @@ impl StateStore {
                 .push(postcard::from_bytes(value.value()).context("decoding an attempt record")?);
         }
         Ok(records)
-    }
-}
-
-/// What one transaction writes.
-#[derive(Default)]
-pub struct Batch {
-    pub modules: Vec<(ModuleHash, Vec<u8>)>,
-    pub jobs: Vec<JobRecord>,
-    pub attempts: Vec<(JobId, AttemptRecord)>,
-    /// Shuffle capabilities of newly admitted (or restored) jobs.
-    pub capabilities: Vec<(JobId, Capability)>,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.modules.is_empty()
-            && self.jobs.is_empty()
-            && self.attempts.is_empty()
-            && self.capabilities.is_empty()
     }
 }
 

@@ -7,11 +7,12 @@
 //! drains: it tells the coordinator, takes nothing new, finishes what runs,
 //! delivers the reports, then exits.
 
+use crate::attempt_ledger::{AttemptKey, AttemptLedger};
 use crate::commit::JobDirs;
 use crate::executor::Executor;
 use crate::protocol::{
-    Assignment, AttemptEpoch, AttemptFailure, AttemptReport, Capability, JobId, ModuleHash, Peer,
-    Shuffle, TaskId, TaskInput, WorkerId,
+    Assignment, AttemptFailure, AttemptReport, Capability, JobId, ModuleHash, Peer, Shuffle,
+    TaskId, TaskInput, WorkerId,
 };
 use crate::sandbox::Role;
 use crate::transport::{self, Channel};
@@ -52,27 +53,25 @@ pub struct WorkerOptions {
     pub token: String,
 }
 
-type AttemptKey = (JobId, TaskId, AttemptEpoch);
-
 /// The coordinator refused this worker (wrong worker token).
 #[derive(Debug, thiserror::Error)]
 #[error("the coordinator refused this worker: {0}")]
 struct Refused(String);
 
-/// What outlives a connection.
+/// What outlives a connection: the report protocol's state machine and the
+/// interrupt flags of the running attempts.
 #[derive(Default)]
 struct WorkerState {
-    /// Finished attempts whose report the coordinator has not acknowledged.
-    unacked: Mutex<BTreeMap<AttemptKey, AttemptReport>>,
-    running: Mutex<HashMap<AttemptKey, Arc<AtomicBool>>>,
-    draining: AtomicBool,
+    ledger: Mutex<AttemptLedger>,
+    cancels: Mutex<HashMap<AttemptKey, Arc<AtomicBool>>>,
+    /// Wakes the session (a permit is kept if it is busy writing, so no
+    /// report waits for the next heartbeat).
     changed: Notify,
 }
 
 impl WorkerState {
-    fn idle(&self) -> bool {
-        self.running.lock().expect("poisoned").is_empty()
-            && self.unacked.lock().expect("poisoned").is_empty()
+    fn ledger(&self) -> std::sync::MutexGuard<'_, AttemptLedger> {
+        self.ledger.lock().expect("poisoned")
     }
 }
 
@@ -148,8 +147,8 @@ async fn serve(
                     result = &mut session => break result,
                     () = &mut shutdown, if !shutdown_seen => {
                         shutdown_seen = true;
-                        state.draining.store(true, Ordering::SeqCst);
-                        state.changed.notify_waiters();
+                        state.ledger().drain();
+                        state.changed.notify_one();
                     }
                 }
             }
@@ -160,7 +159,7 @@ async fn serve(
             Err(e) if e.downcast_ref::<Refused>().is_some() => return Err(e),
             Err(e) => tracing::warn!("{e:#}; reconnecting in {backoff:?}"),
         }
-        if state.draining.load(Ordering::SeqCst) && state.idle() {
+        if state.ledger().drained() {
             return Ok(());
         }
         tokio::time::sleep(backoff).await;
@@ -221,28 +220,25 @@ async fn session(
         }
     });
     let mut send = control.send;
+    // Commit results; reports and `Draining` come from the ledger.
     let (outbound, mut outgoing) = mpsc::unbounded_channel::<FromWorker>();
-    let resend: Vec<AttemptReport> = state
-        .unacked
-        .lock()
-        .expect("poisoned")
-        .values()
-        .cloned()
-        .collect();
-    for report in resend {
-        let _ = outbound.send(FromWorker::Finished(report));
-    }
-    let mut told_draining = false;
+    state.ledger().connected();
     let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(10)));
     let result = loop {
-        if state.draining.load(Ordering::SeqCst) {
-            if !told_draining {
-                told_draining = true;
-                let _ = outbound.send(FromWorker::Draining);
+        // What the ledger wants said (re-sent reports first), in order.
+        let pending: Vec<FromWorker> = std::iter::from_fn(|| state.ledger().poll_send()).collect();
+        let mut failed = None;
+        for message in &pending {
+            if let Err(e) = write(&mut send, message).await {
+                failed = Some(e);
+                break;
             }
-            if state.idle() {
-                break Ok(());
-            }
+        }
+        if let Some(e) = failed {
+            break Err(e);
+        }
+        if state.ledger().drained() {
+            break Ok(());
         }
         tokio::select! {
             _ = heartbeat.tick() => {
@@ -259,6 +255,8 @@ async fn session(
             () = state.changed.notified() => {}
         }
     };
+    // What was not written is sent again on the next session.
+    state.ledger().disconnected();
     reader.abort();
     connection.close(quinn::VarInt::from_u32(0), b"worker leaving");
     result
@@ -287,9 +285,13 @@ fn handle(
                 std::process::exit(3);
             }
             let key = (assignment.job, assignment.task, assignment.epoch);
+            if !state.ledger().assigned(key) {
+                tracing::warn!(job = %key.0, task = %key.1, epoch = %key.2, "ignoring a repeated assignment");
+                return;
+            }
             let cancel = Arc::new(AtomicBool::new(false));
             state
-                .running
+                .cancels
                 .lock()
                 .expect("poisoned")
                 .insert(key, cancel.clone());
@@ -302,30 +304,24 @@ fn handle(
                     tracing::warn!(job = %assignment.job, "recording the shuffle capability: {e:#}");
                 }
             }
-            let (executor, state, connection, outbound, cache) = (
+            let (executor, state, connection, cache) = (
                 executor.clone(),
                 state.clone(),
                 connection.clone(),
-                outbound.clone(),
                 options.cache_dir.clone(),
             );
             tokio::spawn(async move {
                 let report =
                     run_attempt(assignment, worker, cancel, executor, &connection, &cache).await;
-                state.running.lock().expect("poisoned").remove(&key);
-                state
-                    .unacked
-                    .lock()
-                    .expect("poisoned")
-                    .insert(key, report.clone());
-                // If this connection is gone, the next session re-sends it.
-                let _ = outbound.send(FromWorker::Finished(report));
-                state.changed.notify_waiters();
+                state.cancels.lock().expect("poisoned").remove(&key);
+                // Kept until acknowledged; sent on this session or the next.
+                state.ledger().finished(report);
+                state.changed.notify_one();
             });
         }
         ToWorker::Interrupt { job, task, epoch } => {
             if let Some(cancel) = state
-                .running
+                .cancels
                 .lock()
                 .expect("poisoned")
                 .get(&(job, task, epoch))
@@ -335,12 +331,8 @@ fn handle(
             }
         }
         ToWorker::Ack { job, task, epoch } => {
-            state
-                .unacked
-                .lock()
-                .expect("poisoned")
-                .remove(&(job, task, epoch));
-            state.changed.notify_waiters();
+            state.ledger().acked((job, task, epoch));
+            state.changed.notify_one();
         }
         ToWorker::Commit { job, task, epoch } => {
             let (outbound, dirs) = (outbound.clone(), local_dirs(options, job));

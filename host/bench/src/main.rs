@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use wmr::client::{self, Remote};
 use wmr::coordinator::{self, CoordinatorConfig};
-use wmr::local::{JobSpec, run_embedded};
+use wmr::local::run_embedded;
 use wmr::protocol::{Limits, TaskId, TenantId, WorkerId};
 use wmr::sandbox::{AttemptContext, LoadedModule, PairSink, Role, Sandbox};
 use wmr::scheduler::JobOutcome;
@@ -832,9 +832,9 @@ fn embedded_job(
     output: &Path,
     scratch: &Scratch,
 ) -> anyhow::Result<JobSummary> {
-    let spec = JobSpec {
-        map: guest.to_path_buf(),
-        reduce: guest.to_path_buf(),
+    let request = wmr::wire::JobRequest {
+        map_module: Vec::new(),
+        reduce_module: None,
         inputs: vec![job.input()?],
         output: output.to_path_buf(),
         output_format: Default::default(),
@@ -844,7 +844,14 @@ fn embedded_job(
         params: BTreeMap::new(),
         max_attempts: 1,
     };
-    run_embedded(&spec, 2, &scratch.path.join("work"), &mut |_| {})
+    run_embedded(
+        guest,
+        guest,
+        request,
+        2,
+        &scratch.path.join("work"),
+        &mut |_| {},
+    )
 }
 
 /// `tasks` one-line files in `dir`: one map task each, and one reducer.

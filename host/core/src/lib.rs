@@ -10,6 +10,18 @@
 //! - [`scheduler`]: one job's sans-IO state machine: events and time in,
 //!   actions out (I1–I9).
 //! - [`summary`]: what a finished job did, from its scheduler.
+//! - [`wire`]: the messages of the networked protocol (the frames around
+//!   them are the `wmr` crate's `transport`).
+//! - [`records`]: what the coordinator keeps durable.
+//! - [`attempt_ledger`]: the worker's side of the report protocol (run,
+//!   report, re-send until acknowledged, drain).
+//! - [`cluster`]: the coordinator's state machine across jobs, tenants and
+//!   workers: events and time in, effects out (persist, send, reply,
+//!   commit).
+pub mod attempt_ledger;
+pub mod cluster;
 pub mod protocol;
+pub mod records;
 pub mod scheduler;
 pub mod summary;
+pub mod wire;

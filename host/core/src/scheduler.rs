@@ -70,7 +70,14 @@ const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// A worker joined with `slots` slots for this job.
     WorkerJoined {
+        worker: WorkerId,
+        slots: u32,
+    },
+    /// This job's share of a known worker's slots changed (fair share);
+    /// what runs there keeps running.
+    ShareChanged {
         worker: WorkerId,
         slots: u32,
     },
@@ -457,9 +464,7 @@ impl Scheduler {
 
     pub fn handle(&mut self, now: Instant, event: Event) {
         match event {
-            Event::WorkerJoined { worker, slots } => {
-                // Also how a driver changes a known worker's share of slots
-                // for this job; what runs there keeps running.
+            Event::WorkerJoined { worker, slots } | Event::ShareChanged { worker, slots } => {
                 self.workers
                     .entry(worker)
                     .and_modify(|w| w.slots = slots)

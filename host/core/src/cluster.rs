@@ -1,0 +1,1149 @@
+//! The coordinator's state machine: every job, tenant and worker, in the
+//! style of quinn-proto. Time and events go in (a worker joined, a worker's
+//! message, a client's request, a commit's result, a timer), effects come
+//! out in order ([`Effect`]: persist these records, send this to that
+//! worker, reply to that client, commit these files). The QUIC server and
+//! the redb store (`wmr coordinator`) and the embedded driver (`wmr run`)
+//! only carry events in and effects out, so everything the coordinator
+//! decides is exercised by the deterministic simulation.
+//!
+//! **I10 persist before effect.** Every effect that lets something outside
+//! the machine act on a state change (an assignment, a commit, an `Ack`
+//! that lets a worker forget a report, a reply to a client) comes after the
+//! [`Effect::Persist`] holding that change. A driver carries effects out in
+//! order and stops if a `Persist` fails, so nothing acknowledged is ever
+//! missing from the durable state after a crash.
+
+use crate::protocol::{
+    AttemptEpoch, Capability, DeadLetter, JobId, ModuleHash, Peer, TaskId, TaskInput, TenantId,
+    WorkerId,
+};
+use crate::records::{Batch, JobRecord};
+use crate::scheduler::{
+    Action, AttemptOutcome, AttemptRecord, Event, JobOutcome, JobPlan, Phase, Scheduler,
+    SchedulerConfig,
+};
+use crate::summary::{JobSummary, PhaseChange, dead_letters, summarize};
+use crate::wire::{
+    ClientReply, FromWorker, JobListing, StatusReport, ToWorker, Totals, WorkerInfo,
+};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub heartbeat: Duration,
+    /// A running attempt not renewed by a heartbeat for this long is lost.
+    pub lease: Duration,
+    /// Map outputs go to `work_root` (shared by all) and the coordinator
+    /// commits them, instead of staying on the workers that produced them.
+    pub shared_store: bool,
+    pub work_root: PathBuf,
+}
+
+/// The time an event happens: monotonic for leases and timers, wall-clock
+/// for the times written to the durable record.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    pub now: Instant,
+    pub unix_ms: u64,
+}
+
+/// A client stream, named by the driver; replies go to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientId(pub u64);
+
+/// What a job's tenant may use, as it stands when the job is admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TenantTerms {
+    /// Its share of the cluster relative to other tenants.
+    pub weight: u32,
+    /// At most this many of its attempts run at once.
+    pub max_concurrent_attempts: u32,
+    /// At most this many of its jobs are unfinished at once.
+    pub max_jobs_queued: u32,
+}
+
+/// What the driver must do, in order (I10).
+#[derive(Clone, Debug)]
+pub enum Effect {
+    /// Write these records in one transaction; stop if that fails.
+    Persist(Box<Batch>),
+    /// Send `message` to `worker` (dropped if it is gone: its loss is an
+    /// event of its own).
+    Send { worker: WorkerId, message: ToWorker },
+    /// Answer `client`. `Done` and `Error` end a `Submit` or `Watch`
+    /// stream; the other requests get exactly one reply.
+    Reply {
+        client: ClientId,
+        reply: ClientReply,
+    },
+    /// Shared store: publish this attempt's files (atomic rename), then
+    /// call [`Cluster::commit_finished`].
+    CommitAttempt {
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
+    },
+    /// Shared store: delete this attempt's private files.
+    DiscardAttempt {
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
+    },
+    /// Every task committed: publish the job's output and these dead
+    /// letters, then call [`Cluster::job_committed`].
+    CommitJob {
+        job: JobId,
+        dead_letters: Vec<DeadLetter>,
+    },
+    /// The job ended without publishing: remove its intermediate files.
+    CleanupJob { job: JobId },
+}
+
+struct WorkerEntry {
+    name: String,
+    slots: u32,
+    shuffle: Option<Peer>,
+    connected: bool,
+    /// Finishing what it runs, taking nothing new.
+    draining: bool,
+}
+
+struct JobEntry {
+    id: JobId,
+    /// Carried in every assignment: authorises shuffle fetches of this job.
+    capability: Capability,
+    scheduler: Scheduler,
+    watchers: Vec<ClientId>,
+    started: Instant,
+    summary: Option<JobSummary>,
+    /// The durable record, rewritten when the phase changes.
+    record: JobRecord,
+    /// This job's share of each worker's slots, as last told its scheduler.
+    quotas: BTreeMap<WorkerId, u32>,
+    terms: TenantTerms,
+    /// `CommitJob` was emitted; `job_committed` has not come back yet.
+    committing: bool,
+}
+
+/// The coordinator's state across jobs, tenants and workers.
+pub struct Cluster {
+    config: ClusterConfig,
+    workers: BTreeMap<WorkerId, WorkerEntry>,
+    next_worker: u32,
+    jobs: Vec<JobEntry>,
+    /// Indexes into `jobs` of the unfinished jobs, oldest first. They share
+    /// the workers' slots (see `rebalance`).
+    admitted: Vec<usize>,
+    effects: VecDeque<Effect>,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Self {
+        Cluster {
+            config,
+            workers: BTreeMap::new(),
+            next_worker: 1,
+            jobs: Vec::new(),
+            admitted: Vec::new(),
+            effects: VecDeque::new(),
+        }
+    }
+
+    // ---- outputs ----
+
+    /// The next thing the driver must do, in order.
+    #[must_use]
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.admitted
+            .iter()
+            .filter_map(|&i| self.jobs[i].scheduler.poll_timeout())
+            .min()
+    }
+
+    // ---- workers ----
+
+    /// A worker's control stream was admitted: it gets an id and a welcome.
+    pub fn worker_joined(
+        &mut self,
+        clock: Clock,
+        name: String,
+        slots: u32,
+        shuffle: Option<Peer>,
+    ) -> WorkerId {
+        let worker = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        tracing::info!(%worker, %name, slots, "worker joined");
+        self.workers.insert(
+            worker,
+            WorkerEntry {
+                name,
+                slots,
+                shuffle,
+                connected: true,
+                draining: false,
+            },
+        );
+        let heartbeat_ms = self.config.heartbeat.as_millis() as u64;
+        self.effects.push_back(Effect::Send {
+            worker,
+            message: ToWorker::Welcome {
+                worker,
+                heartbeat_ms,
+            },
+        });
+        // `rebalance` gives the jobs their share of its slots.
+        self.settle(clock);
+        worker
+    }
+
+    /// A worker's connection closed: its attempts run again (I8 for the
+    /// map outputs it held).
+    pub fn worker_gone(&mut self, clock: Clock, worker: WorkerId) {
+        tracing::info!(%worker, "worker left");
+        if let Some(entry) = self.workers.get_mut(&worker) {
+            entry.connected = false;
+        }
+        for &i in &self.admitted {
+            let job = &mut self.jobs[i];
+            job.scheduler
+                .handle(clock.now, Event::WorkerLost { worker });
+            job.quotas.remove(&worker);
+        }
+        self.settle(clock);
+    }
+
+    pub fn from_worker(&mut self, clock: Clock, worker: WorkerId, message: FromWorker) {
+        match message {
+            FromWorker::Heartbeat => {
+                for &i in &self.admitted {
+                    let event = Event::Heartbeat { worker };
+                    self.jobs[i].scheduler.handle(clock.now, event);
+                }
+                self.settle(clock);
+            }
+            FromWorker::Committed {
+                job,
+                task,
+                epoch,
+                result,
+            } => self.commit_finished(clock, job, task, epoch, result),
+            FromWorker::Draining => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.draining = true;
+                }
+                for &i in &self.admitted {
+                    let event = Event::WorkerDraining { worker };
+                    self.jobs[i].scheduler.handle(clock.now, event);
+                }
+                self.settle(clock);
+            }
+            FromWorker::Finished(report) => {
+                let (job, task, epoch) = (report.job, report.task, report.epoch);
+                if let Some(i) = self.unfinished(job) {
+                    if !report.log.is_empty() {
+                        tracing::debug!(%job, %task, %epoch, log = %report.log, "attempt log");
+                    }
+                    let event = Event::AttemptFinished(report);
+                    self.jobs[i].scheduler.handle(clock.now, event);
+                }
+                // After the verdict is persisted (I10), whatever it was:
+                // the worker may forget the report.
+                self.settle(clock);
+                self.effects.push_back(Effect::Send {
+                    worker,
+                    message: ToWorker::Ack { job, task, epoch },
+                });
+            }
+        }
+    }
+
+    /// The result of [`Effect::CommitAttempt`] (or of a worker's commit).
+    pub fn commit_finished(
+        &mut self,
+        clock: Clock,
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        result: Result<(), String>,
+    ) {
+        if let Some(i) = self.unfinished(job) {
+            let event = Event::CommitFinished {
+                task,
+                epoch,
+                result,
+            };
+            self.jobs[i].scheduler.handle(clock.now, event);
+        }
+        self.settle(clock);
+    }
+
+    /// The result of [`Effect::CommitJob`].
+    pub fn job_committed(&mut self, clock: Clock, job: JobId, result: Result<(), String>) {
+        let Some(i) = self.unfinished(job) else {
+            return;
+        };
+        debug_assert!(self.jobs[i].committing, "job_committed without CommitJob");
+        let outcome = match result {
+            Ok(()) => JobOutcome::Completed,
+            Err(e) => {
+                self.effects.push_back(Effect::CleanupJob { job });
+                JobOutcome::Failed(format!("job commit: {e}"))
+            }
+        };
+        self.finish(clock, i, outcome);
+        self.settle(clock);
+    }
+
+    /// Expire the leases that ran out by `clock.now`.
+    pub fn handle_timeout(&mut self, clock: Clock) {
+        for &i in &self.admitted {
+            self.jobs[i].scheduler.handle_timeout(clock.now);
+        }
+        self.settle(clock);
+    }
+
+    // ---- clients ----
+
+    /// Whether `tenant` may queue one more job (checked before the driver
+    /// plans it, so a refused job creates nothing).
+    pub fn check_admission(&self, tenant: &TenantId, terms: TenantTerms) -> Result<(), String> {
+        let queued = self
+            .admitted
+            .iter()
+            .filter(|&&i| self.jobs[i].record.tenant == *tenant)
+            .count();
+        if queued >= terms.max_jobs_queued as usize {
+            return Err(format!(
+                "quota max_jobs_queued is {}; the tenant has {queued} unfinished jobs",
+                terms.max_jobs_queued
+            ));
+        }
+        Ok(())
+    }
+
+    /// Admit a planned job. Its record, modules and capability are
+    /// persisted before the client hears `Submitted` (I10).
+    pub fn submit(
+        &mut self,
+        clock: Clock,
+        client: Option<ClientId>,
+        record: JobRecord,
+        capability: Capability,
+        terms: TenantTerms,
+        modules: Vec<(ModuleHash, Vec<u8>)>,
+    ) {
+        let job = record.id;
+        tracing::info!(%job, tenant = %record.tenant.0, "job submitted");
+        let batch = Batch {
+            modules,
+            jobs: vec![record.clone()],
+            attempts: Vec::new(),
+            capabilities: vec![(job, capability.clone())],
+        };
+        self.effects.push_back(Effect::Persist(Box::new(batch)));
+        let scheduler = Scheduler::new(
+            self.plan(&record),
+            self.scheduler_config(&record),
+            clock.now,
+        );
+        self.admit(clock, record, capability, terms, scheduler, client);
+    }
+
+    /// Bring back an unfinished job: after a restart (`keep_commits`:
+    /// committed tasks stay committed) or for `wmr resume` (its committed
+    /// outputs were cleaned up: every task runs again). Every new epoch is
+    /// above `epoch_floor` and above every stored one (I1, I3).
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        &mut self,
+        clock: Clock,
+        client: Option<ClientId>,
+        record: JobRecord,
+        mut attempts: Vec<AttemptRecord>,
+        epoch_floor: AttemptEpoch,
+        keep_commits: bool,
+        capability: Capability,
+        terms: TenantTerms,
+    ) {
+        if !keep_commits {
+            for r in &mut attempts {
+                if r.outcome == AttemptOutcome::Committed {
+                    r.outcome = AttemptOutcome::OutputLost;
+                }
+            }
+        }
+        let floor = attempts
+            .iter()
+            .map(|r| r.epoch)
+            .max()
+            .map_or(epoch_floor, |e| e.max(epoch_floor));
+        let scheduler = Scheduler::restore(
+            self.plan(&record),
+            self.scheduler_config(&record),
+            clock.now,
+            attempts,
+            floor,
+            self.config.shared_store,
+        );
+        tracing::info!(job = %record.id, "job resumed");
+        let batch = Batch {
+            jobs: vec![record.clone()],
+            capabilities: vec![(record.id, capability.clone())],
+            ..Batch::default()
+        };
+        self.effects.push_back(Effect::Persist(Box::new(batch)));
+        self.admit(clock, record, capability, terms, scheduler, client);
+    }
+
+    /// Keep a finished job (after a restart) for `status`, `jobs`, `dlq`.
+    pub fn load_finished(&mut self, clock: Clock, record: JobRecord, attempts: Vec<AttemptRecord>) {
+        let scheduler = Scheduler::restore(
+            self.plan(&record),
+            self.scheduler_config(&record),
+            clock.now,
+            attempts,
+            AttemptEpoch(0),
+            true,
+        );
+        self.jobs.push(JobEntry {
+            id: record.id,
+            // A finished job assigns nothing (`resume` restores it anew).
+            capability: Capability::default(),
+            scheduler,
+            watchers: Vec::new(),
+            started: clock.now,
+            summary: record.summary.clone(),
+            record,
+            quotas: BTreeMap::new(),
+            terms: TenantTerms {
+                weight: 1,
+                max_concurrent_attempts: 0,
+                max_jobs_queued: 0,
+            },
+            committing: false,
+        });
+    }
+
+    /// `wmr resume`: the record under which a failed or cancelled job of
+    /// `tenant` runs again (the driver loads its attempts, prepares its
+    /// directories, and calls [`Self::restore`] without `keep_commits`).
+    pub fn resume_record(
+        &self,
+        clock: Clock,
+        tenant: &TenantId,
+        job: &str,
+    ) -> Result<JobRecord, String> {
+        let i = self
+            .find(tenant, Some(job))
+            .ok_or_else(|| not_found(Some(job)))?;
+        let entry = &self.jobs[i];
+        match &entry.summary {
+            None => return Err(format!("job {} is still running", entry.id)),
+            Some(s) if s.outcome == JobOutcome::Completed => {
+                return Err(format!("job {} already completed", entry.id));
+            }
+            Some(_) => {}
+        }
+        let mut record = entry.record.clone();
+        record.outcome = None;
+        record.summary = None;
+        record.transitions.push(PhaseChange {
+            phase: Phase::Submitted,
+            unix_ms: clock.unix_ms,
+            reason: "resumed".into(),
+        });
+        Ok(record)
+    }
+
+    pub fn status(&mut self, client: ClientId, tenant: &TenantId, job: Option<&str>) {
+        let reply = match self.find(tenant, job) {
+            Some(i) => ClientReply::Status(Box::new(self.status_report(i))),
+            None => ClientReply::Error(not_found(job)),
+        };
+        self.effects.push_back(Effect::Reply { client, reply });
+    }
+
+    pub fn watch(&mut self, client: ClientId, tenant: &TenantId, job: &str) {
+        match self.find(tenant, Some(job)) {
+            Some(i) => match &self.jobs[i].summary {
+                Some(summary) => {
+                    let reply = ClientReply::Done(Box::new(summary.clone()));
+                    self.effects.push_back(Effect::Reply { client, reply });
+                }
+                None => self.jobs[i].watchers.push(client),
+            },
+            None => {
+                let reply = ClientReply::Error(not_found(Some(job)));
+                self.effects.push_back(Effect::Reply { client, reply });
+            }
+        }
+    }
+
+    pub fn jobs(&mut self, client: ClientId, tenant: &TenantId) {
+        // A resumed job has an older entry too: list the newest.
+        let listings = (0..self.jobs.len())
+            .filter(|&i| self.jobs[i].record.tenant == *tenant)
+            .filter(|&i| !self.jobs[i + 1..].iter().any(|j| j.id == self.jobs[i].id))
+            .map(|i| self.listing(i))
+            .collect();
+        let reply = ClientReply::Jobs(listings);
+        self.effects.push_back(Effect::Reply { client, reply });
+    }
+
+    pub fn cancel(&mut self, clock: Clock, client: ClientId, tenant: &TenantId, job: &str) {
+        let reply = match self.find(tenant, Some(job)) {
+            Some(i) => {
+                self.jobs[i].scheduler.handle(clock.now, Event::Cancel);
+                ClientReply::Cancelled {
+                    job: self.jobs[i].id.to_string(),
+                }
+            }
+            None => ClientReply::Error(not_found(Some(job))),
+        };
+        self.settle(clock);
+        self.effects.push_back(Effect::Reply { client, reply });
+    }
+
+    /// A watcher's stream ended: stop telling it about its job.
+    pub fn client_gone(&mut self, client: ClientId) {
+        for job in &mut self.jobs {
+            job.watchers.retain(|&c| c != client);
+        }
+    }
+
+    // ---- queries (for tests and the drivers) ----
+
+    /// The unfinished jobs, oldest first.
+    pub fn unfinished_jobs(&self) -> Vec<JobId> {
+        self.admitted.iter().map(|&i| self.jobs[i].id).collect()
+    }
+
+    /// The newest entry of `job`.
+    pub fn scheduler(&self, job: JobId) -> Option<&Scheduler> {
+        self.jobs
+            .iter()
+            .rposition(|j| j.id == job)
+            .map(|i| &self.jobs[i].scheduler)
+    }
+
+    pub fn summary(&self, job: JobId) -> Option<&JobSummary> {
+        self.jobs
+            .iter()
+            .rposition(|j| j.id == job)
+            .and_then(|i| self.jobs[i].summary.as_ref())
+    }
+
+    /// Check every unfinished job's scheduler (`Scheduler::audit`) and that
+    /// no live worker runs more attempts than it has slots.
+    pub fn audit(&self) -> Result<(), String> {
+        for &i in &self.admitted {
+            self.jobs[i].scheduler.audit()?;
+        }
+        for (w, entry) in &self.workers {
+            let running: u32 = self
+                .admitted
+                .iter()
+                .map(|&i| self.jobs[i].scheduler.running_on(*w))
+                .sum();
+            if entry.connected && running > entry.slots {
+                return Err(format!(
+                    "worker {w} runs {running} attempts on {} slots",
+                    entry.slots
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    // ---- internals ----
+
+    fn unfinished(&self, job: JobId) -> Option<usize> {
+        self.admitted
+            .iter()
+            .rev()
+            .copied()
+            .find(|&i| self.jobs[i].id == job)
+    }
+
+    fn admit(
+        &mut self,
+        clock: Clock,
+        record: JobRecord,
+        capability: Capability,
+        terms: TenantTerms,
+        scheduler: Scheduler,
+        client: Option<ClientId>,
+    ) {
+        let job = record.id;
+        self.jobs.push(JobEntry {
+            id: job,
+            capability,
+            scheduler,
+            watchers: client.into_iter().collect(),
+            started: clock.now,
+            summary: None,
+            record,
+            quotas: BTreeMap::new(),
+            terms,
+            committing: false,
+        });
+        self.admitted.push(self.jobs.len() - 1);
+        if let Some(client) = client {
+            let reply = ClientReply::Submitted {
+                job: job.to_string(),
+            };
+            self.effects.push_back(Effect::Reply { client, reply });
+        }
+        self.settle(clock);
+    }
+
+    fn plan(&self, record: &JobRecord) -> JobPlan {
+        JobPlan {
+            tenant: record.tenant.clone(),
+            job: record.id,
+            map_module: record.map_module.clone(),
+            reduce_module: record.reduce_module.clone(),
+            splits: record.splits.clone(),
+            reducers: record.request.reducers,
+            limits: record.request.limits.clone(),
+            params: record.request.params.clone(),
+            output: record.request.output.clone(),
+            output_format: record.request.output_format,
+            work_root: self.config.work_root.clone(),
+            map_outputs_on_workers: !self.config.shared_store,
+        }
+    }
+
+    fn scheduler_config(&self, record: &JobRecord) -> SchedulerConfig {
+        SchedulerConfig {
+            max_attempts: record.request.max_attempts,
+            lease: self.config.lease,
+            ..SchedulerConfig::default()
+        }
+    }
+
+    /// Share the slots out again and carry out every job's actions, until
+    /// nothing changes (bounded: each round either finishes a job or stops).
+    fn settle(&mut self, clock: Clock) {
+        for _ in 0..=self.jobs.len() {
+            self.rebalance(clock.now);
+            let before = self.admitted.len();
+            for i in self.admitted.clone() {
+                self.carry_out(clock, i);
+            }
+            if self.admitted.len() == before {
+                return;
+            }
+        }
+    }
+
+    /// Turn job `i`'s actions into effects: first a `Persist` of the
+    /// records they changed, then the effects themselves (I10).
+    fn carry_out(&mut self, clock: Clock, i: usize) {
+        let mut actions = Vec::new();
+        while let Some(action) = self.jobs[i].scheduler.poll_action() {
+            actions.push(action);
+        }
+        self.persist(clock, i);
+        for action in actions {
+            let job = &mut self.jobs[i];
+            let id = job.id;
+            match action {
+                Action::Assign {
+                    worker,
+                    mut assignment,
+                } => {
+                    if let TaskInput::Reduce { map_outputs, .. } = &assignment.input {
+                        // Tell the reducer where each map output lives.
+                        for (_, _, holder) in map_outputs {
+                            let peer = self.workers.get(holder).and_then(|w| w.shuffle.clone());
+                            if let Some(peer) = peer {
+                                assignment.peers.insert(*holder, peer);
+                            }
+                        }
+                    }
+                    assignment.capability = job.capability.clone();
+                    let message = ToWorker::Assign(assignment);
+                    self.effects.push_back(Effect::Send { worker, message });
+                }
+                Action::Commit {
+                    task: task @ TaskId::Map(_),
+                    epoch,
+                    worker,
+                } if !self.config.shared_store => {
+                    // The worker holds the files: it renames and answers
+                    // `Committed`. If it is gone, `WorkerLost` requeues.
+                    let message = ToWorker::Commit {
+                        job: id,
+                        task,
+                        epoch,
+                    };
+                    self.effects.push_back(Effect::Send { worker, message });
+                }
+                Action::Commit { task, epoch, .. } => {
+                    self.effects.push_back(Effect::CommitAttempt {
+                        job: id,
+                        task,
+                        epoch,
+                    });
+                }
+                Action::Discard {
+                    task: task @ TaskId::Map(_),
+                    epoch,
+                    worker,
+                } if !self.config.shared_store => {
+                    let message = ToWorker::Discard {
+                        job: id,
+                        task,
+                        epoch,
+                    };
+                    self.effects.push_back(Effect::Send { worker, message });
+                }
+                Action::Discard { task, epoch, .. } => {
+                    self.effects.push_back(Effect::DiscardAttempt {
+                        job: id,
+                        task,
+                        epoch,
+                    });
+                }
+                Action::Interrupt {
+                    task,
+                    epoch,
+                    worker,
+                } => {
+                    let message = ToWorker::Interrupt {
+                        job: id,
+                        task,
+                        epoch,
+                    };
+                    self.effects.push_back(Effect::Send { worker, message });
+                }
+                Action::Finished(JobOutcome::Completed) => {
+                    let max = job.record.request.limits.max_dead_letters;
+                    match commit_decision(&job.scheduler, max) {
+                        Ok(dead_letters) => {
+                            job.committing = true;
+                            self.effects.push_back(Effect::CommitJob {
+                                job: id,
+                                dead_letters,
+                            });
+                        }
+                        Err(outcome) => {
+                            self.effects.push_back(Effect::CleanupJob { job: id });
+                            self.finish(clock, i, outcome);
+                        }
+                    }
+                }
+                Action::Finished(outcome) => {
+                    self.effects.push_back(Effect::CleanupJob { job: id });
+                    self.finish(clock, i, outcome);
+                }
+            }
+        }
+        self.report_progress(i);
+    }
+
+    /// Queue a `Persist` of what changed in job `i` (attempt records, phase).
+    fn persist(&mut self, clock: Clock, i: usize) {
+        let job = &mut self.jobs[i];
+        let mut batch = Batch::default();
+        for record in job.scheduler.take_changed_records() {
+            batch.attempts.push((job.id, record));
+        }
+        let phase = if job.summary.is_none() && job.scheduler.attempt_log().is_empty() {
+            Phase::Submitted
+        } else {
+            job.scheduler.phase()
+        };
+        if job.record.phase() != Some(phase) {
+            let reason = match phase {
+                Phase::Submitted => "queued",
+                Phase::Mapping if job.record.phase() == Some(Phase::Reducing) => {
+                    "a map output was lost"
+                }
+                Phase::Mapping => "workers assigned",
+                Phase::Reducing => "every map task committed",
+                Phase::Completed => "every reduce task committed",
+                Phase::Failed => "a task failed too often",
+                Phase::Cancelled => "cancelled",
+            };
+            job.record.transitions.push(PhaseChange {
+                phase,
+                unix_ms: clock.unix_ms,
+                reason: reason.into(),
+            });
+            batch.jobs.push(job.record.clone());
+        }
+        if !batch.is_empty() {
+            self.effects.push_back(Effect::Persist(Box::new(batch)));
+        }
+    }
+
+    /// Job `i` ended: persist its outcome and summary, then tell its
+    /// watchers and the workers (I10).
+    fn finish(&mut self, clock: Clock, i: usize, outcome: JobOutcome) {
+        let job = &mut self.jobs[i];
+        debug_assert!(job.summary.is_none(), "job {} finished twice", job.id);
+        job.committing = false;
+        tracing::info!(job = %job.id, ?outcome, "job finished");
+        let summary = summarize(&job.scheduler, outcome, clock.now - job.started);
+        job.record.outcome = Some(summary.outcome.clone());
+        job.record.summary = Some(summary.clone());
+        let mut batch = Batch::default();
+        for record in job.scheduler.take_changed_records() {
+            batch.attempts.push((job.id, record));
+        }
+        batch.jobs.push(job.record.clone());
+        self.effects.push_back(Effect::Persist(Box::new(batch)));
+        for client in job.watchers.drain(..) {
+            let reply = ClientReply::Done(Box::new(summary.clone()));
+            self.effects.push_back(Effect::Reply { client, reply });
+        }
+        job.summary = Some(summary);
+        let done = job.id;
+        for (&worker, w) in &self.workers {
+            if w.connected {
+                let message = ToWorker::JobDone { job: done };
+                self.effects.push_back(Effect::Send { worker, message });
+            }
+        }
+        self.admitted.retain(|&a| a != i);
+    }
+
+    fn report_progress(&mut self, i: usize) {
+        let job = &self.jobs[i];
+        if job.watchers.is_empty() || job.summary.is_some() {
+            return;
+        }
+        let (committed, running, _) = job.scheduler.progress();
+        let reply = ClientReply::Progress {
+            phase: job.scheduler.phase(),
+            committed,
+            running,
+            total: job.scheduler.task_count(),
+        };
+        for &client in &job.watchers {
+            let reply = reply.clone();
+            self.effects.push_back(Effect::Reply { client, reply });
+        }
+    }
+
+    /// Max-min fair shares of the live workers' slots between unfinished
+    /// jobs, by demand (pending + running tasks): first between tenants by
+    /// weight (each capped by its concurrency quota), then between each
+    /// tenant's jobs. Running attempts are never preempted: a job keeps at
+    /// least the slots it uses, and a smaller share takes effect as they
+    /// finish.
+    fn rebalance(&mut self, now: Instant) {
+        let capacity: Vec<(WorkerId, u32)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.connected && !w.draining)
+            .map(|(id, w)| (*id, w.slots))
+            .collect();
+        let total = capacity.iter().map(|(_, s)| s).sum();
+        let jobs = self.admitted.clone();
+        let demand: Vec<u32> = jobs
+            .iter()
+            .map(|&i| self.jobs[i].scheduler.demand() as u32)
+            .collect();
+        let mut tenants: Vec<TenantId> = Vec::new();
+        for &i in &jobs {
+            let t = &self.jobs[i].record.tenant;
+            if !tenants.contains(t) {
+                tenants.push(t.clone());
+            }
+        }
+        let of = |t: &TenantId| -> Vec<usize> {
+            (0..jobs.len())
+                .filter(|&k| self.jobs[jobs[k]].record.tenant == *t)
+                .collect()
+        };
+        let tenant_demand: Vec<u32> = tenants
+            .iter()
+            .map(|t| {
+                let ks = of(t);
+                let cap = self.jobs[jobs[ks[0]]].terms.max_concurrent_attempts;
+                ks.iter().map(|&k| demand[k]).sum::<u32>().min(cap)
+            })
+            .collect();
+        let weights: Vec<u32> = tenants
+            .iter()
+            .map(|t| self.jobs[jobs[of(t)[0]]].terms.weight)
+            .collect();
+        let served: Vec<u64> = jobs
+            .iter()
+            .map(|&i| self.jobs[i].scheduler.attempt_log().len() as u64)
+            .collect();
+        let tenant_served: Vec<u64> = tenants
+            .iter()
+            .map(|t| of(t).iter().map(|&k| served[k]).sum())
+            .collect();
+        let tenant_alloc = weighted_fair(total, &tenant_demand, &weights, &tenant_served);
+        let mut alloc = vec![0; jobs.len()];
+        for (t, tenant) in tenants.iter().enumerate() {
+            let ks = of(tenant);
+            let within = max_min_fair(
+                tenant_alloc[t],
+                &ks.iter().map(|&k| demand[k]).collect::<Vec<_>>(),
+                &ks.iter().map(|&k| served[k]).collect::<Vec<_>>(),
+            );
+            for (k, a) in ks.into_iter().zip(within) {
+                alloc[k] = a;
+            }
+        }
+        // A job's quota is its allocation, never more: an attempt of a job
+        // over its share that finishes is not replaced. A worker is occupied
+        // by max(quota, running) of each job, so nothing oversubscribes it
+        // while a job shrinks to its share.
+        let running: Vec<BTreeMap<WorkerId, u32>> = jobs
+            .iter()
+            .map(|&i| {
+                let s = &self.jobs[i].scheduler;
+                capacity
+                    .iter()
+                    .map(|(w, _)| (*w, s.running_on(*w)))
+                    .collect()
+            })
+            .collect();
+        let mut quota: Vec<BTreeMap<WorkerId, u32>> = running
+            .iter()
+            .enumerate()
+            .map(|(k, r)| {
+                // First keep slots where the job already runs.
+                let mut left = alloc[k];
+                r.iter()
+                    .map(|(w, &n)| {
+                        let keep = n.min(left);
+                        left -= keep;
+                        (*w, keep)
+                    })
+                    .collect()
+            })
+            .collect();
+        let occupied = |quota: &[BTreeMap<WorkerId, u32>], w: &WorkerId| -> u32 {
+            quota
+                .iter()
+                .zip(&running)
+                .map(|(q, r)| q[w].max(r[w]))
+                .sum()
+        };
+        // Free slots are placed one at a time, each to the tenant holding the
+        // fewest slots for its weight, then to its least-served job. Slots
+        // free up one by one as attempts end, so this order decides who gets
+        // the next one: a tenant below its share, not whichever job is older.
+        let tenant_of: Vec<usize> = jobs
+            .iter()
+            .map(|&i| {
+                let t = &self.jobs[i].record.tenant;
+                tenants.iter().position(|x| x == t).expect("listed above")
+            })
+            .collect();
+        loop {
+            let roomiest = capacity
+                .iter()
+                .map(|(w, cap)| (*w, cap.saturating_sub(occupied(&quota, w))))
+                .filter(|(_, free)| *free > 0)
+                .max_by_key(|(w, free)| (*free, std::cmp::Reverse(*w)));
+            let Some((w, _)) = roomiest else { break };
+            let mut held = vec![0u64; tenants.len()];
+            for (k, (q, r)) in quota.iter().zip(&running).enumerate() {
+                held[tenant_of[k]] += q.iter().map(|(w, &n)| u64::from(n.max(r[w]))).sum::<u64>();
+            }
+            let next = (0..quota.len())
+                .filter(|&k| quota[k].values().sum::<u32>() < alloc[k])
+                .min_by(|&a, &b| {
+                    let (ta, tb) = (tenant_of[a], tenant_of[b]);
+                    let (wa, wb) = (u64::from(weights[ta]), u64::from(weights[tb]));
+                    (held[ta] * wb)
+                        .cmp(&(held[tb] * wa))
+                        .then(served[a].cmp(&served[b]))
+                        .then(a.cmp(&b))
+                });
+            let Some(k) = next else { break };
+            *quota[k].get_mut(&w).expect("every live worker") += 1;
+        }
+        for (k, &i) in jobs.iter().enumerate() {
+            for (&worker, &slots) in &quota[k] {
+                let job = &mut self.jobs[i];
+                if job.quotas.get(&worker) != Some(&slots) {
+                    job.quotas.insert(worker, slots);
+                    job.scheduler
+                        .handle(now, Event::ShareChanged { worker, slots });
+                }
+            }
+        }
+    }
+
+    fn listing(&self, i: usize) -> JobListing {
+        let job = &self.jobs[i];
+        let (committed, _, _) = job.scheduler.progress();
+        JobListing {
+            job: job.id.to_string(),
+            phase: self.phase_of(i),
+            outcome: job.summary.as_ref().map(|s| s.outcome.clone()),
+            committed,
+            tasks: job.scheduler.task_count(),
+            submitted_unix_ms: job.record.transitions.first().map_or(0, |t| t.unix_ms),
+        }
+    }
+
+    /// A job that has not run an attempt yet is `Submitted`; otherwise its
+    /// scheduler's phase.
+    fn phase_of(&self, i: usize) -> Phase {
+        let job = &self.jobs[i];
+        match &job.summary {
+            Some(summary) => match summary.outcome {
+                JobOutcome::Completed => Phase::Completed,
+                JobOutcome::Failed(_) => Phase::Failed,
+                JobOutcome::Cancelled => Phase::Cancelled,
+            },
+            None if job.scheduler.attempt_log().is_empty() => Phase::Submitted,
+            None => job.scheduler.phase(),
+        }
+    }
+
+    /// The newest of `tenant`'s jobs matching `job` (an id prefix), or its
+    /// newest job. Another tenant's job is simply not found.
+    fn find(&self, tenant: &TenantId, job: Option<&str>) -> Option<usize> {
+        let own = |j: &JobEntry| j.record.tenant == *tenant;
+        match job {
+            None => self.jobs.iter().rposition(own),
+            Some(id) => self.jobs.iter().rposition(|j| {
+                let full = j.id.0.simple().to_string();
+                own(j) && !id.is_empty() && full.starts_with(&id.to_ascii_lowercase())
+            }),
+        }
+    }
+
+    fn status_report(&self, i: usize) -> StatusReport {
+        let job = &self.jobs[i];
+        let (committed, running, pending) = job.scheduler.progress();
+        StatusReport {
+            job: job.id.to_string(),
+            phase: self.phase_of(i),
+            outcome: job.summary.as_ref().map(|s| s.outcome.clone()),
+            tasks: job.scheduler.task_count(),
+            committed,
+            running,
+            pending,
+            attempt_log: job.scheduler.attempt_log().to_vec(),
+            workers: self
+                .workers
+                .iter()
+                .map(|(&id, w)| WorkerInfo {
+                    id,
+                    name: w.name.clone(),
+                    slots: w.slots,
+                    connected: w.connected,
+                })
+                .collect(),
+            transitions: job.record.transitions.clone(),
+            totals: Totals::of(job.scheduler.attempt_log()),
+        }
+    }
+}
+
+/// The job commit's one decision, for every driver: the dead letters to
+/// publish with the output, or the outcome of a job that skipped more
+/// records than `--max-dead-letters` allows.
+pub fn commit_decision(
+    scheduler: &Scheduler,
+    max_dead_letters: u32,
+) -> Result<Vec<DeadLetter>, JobOutcome> {
+    let dead = dead_letters(scheduler);
+    if dead.len() > max_dead_letters as usize {
+        return Err(JobOutcome::Failed(format!(
+            "{} records made the guest trap, more than --max-dead-letters {max_dead_letters}; first: {}:{}: {}",
+            dead.len(),
+            dead[0].file,
+            dead[0].offset,
+            dead[0].message
+        )));
+    }
+    Ok(dead)
+}
+
+fn not_found(job: Option<&str>) -> String {
+    match job {
+        Some(id) => format!("job {id} not found"),
+        None => "no job has been submitted".into(),
+    }
+}
+
+/// Max-min fair shares of `total` slots for jobs wanting `demand` each:
+/// nobody gets more than it wants, and what one leaves goes to the others.
+pub fn max_min_fair(total: u32, demand: &[u32], served: &[u64]) -> Vec<u32> {
+    weighted_fair(total, demand, &vec![1; demand.len()], served)
+}
+
+/// Weighted max-min fairness (water-filling): each party gets slots in
+/// proportion to its weight, never more than it wants; what it leaves is
+/// shared again among the others. Slots too few to go round go to the
+/// heaviest, then to the least served so far (attempts started), then the
+/// oldest: as slots free up, a job that got none yet gets one, so no job
+/// waits for another to finish.
+pub fn weighted_fair(total: u32, demand: &[u32], weight: &[u32], served: &[u64]) -> Vec<u32> {
+    debug_assert_eq!(demand.len(), weight.len());
+    let mut alloc = vec![0u32; demand.len()];
+    let mut remaining = total;
+    let mut open: Vec<usize> = (0..demand.len()).filter(|&k| demand[k] > 0).collect();
+    while remaining > 0 && !open.is_empty() {
+        let weights: u64 = open.iter().map(|&k| u64::from(weight[k].max(1))).sum();
+        let mut gave = 0;
+        for &k in &open {
+            let share = (u64::from(remaining) * u64::from(weight[k].max(1)) / weights) as u32;
+            let give = share.min(demand[k] - alloc[k]);
+            alloc[k] += give;
+            gave += give;
+        }
+        remaining -= gave;
+        if gave == 0 {
+            // Less than one slot per party: one each, heaviest first.
+            let mut order = open.clone();
+            order.sort_by_key(|&k| (std::cmp::Reverse(weight[k]), served[k]));
+            for k in order.into_iter().take(remaining as usize) {
+                alloc[k] += 1;
+                remaining -= 1;
+            }
+        }
+        open.retain(|&k| alloc[k] < demand[k]);
+    }
+    debug_assert!(alloc.iter().zip(demand).all(|(a, d)| a <= d));
+    debug_assert!(alloc.iter().sum::<u32>() <= total);
+    alloc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{max_min_fair, weighted_fair};
+
+    #[test]
+    fn weighted_shares_follow_the_weights() {
+        assert_eq!(weighted_fair(9, &[100, 100], &[2, 1], &[0; 2]), vec![6, 3]);
+        assert_eq!(weighted_fair(4, &[100, 100], &[1, 1], &[0; 2]), vec![2, 2]);
+        assert_eq!(weighted_fair(10, &[2, 100], &[3, 1], &[0; 2]), vec![2, 8]);
+        assert_eq!(weighted_fair(1, &[5, 5], &[1, 3], &[0; 2]), vec![0, 1]);
+    }
+
+    #[test]
+    fn fair_shares_split_evenly_and_pass_on_what_is_not_wanted() {
+        assert_eq!(max_min_fair(4, &[10, 10], &[0; 2]), vec![2, 2]);
+        assert_eq!(max_min_fair(4, &[1, 10], &[0; 2]), vec![1, 3]);
+        assert_eq!(max_min_fair(2, &[5, 5, 5], &[0; 3]), vec![1, 1, 0]);
+        assert_eq!(max_min_fair(9, &[2, 0, 100], &[0; 3]), vec![2, 0, 7]);
+        assert_eq!(max_min_fair(0, &[3], &[0; 1]), vec![0]);
+        assert_eq!(max_min_fair(6, &[1, 1], &[0; 2]), vec![1, 1]);
+        // Too few slots to go round: the least served job gets one first.
+        assert_eq!(max_min_fair(2, &[5, 5, 5], &[9, 9, 0]), vec![1, 0, 1]);
+    }
+}
