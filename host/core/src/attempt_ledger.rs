@@ -113,3 +113,90 @@ impl AttemptLedger {
         self.unacked.keys()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{AttemptFailure, WorkerId};
+
+    fn report(key: AttemptKey) -> AttemptReport {
+        AttemptReport {
+            job: key.0,
+            task: key.1,
+            epoch: key.2,
+            worker: WorkerId(1),
+            outcome: Err(AttemptFailure::Trap("boom".into())),
+            log: String::new(),
+        }
+    }
+
+    fn sent(ledger: &mut AttemptLedger) -> Vec<String> {
+        std::iter::from_fn(|| ledger.poll_send())
+            .map(|m| match m {
+                FromWorker::Finished(r) => format!("finished {} {}", r.task, r.epoch),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// I3, worker side: a report lost with its connection is sent again on
+    /// every new session until it is acknowledged, then never again.
+    #[test]
+    fn a_report_is_resent_on_every_session_until_acked() {
+        let key = (JobId::new(), TaskId::Map(3), AttemptEpoch(7));
+        let mut ledger = AttemptLedger::default();
+        ledger.connected();
+        assert!(ledger.assigned(key));
+        ledger.disconnected();
+        // Finished while no session is up: nothing to write, kept.
+        ledger.finished(report(key));
+        assert_eq!(sent(&mut ledger), Vec::<String>::new());
+        ledger.connected();
+        assert_eq!(sent(&mut ledger), ["finished m-00003 a7"]);
+        // Written but the connection broke before the Ack.
+        ledger.disconnected();
+        ledger.connected();
+        assert_eq!(sent(&mut ledger), ["finished m-00003 a7"]);
+        assert!(!ledger.idle());
+        ledger.acked(key);
+        assert!(ledger.idle());
+        ledger.disconnected();
+        ledger.connected();
+        assert_eq!(sent(&mut ledger), Vec::<String>::new());
+    }
+
+    /// A repeated assignment of a known attempt is refused, whether it
+    /// still runs or was reported; a new epoch of the task is not.
+    #[test]
+    fn an_attempt_runs_once() {
+        let key = (JobId::new(), TaskId::Reduce(0), AttemptEpoch(1));
+        let mut ledger = AttemptLedger::default();
+        ledger.connected();
+        assert!(ledger.assigned(key));
+        assert!(!ledger.assigned(key));
+        ledger.finished(report(key));
+        assert!(!ledger.assigned(key));
+        assert!(ledger.assigned((key.0, key.1, AttemptEpoch(2))));
+    }
+
+    /// Draining is said on every session, and the worker may stop only
+    /// when nothing runs and every report was acknowledged.
+    #[test]
+    fn a_draining_worker_stops_only_when_idle() {
+        let key = (JobId::new(), TaskId::Map(0), AttemptEpoch(1));
+        let mut ledger = AttemptLedger::default();
+        ledger.connected();
+        assert!(ledger.assigned(key));
+        ledger.drain();
+        ledger.drain();
+        assert_eq!(sent(&mut ledger), ["Draining"]);
+        assert!(!ledger.drained());
+        ledger.finished(report(key));
+        assert!(!ledger.drained());
+        ledger.disconnected();
+        ledger.connected();
+        assert_eq!(sent(&mut ledger), ["finished m-00000 a1", "Draining"]);
+        ledger.acked(key);
+        assert!(ledger.drained());
+    }
+}

@@ -292,14 +292,15 @@ impl Cluster {
             return;
         };
         debug_assert!(self.jobs[i].committing, "job_committed without CommitJob");
+        let failed = result.is_err();
         let outcome = match result {
             Ok(()) => JobOutcome::Completed,
-            Err(e) => {
-                self.effects.push_back(Effect::CleanupJob { job });
-                JobOutcome::Failed(format!("job commit: {e}"))
-            }
+            Err(e) => JobOutcome::Failed(format!("job commit: {e}")),
         };
         self.finish(clock, i, outcome);
+        if failed {
+            self.effects.push_back(Effect::CleanupJob { job });
+        }
         self.settle(clock);
     }
 
@@ -738,14 +739,14 @@ impl Cluster {
                             });
                         }
                         Err(outcome) => {
-                            self.effects.push_back(Effect::CleanupJob { job: id });
                             self.finish(clock, i, outcome);
+                            self.effects.push_back(Effect::CleanupJob { job: id });
                         }
                     }
                 }
                 Action::Finished(outcome) => {
-                    self.effects.push_back(Effect::CleanupJob { job: id });
                     self.finish(clock, i, outcome);
+                    self.effects.push_back(Effect::CleanupJob { job: id });
                 }
             }
         }
@@ -876,6 +877,21 @@ impl Cluster {
                 ks.iter().map(|&k| demand[k]).sum::<u32>().min(cap)
             })
             .collect();
+        // Attempts still running on draining workers count against quotas.
+        let draining_running: Vec<u64> = jobs
+            .iter()
+            .map(|&i| {
+                self.workers
+                    .iter()
+                    .filter(|(_, w)| w.connected && w.draining)
+                    .map(|(id, _)| u64::from(self.jobs[i].scheduler.running_on(*id)))
+                    .sum()
+            })
+            .collect();
+        let caps: Vec<u32> = tenants
+            .iter()
+            .map(|t| self.jobs[jobs[of(t)[0]]].terms.max_concurrent_attempts)
+            .collect();
         let weights: Vec<u32> = tenants
             .iter()
             .map(|t| self.jobs[jobs[of(t)[0]]].terms.weight)
@@ -956,11 +972,15 @@ impl Cluster {
                 .max_by_key(|(w, free)| (*free, std::cmp::Reverse(*w)));
             let Some((w, _)) = roomiest else { break };
             let mut held = vec![0u64; tenants.len()];
+            for (k, &n) in draining_running.iter().enumerate() {
+                held[tenant_of[k]] += n;
+            }
             for (k, (q, r)) in quota.iter().zip(&running).enumerate() {
                 held[tenant_of[k]] += q.iter().map(|(w, &n)| u64::from(n.max(r[w]))).sum::<u64>();
             }
             let next = (0..quota.len())
                 .filter(|&k| quota[k].values().sum::<u32>() < alloc[k])
+                .filter(|&k| held[tenant_of[k]] < u64::from(caps[tenant_of[k]]))
                 .min_by(|&a, &b| {
                     let (ta, tb) = (tenant_of[a], tenant_of[b]);
                     let (wa, wb) = (u64::from(weights[ta]), u64::from(weights[tb]));
@@ -972,15 +992,19 @@ impl Cluster {
             let Some(k) = next else { break };
             *quota[k].get_mut(&w).expect("every live worker") += 1;
         }
+        // Every share first, then scheduling: a job must not assign under
+        // its old share on a worker whose slots now go to another job.
         for (k, &i) in jobs.iter().enumerate() {
             for (&worker, &slots) in &quota[k] {
                 let job = &mut self.jobs[i];
                 if job.quotas.get(&worker) != Some(&slots) {
                     job.quotas.insert(worker, slots);
-                    job.scheduler
-                        .handle(now, Event::ShareChanged { worker, slots });
+                    job.scheduler.set_share(worker, slots);
                 }
             }
+        }
+        for &i in &jobs {
+            self.jobs[i].scheduler.schedule_now(now);
         }
     }
 

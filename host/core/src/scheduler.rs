@@ -75,12 +75,6 @@ pub enum Event {
         worker: WorkerId,
         slots: u32,
     },
-    /// This job's share of a known worker's slots changed (fair share);
-    /// what runs there keeps running.
-    ShareChanged {
-        worker: WorkerId,
-        slots: u32,
-    },
     WorkerLost {
         worker: WorkerId,
     },
@@ -464,16 +458,7 @@ impl Scheduler {
 
     pub fn handle(&mut self, now: Instant, event: Event) {
         match event {
-            Event::WorkerJoined { worker, slots } | Event::ShareChanged { worker, slots } => {
-                self.workers
-                    .entry(worker)
-                    .and_modify(|w| w.slots = slots)
-                    .or_insert(WorkerSlots {
-                        slots,
-                        running: 0,
-                        suspect: false,
-                    });
-            }
+            Event::WorkerJoined { worker, slots } => self.set_share(worker, slots),
             Event::WorkerLost { worker } => self.worker_lost(now, worker),
             Event::Heartbeat { worker } => self.renew_leases(now, worker),
             Event::WorkerDraining { worker } => {
@@ -489,6 +474,26 @@ impl Scheduler {
             } => self.commit_finished(now, task, epoch, result),
             Event::Cancel => self.cancel(now),
         }
+        self.schedule(now);
+    }
+
+    /// Set this job's share of a worker's slots (fair share; what runs
+    /// there keeps running) without scheduling: the coordinator sets every
+    /// job's shares first, then calls [`Self::schedule_now`], so no job
+    /// assigns under its old share on a worker whose slots went to another.
+    pub fn set_share(&mut self, worker: WorkerId, slots: u32) {
+        self.workers
+            .entry(worker)
+            .and_modify(|w| w.slots = slots)
+            .or_insert(WorkerSlots {
+                slots,
+                running: 0,
+                suspect: false,
+            });
+    }
+
+    /// Assign what the current shares allow.
+    pub fn schedule_now(&mut self, now: Instant) {
         self.schedule(now);
     }
 
