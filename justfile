@@ -41,3 +41,8 @@ bench size_mib="256": guests build
 # SEED replays a run; `random` draws a new one (printed at the start).
 differential cases="200" seed="": guests
     WMR_DIFF_CASES={{cases}} WMR_DIFF_SEED={{seed}} cargo test --release --test differential -- --nocapture
+
+# Shuffle: unique lines by `wmr run` vs `sort | uniq -c` (time, peak RSS; one row per size), and an emit flood.
+bench-shuffle sizes_mib="600,2048": guests
+    cargo build --release -p wmr -p wmr-bench
+    ${CARGO_TARGET_DIR:-target}/release/wmr-bench shuffle --sizes-mib {{sizes_mib}} --wmr ${CARGO_TARGET_DIR:-target}/release/wmr --guests {{guest_dir}}

@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use wmr_core::attempt_ledger::{AttemptKey, AttemptLedger};
 use wmr_core::cluster::{ClientId, Clock, Cluster, ClusterConfig, Effect, TenantTerms};
-use wmr_core::protocol::{
+use wmr_core::model::{
     AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, Capability, InputSplit, JobId,
     Limits, ModuleHash, TaskId, TenantId, WorkerId,
 };
@@ -378,6 +378,7 @@ impl Sim {
                     inputs: vec![format!("/in/{i}")],
                     output: PathBuf::from(format!("/out/{i}")),
                     output_format: Default::default(),
+                    shuffle_settings: Default::default(),
                     reducers,
                     split_bytes: 4096,
                     limits: Limits::default(),

@@ -944,7 +944,7 @@ fn bad_frames_on_a_quic_connection_leave_the_coordinator_serving() {
             let mut channel = Channel::open(&connection).await.expect("opening a stream");
             channel
                 .write(&Open::Client {
-                    tenant: wmr::protocol::TenantId::local(),
+                    tenant: wmr::model::TenantId::local(),
                     token: String::new(),
                     request: ClientRequest::Status(Some(job.clone())),
                 })

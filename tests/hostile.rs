@@ -641,18 +641,19 @@ fn bisection_and_a_slow_combiner_end_within_the_attempt_timeout_under_wmr_run() 
     }
 }
 
-/// Issue 10, 6: a flood of 1-byte pairs fails its attempt at the output
-/// limit, and the process stays within the bound SECURITY.md states: the
-/// output limit, twice the memory limit (guest memory and its input) and a
-/// fixed base, per running attempt. At the old cost (~80 bytes a pair,
-/// charged 8) this flood took over 2 GB.
+/// A guest flooding 1-byte pairs until the output limit (1 GiB, the
+/// default: 32 M pairs) fails at the limit, and the process stays within
+/// the bound SECURITY.md states, which no longer depends on the output
+/// limit: the sort buffer (what is not yet spilled), twice the memory
+/// limit (guest memory and its input) and a fixed base, per running
+/// attempt. Before the bounded shuffle this flood took 9.4 GB.
 #[test]
 fn a_flood_of_one_byte_pairs_fails_at_the_output_limit_in_bounded_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.txt");
     std::fs::write(&input, "x\n").unwrap();
     let hostile = guest("hostile");
-    const OUTPUT_MIB: u64 = 256;
+    const SORT_BUFFER_MIB: u64 = 64;
     const MEMORY_MIB: u64 = 64;
     const BASE_MIB: u64 = 160;
     let (_, _, peak_kib) = run_failing(
@@ -666,15 +667,17 @@ fn a_flood_of_one_byte_pairs_fails_at_the_output_limit_in_bounded_memory() {
             "1",
             "--param",
             "mode=emit-tiny",
-            "--output-limit",
-            "256MiB",
+            "--sort-buffer",
+            "64MiB",
             "--memory",
             "64MiB",
+            "--work-dir",
+            &path(tmp.path()),
         ],
-        "output limit exceeded (limit 268435456 bytes)",
+        "output limit exceeded (limit 1073741824 bytes)",
         Duration::from_secs(120),
     );
-    let bound_mib = OUTPUT_MIB + 2 * MEMORY_MIB + BASE_MIB;
+    let bound_mib = SORT_BUFFER_MIB + 2 * MEMORY_MIB + BASE_MIB;
     eprintln!("peak RSS {} MiB, bound {bound_mib} MiB", peak_kib / 1024);
     assert!(
         peak_kib / 1024 <= bound_mib,
@@ -703,4 +706,40 @@ fn a_line_larger_than_the_memory_limit_fails_its_attempt_unread() {
     );
     // Not read: the process's base (~100 MiB) and nothing like the line.
     assert!(peak_kib < 256 << 10, "peak RSS {} MiB", peak_kib / 1024);
+}
+
+/// Issue 12, 6: skip mode's stores are bounded. A guest that traps on any
+/// input of more than one line (but on no single line) would make the
+/// bisection run ~2 stores per line; with `--max-dead-letters 2` the
+/// attempt stops after 80 × 3 + 1 stores with a reason that says so, and
+/// the job fails without output.
+#[test]
+fn skip_mode_stops_at_its_bound_on_guest_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = Input::Lines(2_000).write(tmp.path(), 0);
+    let out = tmp.path().join("out");
+    let err = run_err(&[
+        "run",
+        "--map",
+        &path(&guest("hostile")),
+        "--input",
+        &path(&input),
+        "--output",
+        &path(&out),
+        "--workers",
+        "1",
+        "--reducers",
+        "1",
+        "--max-attempts",
+        "1",
+        "--max-dead-letters",
+        "2",
+        "--param",
+        "mode=trap-multiline",
+    ]);
+    assert_eq!(
+        err,
+        "error: job failed: task m-00000 failed 1 times on w1; last: w1 a1: guest trapped: skip mode ran 241 guest stores without isolating the records that trap (the bound for --max-dead-letters 2)\n"
+    );
+    assert!(!out.exists());
 }

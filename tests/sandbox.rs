@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use support::*;
-use wmr::protocol::{AttemptFailure, Limits};
+use wmr::model::{AttemptFailure, Limits};
 use wmr::sandbox::{AttemptContext, CallOutcome, CollectPairs, LoadedModule, Role, Sandbox};
 
 #[path = "../examples/wordcount/src/count.rs"]
@@ -577,6 +577,26 @@ fn a_counter_name_over_256_bytes_fails_the_attempt_naming_the_bound() {
     assert_still_counts_words(&sandbox);
 }
 
+/// The host's own counters (`wmr.map.spills`) cannot be forged.
+#[test]
+fn a_counter_named_like_the_hosts_fails_the_attempt() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, _) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "counter-reserved")],
+    );
+    assert_eq!(
+        call.result,
+        Err(AttemptFailure::Trap(
+            "incr-counter: counter names starting with `wmr.` are the host's".into()
+        ))
+    );
+    assert!(call.counters.is_empty(), "{:?}", call.counters.keys());
+    assert_still_counts_words(&sandbox);
+}
+
 #[test]
 fn more_than_1024_distinct_counters_fail_the_attempt_naming_the_bound() {
     let sandbox = Sandbox::new().unwrap();
@@ -725,6 +745,7 @@ const CLASSIFIED_TRAPS: &[&str] = &[
     "string pointer/length out of bounds of memory",
     "incr-counter: the counter name is not valid UTF-8",
     "incr-counter: counter name longer than 256 bytes",
+    "incr-counter: counter names starting with `wmr.` are the host's",
     "incr-counter: more than 1024 distinct counters",
     "log: the message is not valid UTF-8",
     "param: the name is not valid UTF-8",

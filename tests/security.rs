@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::cluster::*;
 use support::*;
-use wmr::protocol::{Capability, JobId, ModuleHash, TaskId};
+use wmr::model::{Capability, JobId, ModuleHash, TaskId};
 use wmr::transport::{Channel, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use wmr::wire::{ModuleReply, Open, PartitionReply, ToWorker};
 
@@ -149,6 +149,20 @@ fn one_frame<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
     wmr::transport::decode(body).expect("a well-formed frame")
 }
 
+/// Every frame in `bytes`, in order.
+fn frames<T: serde::de::DeserializeOwned>(mut bytes: &[u8]) -> Vec<T> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (prefix, rest) = bytes
+            .split_first_chunk::<4>()
+            .unwrap_or_else(|| panic!("a cut frame in {bytes:?}"));
+        let len = wmr::transport::check_length(*prefix).expect("a valid length");
+        out.push(wmr::transport::decode(&rest[..len]).expect("a well-formed frame"));
+        bytes = &rest[len..];
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------
 // 1. Shuffle fetches need the job's capability
 
@@ -225,8 +239,9 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
     let stem = committed.file_name().unwrap().to_string_lossy().to_string();
     let (task, epoch) = stem.split_once(".a").unwrap();
     let task = TaskId::Map(task.strip_prefix("m-").unwrap().parse().unwrap());
-    let epoch = wmr::protocol::AttemptEpoch(epoch.parse().unwrap());
-    let partition_bytes = wmr::shuffle::read_map_partition(&committed, 0).unwrap();
+    let epoch = wmr::model::AttemptEpoch(epoch.parse().unwrap());
+    let (start, end) = wmr::intermediate::partition_range(&committed, 0).unwrap();
+    let partition_bytes = std::fs::read(&committed).unwrap()[start as usize..end as usize].to_vec();
 
     let capability = std::fs::read_to_string(&capability_file).expect("the recorded capability");
     assert_eq!(capability.len(), 64, "32 random bytes, hex: {capability:?}");
@@ -286,11 +301,11 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
     });
     match one_frame::<PartitionReply>(&wrong) {
         PartitionReply::Missing(reason) => assert_eq!(reason, refusal),
-        PartitionReply::Found(_) => panic!("a wrong capability read a partition"),
+        other => panic!("a wrong capability read a partition: {other:?}"),
     }
     match one_frame::<PartitionReply>(&missing) {
         PartitionReply::Missing(reason) => assert_eq!(reason, refusal),
-        PartitionReply::Found(_) => panic!("no capability read a partition"),
+        other => panic!("no capability read a partition: {other:?}"),
     }
     for (what, answer) in &garbage {
         assert!(
@@ -298,10 +313,20 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
             "{what}: a bad frame got an answer: {answer:?}"
         );
     }
-    match one_frame::<PartitionReply>(&right) {
-        PartitionReply::Found(bytes) => assert!(bytes == partition_bytes, "not the partition"),
-        PartitionReply::Missing(reason) => panic!("the job's capability was refused: {reason}"),
+    let mut received = Vec::new();
+    let mut replies = frames::<PartitionReply>(&right).into_iter();
+    for reply in replies.by_ref() {
+        match reply {
+            PartitionReply::Chunk(bytes) => received.extend(bytes),
+            PartitionReply::End { bytes } => {
+                assert_eq!(bytes, received.len() as u64);
+                break;
+            }
+            PartitionReply::Missing(reason) => panic!("the job's capability was refused: {reason}"),
+        }
     }
+    assert!(replies.next().is_none(), "frames after the end");
+    assert!(received == partition_bytes, "not the partition");
     let log = plain(&c.workers[worker].stderr_text());
     assert_eq!(
         log.matches("partition fetch refused: wrong or missing capability")

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use wmr_core::protocol::{
+use wmr_core::model::{
     AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, InputSplit, JobId, Limits,
     ModuleHash, TaskId, TaskInput, TenantId, WorkerId,
 };
@@ -219,6 +219,7 @@ impl Sim {
             params: BTreeMap::new(),
             output: PathBuf::from("out"),
             output_format: Default::default(),
+            shuffle_settings: Default::default(),
             work_root: PathBuf::from("work"),
             map_outputs_on_workers: profile.map_outputs_on_workers,
         };
@@ -857,7 +858,7 @@ impl Sim {
         }
     }
 
-    fn check_assign(&mut self, worker: WorkerId, a: &wmr_core::protocol::Assignment) {
+    fn check_assign(&mut self, worker: WorkerId, a: &wmr_core::model::Assignment) {
         let task = a.task;
         check!(
             self,

@@ -1,6 +1,6 @@
 //! The client side of `wmr deploy`, `wmr status` and `wmr cancel`.
 
-use crate::protocol::TenantId;
+use crate::model::TenantId;
 use crate::summary::{JobSummary, Progress};
 use crate::transport::{self, Channel};
 use crate::wire::{ClientReply, ClientRequest, JobRequest, Open, StatusReport};

@@ -2,7 +2,7 @@
 //!
 //! An attempt writes only to its attempt-private path, named by task and
 //! epoch: one file for a map attempt (every reduce partition in it, see
-//! `shuffle::write_map_output`), a directory holding its part file for a
+//! `intermediate`), a directory holding its part file for a
 //! reduce attempt. Committing a task (`commit_attempt`) is one `rename` of
 //! that file to the task's committed name; a reduce output is fsynced
 //! before and its directory after the rename. A rename is atomic, so a
@@ -25,7 +25,7 @@
 //! <output>/_SUCCESS                                          written last
 //! ```
 
-use crate::protocol::{AttemptEpoch, JobId, TaskId};
+use crate::model::{AttemptEpoch, JobId, TaskId};
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
 
@@ -65,6 +65,12 @@ impl JobDirs {
             TaskId::Map(_) => self.work.join("map/_attempts").join(name),
             TaskId::Reduce(_) => self.job_temporary().join(name),
         }
+    }
+
+    /// A reduce attempt's scratch directory on this machine: fetched
+    /// partitions and merge passes; removed when the attempt ends.
+    pub fn reduce_scratch(&self, task: TaskId, epoch: AttemptEpoch) -> PathBuf {
+        self.work.join("reduce").join(format!("{task}.{epoch}"))
     }
 
     /// Where a task's output lives once the task is committed. A map
@@ -142,10 +148,12 @@ impl JobDirs {
         std::fs::rename(&from, &to)
             .with_context(|| format!("committing {task} {epoch}: rename {}", from.display()))?;
         if let TaskId::Reduce(_) = task {
-            // Final output is durable (see `shuffle::write_map_output` for why map
+            // Final output is durable (see `intermediate` for why map
             // output is not).
             sync_dir(to.parent().expect("committed paths have parents"))?;
             remove_if_exists(&self.attempt_path(task, epoch))?;
+        } else {
+            corrupt_for_tests(task, epoch, &to);
         }
         Ok(())
     }
@@ -157,7 +165,7 @@ impl JobDirs {
 
     /// The job commit, after every task committed: move the committed part
     /// files into the output, drop temporary data, write `_SUCCESS` last.
-    pub fn finish(&self, dead_letters: &[crate::protocol::DeadLetter]) -> anyhow::Result<()> {
+    pub fn finish(&self, dead_letters: &[crate::model::DeadLetter]) -> anyhow::Result<()> {
         if !dead_letters.is_empty() {
             // One JSON object per line; `_` keeps it out of later inputs.
             let mut text = String::new();
@@ -192,6 +200,40 @@ impl JobDirs {
         // `_temporary` itself goes once it is empty.
         let _ = std::fs::remove_dir(&temp);
         Ok(())
+    }
+}
+
+/// Fault injection (as FoundationDB's buggify): with
+/// `WMR_FAULT_CORRUPT_MAP_OUTPUT=m-00003` in its environment, the process
+/// committing that map task's first attempt flips the last byte of the
+/// committed file, as a bad disk or cable would. The tests use it to check
+/// that a corrupt block is caught and the map task runs again.
+fn corrupt_for_tests(task: TaskId, epoch: AttemptEpoch, path: &Path) {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    let Some(target) = std::env::var_os("WMR_FAULT_CORRUPT_MAP_OUTPUT") else {
+        return;
+    };
+    if target.to_str() != Some(task.to_string().as_str()) || epoch != AttemptEpoch(1) {
+        return;
+    }
+    let flip = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let at = file.metadata()?.len().saturating_sub(1);
+        let mut byte = [0u8];
+        file.seek(SeekFrom::Start(at))?;
+        file.read_exact(&mut byte)?;
+        byte[0] ^= 0x01;
+        file.seek(SeekFrom::Start(at))?;
+        file.write_all(&byte)
+    };
+    match flip() {
+        Ok(()) => {
+            tracing::warn!(%task, %epoch, "fault injected: flipped the last byte of {}", path.display())
+        }
+        Err(e) => tracing::warn!(%task, %epoch, "fault injection failed: {e}"),
     }
 }
 

@@ -11,7 +11,7 @@
 use crate::cluster::{ClientId, Cluster, ClusterConfig, Effect, TenantTerms};
 use crate::commit::JobDirs;
 use crate::lifecycle::{self, clock};
-use crate::protocol::{AttemptEpoch, Capability, JobId, ModuleHash, Peer, TenantId, WorkerId};
+use crate::model::{AttemptEpoch, Capability, JobId, ModuleHash, Peer, TenantId, WorkerId};
 use crate::records::JobRecord;
 use crate::store::StateStore;
 use crate::tenants::{self, Principal};
@@ -623,6 +623,10 @@ impl Driver {
             principal.tenant.clone(),
             request,
             (map_module.clone(), reduce_module.clone()),
+            crate::sampler::MapComponent {
+                bytes: &map_bytes,
+                sandbox: None,
+            },
             &self.config.work_root,
             clock().unix_ms,
         )?;

@@ -3,26 +3,36 @@
 //! commit does (see [`crate::commit`]).
 
 use crate::commit::JobDirs;
-use crate::map_buffer::{BufferSink, MapBuffer};
-use crate::protocol::{
+use crate::intermediate::{self, BlockReader, Merge, RunWriter};
+use crate::map_buffer::{MapBuffer, MapOutput, OutputSink};
+use crate::model::{
     Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, ModuleHash, TaskId,
     TaskInput, WorkerId,
 };
+use crate::sandbox::Group;
 use crate::sandbox::{
     AttemptContext, CallOutcome, LoadedModule, PairSink, Role, Sandbox, pair_charge,
 };
-use crate::shuffle::{self, Pair};
+use crate::shuffle;
 use crate::split;
 use anyhow::{Context as _, anyhow};
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 /// Groups handed to one `reduce`/`combine` call, in bytes.
 const GROUP_BATCH_BYTES: usize = 1 << 20;
+/// Host counters of a map attempt that spilled: runs written, pairs in them.
+pub const SPILLS_COUNTER: &str = "wmr.map.spills";
+pub const SPILLED_PAIRS_COUNTER: &str = "wmr.map.spilled-pairs";
+
+fn create_parent(path: &Path) -> anyhow::Result<()> {
+    let dir = path.parent().expect("attempt paths have parents");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
 
 /// Runs attempts. Compiles each module once per process and keeps it.
 pub struct Executor {
@@ -103,7 +113,7 @@ impl Executor {
         assignment: &Assignment,
         worker: WorkerId,
         cancel: Arc<AtomicBool>,
-        fetched: Option<Vec<Vec<u8>>>,
+        fetched: Option<Vec<PathBuf>>,
     ) -> AttemptReport {
         let span = tracing::info_span!("attempt", job = %assignment.job, task = %assignment.task,
             epoch = %assignment.epoch, %worker);
@@ -147,7 +157,7 @@ impl Executor {
         dirs: &JobDirs,
         a: &Assignment,
         ctx: &AttemptContext,
-        split: &crate::protocol::InputSplit,
+        split: &crate::model::InputSplit,
     ) -> (Result<AttemptStats, AttemptFailure>, String) {
         let module = match self.module(&a.module, Role::Map) {
             Ok(m) => m,
@@ -172,7 +182,18 @@ impl Executor {
             Ok(bytes) => bytes,
             Err(e) => return (Err(AttemptFailure::Host(format!("{e:#}"))), String::new()),
         };
-        let buffer = Arc::new(Mutex::new(MapBuffer::new(a.reducers)));
+        let path = dirs.attempt_path(a.task, a.epoch);
+        if let Err(e) = create_parent(&path) {
+            return (Err(AttemptFailure::Host(format!("{e:#}"))), String::new());
+        }
+        let settings = &a.shuffle_settings;
+        let partitioner = Arc::new(settings.partitioner.clone());
+        let output = Arc::new(Mutex::new(MapOutput::new(
+            MapBuffer::new(a.reducers, partitioner),
+            settings.sort_buffer_bytes,
+            settings.compression,
+            &path,
+        )));
         let name = split
             .path
             .file_name()
@@ -183,7 +204,7 @@ impl Executor {
             ctx,
             key.as_bytes(),
             &input,
-            Box::new(BufferSink(buffer.clone())),
+            Box::new(OutputSink(output.clone())),
         );
         let log = call.log.clone();
         let mut stats = stats_of(&call, input.len() as u64);
@@ -192,10 +213,10 @@ impl Executor {
             Err(AttemptFailure::Trap(_)) if ctx.limits.max_dead_letters > 0 => {
                 // Skip mode: drop this call's output and find the records
                 // the guest traps on, running the rest without them.
-                *buffer.lock().expect("poisoned") = MapBuffer::new(a.reducers);
+                output.lock().expect("poisoned").clear();
                 ctx.restore_output_held(0);
                 let found =
-                    self.isolate_bad_records(&module, ctx, &key, &input, split.offset, &buffer);
+                    self.isolate_bad_records(&module, ctx, &key, &input, split.offset, &output);
                 match found {
                     Ok(dead) => stats.dead_letters = dead,
                     Err(failure) => return (Err(failure), log),
@@ -204,8 +225,21 @@ impl Executor {
             Err(failure) => return (Err(failure), log),
         }
         drop(input);
-        let path = dirs.attempt_path(a.task, a.epoch);
-        let written = self.combine_and_write(&module, ctx, &buffer, &path);
+        let output = Arc::into_inner(output)
+            .expect("the guest's stores are gone")
+            .into_inner()
+            .expect("poisoned");
+        if output.spills > 0 {
+            // Host counters, as Hadoop's SPILLED_RECORDS: summed over the
+            // committed attempts like the guest's own.
+            stats
+                .counters
+                .insert(SPILLS_COUNTER.into(), output.spills as i64);
+            stats
+                .counters
+                .insert(SPILLED_PAIRS_COUNTER.into(), output.spilled_pairs as i64);
+        }
+        let written = self.combine_and_write(&module, ctx, output, &path);
         stats.fuel_used = ctx.fuel_used();
         match written {
             Ok(bytes) => {
@@ -218,7 +252,7 @@ impl Executor {
 
     /// Bisect `input` by lines, in fresh stores, until every record that
     /// makes `map` trap is alone (Hadoop's skip mode). Output of the good
-    /// ranges goes to `buffer`. At most `max_dead_letters` records are
+    /// ranges goes to `output`. At most `max_dead_letters` records are
     /// skipped; one more fails the attempt. Every run shares the attempt's
     /// fuel, deadline and output limit.
     fn isolate_bad_records(
@@ -228,26 +262,45 @@ impl Executor {
         file: &str,
         input: &[u8],
         base_offset: u64,
-        buffer: &Arc<Mutex<MapBuffer>>,
-    ) -> Result<Vec<crate::protocol::DeadLetter>, AttemptFailure> {
+        output: &Arc<Mutex<MapOutput>>,
+    ) -> Result<Vec<crate::model::DeadLetter>, AttemptFailure> {
         let max = ctx.limits.max_dead_letters as usize;
+        let bound = bisection_bound(ctx.limits.max_dead_letters);
+        let mut runs = 0;
         let mut dead = Vec::new();
         // Ranges still to run, whole lines; the last pushed runs first.
         let mut ranges = vec![(0, input.len())];
         while let Some((lo, hi)) = ranges.pop() {
-            let mark = buffer.lock().expect("poisoned").mark();
+            runs += 1;
+            if runs > bound {
+                return Err(AttemptFailure::Trap(format!(
+                    "skip mode ran {bound} guest stores without isolating the records that trap (the bound for --max-dead-letters {max})"
+                )));
+            }
+            // Each run emits into an output of its own (it may spill too),
+            // taken in when the run succeeds, dropped with its runs when
+            // it traps.
+            let child = Arc::new(Mutex::new(output.lock().expect("poisoned").child()));
             let held = ctx.output_held();
             let call = self.sandbox.run_map(
                 module,
                 ctx,
                 file.as_bytes(),
                 &input[lo..hi],
-                Box::new(BufferSink(buffer.clone())),
+                Box::new(OutputSink(child.clone())),
             );
+            let child = Arc::into_inner(child)
+                .expect("the store is gone")
+                .into_inner()
+                .expect("poisoned");
             match call.result {
-                Ok(()) => {}
+                Ok(()) => output
+                    .lock()
+                    .expect("poisoned")
+                    .absorb(child)
+                    .map_err(|e| AttemptFailure::Host(format!("{e:#}")))?,
                 Err(AttemptFailure::Trap(message)) => {
-                    buffer.lock().expect("poisoned").rollback(&mark);
+                    drop(child);
                     ctx.restore_output_held(held);
                     match split::middle_line_break(&input[lo..hi]) {
                         Some(mid) => {
@@ -255,7 +308,7 @@ impl Executor {
                             ranges.push((lo, lo + mid));
                         }
                         None => {
-                            dead.push(crate::protocol::DeadLetter {
+                            dead.push(crate::model::DeadLetter {
                                 file: file.to_string(),
                                 offset: base_offset + lo as u64,
                                 record: dead_letter_text(&input[lo..hi]),
@@ -275,22 +328,19 @@ impl Executor {
         Ok(dead)
     }
 
-    /// Apply the combiner to keys with several values, then write the
-    /// attempt's map output file (attempt-private), each partition sorted.
+    /// Apply the combiner to the keys with several values still in memory
+    /// (spilled runs are not combined again), then write the attempt's map
+    /// output file (attempt-private), each partition sorted.
     fn combine_and_write(
         &self,
         module: &LoadedModule,
         ctx: &AttemptContext,
-        buffer: &Arc<Mutex<MapBuffer>>,
+        output: MapOutput,
         path: &Path,
     ) -> Result<u64, AttemptFailure> {
         let host_err = |e: anyhow::Error| AttemptFailure::Host(format!("{e:#}"));
-        let dir = path.parent().expect("attempt paths have parents");
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating {}", dir.display()))
-            .map_err(host_err)?;
         if module.has_combiner() {
-            MapBuffer::combine(buffer, GROUP_BATCH_BYTES, |groups, sink| {
+            MapBuffer::combine(output.buffer(), GROUP_BATCH_BYTES, |groups, sink| {
                 let held = ctx.output_held();
                 match self.sandbox.run_combine(module, ctx, groups, sink) {
                     // Declined: whatever it emitted is dropped (the buffer
@@ -314,8 +364,7 @@ impl Executor {
                 }
             })?;
         }
-        let mut buffer = buffer.lock().expect("poisoned");
-        buffer.write(path).map_err(host_err)
+        output.finish(path).map_err(host_err)
     }
 
     fn run_reduce(
@@ -325,57 +374,94 @@ impl Executor {
         ctx: &AttemptContext,
         partition: u32,
         map_outputs: &[(TaskId, AttemptEpoch, WorkerId)],
-        fetched: Option<Vec<Vec<u8>>>,
+        fetched: Option<Vec<PathBuf>>,
     ) -> (Result<AttemptStats, AttemptFailure>, String) {
+        let scratch_dir = ScratchDir(dirs.reduce_scratch(a.task, a.epoch));
+        let scratch = scratch_dir.0.as_path();
         let host_err = |e: anyhow::Error| AttemptFailure::Host(format!("{e:#}"));
         let module = match self.module(&a.module, Role::Reduce) {
             Ok(m) => m,
             Err(e) => return (Err(e), String::new()),
         };
-        // Map outputs in task order, so a key's values arrive in a
-        // deterministic order.
-        let mut pairs: Vec<Pair> = Vec::new();
-        let mut bytes_in = 0;
-        let encoded: Vec<Vec<u8>> = match fetched {
-            Some(fetched) => fetched,
-            None => {
-                let mut read = Vec::with_capacity(map_outputs.len());
-                for (task, epoch, _) in map_outputs {
-                    let path = dirs.committed_path(*task, *epoch);
-                    match shuffle::read_map_partition(&path, partition) {
-                        Ok(bytes) => read.push(bytes),
-                        Err(e) => {
-                            let e = e.context(format!("map output of {task}"));
-                            return (Err(host_err(e)), String::new());
-                        }
-                    }
-                }
-                read
+        // A map output that cannot be read whole and intact (missing,
+        // truncated, a block failing its checksum) is a fetch failure: the
+        // map task runs again; the reduce is not charged.
+        let fetch_failed = |i: usize, e: anyhow::Error| {
+            let (map_task, map_epoch, worker) = map_outputs[i];
+            AttemptFailure::FetchFailed {
+                map_task,
+                map_epoch,
+                worker,
+                reason: format!("{e:#}"),
             }
         };
-        for (bytes, (task, _, _)) in encoded.iter().zip(map_outputs) {
-            bytes_in += bytes.len() as u64;
-            match shuffle::decode_partition(bytes) {
-                Ok(mut p) => pairs.append(&mut p),
-                Err(e) => {
-                    let e = e.context(format!("map output of {task}"));
-                    return (Err(host_err(e)), String::new());
-                }
+        // Sources in map-task order, so a key's values arrive in a
+        // deterministic order.
+        let mut sources = Vec::with_capacity(map_outputs.len());
+        for (i, (task, epoch, _)) in map_outputs.iter().enumerate() {
+            let opened = match &fetched {
+                Some(paths) => BlockReader::open_blocks(&paths[i]),
+                None => BlockReader::open_partition(&dirs.committed_path(*task, *epoch), partition),
+            };
+            match opened {
+                Ok(source) => sources.push(source),
+                Err(e) => return (Err(fetch_failed(i, e)), String::new()),
             }
         }
-        shuffle::sort_pairs(&mut pairs);
-        let groups = shuffle::group_sorted(pairs);
+        let bytes_in = sources.iter().map(BlockReader::stored_bytes).sum();
+        // More sources than one merge holds: merge consecutive ones into
+        // runs first (keeping their order), naming the map task of a bad one.
+        let mut origin: Vec<Vec<usize>> = (0..sources.len()).map(|i| vec![i]).collect();
+        let mut pass = 0;
+        while sources.len() > intermediate::MERGE_FAN_IN {
+            pass += 1;
+            let run = scratch.join(format!("merge{pass}"));
+            let taken: Vec<BlockReader> = sources.drain(..intermediate::MERGE_FAN_IN).collect();
+            let from: Vec<Vec<usize>> = origin.drain(..intermediate::MERGE_FAN_IN).collect();
+            let merged = merge_to_run(taken, scratch, &run, a.shuffle_settings.compression)
+                .map_err(|(source, e)| match source {
+                    Some(i) => fetch_failed(from[i][0], e),
+                    None => host_err(e),
+                });
+            match merged {
+                Ok(reader) => {
+                    sources.insert(0, reader);
+                    origin.insert(0, from.concat());
+                }
+                Err(failure) => return (Err(failure), String::new()),
+            }
+        }
+        let merge = match Merge::new(sources) {
+            Ok(merge) => merge,
+            Err(e) => {
+                return (
+                    Err(fetch_failed(origin[e.source][0], e.error)),
+                    String::new(),
+                );
+            }
+        };
+        let failed = Arc::new(Mutex::new(None));
+        let mut batches = GroupBatches {
+            merge,
+            current: None,
+            failed: failed.clone(),
+        };
         let path = dirs.reduce_attempt_file(a.task, a.epoch);
         let writer = match LineWriter::create(&path, a.output_format) {
             Ok(w) => w,
             Err(e) => return (Err(host_err(e)), String::new()),
         };
         let written = writer.written.clone();
-        let mut batches = shuffle::batches(groups, GROUP_BATCH_BYTES);
         let call = self
             .sandbox
             .run_reduce(&module, ctx, &mut batches, Box::new(writer));
         let log = call.log.clone();
+        // The input ended early: whatever the guest did with part of it is
+        // discarded with the attempt.
+        if let Some((source, e)) = failed.lock().expect("poisoned").take() {
+            let i = origin[source][0];
+            return (Err(fetch_failed(i, e)), log);
+        }
         let mut stats = stats_of(&call, bytes_in);
         if let Err(failure) = call.result {
             return (Err(failure), log);
@@ -394,6 +480,100 @@ impl Executor {
             ),
         }
     }
+}
+
+/// A reduce attempt's scratch directory, removed however the attempt ends.
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Merge `sources` into a one-partition run at `run` (in `scratch`). An
+/// error names the source it came from, or none when writing failed.
+fn merge_to_run(
+    sources: Vec<BlockReader>,
+    scratch: &Path,
+    run: &Path,
+    codec: crate::model::Compression,
+) -> Result<BlockReader, (Option<usize>, anyhow::Error)> {
+    let local = |e: anyhow::Error| (None, e);
+    std::fs::create_dir_all(scratch)
+        .with_context(|| format!("creating {}", scratch.display()))
+        .map_err(local)?;
+    let mut writer = RunWriter::create(run, 1, codec).map_err(local)?;
+    let mut merge = Merge::new(sources).map_err(|e| (Some(e.source), e.error))?;
+    while let Some((key, value)) = merge.next().map_err(|e| (Some(e.source), e.error))? {
+        writer.push(0, key, value).map_err(local)?;
+    }
+    writer.finish().map_err(local)?;
+    BlockReader::open_partition(run, 0).map_err(local)
+}
+
+/// The groups of a merged partition, in batches of about
+/// [`GROUP_BATCH_BYTES`], built as the merge goes: memory holds one batch
+/// (and the whole of a key's values). A read error ends the groups early
+/// and is left in `failed` for the attempt to report.
+struct GroupBatches {
+    merge: Merge,
+    current: Option<Group>,
+    failed: Arc<Mutex<Option<(usize, anyhow::Error)>>>,
+}
+
+impl Iterator for GroupBatches {
+    type Item = Vec<Group>;
+
+    fn next(&mut self) -> Option<Vec<Group>> {
+        let mut batch: Vec<Group> = Vec::new();
+        let mut size = self.current.as_ref().map_or(0, group_bytes);
+        loop {
+            match self.merge.next() {
+                Ok(Some((key, value))) => {
+                    if let Some(group) = &mut self.current
+                        && group.key == key
+                    {
+                        group.values.push(value.to_vec());
+                        size += value.len() + 8;
+                        continue;
+                    }
+                    let group = Group {
+                        key: key.to_vec(),
+                        values: vec![value.to_vec()],
+                    };
+                    let added = group_bytes(&group);
+                    if let Some(done) = self.current.replace(group) {
+                        batch.push(done);
+                        if size >= GROUP_BATCH_BYTES {
+                            return Some(batch);
+                        }
+                    }
+                    size += added;
+                }
+                Ok(None) => {
+                    batch.extend(self.current.take());
+                    return (!batch.is_empty()).then_some(batch);
+                }
+                Err(e) => {
+                    *self.failed.lock().expect("poisoned") = Some((e.source, e.error));
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+fn group_bytes(group: &Group) -> usize {
+    group.key.len() + group.values.iter().map(|v| v.len() + 8).sum::<usize>()
+}
+
+/// The guest stores one attempt's skip mode may run: finding one bad
+/// record among 2^40 lines takes at most 80 (both halves at each of 40
+/// levels), so `max_dead_letters + 1` of them fit. A guest that traps on
+/// every range but on no single line would otherwise run ~2 stores a line.
+fn bisection_bound(max_dead_letters: u32) -> usize {
+    80 * (max_dead_letters as usize + 1) + 1
 }
 
 /// A record for a dead letter: its first 1 KiB, as text (the record itself
@@ -431,14 +611,14 @@ fn stats_of(call: &CallOutcome, bytes_in: u64) -> AttemptStats {
 /// (or the error) in `written`.
 struct LineWriter {
     file: Option<std::io::BufWriter<std::fs::File>>,
-    format: crate::protocol::OutputFormat,
+    format: crate::model::OutputFormat,
     line: Vec<u8>,
     bytes: u64,
     written: Arc<Mutex<Option<Result<u64, String>>>>,
 }
 
 impl LineWriter {
-    fn create(path: &Path, format: crate::protocol::OutputFormat) -> anyhow::Result<Self> {
+    fn create(path: &Path, format: crate::model::OutputFormat) -> anyhow::Result<Self> {
         let dir = path.parent().expect("attempt files have a parent");
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let file =

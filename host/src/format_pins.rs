@@ -9,9 +9,10 @@
 //! (wire) or `store::FORMAT_VERSION` (redb) if it was not raised yet, then
 //! pin the new bytes it prints.
 
-use crate::protocol::{
-    AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, Capability, DeadLetter, InputSplit,
-    JobId, Limits, ModuleHash, OutputFormat, Peer, Shuffle, TaskId, TaskInput, TenantId, WorkerId,
+use crate::model::{
+    AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, Capability, Compression, DeadLetter,
+    InputSplit, JobId, Limits, ModuleHash, OutputFormat, Partitioner, Peer, Shuffle,
+    ShuffleSettings, TaskId, TaskInput, TenantId, WorkerId,
 };
 use crate::scheduler::{AttemptOutcome, AttemptRecord, JobOutcome, Phase};
 use crate::store::{FORMAT_VERSION, JobRecord};
@@ -94,6 +95,7 @@ fn request() -> JobRequest {
         limits: limits(),
         params: params(),
         max_attempts: 4,
+        shuffle_settings: shuffle_settings(),
     }
 }
 
@@ -120,6 +122,16 @@ fn phase_change() -> PhaseChange {
         phase: Phase::Reducing,
         unix_ms: 1,
         reason: "r".into(),
+    }
+}
+
+fn shuffle_settings() -> ShuffleSettings {
+    ShuffleSettings {
+        sort_buffer_bytes: 1 << 20,
+        compression: Compression::None,
+        partitioner: Partitioner::Range {
+            boundaries: vec![b"m".to_vec()],
+        },
     }
 }
 
@@ -166,7 +178,7 @@ fn check(
 /// Every message on the wire, with its nested types populated.
 #[test]
 fn wire_messages_are_pinned_to_the_protocol_version() {
-    let assignment = crate::protocol::Assignment {
+    let assignment = crate::model::Assignment {
         tenant: TenantId("t".into()),
         job: job(),
         task: TaskId::Map(1),
@@ -182,6 +194,7 @@ fn wire_messages_are_pinned_to_the_protocol_version() {
         params: params(),
         output: PathBuf::from("o"),
         output_format: OutputFormat::Jsonl,
+        shuffle_settings: shuffle_settings(),
         work_root: PathBuf::from("w"),
         shuffle: Shuffle::WorkerLocal,
         peers: [(
@@ -275,8 +288,12 @@ fn wire_messages_are_pinned_to_the_protocol_version() {
             hex(&ClientReply::Status(Box::new(status))),
         ),
         (
-            "PartitionReply::Found",
-            hex(&PartitionReply::Found(vec![1])),
+            "PartitionReply::Chunk",
+            hex(&PartitionReply::Chunk(vec![1])),
+        ),
+        (
+            "PartitionReply::End",
+            hex(&PartitionReply::End { bytes: 300 }),
         ),
         (
             "ModuleReply::Refused",
@@ -325,57 +342,58 @@ fn persisted_records_are_pinned_to_the_store_format_version() {
 
 /// `(message, protocol version pinned at, postcard bytes in hex)`.
 const WIRE_PINS: &[(&str, u64, &str)] = &[
+    ("PartitionReply::End", 4, "01ac02"),
+    ("PartitionReply::Chunk", 4, "000101"),
     (
         "Open::Worker",
-        3,
+        4,
         "00016e0101016b01760101000000000000000000000000000000010201660174",
     ),
     (
         "Open::FetchPartition",
-        3,
+        4,
         "01100123456789abcdef0011223344556677000102030163",
     ),
     (
         "Open::Client(Submit)",
-        3,
-        "0301740173000201020101030102696e036f7574010203010203040506070101016b017604",
+        4,
+        "0301740173000201020101030102696e036f7574010203010203040506070101016b017604808040000101016d",
     ),
     (
         "ToWorker::Assign",
-        3,
-        "020174100123456789abcdef00112233445566770001020168000170030405010203040506070101016b0176016f010177010106007f0000010701660163",
+        4,
+        "020174100123456789abcdef00112233445566770001020168000170030405010203040506070101016b0176016f01808040000101016d0177010106007f0000010701660163",
     ),
-    ("TaskInput::Reduce", 3, "01010100020304"),
+    ("TaskInput::Reduce", 4, "01010100020304"),
     (
         "FromWorker::Finished",
-        3,
+        4,
         "01100123456789abcdef00112233445566770001020300010203040501016301010166090172016d016c",
     ),
-    ("AttemptFailure::JobOutputLimit", 3, "060102"),
+    ("AttemptFailure::JobOutputLimit", 4, "060102"),
     (
         "ClientReply::Done",
-        3,
+        4,
         "02016a0103776879010203040506070801016312010166090172016d0101010203040105020900060708017801010203040501016301010166090172016d",
     ),
     (
         "ClientReply::Status",
-        3,
+        4,
         "03016a010100010203040101010203040105020900060708017801010203040501016301010166090172016d0105016e0601010201017201036a6f620000000000000000",
     ),
-    ("PartitionReply::Found", 3, "000101"),
-    ("ModuleReply::Refused", 3, "020172"),
+    ("ModuleReply::Refused", 4, "020172"),
 ];
 
 /// `(record, store format version pinned at, postcard bytes in hex)`.
 const STORE_PINS: &[(&str, u64, &str)] = &[
     (
         "JobRecord",
-        4,
-        "100123456789abcdef001122334455667701740201020101030102696e036f7574010203010203040506070101016b017604016d017201017001020102010172010201016a0103776879010203040506070801016312010166090172016d0101010203040105020900060708017801010203040501016301010166090172016d",
+        5,
+        "100123456789abcdef001122334455667701740201020101030102696e036f7574010203010203040506070101016b017604808040000101016d016d017201017001020102010172010201016a0103776879010203040506070801016312010166090172016d0101010203040105020900060708017801010203040501016301010166090172016d",
     ),
     (
         "AttemptRecord",
-        4,
+        5,
         "01010203040105020900060708017801010203040501016301010166090172016d",
     ),
 ];

@@ -1,7 +1,7 @@
 //! # wmr: a WebAssembly-sandboxed map/reduce executor
 //!
 //! ## Layout
-//! - [`protocol`], [`scheduler`], [`summary`]: re-exported from `wmr-core`
+//! - [`model`], [`scheduler`], [`summary`]: re-exported from `wmr-core`
 //!   (`host/core`): ids, limits and messages; one job's sans-IO state
 //!   machine; what a finished job did. No I/O in them.
 //! - [`sandbox`]: the wasmtime engine, one fresh store per attempt, limits.
@@ -17,7 +17,7 @@
 //!   processes.
 //! - [`seq`]: the sequential reference. The benchmark is its own crate,
 //!   `host/bench` (`wmr-bench`), outside the product.
-pub use wmr_core::{attempt_ledger, cluster, protocol, records, scheduler, summary, wire};
+pub use wmr_core::{attempt_ledger, cluster, model, records, scheduler, summary, wire};
 
 pub mod client;
 pub mod commit;
@@ -25,9 +25,11 @@ pub mod coordinator;
 pub mod executor;
 #[cfg(test)]
 mod format_pins;
+pub mod intermediate;
 pub mod lifecycle;
 pub mod local;
 pub mod map_buffer;
+pub mod sampler;
 pub mod sandbox;
 pub mod seq;
 pub mod shuffle;

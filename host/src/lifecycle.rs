@@ -5,12 +5,12 @@
 
 use crate::cluster::Clock;
 use crate::commit::JobDirs;
-use crate::protocol::{DeadLetter, JobId, ModuleHash, TenantId};
+use crate::model::{DeadLetter, JobId, ModuleHash, TenantId};
 use crate::records::JobRecord;
 use crate::scheduler::Phase;
-use crate::split;
 use crate::summary::PhaseChange;
 use crate::wire::JobRequest;
+use crate::{sampler, split};
 use std::path::Path;
 use std::time::Instant;
 
@@ -22,26 +22,35 @@ pub fn clock() -> Clock {
     }
 }
 
-/// Validate `request` (module bytes already taken out), plan its splits and
-/// prepare its directories. Every check comes before the first directory is
-/// created: a refused job leaves nothing behind.
+/// Validate `request` (module bytes already taken out), plan its splits,
+/// settle its partitioner and prepare its directories. Every check comes
+/// before the first directory is created: a refused job leaves nothing
+/// behind.
+///
+/// `map` is the job's map component: a `--partitioner range` job without
+/// boundaries runs it over a sample of the input to choose them
+/// ([`sampler`]); they are stored in the record's request, so a restored or
+/// resumed job keeps them.
 pub fn plan_job(
     job: JobId,
     tenant: TenantId,
-    request: JobRequest,
+    mut request: JobRequest,
     (map_module, reduce_module): (ModuleHash, ModuleHash),
+    map: sampler::MapComponent<'_>,
     work_root: &Path,
     unix_ms: u64,
 ) -> anyhow::Result<(JobRecord, JobDirs)> {
-    crate::protocol::check_job_settings(
+    crate::model::check_job_settings(
         request.reducers,
         request.split_bytes,
         request.max_attempts,
         &request.limits,
+        &request.shuffle_settings,
     )
     .map_err(anyhow::Error::msg)?;
     let files = split::discover_inputs(&request.inputs)?;
     let splits = split::plan_splits(&files, request.split_bytes)?;
+    sampler::settle_partitioner(&mut request, &splits, &map_module, &map)?;
     let dirs = JobDirs::new(job, work_root, &request.output);
     dirs.prepare()?;
     let record = JobRecord {

@@ -7,7 +7,7 @@ use crate::cluster::{ClientId, Cluster, ClusterConfig, Effect, TenantTerms};
 use crate::commit::JobDirs;
 use crate::executor::Executor;
 use crate::lifecycle::{self, clock};
-use crate::protocol::{
+use crate::model::{
     Assignment, AttemptEpoch, AttemptReport, Capability, JobId, TaskId, TenantId, WorkerId,
 };
 use crate::sandbox::Role;
@@ -25,7 +25,7 @@ pub fn load_modules(
     executor: &Executor,
     map: &Path,
     reduce: &Path,
-) -> anyhow::Result<(crate::protocol::ModuleHash, crate::protocol::ModuleHash)> {
+) -> anyhow::Result<(crate::model::ModuleHash, crate::model::ModuleHash)> {
     let load = |path: &Path, role: Role| {
         let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
         executor
@@ -54,6 +54,8 @@ pub fn run_embedded(
     // Everything that can be wrong with the request is found before any
     // file is written.
     let modules = load_modules(&executor, map, reduce)?;
+    // For `--partitioner range`: the planner samples keys with it.
+    let map_bytes = std::fs::read(map).with_context(|| format!("{}", map.display()))?;
     let job = JobId::new();
     let span = tracing::info_span!("job", %job);
     let _enter = span.enter();
@@ -67,6 +69,10 @@ pub fn run_embedded(
         TenantId::local(),
         request,
         modules,
+        crate::sampler::MapComponent {
+            bytes: &map_bytes,
+            sandbox: Some(executor.sandbox()),
+        },
         work_root,
         clock().unix_ms,
     )?;
@@ -94,8 +100,13 @@ pub fn run_embedded(
         terms,
         Vec::new(),
     );
-    let summary = drive(&mut cluster, &pool, &dirs, on_progress);
+    let mut cleanup = false;
+    let summary = drive(&mut cluster, &pool, &dirs, &mut cleanup, on_progress);
+    // In-flight attempts stop at their cancel flags before their files go.
     drop(pool);
+    if cleanup {
+        lifecycle::cleanup_job(&dirs);
+    }
     let summary = summary?;
     if summary.outcome != crate::scheduler::JobOutcome::Completed && !output_existed {
         // A job that did not complete publishes nothing.
@@ -109,9 +120,13 @@ fn drive(
     cluster: &mut Cluster,
     pool: &WorkerPool,
     dirs: &JobDirs,
+    cleanup: &mut bool,
     on_progress: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<JobSummary> {
     let mut cancels: HashMap<(TaskId, AttemptEpoch), Arc<AtomicBool>> = HashMap::new();
+    // The summary is returned only once every effect queued with it (the
+    // job's cleanup comes after its final Persist) has been carried out.
+    let mut done: Option<JobSummary> = None;
     loop {
         while let Some(effect) = cluster.poll_effect() {
             match effect {
@@ -150,7 +165,7 @@ fn drive(
                         for cancel in cancels.values() {
                             cancel.store(true, Ordering::Relaxed);
                         }
-                        return Ok(*summary);
+                        done = Some(*summary);
                     }
                     ClientReply::Error(e) => anyhow::bail!(e),
                     _ => {}
@@ -170,8 +185,12 @@ fn drive(
                     let result = lifecycle::commit_job(dirs, &dead_letters);
                     cluster.job_committed(clock(), job, result);
                 }
-                Effect::CleanupJob { .. } => lifecycle::cleanup_job(dirs),
+                // Carried out once the worker threads have stopped.
+                Effect::CleanupJob { .. } => *cleanup = true,
             }
+        }
+        if let Some(summary) = done {
+            return Ok(summary);
         }
         let wait = cluster
             .poll_timeout()

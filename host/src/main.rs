@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wmr::protocol::{Limits, OutputFormat};
+use wmr::model::{Limits, OutputFormat};
 use wmr::scheduler::JobOutcome;
 use wmr::summary::{JobSummary, Progress};
 
@@ -221,6 +221,8 @@ struct DeployArgs {
     #[arg(long, default_value_t = 4)]
     max_attempts: u32,
     #[command(flatten)]
+    shuffle: ShuffleArgs,
+    #[command(flatten)]
     guest: GuestArgs,
     #[command(flatten)]
     remote: RemoteArgs,
@@ -329,7 +331,7 @@ impl RemoteArgs {
         wmr::client::Remote {
             coordinator: self.coordinator,
             fingerprint: self.fingerprint.clone(),
-            tenant: wmr::protocol::TenantId(self.tenant.clone()),
+            tenant: wmr::model::TenantId(self.tenant.clone()),
             token: self.token.clone(),
         }
     }
@@ -354,12 +356,56 @@ struct RunArgs {
     /// Attempts per task before the job fails.
     #[arg(long, default_value_t = 4)]
     max_attempts: u32,
+    #[command(flatten)]
+    shuffle: ShuffleArgs,
     /// Where intermediate data goes (default: the system temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// Print the summary as JSON (no progress bar).
     #[arg(long)]
     json: bool,
+}
+
+/// How intermediate data is buffered, compressed and partitioned.
+#[derive(Args)]
+struct ShuffleArgs {
+    /// Host memory for a map attempt's emitted pairs before they are
+    /// sorted and spilled to disk.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    sort_buffer: u64,
+    /// Codec of intermediate blocks.
+    #[arg(long, value_enum, default_value_t)]
+    shuffle_compression: wmr::model::Compression,
+    /// Which reducer a key goes to: `hash` (FNV-1a), or `range`: key
+    /// ranges sampled from the input by running the map component over it,
+    /// so that the part files concatenated are sorted by key.
+    #[arg(long, value_enum, default_value_t)]
+    partitioner: PartitionerKind,
+}
+
+/// `--partitioner`: the range partitioner's boundaries are chosen when the
+/// job is planned (`wmr::sampler`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+enum PartitionerKind {
+    #[default]
+    Hash,
+    Range,
+}
+
+impl ShuffleArgs {
+    fn settings(&self) -> wmr::model::ShuffleSettings {
+        wmr::model::ShuffleSettings {
+            sort_buffer_bytes: self.sort_buffer,
+            compression: self.shuffle_compression,
+            partitioner: match self.partitioner {
+                PartitionerKind::Hash => wmr::model::Partitioner::Hash,
+                // Empty: the job's planner samples the boundaries.
+                PartitionerKind::Range => wmr::model::Partitioner::Range {
+                    boundaries: Vec::new(),
+                },
+            },
+        }
+    }
 }
 
 #[derive(Args)]
@@ -400,7 +446,7 @@ fn main() -> ExitCode {
         }),
         Command::Dlq { job, remote, json } => block_on(async move {
             let report = wmr::client::status(&remote.remote(), job).await?;
-            let mut dead: Vec<wmr::protocol::DeadLetter> = report
+            let mut dead: Vec<wmr::model::DeadLetter> = report
                 .attempt_log
                 .iter()
                 .filter(|r| r.outcome == wmr::scheduler::AttemptOutcome::Committed)
@@ -435,11 +481,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    wmr::protocol::check_job_settings(
+    wmr::model::check_job_settings(
         args.reducers,
         args.split_size,
         args.max_attempts,
         &args.job.guest.limits(),
+        &args.shuffle.settings(),
     )
     .map_err(anyhow::Error::msg)?;
     let workers = args
@@ -460,6 +507,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits: args.job.guest.limits(),
         params: args.job.guest.params(),
         max_attempts: args.max_attempts,
+        shuffle_settings: args.shuffle.settings(),
     };
     let work_root = args
         .work_dir
@@ -575,11 +623,12 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
 
 async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     // Validate locally: a clear error before anything is sent.
-    wmr::protocol::check_job_settings(
+    wmr::model::check_job_settings(
         args.reducers,
         args.split_size,
         args.max_attempts,
         &args.guest.limits(),
+        &args.shuffle.settings(),
     )
     .map_err(anyhow::Error::msg)?;
     let map =
@@ -619,6 +668,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         limits: args.guest.limits(),
         params: args.guest.params(),
         max_attempts: args.max_attempts,
+        shuffle_settings: args.shuffle.settings(),
     };
     if args.detach {
         let job = wmr::client::submit(&args.remote.remote(), request).await?;

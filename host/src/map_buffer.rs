@@ -7,13 +7,16 @@
 //! charges against the output limit (it was ~80 bytes per pair as a
 //! `Vec<(Vec<u8>, Vec<u8>)>`, charged 8). Sorting is in place and needs no
 //! scratch memory; the map output is streamed to its file in the format of
-//! [`crate::shuffle::decode_partition`].
+//! [`crate::intermediate`].
+//!
+//! [`MapOutput`] bounds it: when the buffer holds `--sort-buffer` bytes it
+//! is sorted and spilled to a run on disk, and at the end the runs are
+//! merged into the attempt's one map output.
 
+use crate::intermediate::{self, RunWriter};
+use crate::model::{Compression, Partitioner};
 use crate::sandbox::{Group, PairSink};
-use crate::shuffle;
-use anyhow::Context as _;
-use std::io::{Seek as _, SeekFrom, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Size of a shared arena chunk.
@@ -44,6 +47,12 @@ const _: () = assert!(2 * std::mem::size_of::<PairRef>() as u64 <= HOST_BYTES_PE
 pub struct MapBuffer {
     chunks: Vec<Vec<u8>>,
     parts: Vec<Vec<PairRef>>,
+    partitioner: Arc<Partitioner>,
+    /// Host bytes held: chunk capacity and index entries with their slack.
+    bytes: u64,
+    /// Size of a shared chunk: [`CHUNK_BYTES`], or less for a small sort
+    /// buffer (so one chunk is not already over it).
+    chunk_bytes: usize,
 }
 
 /// A point to go back to: a run of the guest that trapped leaves nothing.
@@ -55,11 +64,31 @@ pub struct Mark {
 }
 
 impl MapBuffer {
-    pub fn new(reducers: u32) -> Self {
+    pub fn new(reducers: u32, partitioner: Arc<Partitioner>) -> Self {
         MapBuffer {
             chunks: Vec::new(),
             parts: vec![Vec::new(); reducers as usize],
+            partitioner,
+            bytes: 0,
+            chunk_bytes: CHUNK_BYTES,
         }
+    }
+
+    /// Chunks of at most a sixteenth of `limit` (at least 4 KiB).
+    pub fn limit_chunks_to(&mut self, limit: u64) {
+        self.chunk_bytes = ((limit / 16) as usize).clamp(4 << 10, CHUNK_BYTES);
+    }
+
+    /// An empty buffer partitioning (and chunking) as this one does.
+    pub fn empty_like(&self) -> Self {
+        let mut empty = MapBuffer::new(self.reducers(), self.partitioner.clone());
+        empty.chunk_bytes = self.chunk_bytes;
+        empty
+    }
+
+    /// What the buffer costs the host, in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     pub fn reducers(&self) -> u32 {
@@ -73,17 +102,18 @@ impl MapBuffer {
             u32::try_from(key.len()).expect("a wasm32 guest's key fits in u32"),
             u32::try_from(value.len()).expect("a wasm32 guest's value fits in u32"),
         );
+        let chunk_bytes = self.chunk_bytes;
         let fits = self
             .chunks
             .last()
-            .is_some_and(|c| c.capacity() - c.len() >= len && c.capacity() == CHUNK_BYTES);
+            .is_some_and(|c| c.capacity() - c.len() >= len && c.capacity() == chunk_bytes);
         if !fits {
-            let capacity = if len >= OWN_CHUNK_BYTES {
-                len
-            } else {
-                CHUNK_BYTES
-            };
+            // OWN_CHUNK_BYTES is 1/16 of a full chunk; smaller chunks keep
+            // that ratio.
+            let own = OWN_CHUNK_BYTES * chunk_bytes / CHUNK_BYTES;
+            let capacity = if len >= own { len } else { chunk_bytes };
             self.chunks.push(Vec::with_capacity(capacity));
+            self.bytes += capacity as u64;
         }
         let chunk = self.chunks.len() - 1;
         let data = &mut self.chunks[chunk];
@@ -96,8 +126,9 @@ impl MapBuffer {
             key_len,
             value_len,
         };
-        let p = shuffle::partition_of(key, self.reducers());
+        let p = self.partitioner.partition(key, self.reducers());
         self.parts[p as usize].push(pair);
+        self.bytes += HOST_BYTES_PER_PAIR;
     }
 
     pub fn mark(&self) -> Mark {
@@ -117,6 +148,8 @@ impl MapBuffer {
         for (part, &len) in self.parts.iter_mut().zip(&mark.part_lens) {
             part.truncate(len);
         }
+        self.bytes = self.chunks.iter().map(|c| c.capacity() as u64).sum::<u64>()
+            + self.len() as u64 * HOST_BYTES_PER_PAIR;
     }
 
     /// Pairs held, all partitions together.
@@ -164,44 +197,17 @@ impl MapBuffer {
             .map(|p| (self.key(p), self.value(p)))
     }
 
-    /// Write the map output file (see [`shuffle::write_map_output`] for the
-    /// layout), streaming each sorted partition in postcard's encoding of
-    /// `Vec<(Vec<u8>, Vec<u8>)>`. Returns the bytes of the partitions.
-    pub fn write(&mut self, path: &Path) -> anyhow::Result<u64> {
+    /// Sort and write every partition as one run (the format of
+    /// [`crate::intermediate`]). Returns the stored bytes of the partitions.
+    pub fn write(&mut self, path: &Path, codec: Compression) -> anyhow::Result<u64> {
         self.sort();
-        let write = || -> anyhow::Result<u64> {
-            let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-            let header = 8 * (self.parts.len() as u64 + 2);
-            file.write_all(&vec![0; header as usize])?;
-            let mut offsets = vec![header];
-            let mut at = header;
-            let varint = |file: &mut std::io::BufWriter<_>, n: usize| -> std::io::Result<u64> {
-                let mut buf = [0u8; 10];
-                let encoded =
-                    postcard::to_slice(&(n as u64), &mut buf).expect("10 bytes hold a u64");
-                file.write_all(encoded)?;
-                Ok(encoded.len() as u64)
-            };
-            for p in 0..self.parts.len() {
-                at += varint(&mut file, self.parts[p].len())?;
-                for (key, value) in self.pairs(p as u32) {
-                    at += varint(&mut file, key.len())?;
-                    file.write_all(key)?;
-                    at += varint(&mut file, value.len())?;
-                    file.write_all(value)?;
-                    at += (key.len() + value.len()) as u64;
-                }
-                offsets.push(at);
+        let mut writer = RunWriter::create(path, self.reducers(), codec)?;
+        for p in 0..self.reducers() {
+            for (key, value) in self.pairs(p) {
+                writer.push(p, key, value)?;
             }
-            file.seek(SeekFrom::Start(0))?;
-            file.write_all(&(self.parts.len() as u64).to_le_bytes())?;
-            for offset in &offsets {
-                file.write_all(&offset.to_le_bytes())?;
-            }
-            file.flush()?;
-            Ok(at - header)
-        };
-        write().with_context(|| format!("writing map output {}", path.display()))
+        }
+        writer.finish()
     }
 
     /// Run the combiner over the keys of each partition that have several
@@ -320,6 +326,162 @@ impl PairSink for BufferSink {
     }
 }
 
+/// A map attempt's output as the guest emits it: a [`MapBuffer`] of at most
+/// `--sort-buffer` bytes, sorted and spilled to a run on disk whenever it
+/// fills, so the host holds at most the sort buffer whatever the guest
+/// emits. [`MapOutput::finish`] merges the runs into the attempt's map
+/// output. Runs not merged are deleted when it is dropped.
+pub struct MapOutput {
+    buffer: Arc<Mutex<MapBuffer>>,
+    sort_buffer: u64,
+    codec: Compression,
+    /// Run files are `{prefix}.run{n}`, `n` from a counter shared with
+    /// every child.
+    prefix: PathBuf,
+    counter: Arc<std::sync::atomic::AtomicU32>,
+    runs: Vec<PathBuf>,
+    /// Spills written (by this output and the children it absorbed).
+    pub spills: u64,
+    pub spilled_pairs: u64,
+}
+
+impl MapOutput {
+    pub fn new(mut buffer: MapBuffer, sort_buffer: u64, codec: Compression, prefix: &Path) -> Self {
+        buffer.limit_chunks_to(sort_buffer);
+        MapOutput {
+            buffer: Arc::new(Mutex::new(buffer)),
+            sort_buffer,
+            codec,
+            prefix: prefix.to_path_buf(),
+            counter: Arc::default(),
+            runs: Vec::new(),
+            spills: 0,
+            spilled_pairs: 0,
+        }
+    }
+
+    /// An empty output with the same settings, whose runs do not collide
+    /// with this one's: skip mode gives each guest run one, and
+    /// [`Self::absorb`]s it when the run succeeds or drops it when it traps.
+    pub fn child(&self) -> Self {
+        let buffer = self.buffer.lock().expect("poisoned").empty_like();
+        MapOutput {
+            buffer: Arc::new(Mutex::new(buffer)),
+            sort_buffer: self.sort_buffer,
+            codec: self.codec,
+            prefix: self.prefix.clone(),
+            counter: self.counter.clone(),
+            runs: Vec::new(),
+            spills: 0,
+            spilled_pairs: 0,
+        }
+    }
+
+    /// The in-memory part (the combiner works on it).
+    pub fn buffer(&self) -> &Arc<Mutex<MapBuffer>> {
+        &self.buffer
+    }
+
+    pub fn push(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        let full = {
+            let mut buffer = self.buffer.lock().expect("poisoned");
+            buffer.push(key, value);
+            buffer.bytes() >= self.sort_buffer
+        };
+        if full {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Sort the buffer and write it as a run; the buffer starts empty.
+    pub fn spill(&mut self) -> anyhow::Result<()> {
+        let mut buffer = self.buffer.lock().expect("poisoned");
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut path = self.prefix.clone().into_os_string();
+        path.push(format!(".run{n}"));
+        let path = PathBuf::from(path);
+        // Listed before it is written: a failed write is deleted too.
+        self.runs.push(path.clone());
+        buffer.write(&path, self.codec)?;
+        self.spills += 1;
+        self.spilled_pairs += buffer.len() as u64;
+        *buffer = buffer.empty_like();
+        Ok(())
+    }
+
+    /// Take in what a child holds, after everything this output holds
+    /// (emission order is kept: a key's values stay in the order emitted).
+    pub fn absorb(&mut self, mut child: MapOutput) -> anyhow::Result<()> {
+        if !child.runs.is_empty() {
+            self.spill()?;
+            self.runs.append(&mut child.runs);
+        }
+        self.spills += child.spills;
+        self.spilled_pairs += child.spilled_pairs;
+        let held = std::mem::replace(
+            &mut *child.buffer.lock().expect("poisoned"),
+            MapBuffer::new(0, Arc::new(Partitioner::Hash)),
+        );
+        for p in 0..held.reducers() {
+            for (key, value) in held.pairs(p) {
+                self.push(key, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget everything: the buffer and the runs.
+    pub fn clear(&mut self) {
+        let mut buffer = self.buffer.lock().expect("poisoned");
+        *buffer = buffer.empty_like();
+        drop(buffer);
+        self.remove_runs();
+    }
+
+    fn remove_runs(&mut self) {
+        for run in self.runs.drain(..) {
+            let _ = std::fs::remove_file(run);
+        }
+    }
+
+    /// Write the attempt's map output at `path`: the buffer alone when
+    /// nothing was spilled, else the runs and the buffer merged. Returns
+    /// the stored bytes of its partitions.
+    pub fn finish(mut self, path: &Path) -> anyhow::Result<u64> {
+        if self.runs.is_empty() {
+            let mut buffer = self.buffer.lock().expect("poisoned");
+            return buffer.write(path, self.codec);
+        }
+        self.spill()?;
+        let reducers = self.buffer.lock().expect("poisoned").reducers();
+        let bytes = intermediate::merge_runs(&self.runs, reducers, self.codec, path);
+        self.remove_runs();
+        bytes
+    }
+}
+
+impl Drop for MapOutput {
+    fn drop(&mut self) {
+        self.remove_runs();
+    }
+}
+
+/// A sink that pushes emitted pairs into a shared [`MapOutput`], spilling.
+#[derive(Clone)]
+pub struct OutputSink(pub Arc<Mutex<MapOutput>>);
+
+impl PairSink for OutputSink {
+    fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+        self.0.lock().expect("poisoned").push(&key, &value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,42 +494,63 @@ mod tests {
             .collect()
     }
 
-    /// The streamed file is byte for byte what `shuffle::write_map_output`
-    /// writes for the same sorted pairs (the format readers decode).
+    fn new_buffer(reducers: u32) -> MapBuffer {
+        MapBuffer::new(reducers, Arc::new(Partitioner::Hash))
+    }
+
+    /// A map output spilled many times (sort buffer far below the data, a
+    /// value past a chunk, past the own-chunk size, and empty ones) is byte
+    /// for byte the output written from memory, with the same equal-key
+    /// order; the runs are gone afterwards.
     #[test]
-    fn the_streamed_map_output_matches_the_reference_encoding() {
+    fn a_spilled_map_output_equals_the_unspilled_one() {
         let dir = tempfile::tempdir().unwrap();
-        let mut buffer = MapBuffer::new(3);
-        let mut reference: Vec<Vec<Pair>> = vec![Vec::new(); 3];
-        for i in 0..5000u32 {
-            let key = format!("k{}", i % 700).into_bytes();
-            // Values past one chunk, past the own-chunk size, and empty.
-            let value = match i % 1000 {
-                0 => vec![b'v'; CHUNK_BYTES + 3],
-                1 => vec![b'w'; OWN_CHUNK_BYTES],
-                2 => Vec::new(),
-                _ => i.to_string().into_bytes(),
-            };
-            buffer.push(&key, &value);
-            reference[shuffle::partition_of(&key, 3) as usize].push((key, value));
-        }
-        for part in &mut reference {
-            shuffle::sort_pairs(part);
-        }
-        let ours = dir.path().join("ours");
-        let theirs = dir.path().join("theirs");
-        let bytes = buffer.write(&ours).unwrap();
-        let want = shuffle::write_map_output(&theirs, &reference).unwrap();
-        assert_eq!(bytes, want);
-        assert_eq!(
-            std::fs::read(&ours).unwrap(),
-            std::fs::read(&theirs).unwrap()
+        let emit = |output: &mut MapOutput| {
+            for i in 0..40_000u32 {
+                let key = format!("k{}", i % 700).into_bytes();
+                let value = match i % 10_000 {
+                    0 => vec![b'v'; CHUNK_BYTES + 3],
+                    1 => vec![b'w'; OWN_CHUNK_BYTES],
+                    2 => Vec::new(),
+                    _ => i.to_string().into_bytes(),
+                };
+                output.push(&key, &value).unwrap();
+            }
+        };
+        let mut small = MapOutput::new(
+            new_buffer(3),
+            crate::model::MIN_SORT_BUFFER_BYTES,
+            Compression::Lz4,
+            &dir.path().join("small"),
         );
+        emit(&mut small);
+        let spills = small.spills;
+        let mut large = MapOutput::new(
+            new_buffer(3),
+            1 << 30,
+            Compression::Lz4,
+            &dir.path().join("large"),
+        );
+        emit(&mut large);
+        assert_eq!(large.spills, 0);
+        assert!(spills > 20 && spills < 100, "{spills} spills");
+        small.finish(&dir.path().join("small.out")).unwrap();
+        large.finish(&dir.path().join("large.out")).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("small.out")).unwrap(),
+            std::fs::read(dir.path().join("large.out")).unwrap()
+        );
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["large.out", "small.out"]);
     }
 
     #[test]
     fn a_rollback_forgets_what_came_after_the_mark() {
-        let mut buffer = MapBuffer::new(2);
+        let mut buffer = new_buffer(2);
         buffer.push(b"a", b"1");
         let mark = buffer.mark();
         for i in 0..10_000u32 {
@@ -387,7 +570,7 @@ mod tests {
     /// declined and all later ones (issue 10: they were dropped).
     #[test]
     fn a_declining_combiner_keeps_every_pair() {
-        let buffer = Arc::new(Mutex::new(MapBuffer::new(2)));
+        let buffer = Arc::new(Mutex::new(new_buffer(2)));
         for i in 0..20_000u32 {
             let key = format!("key-{:06}", i % 5000).into_bytes();
             buffer.lock().unwrap().push(&key, b"1");
@@ -412,7 +595,7 @@ mod tests {
         let mut sums = std::collections::BTreeMap::<Vec<u8>, u64>::new();
         for p in 0..2 {
             for (k, v) in buffer.pairs(p) {
-                assert_eq!(shuffle::partition_of(k, 2), p);
+                assert_eq!(crate::model::hash_partition(k, 2), p);
                 *sums.entry(k.to_vec()).or_default() +=
                     std::str::from_utf8(v).unwrap().parse::<u64>().unwrap();
             }

@@ -19,7 +19,7 @@
 //! below; wasmtime's hostcall fuel (the memory limit, at least 128 MiB per
 //! call) bounds the rest, including WASI calls.
 
-use crate::protocol::{AttemptFailure, Limits};
+use crate::model::{AttemptFailure, Limits};
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -650,8 +650,17 @@ fn check_counter_name(name: &str) -> Result<(), HostStop> {
             "incr-counter: counter name longer than {MAX_COUNTER_NAME_BYTES} bytes"
         )));
     }
+    // The host's counters (spills) must mean what they say.
+    if name.starts_with(RESERVED_COUNTER_PREFIX) {
+        return Err(HostStop::Refused(format!(
+            "incr-counter: counter names starting with `{RESERVED_COUNTER_PREFIX}` are the host's"
+        )));
+    }
     Ok(())
 }
+
+/// Counters the host keeps itself (`wmr.map.spills`, ...).
+pub const RESERVED_COUNTER_PREFIX: &str = "wmr.";
 
 /// The host side of the `wmr:mapreduce/host` imports, after lifting.
 impl AttemptState {
@@ -919,7 +928,7 @@ pub struct Sandbox {
     ticker_stop: Arc<AtomicBool>,
     /// Compiled components by the SHA-256 of their bytes: a component that
     /// is both the map and the reduce module is compiled once.
-    compiled: Mutex<std::collections::HashMap<crate::protocol::ModuleHash, Component>>,
+    compiled: Mutex<std::collections::HashMap<crate::model::ModuleHash, Component>>,
 }
 
 impl Drop for Sandbox {
@@ -1076,7 +1085,7 @@ impl Sandbox {
     }
 
     fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        let digest = crate::protocol::ModuleHash::of(bytes);
+        let digest = crate::model::ModuleHash::of(bytes);
         if let Some(component) = self.compiled.lock().expect("poisoned").get(&digest) {
             return Ok(component.clone());
         }

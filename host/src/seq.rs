@@ -4,7 +4,7 @@
 //! once per whole input file, one global sort, `reduce` over every group in
 //! one store. No combiner (a combiner must not change the result).
 
-use crate::protocol::{Limits, OutputFormat};
+use crate::model::{Limits, OutputFormat};
 use crate::sandbox::{AttemptContext, CollectPairs, Role, Sandbox};
 use crate::shuffle::{self, Pair};
 use crate::split;

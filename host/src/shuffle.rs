@@ -1,27 +1,15 @@
-//! Intermediate data: partitioning, sorting, grouping and its file format.
-//!
-//! A map attempt writes one file holding every reduce partition (see
-//! [`write_map_output`]): each partition's pairs sorted by key,
-//! postcard-encoded as `Vec<(key, value)>`.
+//! Partitioning, sorting and grouping pairs in memory (`wmr seq` and the
+//! tests), and the output record formats. The intermediate file format is
+//! [`crate::intermediate`].
 
-use crate::protocol::OutputFormat;
+use crate::model::OutputFormat;
 use crate::sandbox::Group;
 pub use crate::sandbox::Pair;
-use anyhow::Context as _;
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
-use std::path::Path;
 
-/// The partition of `key` among `reducers`: FNV-1a, written out here
-/// because it is part of the output layout and must never change between
-/// versions, machines or processes (std's hashers are seeded per process).
+/// The hash partition of `key` among `reducers` (FNV-1a; see
+/// [`crate::model::hash_partition`]).
 pub fn partition_of(key: &[u8], reducers: u32) -> u32 {
-    debug_assert!(reducers > 0);
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in key {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % u64::from(reducers)) as u32
+    crate::model::hash_partition(key, reducers)
 }
 
 /// Sort pairs by key; equal keys keep their emitted order (stable sort),
@@ -63,78 +51,6 @@ pub fn batches(groups: Vec<Group>, batch_bytes: usize) -> impl Iterator<Item = V
         }
         Some(batch)
     })
-}
-
-/// Write a map attempt's output: every reduce partition in one file, as
-/// Spark's sort shuffle and Hadoop's `file.out` do, rather than a directory
-/// of one file per partition. One inode per map task instead of R + 1:
-/// creating inodes was half the CPU time of small tasks on this machine
-/// class. Returns the bytes of the encoded partitions.
-///
-/// Layout: R (u64 LE); R + 1 offsets from the start of the file (u64 LE;
-/// partition p is bytes `offsets[p]..offsets[p + 1]`); the partitions.
-///
-/// Not fsynced, on purpose: intermediate data need not survive a machine
-/// crash, because a crashed worker is a lost worker and its map outputs run
-/// again (I8); as in Hadoop, only final output is made durable. Visibility
-/// is still atomic (commit is a rename).
-pub fn write_map_output(path: &Path, parts: &[Vec<Pair>]) -> anyhow::Result<u64> {
-    let write = || -> anyhow::Result<u64> {
-        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-        let header = 8 * (parts.len() as u64 + 2);
-        // The header is written last, once the offsets are known.
-        file.write_all(&vec![0; header as usize])?;
-        let mut offsets = vec![header];
-        for pairs in parts {
-            let bytes = postcard::to_stdvec(pairs).context("encoding intermediate pairs")?;
-            file.write_all(&bytes)?;
-            offsets.push(offsets.last().expect("not empty") + bytes.len() as u64);
-        }
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(&(parts.len() as u64).to_le_bytes())?;
-        for offset in &offsets {
-            file.write_all(&offset.to_le_bytes())?;
-        }
-        file.flush()?;
-        Ok(offsets.last().expect("not empty") - header)
-    };
-    write().with_context(|| format!("writing map output {}", path.display()))
-}
-
-/// The encoded bytes of `partition` in a map output written by
-/// [`write_map_output`]; checked against the file's own header.
-pub fn read_map_partition(path: &Path, partition: u32) -> anyhow::Result<Vec<u8>> {
-    let read = || -> anyhow::Result<Vec<u8>> {
-        let mut file = std::fs::File::open(path)?;
-        let len = file.metadata()?.len();
-        let mut word = [0; 8];
-        let mut read_u64 = |file: &mut std::fs::File, at: u64| -> std::io::Result<u64> {
-            file.seek(SeekFrom::Start(at))?;
-            file.read_exact(&mut word)?;
-            Ok(u64::from_le_bytes(word))
-        };
-        let partitions = read_u64(&mut file, 0)?;
-        anyhow::ensure!(
-            u64::from(partition) < partitions,
-            "no partition {partition}: it holds {partitions}"
-        );
-        let at = 8 + 8 * u64::from(partition);
-        let (start, end) = (read_u64(&mut file, at)?, read_u64(&mut file, at + 8)?);
-        anyhow::ensure!(
-            start <= end && end <= len,
-            "corrupt header: partition {partition} at {start}..{end} of {len} bytes"
-        );
-        let mut bytes = vec![0; (end - start) as usize];
-        file.seek(SeekFrom::Start(start))?;
-        file.read_exact(&mut bytes)?;
-        Ok(bytes)
-    };
-    read().with_context(|| format!("reading map output {}", path.display()))
-}
-
-/// Decode the bytes of one partition read by [`read_map_partition`].
-pub fn decode_partition(bytes: &[u8]) -> anyhow::Result<Vec<Pair>> {
-    postcard::from_bytes(bytes).context("decoding intermediate pairs")
 }
 
 /// Append one reduce output record to `out` as one line in `format`: one
@@ -227,49 +143,6 @@ mod tests {
             .map(|i| partition_of(i.to_string().as_bytes(), 10))
             .collect();
         assert_eq!(spread.len(), 10);
-    }
-
-    #[test]
-    fn a_map_output_gives_back_each_partition() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m-00000.a1");
-        let parts: Vec<Vec<Pair>> = vec![
-            vec![
-                (b"a".to_vec(), b"1".to_vec()),
-                (b"b".to_vec(), b"".to_vec()),
-            ],
-            vec![],
-            vec![(b"c".to_vec(), vec![7; 1000])],
-        ];
-        let bytes = write_map_output(&path, &parts).unwrap();
-        let encoded: Vec<Vec<u8>> = (0..3)
-            .map(|p| read_map_partition(&path, p).unwrap())
-            .collect();
-        assert_eq!(bytes, encoded.iter().map(|e| e.len() as u64).sum::<u64>());
-        for (p, pairs) in parts.iter().enumerate() {
-            assert_eq!(&decode_partition(&encoded[p]).unwrap(), pairs);
-        }
-        let err = read_map_partition(&path, 3).unwrap_err();
-        assert_eq!(
-            format!("{err:#}"),
-            format!(
-                "reading map output {}: no partition 3: it holds 3",
-                path.display()
-            )
-        );
-        // A truncated file is refused, never read past its end.
-        let len = std::fs::metadata(&path).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(len - 1)
-            .unwrap();
-        let err = read_map_partition(&path, 2).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("corrupt header: partition 2"),
-            "{err:#}"
-        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! ends just after a newline (or at the end of the file), and a line longer
 //! than the split size stays whole in one split.
 
-use crate::protocol::InputSplit;
+use crate::model::InputSplit;
 use anyhow::{Context as _, bail};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

@@ -9,7 +9,7 @@
 //! incarnations. Writes happen in one transaction per batch of events,
 //! before anything that depends on them is acknowledged.
 
-use crate::protocol::{AttemptEpoch, Capability, JobId, ModuleHash, TaskId};
+use crate::model::{AttemptEpoch, Capability, JobId, ModuleHash, TaskId};
 pub use crate::records::{Batch, JobRecord};
 use crate::scheduler::AttemptRecord;
 use anyhow::{Context as _, bail};
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 /// its output limit; 3: a committed map output is one file, not a
 /// directory of partition files, so jobs resumed from format 2 could not
 /// read theirs; 4: a job's request holds its output format).
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 const FILE_NAME: &str = "wmr-state.redb";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -7,7 +7,7 @@
 //! is in development mode: one tenant, `local`, for anyone who has pinned
 //! its certificate, and any worker may join.
 
-use crate::protocol::{Limits, TenantId};
+use crate::model::{Limits, TenantId};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -170,7 +170,7 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Option<TenantsFile>> {
 }
 
 fn token_hash(token: &str) -> String {
-    crate::protocol::sha256_hex(token.as_bytes())
+    crate::model::sha256_hex(token.as_bytes())
 }
 
 /// Check a client's tenant and token.

@@ -34,7 +34,7 @@ pub const ALPN: &[u8] = b"wmr/1";
 /// Raised when a message changes incompatibly (2: shuffle capabilities,
 /// `ModuleReply::Refused`; 3: a job request and an assignment carry the
 /// output format).
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The largest frame accepted: a module plus headroom.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// The name the coordinator's certificate is issued for.
@@ -257,7 +257,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Hex SHA-256 of a DER certificate.
 pub fn fingerprint_of(cert: &[u8]) -> String {
-    crate::protocol::sha256_hex(cert)
+    crate::model::sha256_hex(cert)
 }
 
 fn install_crypto_provider() {
@@ -540,7 +540,7 @@ mod tests {
         #[test]
         fn client_frames_round_trip(job in ".{0,40}", tenant in "[a-z]{0,12}", token in ".{0,64}") {
             let message = crate::wire::Open::Client {
-                tenant: crate::protocol::TenantId(tenant),
+                tenant: crate::model::TenantId(tenant),
                 token,
                 request: crate::wire::ClientRequest::Cancel(job),
             };

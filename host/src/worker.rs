@@ -10,13 +10,13 @@
 use crate::attempt_ledger::{AttemptKey, AttemptLedger};
 use crate::commit::JobDirs;
 use crate::executor::Executor;
-use crate::protocol::{
+use crate::model::{
     Assignment, AttemptFailure, AttemptReport, Capability, JobId, ModuleHash, Peer, Shuffle,
     TaskId, TaskInput, WorkerId,
 };
 use crate::sandbox::Role;
 use crate::transport::{self, Channel};
-use crate::wire::{FromWorker, ModuleReply, Open, PartitionReply, ToWorker};
+use crate::wire::{FromWorker, ModuleReply, Open, PARTITION_CHUNK_BYTES, PartitionReply, ToWorker};
 use anyhow::{Context as _, bail};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -368,7 +368,7 @@ fn handle(
 }
 
 async fn run_attempt(
-    assignment: crate::protocol::Assignment,
+    assignment: crate::model::Assignment,
     worker: WorkerId,
     cancel: Arc<AtomicBool>,
     executor: Arc<Executor>,
@@ -395,7 +395,7 @@ async fn run_attempt(
                 task: assignment.task,
                 epoch: assignment.epoch,
                 worker,
-                outcome: Err(crate::protocol::AttemptFailure::Host(format!(
+                outcome: Err(crate::model::AttemptFailure::Host(format!(
                     "module {}: {e:#}",
                     assignment.module
                 ))),
@@ -404,9 +404,11 @@ async fn run_attempt(
         }
     }
     let (job, task, epoch) = (assignment.job, assignment.task, assignment.epoch);
-    let fetched = match fetch_map_outputs(&assignment, worker).await {
+    let fetched = match fetch_map_outputs(&assignment, worker, &assignment.work_root).await {
         Ok(fetched) => fetched,
         Err(failure) => {
+            let dirs = JobDirs::new(job, &assignment.work_root, std::path::Path::new(""));
+            let _ = std::fs::remove_dir_all(dirs.reduce_scratch(task, epoch));
             return AttemptReport {
                 job,
                 task,
@@ -426,7 +428,7 @@ async fn run_attempt(
         task,
         epoch,
         worker,
-        outcome: Err(crate::protocol::AttemptFailure::Host(format!(
+        outcome: Err(crate::model::AttemptFailure::Host(format!(
             "attempt panicked: {e}"
         ))),
         log: String::new(),
@@ -514,13 +516,15 @@ fn local_dirs(options: &WorkerOptions, job: JobId) -> JobDirs {
 }
 
 /// A reduce task's inputs under worker-local shuffle: every map output's
-/// partition, from this worker's disk or fetched from the worker holding
-/// it. `None` for every other task. A fetch that fails names the map task
-/// so that the coordinator runs it again.
+/// partition, fetched from the worker holding it (this one included) and
+/// spooled to a file in the attempt's scratch directory, chunk by chunk.
+/// `None` for every other task. A fetch that fails names the map task so
+/// that the coordinator runs it again; blocks are checked when read.
 async fn fetch_map_outputs(
     assignment: &Assignment,
     me: WorkerId,
-) -> Result<Option<Vec<Vec<u8>>>, AttemptFailure> {
+    work_dir: &std::path::Path,
+) -> Result<Option<Vec<PathBuf>>, AttemptFailure> {
     let TaskInput::Reduce {
         partition,
         map_outputs,
@@ -531,9 +535,11 @@ async fn fetch_map_outputs(
     if assignment.shuffle != Shuffle::WorkerLocal {
         return Ok(None);
     }
+    let scratch = JobDirs::new(assignment.job, work_dir, std::path::Path::new(""))
+        .reduce_scratch(assignment.task, assignment.epoch);
     let mut fetched = Vec::with_capacity(map_outputs.len());
     let mut connections: HashMap<WorkerId, (quinn::Endpoint, quinn::Connection)> = HashMap::new();
-    for &(map_task, map_epoch, holder) in map_outputs {
+    for (i, &(map_task, map_epoch, holder)) in map_outputs.iter().enumerate() {
         let failed = |reason: String| AttemptFailure::FetchFailed {
             map_task,
             map_epoch,
@@ -567,20 +573,88 @@ async fn fetch_map_outputs(
                 entry.insert(connected)
             }
         };
-        let connection = &connection.1;
-        let reply = async {
-            let mut channel = Channel::open(connection).await?;
-            channel.write(&request).await?;
-            channel.expect::<PartitionReply>().await
-        }
-        .await
-        .map_err(|e| failed(format!("{e:#}")))?;
-        match reply {
-            PartitionReply::Found(bytes) => fetched.push(bytes),
-            PartitionReply::Missing(reason) => return Err(failed(reason)),
-        }
+        let path = scratch.join(format!("{i}.blocks"));
+        spool_partition(&connection.1, &request, &scratch, &path)
+            .await
+            .map_err(|e| failed(format!("{e:#}")))?;
+        fetched.push(path);
     }
     Ok(Some(fetched))
+}
+
+/// Fetch one partition into `path`, a chunk at a time.
+async fn spool_partition(
+    connection: &quinn::Connection,
+    request: &Open,
+    scratch: &std::path::Path,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    tokio::fs::create_dir_all(scratch)
+        .await
+        .with_context(|| format!("creating {}", scratch.display()))?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .with_context(|| format!("creating {}", path.display()))?;
+    let mut channel = Channel::open(connection).await?;
+    channel.write(request).await?;
+    let mut received: u64 = 0;
+    loop {
+        match channel.expect::<PartitionReply>().await? {
+            PartitionReply::Chunk(bytes) => {
+                received += bytes.len() as u64;
+                file.write_all(&bytes)
+                    .await
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            PartitionReply::End { bytes } => {
+                anyhow::ensure!(
+                    bytes == received,
+                    "the partition ended after {received} of {bytes} bytes"
+                );
+                file.flush().await?;
+                return Ok(());
+            }
+            PartitionReply::Missing(reason) => bail!("{reason}"),
+        }
+    }
+}
+
+/// Stream partition `partition` of the map output at `path` as chunks and
+/// an end frame. An error before the first chunk is answered as missing.
+async fn send_partition(
+    channel: &mut Channel,
+    path: &std::path::Path,
+    partition: u32,
+) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let range = {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::intermediate::partition_range(&path, partition))
+            .await??
+    };
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(range.0)).await?;
+    let mut left = range.1 - range.0;
+    let mut chunk = vec![0u8; PARTITION_CHUNK_BYTES];
+    while left > 0 {
+        let n = (left as usize).min(PARTITION_CHUNK_BYTES);
+        file.read_exact(&mut chunk[..n]).await?;
+        // Once a chunk is out, a failure can only end the stream: the
+        // reducer sees no End and fails the fetch.
+        channel
+            .write(&PartitionReply::Chunk(chunk[..n].to_vec()))
+            .await?;
+        left -= n as u64;
+    }
+    channel
+        .write(&PartitionReply::End {
+            bytes: range.1 - range.0,
+        })
+        .await?;
+    let _ = channel.send.finish();
+    let _ = channel.send.stopped().await;
+    Ok(())
 }
 
 /// The refusal of a partition fetch without the job's capability (the
@@ -616,18 +690,14 @@ async fn serve_shuffle(endpoint: quinn::Endpoint, work_dir: PathBuf) {
                             if authorised(&work_dir, job, &capability).await {
                                 let dirs = JobDirs::new(job, &work_dir, std::path::Path::new(""));
                                 let path = dirs.committed_path(task, epoch);
-                                let read = tokio::task::spawn_blocking(move || {
-                                    crate::shuffle::read_map_partition(&path, partition)
-                                })
-                                .await;
-                                match read {
-                                    Ok(Ok(bytes)) => PartitionReply::Found(bytes),
-                                    Ok(Err(e)) => {
+                                // Sent as it is: the reducer checks every
+                                // block, so corruption here or on the way
+                                // is caught there.
+                                match send_partition(&mut channel, &path, partition).await {
+                                    Ok(()) => return,
+                                    Err(e) => {
                                         PartitionReply::Missing(format!("{task} {epoch}: {e:#}"))
                                     }
-                                    Err(e) => PartitionReply::Missing(format!(
-                                        "{task} {epoch}: reading it failed: {e}"
-                                    )),
                                 }
                             } else {
                                 tracing::warn!(%job, %task, %epoch, partition, "partition fetch refused: wrong or missing capability");

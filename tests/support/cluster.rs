@@ -796,7 +796,7 @@ impl Cluster {
                 let mut channel = Channel::open(&connection).await.expect("opening a stream");
                 channel
                     .write(&Open::Client {
-                        tenant: wmr::protocol::TenantId::local(),
+                        tenant: wmr::model::TenantId::local(),
                         // Development mode (no tenants.toml): no token.
                         token: String::new(),
                         request: ClientRequest::Watch(job.to_string()),

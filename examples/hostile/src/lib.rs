@@ -31,6 +31,9 @@
 //! - `emit-newline-key`: the keys `a\nforged-record 999999` and `\xff\r`
 //!   (not UTF-8), value `1`, then counts words;
 //! - `counter-long-name`: a counter named with 1 MiB of text;
+//! - `trap-multiline`: panics on any input of more than one line, so skip
+//!   mode's bisection never finds a bad record;
+//! - `counter-reserved`: a counter named like the host's own (`wmr.…`);
 //! - `counter-many`: 100,000 distinct counters;
 //! - `counter-extreme`: `max` += i64::MAX twice, `min` += i64::MIN twice,
 //!   then counts words;
@@ -75,6 +78,11 @@ impl Job for Hostile {
                 let text = String::from_utf8_lossy(text);
                 if let Some(line) = text.lines().find(|l| l.contains(poison.as_str())) {
                     panic!("poisoned record: {line}");
+                }
+            }
+            "trap-multiline" => {
+                if text.iter().filter(|&&b| b == b'\n').count() > 1 {
+                    panic!("more than one line");
                 }
             }
             "escape" => escape(out)?,
@@ -141,6 +149,7 @@ impl Job for Hostile {
                 out.emit(b"\xff\r", "1");
             }
             "counter-long-name" => wmr_guest::incr_counter(&"c".repeat(1 << 20), 1),
+            "counter-reserved" => wmr_guest::incr_counter("wmr.map.spills", 1_000),
             "counter-many" => {
                 for i in 0..100_000 {
                     wmr_guest::incr_counter(&format!("c{i}"), 1);

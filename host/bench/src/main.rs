@@ -17,6 +17,8 @@
 //! many one-line tasks (`--tasks`) measures the fixed cost per task:
 //! embedded, and over QUIC with the durable state store and with the
 //! in-memory one; their difference is the cost of durability.
+//!
+//! `wmr-bench shuffle` is a separate benchmark (`shuffle.rs`).
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use rustc_hash::{FxBuildHasher, FxHashMap};
@@ -33,12 +35,14 @@ use tokio::sync::watch;
 use wmr::client::{self, Remote};
 use wmr::coordinator::{self, CoordinatorConfig};
 use wmr::local::run_embedded;
-use wmr::protocol::{Limits, TaskId, TenantId, WorkerId};
+use wmr::model::{Limits, TaskId, TenantId, WorkerId};
 use wmr::sandbox::{AttemptContext, LoadedModule, PairSink, Role, Sandbox};
 use wmr::scheduler::JobOutcome;
 use wmr::summary::JobSummary;
 use wmr::wire::JobRequest;
 use wmr::worker::{self, WorkerOptions};
+
+mod shuffle;
 
 /// The guest's tokenizer, compiled natively.
 #[path = "../../../examples/wordcount/src/count.rs"]
@@ -95,7 +99,8 @@ const REFERENCE: &str = "reference on this machine: native 2-thread FxHash ~440 
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "wmr-bench",
-    about = "Word count measured several ways in one run"
+    about = "Word count measured several ways in one run",
+    after_help = "The shuffle benchmark is `wmr-bench shuffle` (see `wmr-bench shuffle --help`)."
 )]
 pub struct BenchArgs {
     /// Corpus size in MiB (generated from the bundled books).
@@ -199,8 +204,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = <BenchArgs as clap::Parser>::parse();
-    match run(&args) {
+    // `wmr-bench shuffle ...` is the shuffle benchmark; anything else is the
+    // word count, parsed exactly as before the subcommand existed.
+    let result = if std::env::args_os().nth(1).is_some_and(|a| a == "shuffle") {
+        shuffle::run(&clap::Parser::parse_from(std::env::args_os().skip(1)))
+    } else {
+        run(&<BenchArgs as clap::Parser>::parse())
+    };
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -843,6 +854,7 @@ fn embedded_job(
         limits: Limits::default(),
         params: BTreeMap::new(),
         max_attempts: 1,
+        shuffle_settings: Default::default(),
     };
     run_embedded(
         guest,
@@ -1105,6 +1117,7 @@ impl Cluster {
             limits: Limits::default(),
             params: BTreeMap::new(),
             max_attempts: 1,
+            shuffle_settings: Default::default(),
         };
         let (mut on_submitted, mut on_progress) = (|_: &str| {}, |_| {});
         let deploy = client::deploy(&self.remote, request, &mut on_submitted, &mut on_progress);

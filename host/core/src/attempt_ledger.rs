@@ -11,7 +11,7 @@
 //! re-sent copies are harmless. A draining worker stops only when nothing
 //! runs and every report was acknowledged.
 
-use crate::protocol::{AttemptEpoch, AttemptReport, JobId, TaskId};
+use crate::model::{AttemptEpoch, AttemptReport, JobId, TaskId};
 use crate::wire::FromWorker;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -117,7 +117,7 @@ impl AttemptLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{AttemptFailure, WorkerId};
+    use crate::model::{AttemptFailure, WorkerId};
 
     fn report(key: AttemptKey) -> AttemptReport {
         AttemptReport {

@@ -14,7 +14,7 @@
 //! order and stops if a `Persist` fails, so nothing acknowledged is ever
 //! missing from the durable state after a crash.
 
-use crate::protocol::{
+use crate::model::{
     AttemptEpoch, Capability, DeadLetter, JobId, ModuleHash, Peer, TaskId, TaskInput, TenantId,
     WorkerId,
 };
@@ -619,6 +619,7 @@ impl Cluster {
             params: record.request.params.clone(),
             output: record.request.output.clone(),
             output_format: record.request.output_format,
+            shuffle_settings: record.request.shuffle_settings.clone(),
             work_root: self.config.work_root.clone(),
             map_outputs_on_workers: !self.config.shared_store,
         }

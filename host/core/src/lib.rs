@@ -6,7 +6,8 @@
 //! `cargo test -p wmr-core` runs the deterministic simulation without
 //! building wasmtime.
 //!
-//! - [`protocol`]: ids, limits, assignments, attempt reports and failures.
+//! - [`model`]: the domain: ids, limits, assignments, attempt reports and
+//!   failures (the wire protocol itself is [`wire`]).
 //! - [`scheduler`]: one job's sans-IO state machine: events and time in,
 //!   actions out (I1–I9).
 //! - [`summary`]: what a finished job did, from its scheduler.
@@ -20,7 +21,7 @@
 //!   commit).
 pub mod attempt_ledger;
 pub mod cluster;
-pub mod protocol;
+pub mod model;
 pub mod records;
 pub mod scheduler;
 pub mod summary;

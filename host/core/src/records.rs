@@ -3,7 +3,7 @@
 //! `store` module writes them to redb, the coordinator's state machine
 //! ([`crate::cluster`]) says what to write and when.
 
-use crate::protocol::{Capability, InputSplit, JobId, ModuleHash, TenantId};
+use crate::model::{Capability, InputSplit, JobId, ModuleHash, TenantId};
 use crate::scheduler::{AttemptRecord, JobOutcome, Phase};
 use crate::summary::{JobSummary, PhaseChange};
 use crate::wire::JobRequest;

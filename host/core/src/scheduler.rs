@@ -15,9 +15,10 @@
 //! - I4 reduce tasks start only when every map task is committed;
 //! - I5 a worker runs at most `slots` attempts at once.
 
-use crate::protocol::{
+use crate::model::{
     Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, InputSplit, JobId,
-    Limits, ModuleHash, OutputFormat, Shuffle, TaskId, TaskInput, TenantId, WorkerId,
+    Limits, ModuleHash, OutputFormat, Shuffle, ShuffleSettings, TaskId, TaskInput, TenantId,
+    WorkerId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -36,6 +37,7 @@ pub struct JobPlan {
     pub params: BTreeMap<String, String>,
     pub output: std::path::PathBuf,
     pub output_format: OutputFormat,
+    pub shuffle_settings: ShuffleSettings,
     pub work_root: std::path::PathBuf,
     /// Map outputs live on the worker that produced them (networked mode):
     /// when that worker is lost, its committed map tasks run again.
@@ -1102,6 +1104,7 @@ impl Scheduler {
                 params,
                 output: self.plan.output.clone(),
                 output_format: self.plan.output_format,
+                shuffle_settings: self.plan.shuffle_settings.clone(),
                 work_root: self.plan.work_root.clone(),
                 shuffle: if self.plan.map_outputs_on_workers {
                     Shuffle::WorkerLocal

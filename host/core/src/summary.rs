@@ -2,7 +2,7 @@
 //! computed from its scheduler. `wmr run --json` prints it; the
 //! coordinator keeps it and sends it to clients.
 
-use crate::protocol::{DeadLetter, TaskId};
+use crate::model::{DeadLetter, TaskId};
 use crate::scheduler::{AttemptOutcome, AttemptRecord, JobOutcome, Phase, Scheduler};
 use serde::Serialize;
 use std::collections::BTreeMap;

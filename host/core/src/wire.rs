@@ -4,9 +4,9 @@
 //! worker keeps one control stream open for its whole connection; module
 //! fetches and client requests each use a stream of their own.
 
-use crate::protocol::{
+use crate::model::{
     Assignment, AttemptEpoch, AttemptReport, Capability, JobId, Limits, ModuleHash, OutputFormat,
-    Peer, TaskId, TenantId, WorkerId,
+    Peer, ShuffleSettings, TaskId, TenantId, WorkerId,
 };
 use crate::scheduler::{AttemptRecord, Phase};
 use crate::summary::JobSummary;
@@ -109,10 +109,19 @@ pub enum ToWorker {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum PartitionReply {
-    /// The partition file's bytes (postcard-encoded pairs).
-    Found(Vec<u8>),
+    /// The next piece of the partition's blocks (see the intermediate
+    /// format), at most [`PARTITION_CHUNK_BYTES`]: a partition of any size
+    /// streams through bounded frames and is spooled to disk.
+    Chunk(Vec<u8>),
+    /// The partition is complete: `bytes` were sent in all.
+    End {
+        bytes: u64,
+    },
     Missing(String),
 }
+
+/// The largest [`PartitionReply::Chunk`].
+pub const PARTITION_CHUNK_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ModuleReply {
@@ -137,6 +146,7 @@ pub struct JobRequest {
     pub limits: Limits,
     pub params: BTreeMap<String, String>,
     pub max_attempts: u32,
+    pub shuffle_settings: ShuffleSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,8 +1,10 @@
-//! The messages that cross between coordinator and workers.
+//! The domain of wmr: ids (tenant, job, task, attempt epoch, worker),
+//! limits and the one check of a job's settings, assignments, attempt
+//! reports and failures.
 //!
-//! They are plain data (serde, encoded with postcard on the wire) so that the
+//! Plain data (serde): the messages of [`crate::wire`] carry them, so the
 //! embedded driver and a networked one carry exactly the same thing. Every
-//! message names its tenant, job, task and attempt epoch.
+//! assignment and report names its tenant, job, task and attempt epoch.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -146,6 +148,82 @@ impl Default for Limits {
     }
 }
 
+/// How a job's intermediate data is buffered, compressed and partitioned
+/// (`--sort-buffer`, `--shuffle-compression`, `--partitioner`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShuffleSettings {
+    /// Host memory for a map attempt's emitted pairs; when full they are
+    /// sorted and spilled to a run on disk (Hadoop's `io.sort.mb`).
+    pub sort_buffer_bytes: u64,
+    /// How each block of intermediate data is compressed.
+    pub compression: Compression,
+    pub partitioner: Partitioner,
+}
+
+impl Default for ShuffleSettings {
+    fn default() -> Self {
+        ShuffleSettings {
+            sort_buffer_bytes: 64 << 20,
+            compression: Compression::default(),
+            partitioner: Partitioner::Hash,
+        }
+    }
+}
+
+/// The codec of intermediate blocks. Part of the block format: a block
+/// names its codec, so readers need no job settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    /// LZ4 block format (lz4_flex).
+    #[default]
+    Lz4,
+}
+
+/// Which reduce partition a key goes to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Partitioner {
+    /// FNV-1a of the key modulo the reducers.
+    #[default]
+    Hash,
+    /// Total order: partition `p` holds the keys `k` with
+    /// `boundaries[p - 1] <= k < boundaries[p]` (byte order), so the part
+    /// files concatenated are sorted. `boundaries` is sorted and holds
+    /// `reducers - 1` keys, sampled from the input when the job is planned.
+    Range { boundaries: Vec<Vec<u8>> },
+}
+
+impl Partitioner {
+    /// The partition of `key` among `reducers`.
+    pub fn partition(&self, key: &[u8], reducers: u32) -> u32 {
+        match self {
+            Partitioner::Hash => hash_partition(key, reducers),
+            Partitioner::Range { boundaries } => {
+                debug_assert!(boundaries.len() < reducers as usize);
+                boundaries.partition_point(|b| b.as_slice() <= key) as u32
+            }
+        }
+    }
+}
+
+/// The hash partition of `key` among `reducers`: FNV-1a, written out here
+/// because it is part of the output layout and must never change between
+/// versions, machines or processes (std's hashers are seeded per process).
+pub fn hash_partition(key: &[u8], reducers: u32) -> u32 {
+    debug_assert!(reducers > 0);
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in key {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(reducers)) as u32
+}
+
+/// The smallest `--sort-buffer`: room for a few blocks of intermediate data.
+pub const MIN_SORT_BUFFER_BYTES: u64 = 64 << 10;
+
 /// The one check of a job's settings, shared by `wmr run`, `wmr deploy`
 /// (before anything is sent) and the coordinator (whatever a client sent):
 /// each refusal names its flag, and nothing has been created yet.
@@ -154,7 +232,14 @@ pub fn check_job_settings(
     split_bytes: u64,
     max_attempts: u32,
     limits: &Limits,
+    shuffle: &ShuffleSettings,
 ) -> Result<(), String> {
+    if shuffle.sort_buffer_bytes < MIN_SORT_BUFFER_BYTES {
+        return Err(format!(
+            "--sort-buffer must be at least {} KiB",
+            MIN_SORT_BUFFER_BYTES >> 10
+        ));
+    }
     let positive = [
         ("--reducers", u64::from(reducers)),
         ("--split-size", split_bytes),
@@ -224,6 +309,8 @@ pub struct Assignment {
     pub output: PathBuf,
     /// How reduce attempts write their records.
     pub output_format: OutputFormat,
+    /// How intermediate data is buffered, compressed and partitioned.
+    pub shuffle_settings: ShuffleSettings,
     /// The root of intermediate data in the shared store.
     pub work_root: PathBuf,
     pub shuffle: Shuffle,
