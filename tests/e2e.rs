@@ -538,10 +538,18 @@ fn poisoned_corpus(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u
         let mut line: Vec<&str> = (0..n)
             .map(|_| words[rng.random_range(0..words.len())])
             .collect();
+        // Clean lines carry a word of their own (letters: the guest's
+        // tokenizer splits at digits): ~100,000 distinct keys, past a small
+        // sort buffer.
+        let own: String = std::iter::successors(Some(i + 1), |n| Some(n / 26))
+            .take_while(|&n| n > 0)
+            .map(|n| char::from(b'a' + (n % 26) as u8))
+            .collect();
         if [7, 50_123, 99_998].contains(&i) {
             line.push("POISON");
             offsets.push(all.len() as u64);
         } else {
+            line.push(&own);
             clean.push_str(&line.join(" "));
             clean.push('\n');
         }
@@ -557,47 +565,56 @@ fn poisoned_corpus(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u
 
 /// Skip mode: each record that makes the guest trap is isolated and
 /// skipped; the job completes with exactly those records as dead letters.
+/// The same with a 64 KiB sort buffer, so that the bisection's runs spill
+/// (each run emits into its own output, kept or dropped whole).
 #[test]
 fn records_that_trap_become_dead_letters_and_the_rest_completes() {
     let tmp = tempfile::tempdir().unwrap();
     let (input, reference_input, offsets) = poisoned_corpus(tmp.path());
     let guest = guest("hostile");
-    let out = tmp.path().join("out");
-    run_ok(&[
-        "run",
-        "--map",
-        &path(&guest),
-        "--input",
-        &path(&input),
-        "--output",
-        &path(&out),
-        "--param",
-        "mode=trap",
-        "--param",
-        "trap-on=POISON",
-        "--split-size",
-        "512KiB",
-        "--reducers",
-        "3",
-        "--max-dead-letters",
-        "3",
-    ]);
-    assert_eq!(
-        sorted_output(&out),
-        reference(&guest, &[&reference_input], &[])
-    );
-    let dead: Vec<serde_json::Value> = std::fs::read_to_string(out.join("_dead_letters.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let found: Vec<u64> = dead.iter().map(|d| d["offset"].as_u64().unwrap()).collect();
-    assert_eq!(found, offsets);
-    for d in &dead {
-        assert_eq!(d["file"], "in.txt");
-        assert!(d["record"].as_str().unwrap().ends_with(" POISON"));
-        let message = d["message"].as_str().unwrap();
-        assert!(message.contains("poisoned record: "), "{message}");
+    let expected = reference(&guest, &[&reference_input], &[]);
+    for sort_buffer in ["64MiB", "64KiB"] {
+        let out = tmp.path().join(format!("out-{sort_buffer}"));
+        let run = run_ok(&[
+            "run",
+            "--map",
+            &path(&guest),
+            "--input",
+            &path(&input),
+            "--output",
+            &path(&out),
+            "--param",
+            "mode=trap",
+            "--param",
+            "trap-on=POISON",
+            "--split-size",
+            "512KiB",
+            "--reducers",
+            "3",
+            "--max-dead-letters",
+            "3",
+            "--sort-buffer",
+            sort_buffer,
+            "--json",
+        ]);
+        let spills = summary_json(&run)["counters"]["wmr.map.spills"]
+            .as_i64()
+            .unwrap_or(0);
+        assert_eq!(spills > 0, sort_buffer == "64KiB", "{spills} spills");
+        assert_eq!(sorted_output(&out), expected, "--sort-buffer {sort_buffer}");
+        let dead: Vec<serde_json::Value> = std::fs::read_to_string(out.join("_dead_letters.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let found: Vec<u64> = dead.iter().map(|d| d["offset"].as_u64().unwrap()).collect();
+        assert_eq!(found, offsets);
+        for d in &dead {
+            assert_eq!(d["file"], "in.txt");
+            assert!(d["record"].as_str().unwrap().ends_with(" POISON"));
+            let message = d["message"].as_str().unwrap();
+            assert!(message.contains("poisoned record: "), "{message}");
+        }
     }
 }
 

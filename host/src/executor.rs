@@ -396,42 +396,68 @@ impl Executor {
             }
         };
         // Sources in map-task order, so a key's values arrive in a
-        // deterministic order.
-        let mut sources = Vec::with_capacity(map_outputs.len());
-        for (i, (task, epoch, _)) in map_outputs.iter().enumerate() {
-            let opened = match &fetched {
-                Some(paths) => BlockReader::open_blocks(&paths[i]),
-                None => BlockReader::open_partition(&dirs.committed_path(*task, *epoch), partition),
-            };
-            match opened {
-                Ok(source) => sources.push(source),
-                Err(e) => return (Err(fetch_failed(i, e)), String::new()),
+        // deterministic order. Each is opened only when it is merged: a
+        // reader holds a file and ~130 KiB of buffers, and a job may have
+        // thousands of map tasks.
+        let mut sources: Vec<ReduceSource> = map_outputs
+            .iter()
+            .enumerate()
+            .map(|(i, (task, epoch, _))| match &fetched {
+                Some(paths) => ReduceSource::Fetched(paths[i].clone()),
+                None => ReduceSource::Local(dirs.committed_path(*task, *epoch), partition),
+            })
+            .collect();
+        // Which map outputs each source holds (a merged run: several).
+        let mut origin: Vec<Vec<usize>> = (0..sources.len()).map(|i| vec![i]).collect();
+        let mut bytes_in = 0;
+        let mut open = |sources: Vec<ReduceSource>,
+                        origin: &[Vec<usize>]|
+         -> Result<Vec<BlockReader>, AttemptFailure> {
+            let mut readers = Vec::with_capacity(sources.len());
+            for (i, source) in sources.into_iter().enumerate() {
+                let reader = match &source {
+                    ReduceSource::Local(path, p) | ReduceSource::Merged(path, p) => {
+                        BlockReader::open_partition(path, *p)
+                    }
+                    ReduceSource::Fetched(path) => BlockReader::open_blocks(path),
+                }
+                .map_err(|e| fetch_failed(origin[i][0], e))?;
+                // A merged run's bytes were counted as its map outputs.
+                if !matches!(source, ReduceSource::Merged(..)) {
+                    bytes_in += reader.stored_bytes();
+                }
+                readers.push(reader);
             }
-        }
-        let bytes_in = sources.iter().map(BlockReader::stored_bytes).sum();
+            Ok(readers)
+        };
         // More sources than one merge holds: merge consecutive ones into
         // runs first (keeping their order), naming the map task of a bad one.
-        let mut origin: Vec<Vec<usize>> = (0..sources.len()).map(|i| vec![i]).collect();
         let mut pass = 0;
         while sources.len() > intermediate::MERGE_FAN_IN {
             pass += 1;
             let run = scratch.join(format!("merge{pass}"));
-            let taken: Vec<BlockReader> = sources.drain(..intermediate::MERGE_FAN_IN).collect();
+            let taken: Vec<_> = sources.drain(..intermediate::MERGE_FAN_IN).collect();
             let from: Vec<Vec<usize>> = origin.drain(..intermediate::MERGE_FAN_IN).collect();
-            let merged = merge_to_run(taken, scratch, &run, a.shuffle_settings.compression)
+            let readers = match open(taken, &from) {
+                Ok(readers) => readers,
+                Err(failure) => return (Err(failure), String::new()),
+            };
+            let merged = merge_to_run(readers, scratch, &run, a.shuffle_settings.compression)
                 .map_err(|(source, e)| match source {
                     Some(i) => fetch_failed(from[i][0], e),
                     None => host_err(e),
                 });
-            match merged {
-                Ok(reader) => {
-                    sources.insert(0, reader);
-                    origin.insert(0, from.concat());
-                }
-                Err(failure) => return (Err(failure), String::new()),
+            if let Err(failure) = merged {
+                return (Err(failure), String::new());
             }
+            sources.insert(0, ReduceSource::Merged(run, 0));
+            origin.insert(0, from.concat());
         }
-        let merge = match Merge::new(sources) {
+        let readers = match open(sources, &origin) {
+            Ok(readers) => readers,
+            Err(failure) => return (Err(failure), String::new()),
+        };
+        let merge = match Merge::new(readers) {
             Ok(merge) => merge,
             Err(e) => {
                 return (
@@ -480,6 +506,16 @@ impl Executor {
             ),
         }
     }
+}
+
+/// One input of a reduce attempt's merge.
+enum ReduceSource {
+    /// A partition of a committed map output in the shared store.
+    Local(PathBuf, u32),
+    /// A partition fetched from a worker and spooled (blocks only).
+    Fetched(PathBuf),
+    /// A run of an earlier merge pass, in the attempt's scratch directory.
+    Merged(PathBuf, u32),
 }
 
 /// A reduce attempt's scratch directory, removed however the attempt ends.
