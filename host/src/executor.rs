@@ -432,26 +432,40 @@ impl Executor {
         };
         // More sources than one merge holds: merge consecutive ones into
         // runs first (keeping their order), naming the map task of a bad one.
+        // Level by level, each group of consecutive sources becomes one
+        // run: order is kept and each byte is rewritten once per level.
         let mut pass = 0;
         while sources.len() > intermediate::MERGE_FAN_IN {
-            pass += 1;
-            let run = scratch.join(format!("merge{pass}"));
-            let taken: Vec<_> = sources.drain(..intermediate::MERGE_FAN_IN).collect();
-            let from: Vec<Vec<usize>> = origin.drain(..intermediate::MERGE_FAN_IN).collect();
-            let readers = match open(taken, &from) {
-                Ok(readers) => readers,
-                Err(failure) => return (Err(failure), String::new()),
-            };
-            let merged = merge_to_run(readers, scratch, &run, a.shuffle_settings.compression)
-                .map_err(|(source, e)| match source {
-                    Some(i) => fetch_failed(from[i][0], e),
-                    None => host_err(e),
-                });
-            if let Err(failure) = merged {
-                return (Err(failure), String::new());
+            let mut next_sources = Vec::new();
+            let mut next_origin = Vec::new();
+            while !sources.is_empty() {
+                let n = sources.len().min(intermediate::MERGE_FAN_IN);
+                let taken: Vec<_> = sources.drain(..n).collect();
+                let from: Vec<Vec<usize>> = origin.drain(..n).collect();
+                if n == 1 {
+                    next_sources.extend(taken);
+                    next_origin.extend(from);
+                    continue;
+                }
+                pass += 1;
+                let run = scratch.join(format!("merge{pass}"));
+                let readers = match open(taken, &from) {
+                    Ok(readers) => readers,
+                    Err(failure) => return (Err(failure), String::new()),
+                };
+                let merged = merge_to_run(readers, scratch, &run, a.shuffle_settings.compression)
+                    .map_err(|(source, e)| match source {
+                        Some(i) => fetch_failed(from[i][0], e),
+                        None => host_err(e),
+                    });
+                if let Err(failure) = merged {
+                    return (Err(failure), String::new());
+                }
+                next_sources.push(ReduceSource::Merged(run, 0));
+                next_origin.push(from.concat());
             }
-            sources.insert(0, ReduceSource::Merged(run, 0));
-            origin.insert(0, from.concat());
+            sources = next_sources;
+            origin = next_origin;
         }
         let readers = match open(sources, &origin) {
             Ok(readers) => readers,

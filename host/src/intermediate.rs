@@ -41,7 +41,7 @@ pub const MAGIC: &[u8; 8] = b"WMRSHUF1";
 /// Raw bytes per block before it is cut.
 pub const BLOCK_BYTES: usize = 64 << 10;
 const BLOCK_HEADER: usize = 13;
-/// Runs merged at once; more are merged in passes (each source holds a
+/// Runs merged at once; more are merged in levels (each source holds a
 /// block and a read buffer, ~200 KiB).
 pub const MERGE_FAN_IN: usize = 64;
 /// Read buffer of one merge source.
@@ -492,7 +492,7 @@ impl Merge {
 
 /// Merge the runs at `runs` (every partition of each, run order breaking
 /// ties) into one run at `out`; at most [`MERGE_FAN_IN`] runs are open at
-/// once: more are merged in passes, into files next to `out`. Returns the
+/// once: more are merged level by level, into files next to `out`. Returns the
 /// stored bytes of `out`'s partitions.
 pub fn merge_runs(
     runs: &[PathBuf],
@@ -501,16 +501,29 @@ pub fn merge_runs(
     out: &Path,
 ) -> anyhow::Result<u64> {
     let mut runs = runs.to_vec();
-    let mut pass = 0;
     let mut temporary: Vec<PathBuf> = Vec::new();
-    // Merge a prefix of consecutive runs into one at the front: run order,
-    // and so the order of equal keys, is kept.
+    // Level by level: each group of consecutive runs becomes one run, so
+    // run order (and so the order of equal keys) is kept, and every byte
+    // is rewritten once per level, log_64(runs) times in all.
     while runs.len() > MERGE_FAN_IN {
-        pass += 1;
-        let merged = out.with_extension(format!("pass{pass}"));
-        merge_into(&runs[..MERGE_FAN_IN], partitions, codec, &merged)?;
-        runs.splice(..MERGE_FAN_IN, [merged.clone()]);
-        temporary.push(merged);
+        let mut next = Vec::with_capacity(runs.len().div_ceil(MERGE_FAN_IN));
+        for group in runs.chunks(MERGE_FAN_IN) {
+            if let [single] = group {
+                next.push(single.clone());
+                continue;
+            }
+            let merged = out.with_extension(format!("pass{}", temporary.len() + 1));
+            let result = merge_into(group, partitions, codec, &merged);
+            temporary.push(merged.clone());
+            if let Err(e) = result {
+                for path in temporary {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+            next.push(merged);
+        }
+        runs = next;
     }
     let bytes = merge_into(&runs, partitions, codec, out);
     for path in temporary {
@@ -633,12 +646,13 @@ mod tests {
     }
 
     /// The merge equals a stable sort of the sources concatenated (equal
-    /// keys: source order), through passes when there are more runs than
-    /// the fan-in.
+    /// keys: source order), through a level of merges when there are more
+    /// runs than the fan-in (two full groups and a single run left over),
+    /// and the level's files are gone afterwards.
     #[test]
     fn merging_runs_equals_a_stable_sort() {
         let dir = tempfile::tempdir().unwrap();
-        let runs: Vec<PathBuf> = (0..(MERGE_FAN_IN as u32 + 7))
+        let runs: Vec<PathBuf> = (0..(2 * MERGE_FAN_IN as u32 + 1))
             .map(|i| {
                 let path = dir.path().join(format!("run{i}"));
                 let mut pairs = sorted_pairs(300 + i, i);
@@ -662,6 +676,8 @@ mod tests {
         merge_runs(&runs, 2, Compression::Lz4, &out).unwrap();
         assert_eq!(read(&out, 1).unwrap(), want);
         assert_eq!(read(&out, 0).unwrap(), want);
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, runs.len() + 1, "merge levels left files behind");
     }
 
     /// Golden bytes: changing them changes what every reader of a map
