@@ -512,7 +512,11 @@ pub fn merge_runs(
                 next.push(single.clone());
                 continue;
             }
-            let merged = out.with_extension(format!("pass{}", temporary.len() + 1));
+            // `{out}.passN`, the whole name kept: `m-00003.a2` and a stale
+            // `m-00003.a1` of the same task must not share a file.
+            let mut merged = out.as_os_str().to_owned();
+            merged.push(format!(".pass{}", temporary.len() + 1));
+            let merged = PathBuf::from(merged);
             let result = merge_into(group, partitions, codec, &merged);
             temporary.push(merged.clone());
             if let Err(e) = result {
