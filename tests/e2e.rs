@@ -122,10 +122,6 @@ fn same_job_twice_gives_byte_identical_part_files() {
     }
 }
 
-fn summary_json(out: &std::process::Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
-}
-
 fn map_tasks(summary: &serde_json::Value) -> usize {
     let log = summary["attempt_log"].as_array().unwrap();
     let mut maps: Vec<&serde_json::Value> = log

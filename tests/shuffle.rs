@@ -5,14 +5,9 @@
 
 mod support;
 
-use std::process::Output;
 use std::time::Duration;
 use support::cluster::{Cluster, output_within};
 use support::*;
-
-fn summary_json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
-}
 
 /// Every line of the books that holds a space, with its count: several
 /// MiB of distinct keys, far more than a 64 KiB sort buffer.
@@ -123,14 +118,9 @@ fn outcomes_of_map_0(summary: &serde_json::Value) -> Vec<(u64, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| r["task"]["Map"].as_u64() == Some(0))
-        .map(|r| {
-            let outcome = match &r["outcome"] {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.as_object().unwrap().keys().next().unwrap().clone(),
-            };
-            (r["epoch"].as_u64().unwrap(), outcome)
-        })
+        .map(support::status::Attempt::parse)
+        .filter(|a| a.task == support::status::Task::Map(0))
+        .map(|a| (a.epoch, a.outcome))
         .collect()
 }
 

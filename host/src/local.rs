@@ -8,7 +8,8 @@ use crate::commit::JobDirs;
 use crate::executor::Executor;
 use crate::lifecycle::{self, clock};
 use crate::model::{
-    Assignment, AttemptEpoch, AttemptReport, Capability, JobId, TaskId, TenantId, WorkerId,
+    Assignment, AttemptEpoch, AttemptReport, Capability, JobId, ModuleHash, TaskId, TenantId,
+    WorkerId,
 };
 use crate::sandbox::Role;
 use crate::summary::{JobSummary, Progress};
@@ -21,18 +22,23 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 /// Compile and validate both components; errors name the file and the role.
+/// Returns their hashes and the map component's bytes (the range
+/// partitioner's sampler runs it).
 pub fn load_modules(
     executor: &Executor,
     map: &Path,
     reduce: &Path,
-) -> anyhow::Result<(crate::model::ModuleHash, crate::model::ModuleHash)> {
-    let load = |path: &Path, role: Role| {
-        let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+) -> anyhow::Result<((ModuleHash, ModuleHash), Vec<u8>)> {
+    let read = |path: &Path| std::fs::read(path).with_context(|| format!("{}", path.display()));
+    let load = |bytes: &[u8], path: &Path, role: Role| {
         executor
-            .add_module(&bytes, role)
+            .add_module(bytes, role)
             .with_context(|| format!("{}", path.display()))
     };
-    Ok((load(map, Role::Map)?, load(reduce, Role::Reduce)?))
+    let map_bytes = read(map)?;
+    let map_module = load(&map_bytes, map, Role::Map)?;
+    let reduce_module = load(&read(reduce)?, reduce, Role::Reduce)?;
+    Ok(((map_module, reduce_module), map_bytes))
 }
 
 /// The one client of an embedded run.
@@ -53,9 +59,7 @@ pub fn run_embedded(
     let executor = Arc::new(Executor::new(workers)?);
     // Everything that can be wrong with the request is found before any
     // file is written.
-    let modules = load_modules(&executor, map, reduce)?;
-    // For `--partitioner range`: the planner samples keys with it.
-    let map_bytes = std::fs::read(map).with_context(|| format!("{}", map.display()))?;
+    let (modules, map_bytes) = load_modules(&executor, map, reduce)?;
     let job = JobId::new();
     let span = tracing::info_span!("job", %job);
     let _enter = span.enter();

@@ -295,42 +295,20 @@ fn read_window(
     split: &InputSplit,
     window: &Window,
     max_line: u64,
-) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
     let split_end = split.offset + split.len;
-    let mut file = BufReader::new(std::fs::File::open(&split.path)?);
-    let mut start = window.from;
-    if start == split.offset {
-        // A split starts with a line.
-        file.seek(SeekFrom::Start(start))?;
+    let mut file = std::fs::File::open(&split.path)?;
+    // A split starts with a line; elsewhere a line starts after a `\n`.
+    let start = if window.from == split.offset {
+        window.from
     } else {
-        // A line starts at `start` only if the byte before it ends one.
-        start -= 1;
-        file.seek(SeekFrom::Start(start))?;
-        loop {
-            if start >= window.until {
-                return Ok(None);
-            }
-            let buf = file.fill_buf()?;
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            match buf.iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    start += i as u64 + 1;
-                    file.consume(i + 1);
-                    break;
-                }
-                None => {
-                    start += buf.len() as u64;
-                    let n = buf.len();
-                    file.consume(n);
-                }
-            }
-        }
-    }
+        crate::split::line_end_at_or_after(&mut file, window.from - 1, split_end)?
+    };
     if start >= window.until.min(split_end) {
         return Ok(None);
     }
+    file.seek(SeekFrom::Start(start))?;
+    let mut file = BufReader::new(file);
     let want = window.bytes.min(window.until - start);
     let mut bytes = Vec::new();
     (&mut file).take(want).read_to_end(&mut bytes)?;
@@ -361,7 +339,7 @@ struct Reservoir(Arc<Mutex<ReservoirState>>);
 struct ReservoirState {
     keys: Vec<Vec<u8>>,
     seen: u64,
-    rng: u64,
+    rng: rand::rngs::StdRng,
 }
 
 impl Reservoir {
@@ -369,7 +347,7 @@ impl Reservoir {
         Reservoir(Arc::new(Mutex::new(ReservoirState {
             keys: Vec::new(),
             seen: 0,
-            rng: SEED,
+            rng: rand::SeedableRng::seed_from_u64(SEED),
         })))
     }
 
@@ -386,22 +364,14 @@ impl PairSink for Reservoir {
         if state.keys.len() < MAX_SAMPLE_KEYS {
             state.keys.push(key);
         } else {
-            let j = splitmix64(&mut state.rng) % state.seen;
+            let seen = state.seen;
+            let j = rand::Rng::random_range(&mut state.rng, 0..seen);
             if let Some(slot) = state.keys.get_mut(j as usize) {
                 *slot = key;
             }
         }
         Ok(())
     }
-}
-
-/// SplitMix64: a small, fixed, good-enough generator for the reservoir.
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -6,12 +6,6 @@ use crate::model::OutputFormat;
 use crate::sandbox::Group;
 pub use crate::sandbox::Pair;
 
-/// The hash partition of `key` among `reducers` (FNV-1a; see
-/// [`crate::model::hash_partition`]).
-pub fn partition_of(key: &[u8], reducers: u32) -> u32 {
-    crate::model::hash_partition(key, reducers)
-}
-
 /// Sort pairs by key; equal keys keep their emitted order (stable sort),
 /// so a group's values arrive in a deterministic order.
 pub fn sort_pairs(pairs: &mut [Pair]) {
@@ -35,22 +29,6 @@ pub fn group_sorted(pairs: Vec<Pair>) -> Vec<Group> {
         }
     }
     groups
-}
-
-/// Cut groups into batches of about `batch_bytes`, so that one guest call
-/// handles many keys (boundary crossings are the expensive part).
-pub fn batches(groups: Vec<Group>, batch_bytes: usize) -> impl Iterator<Item = Vec<Group>> {
-    let mut groups = groups.into_iter().peekable();
-    std::iter::from_fn(move || {
-        groups.peek()?;
-        let mut batch = Vec::new();
-        let mut size = 0;
-        while let Some(group) = groups.next_if(|_| size < batch_bytes) {
-            size += group.key.len() + group.values.iter().map(|v| v.len() + 8).sum::<usize>();
-            batch.push(group);
-        }
-        Some(batch)
-    })
 }
 
 /// Append one reduce output record to `out` as one line in `format`: one
@@ -131,16 +109,16 @@ mod tests {
         // Pinned values: changing the function would scatter existing outputs.
         // FNV-1a("hello") = 0xa430d84680aabd0b, the published test value.
         assert_eq!(
-            partition_of(b"hello", 7),
+            crate::model::hash_partition(b"hello", 7),
             (0xa430_d846_80aa_bd0bu64 % 7) as u32
         );
         assert_eq!(
-            partition_of(b"", 10),
+            crate::model::hash_partition(b"", 10),
             (0xcbf2_9ce4_8422_2325u64 % 10) as u32
         );
-        assert_eq!(partition_of(b"a", 1), 0);
+        assert_eq!(crate::model::hash_partition(b"a", 1), 0);
         let spread: std::collections::BTreeSet<u32> = (0..200u32)
-            .map(|i| partition_of(i.to_string().as_bytes(), 10))
+            .map(|i| crate::model::hash_partition(i.to_string().as_bytes(), 10))
             .collect();
         assert_eq!(spread.len(), 10);
     }
@@ -156,20 +134,6 @@ mod tests {
         let groups = group_sorted(pairs);
         assert_eq!(groups.len(), 2);
         assert_eq!(groups[1].values, vec![b"1".to_vec(), b"3".to_vec()]);
-    }
-
-    #[test]
-    fn batches_hold_every_group_once() {
-        let groups: Vec<Group> = (0..100u32)
-            .map(|i| Group {
-                key: i.to_be_bytes().to_vec(),
-                values: vec![vec![0; 10]],
-            })
-            .collect();
-        let keys = |gs: &[Group]| gs.iter().map(|g| g.key.clone()).collect::<Vec<_>>();
-        let all: Vec<Group> = batches(groups.clone(), 100).flatten().collect();
-        assert_eq!(keys(&all), keys(&groups));
-        assert!(batches(groups, 100).count() > 1);
     }
 
     fn line(format: OutputFormat, key: &[u8], value: &[u8]) -> Vec<u8> {

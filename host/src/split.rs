@@ -95,8 +95,9 @@ pub fn plan_splits(files: &[PathBuf], split_bytes: u64) -> anyhow::Result<Vec<In
     Ok(splits)
 }
 
-/// The offset just after the first `\n` at or after `from` (or `len`).
-fn line_end_at_or_after(file: &mut File, from: u64, len: u64) -> anyhow::Result<u64> {
+/// The offset just after the first `\n` at or after `from` (or `len`):
+/// where the next line starts.
+pub fn line_end_at_or_after(file: &mut File, from: u64, len: u64) -> anyhow::Result<u64> {
     file.seek(SeekFrom::Start(from))?;
     let mut buf = [0u8; 64 * 1024];
     let mut pos = from;

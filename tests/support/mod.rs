@@ -116,6 +116,11 @@ pub fn part_files(dir: &Path) -> Vec<PathBuf> {
     parts
 }
 
+/// The summary `wmr run --json` printed.
+pub fn summary_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
 /// The sequential reference (`wmr seq`), lines sorted.
 pub fn reference(map: &Path, inputs: &[&Path], params: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec!["seq".into(), "--map".into(), path(map)];
