@@ -42,6 +42,7 @@ use wmr_core::model::{
     AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, Capability, InputSplit, JobId,
     Limits, ModuleHash, TaskId, TenantId, WorkerId,
 };
+use wmr_core::placement::{LabelRequirement, Placement};
 use wmr_core::records::{Batch, JobRecord};
 use wmr_core::scheduler::{AttemptOutcome, AttemptRecord, JobOutcome, Phase};
 use wmr_core::summary::PhaseChange;
@@ -100,6 +101,9 @@ struct Profile {
     drain: bool,
     /// Every job must end `Completed` (failures cannot use up its attempts).
     must_complete: bool,
+    /// Workers carry labels and tenant pools, jobs require labels, tenants
+    /// may be pool-only; free slots must go to jobs that can use them.
+    placement: bool,
 }
 
 const QUOTAS: Profile = Profile {
@@ -114,6 +118,7 @@ const QUOTAS: Profile = Profile {
     duplicate: 0.05,
     drain: false,
     must_complete: true,
+    placement: false,
 };
 
 const HARSH: Profile = Profile {
@@ -128,6 +133,7 @@ const HARSH: Profile = Profile {
     duplicate: 0.1,
     drain: true,
     must_complete: false,
+    placement: false,
 };
 
 const CRASHY: Profile = Profile {
@@ -142,6 +148,7 @@ const CRASHY: Profile = Profile {
     duplicate: 0.1,
     drain: true,
     must_complete: false,
+    placement: false,
 };
 
 const RESTARTS: Profile = Profile {
@@ -156,6 +163,7 @@ const RESTARTS: Profile = Profile {
     duplicate: 0.0,
     drain: false,
     must_complete: true,
+    placement: false,
 };
 
 const LOSSY: Profile = Profile {
@@ -170,7 +178,26 @@ const LOSSY: Profile = Profile {
     duplicate: 0.3,
     drain: true,
     must_complete: true,
+    placement: false,
 };
+
+const PLACEMENT: Profile = Profile {
+    name: "placement",
+    test: "labelled_placement_runs_attempts_only_where_allowed_and_wastes_no_usable_slot",
+    max_attempts: 1_000,
+    trap: 0.0,
+    commit_err: 0.0,
+    cancel: false,
+    crash: 0.3,
+    breaks: 2,
+    duplicate: 0.05,
+    drain: true,
+    must_complete: true,
+    placement: true,
+};
+
+/// Label values the placement profile draws from.
+const ZONES: [&str; 3] = ["a", "b", "c"];
 
 struct Tenant {
     id: TenantId,
@@ -230,6 +257,9 @@ struct Execution {
 struct FakeWorker {
     name: String,
     slots: u32,
+    labels: BTreeMap<String, String>,
+    /// The tenant whose pool token it joins with.
+    pool: Option<TenantId>,
     ledger: AttemptLedger,
     /// The current connection's worker id.
     session: Option<WorkerId>,
@@ -253,6 +283,8 @@ impl FakeWorker {
         FakeWorker {
             name,
             slots,
+            labels: BTreeMap::new(),
+            pool: None,
             ledger: AttemptLedger::default(),
             session: None,
             stopped: false,
@@ -355,6 +387,7 @@ impl Sim {
                     weight: rng.random_range(1..=4),
                     max_concurrent_attempts: rng.random_range(1..=16),
                     max_jobs_queued: 1_000,
+                    pool_only: profile.placement && rng.random_bool(0.25),
                 },
             })
             .collect();
@@ -369,6 +402,23 @@ impl Sim {
             } else {
                 rng.random_range(0..20_000)
             };
+            let mut placement = Placement::default();
+            if profile.placement {
+                let zone = ZONES[rng.random_range(0..ZONES.len())].to_string();
+                let (key, value) = ("zone".to_string(), zone);
+                match rng.random_range(0..5) {
+                    0 => placement
+                        .require
+                        .push(LabelRequirement::Equals { key, value }),
+                    1 => placement
+                        .require
+                        .push(LabelRequirement::NotEquals { key, value }),
+                    2 => placement
+                        .require
+                        .push(LabelRequirement::Present { key: "gpu".into() }),
+                    _ => {}
+                }
+            }
             let record = JobRecord {
                 id,
                 tenant: tenants[tenant].id.clone(),
@@ -384,6 +434,7 @@ impl Sim {
                     limits: Limits::default(),
                     params: BTreeMap::new(),
                     max_attempts: profile.max_attempts,
+                    placement,
                 },
                 map_module: ModuleHash("map".into()),
                 reduce_module: ModuleHash("reduce".into()),
@@ -561,6 +612,9 @@ impl Sim {
         {
             self.add_worker();
         }
+        if self.profile.placement {
+            self.add_workers_for_stranded_jobs();
+        }
         for w in 0..self.workers.len() {
             if self.workers[w].session.is_some() {
                 self.workers[w].outbox.push_back(FromWorker::Heartbeat);
@@ -606,6 +660,9 @@ impl Sim {
                 }
                 while !self.workers[w].outbox.is_empty() {
                     self.deliver_from(w, faults);
+                    if self.profile.placement && !faults {
+                        self.check_no_usable_slot_idle();
+                    }
                 }
                 self.check_state();
             }
@@ -703,15 +760,157 @@ impl Sim {
         }
         let name = format!("worker-{}", self.workers.len());
         let slots = self.rng.random_range(1..=4);
-        self.workers.push(FakeWorker::new(name, slots));
+        let mut worker = FakeWorker::new(name, slots);
+        if self.profile.placement {
+            let zone = ZONES[self.rng.random_range(0..ZONES.len())];
+            worker.labels.insert("zone".into(), zone.into());
+            if self.rng.random_bool(0.3) {
+                worker.labels.insert("gpu".into(), String::new());
+            }
+            if self.rng.random_bool(0.25) {
+                let t = self.rng.random_range(0..self.tenants.len());
+                worker.pool = Some(self.tenants[t].id.clone());
+            }
+        }
+        self.workers.push(worker);
         self.connect(self.workers.len() - 1);
+    }
+
+    /// Whether worker process `w` may run job `i`'s attempts: the model's
+    /// own reading of labels and pools, independent of the machine's.
+    fn allowed(&self, w: usize, i: usize) -> bool {
+        let worker = &self.workers[w];
+        let job = &self.jobs[i];
+        let tenant = &self.tenants[job.tenant];
+        let pool_ok = match &worker.pool {
+            Some(t) => *t == tenant.id,
+            None => !tenant.terms.pool_only,
+        };
+        let labels_ok = job
+            .record
+            .request
+            .placement
+            .require
+            .iter()
+            .all(|r| match r {
+                LabelRequirement::Equals { key, value } => worker.labels.get(key) == Some(value),
+                LabelRequirement::NotEquals { key, value } => worker.labels.get(key) != Some(value),
+                LabelRequirement::Present { key } => worker.labels.contains_key(key),
+            });
+        pool_ok && labels_ok
+    }
+
+    /// Liveness with placement: an unfinished job no live worker may run
+    /// gets one made for it (an operator adding a machine with the labels).
+    fn add_workers_for_stranded_jobs(&mut self) {
+        for i in 0..self.jobs.len() {
+            let id = self.jobs[i].record.id;
+            if !self.jobs[i].submitted || self.cluster.summary(id).is_some() {
+                continue;
+            }
+            let served = (0..self.workers.len()).any(|w| {
+                self.workers[w].session.is_some()
+                    && !self.workers[w].ledger.is_draining()
+                    && self.allowed(w, i)
+            });
+            if served {
+                continue;
+            }
+            let mut worker = FakeWorker::new(format!("worker-{}", self.workers.len()), 2);
+            let tenant = &self.tenants[self.jobs[i].tenant];
+            if tenant.terms.pool_only {
+                worker.pool = Some(tenant.id.clone());
+            }
+            worker.labels.insert("gpu".into(), String::new());
+            for r in &self.jobs[i].record.request.placement.require {
+                let zone = match r {
+                    LabelRequirement::Equals { value, .. } => value.clone(),
+                    LabelRequirement::NotEquals { value, .. } => {
+                        let other = ZONES.iter().find(|z| **z != value.as_str());
+                        other.expect("three zones").to_string()
+                    }
+                    LabelRequirement::Present { .. } => "a".into(),
+                };
+                worker.labels.insert("zone".into(), zone);
+            }
+            self.workers.push(worker);
+            self.connect(self.workers.len() - 1);
+            check!(self, self.allowed(self.workers.len() - 1, i), "made to fit");
+        }
+    }
+
+    /// Work conservation under placement: after a fault-free round settles,
+    /// no live worker has a free slot that an unfinished job could use (it
+    /// may run there, has tasks waiting, and its tenant is under quota). A
+    /// job confined to some workers must not hold back the others.
+    fn check_no_usable_slot_idle(&self) {
+        let mut running = vec![0u32; self.tenants.len()];
+        for job in self.cluster.unfinished_jobs() {
+            let scheduler = self.cluster.scheduler(job).expect("unfinished job");
+            let tenant = self.jobs[self.job_index[&job]].tenant;
+            running[tenant] += self
+                .issued
+                .iter()
+                .map(|&w| scheduler.running_on(w))
+                .sum::<u32>();
+        }
+        for (w, worker) in self.workers.iter().enumerate() {
+            let Some(id) = worker.session else { continue };
+            let jobs = self.cluster.unfinished_jobs();
+            let suspect = jobs.iter().any(|&j| {
+                let scheduler = self.cluster.scheduler(j).expect("unfinished");
+                scheduler.is_suspect(id)
+            });
+            // A suspect worker (its heartbeat not yet delivered) or a
+            // draining one rightly takes nothing new.
+            if worker.ledger.is_draining() || suspect {
+                continue;
+            }
+            let used: u32 = self
+                .cluster
+                .unfinished_jobs()
+                .iter()
+                .map(|&j| {
+                    self.cluster
+                        .scheduler(j)
+                        .expect("unfinished")
+                        .running_on(id)
+                })
+                .sum();
+            if used >= worker.slots {
+                continue;
+            }
+            for job in self.cluster.unfinished_jobs() {
+                let i = self.job_index[&job];
+                let scheduler = self.cluster.scheduler(job).expect("unfinished job");
+                // Demand is queued tasks plus running attempts.
+                let running_here: u32 = self.issued.iter().map(|&w| scheduler.running_on(w)).sum();
+                let waiting = scheduler.demand() - running_here as usize;
+                let tenant = self.jobs[i].tenant;
+                let under_quota =
+                    running[tenant] < self.tenants[tenant].terms.max_concurrent_attempts;
+                check!(
+                    self,
+                    !(self.allowed(w, i) && waiting > 0 && under_quota),
+                    "{job} has {waiting} tasks waiting while worker {id} ({:?}, pool {:?}), which it may use, has {} of {} slots free",
+                    worker.labels,
+                    worker.pool,
+                    worker.slots - used,
+                    worker.slots
+                );
+            }
+        }
     }
 
     /// Worker process `w` opens a connection: a new worker id, and its
     /// ledger sends every unacknowledged report again.
     fn connect(&mut self, w: usize) {
-        let (name, slots) = (self.workers[w].name.clone(), self.workers[w].slots);
-        let id = self.cluster.worker_joined(self.clock(), name, slots, None);
+        let worker = &self.workers[w];
+        let (name, slots) = (worker.name.clone(), worker.slots);
+        let (labels, pool) = (worker.labels.clone(), worker.pool.clone());
+        let id = self
+            .cluster
+            .worker_joined(self.clock(), name, slots, labels, pool, None);
         check!(
             self,
             !self.sessions.contains_key(&id) && !self.issued.contains(&id),
@@ -1177,6 +1376,16 @@ impl Sim {
                     previous.is_none_or(|p| p < epoch) && epoch > self.floor(job),
                     "I1: {job} {task} assigned {epoch} after {previous:?}"
                 );
+                if let Some(&w) = self.sessions.get(&worker) {
+                    let i = self.job_index[&job];
+                    check!(
+                        self,
+                        self.allowed(w, i),
+                        "placement: {job} {task} assigned to {worker} ({:?}, pool {:?}), which it may not use",
+                        self.workers[w].labels,
+                        self.workers[w].pool
+                    );
+                }
             }
             ToWorker::Ack { job, task, epoch } => {
                 // I10: the verdict on the report is durable before the
@@ -1578,4 +1787,14 @@ fn a_coordinator_restart_at_a_random_point_loses_no_commit_and_commits_nothing_t
 #[test]
 fn lost_and_duplicated_reports_are_acked_once_and_never_lost() {
     run_seeds(LOSSY);
+}
+
+/// Workers with zone labels, gpu flags and tenant pools; jobs requiring
+/// `zone=`, `zone!=` or `gpu`; pool-only tenants. Every assignment goes to a
+/// worker the job may use (checked by the model and by `Cluster::audit`),
+/// no usable slot stays idle while a job that may use it waits, and every
+/// job completes once a worker it may use is connected.
+#[test]
+fn labelled_placement_runs_attempts_only_where_allowed_and_wastes_no_usable_slot() {
+    run_seeds(PLACEMENT);
 }

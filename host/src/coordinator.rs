@@ -20,7 +20,7 @@ use crate::wire::{
     ClientReply, ClientRequest, FromWorker, JobRequest, ModuleReply, Open, PartitionReply, ToWorker,
 };
 use anyhow::Context as _;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -90,15 +90,16 @@ pub fn allow_worker(state_dir: &std::path::Path, fingerprint: &str) -> anyhow::R
 
 /// Admit a worker's control stream: the worker token, and under mutual TLS
 /// the fingerprint of the certificate the peer proved it holds.
+/// Returns the tenant a pool token dedicates the worker to.
 fn admit_worker(
     state_dir: &std::path::Path,
     token: &str,
     connection: &quinn::Connection,
-) -> anyhow::Result<()> {
-    tenants::authenticate_worker(state_dir, token)?;
+) -> anyhow::Result<Option<TenantId>> {
+    let pool = tenants::authenticate_worker(state_dir, token)?;
     let path = state_dir.join(WORKER_FINGERPRINTS);
     if !path.exists() {
-        return Ok(());
+        return Ok(pool);
     }
     let allowed = transport::load_fingerprints(&path)?;
     match transport::peer_fingerprint(connection) {
@@ -108,16 +109,24 @@ fn admit_worker(
         Some(seen) if !allowed.contains(&seen) => {
             anyhow::bail!("this worker's certificate {seen} is not an allowed worker certificate")
         }
-        Some(_) => Ok(()),
+        Some(_) => Ok(pool),
     }
+}
+
+/// An admitted worker, as its `Open::Worker` frame and token described it.
+struct WorkerHello {
+    name: String,
+    slots: u32,
+    labels: BTreeMap<String, String>,
+    /// The tenant whose pool token it joined with.
+    pool: Option<TenantId>,
+    shuffle: Option<Peer>,
 }
 
 /// What connection tasks tell the driver.
 enum CoreEvent {
     WorkerJoined {
-        name: String,
-        slots: u32,
-        shuffle: Option<Peer>,
+        hello: WorkerHello,
         outbox: mpsc::UnboundedSender<ToWorker>,
         reply: oneshot::Sender<WorkerId>,
     },
@@ -262,13 +271,20 @@ async fn serve_connection(
                 Open::Worker {
                     name,
                     slots,
+                    labels,
                     shuffle,
                     token,
-                    ..
                 } => match admit_worker(&state_dir, &token, &connection) {
-                    Ok(()) => {
+                    Ok(pool) => {
                         worker_admitted.store(true, std::sync::atomic::Ordering::SeqCst);
-                        serve_worker(channel, name, slots, shuffle, events).await
+                        let hello = WorkerHello {
+                            name,
+                            slots: slots.clamp(1, 64),
+                            labels,
+                            pool,
+                            shuffle,
+                        };
+                        serve_worker(channel, hello, events).await
                     }
                     Err(e) => {
                         tracing::warn!(%peer, %name, "worker refused: {e:#}");
@@ -317,24 +333,17 @@ async fn serve_connection(
 
 async fn serve_worker(
     channel: Channel,
-    name: String,
-    slots: u32,
-    shuffle: Option<Peer>,
+    hello: WorkerHello,
     events: mpsc::UnboundedSender<CoreEvent>,
 ) {
     let (outbox, mut outgoing) = mpsc::unbounded_channel();
     let (reply, id) = oneshot::channel();
-    let slots = slots.clamp(1, 64);
-    if events
-        .send(CoreEvent::WorkerJoined {
-            name,
-            slots,
-            shuffle,
-            outbox,
-            reply,
-        })
-        .is_err()
-    {
+    let joined = CoreEvent::WorkerJoined {
+        hello,
+        outbox,
+        reply,
+    };
+    if events.send(joined).is_err() {
         return;
     }
     let Ok(worker) = id.await else { return };
@@ -472,13 +481,20 @@ impl Driver {
     fn handle(&mut self, event: CoreEvent) {
         match event {
             CoreEvent::WorkerJoined {
-                name,
-                slots,
-                shuffle,
+                hello,
                 outbox,
                 reply,
             } => {
-                let worker = self.cluster.worker_joined(clock(), name, slots, shuffle);
+                let WorkerHello {
+                    name,
+                    slots,
+                    labels,
+                    pool,
+                    shuffle,
+                } = hello;
+                let worker =
+                    self.cluster
+                        .worker_joined(clock(), name, slots, labels, pool, shuffle);
                 self.outboxes.insert(worker, outbox);
                 let _ = reply.send(worker);
             }
@@ -599,7 +615,7 @@ impl Driver {
         let mut sizes = vec![request.map_module.len()];
         sizes.extend(request.reduce_module.as_ref().map(Vec::len));
         principal.quota.check_job(&request.limits, &sizes)?;
-        let terms = terms_of(principal.weight, &principal.quota);
+        let terms = self.tenant_terms(&principal.tenant);
         self.cluster
             .check_admission(&principal.tenant, terms)
             .map_err(anyhow::Error::msg)?;
@@ -700,8 +716,8 @@ impl Driver {
     fn tenant_terms(&self, tenant: &TenantId) -> TenantTerms {
         let file = tenants::load(&self.config.state_dir).ok().flatten();
         match file.as_ref().and_then(|f| f.tenants.get(&tenant.0)) {
-            Some(t) => terms_of(t.weight, &t.quota),
-            None => terms_of(1, &tenants::Quota::default()),
+            Some(t) => terms_of(t.weight, &t.quota, t.pool_only),
+            None => terms_of(1, &tenants::Quota::default(), false),
         }
     }
 
@@ -715,10 +731,11 @@ impl Driver {
     }
 }
 
-fn terms_of(weight: u32, quota: &tenants::Quota) -> TenantTerms {
+fn terms_of(weight: u32, quota: &tenants::Quota, pool_only: bool) -> TenantTerms {
     TenantTerms {
         weight: weight.max(1),
         max_concurrent_attempts: quota.max_concurrent_attempts,
         max_jobs_queued: quota.max_jobs_queued,
+        pool_only,
     }
 }

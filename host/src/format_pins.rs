@@ -14,6 +14,7 @@ use crate::model::{
     InputSplit, JobId, Limits, ModuleHash, OutputFormat, Partitioner, Peer, Shuffle,
     ShuffleSettings, TaskId, TaskInput, TenantId, WorkerId,
 };
+use crate::placement::{LabelRequirement, Placement};
 use crate::scheduler::{AttemptOutcome, AttemptRecord, JobOutcome, Phase};
 use crate::store::{FORMAT_VERSION, JobRecord};
 use crate::summary::{JobSummary, PhaseChange};
@@ -96,6 +97,20 @@ fn request() -> JobRequest {
         params: params(),
         max_attempts: 4,
         shuffle_settings: shuffle_settings(),
+        placement: Placement {
+            require: vec![
+                LabelRequirement::Equals {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+                LabelRequirement::NotEquals {
+                    key: "n".into(),
+                    value: "w".into(),
+                },
+                LabelRequirement::Present { key: "p".into() },
+            ],
+            timeout_ms: 5,
+        },
     }
 }
 
@@ -227,12 +242,15 @@ fn wire_messages_are_pinned_to_the_protocol_version() {
         committed: 2,
         running: 3,
         pending: 4,
+        waiting: Some("w".into()),
         attempt_log: vec![record()],
         workers: vec![WorkerInfo {
             id: WorkerId(5),
             name: "n".into(),
             slots: 6,
             connected: true,
+            labels: params(),
+            pool: Some(TenantId("t".into())),
         }],
         transitions: vec![phase_change()],
         totals: [("job".to_string(), Totals::default())].into(),
@@ -267,6 +285,14 @@ fn wire_messages_are_pinned_to_the_protocol_version() {
                 tenant: TenantId("t".into()),
                 token: "s".into(),
                 request: ClientRequest::Submit(Box::new(request())),
+            }),
+        ),
+        (
+            "ToWorker::Welcome",
+            hex(&ToWorker::Welcome {
+                worker: WorkerId(1),
+                heartbeat_ms: 2,
+                pool: Some(TenantId("t".into())),
             }),
         ),
         (
@@ -342,58 +368,59 @@ fn persisted_records_are_pinned_to_the_store_format_version() {
 
 /// `(message, protocol version pinned at, postcard bytes in hex)`.
 const WIRE_PINS: &[(&str, u64, &str)] = &[
-    ("PartitionReply::End", 4, "01ac02"),
-    ("PartitionReply::Chunk", 4, "000101"),
+    ("ToWorker::Welcome", 5, "000102010174"),
+    ("PartitionReply::End", 5, "01ac02"),
+    ("PartitionReply::Chunk", 5, "000101"),
     (
         "Open::Worker",
-        4,
+        5,
         "00016e0101016b01760101000000000000000000000000000000010201660174",
     ),
     (
         "Open::FetchPartition",
-        4,
+        5,
         "01100123456789abcdef0011223344556677000102030163",
     ),
     (
         "Open::Client(Submit)",
-        4,
-        "0301740173000201020101030102696e036f7574010203010203040506070101016b017604808040000101016d",
+        5,
+        "0301740173000201020101030102696e036f7574010203010203040506070101016b017604808040000101016d0300016b017601016e017702017005",
     ),
     (
         "ToWorker::Assign",
-        4,
+        5,
         "020174100123456789abcdef00112233445566770001020168000170030405010203040506070101016b0176016f01808040000101016d0177010106007f0000010701660163",
     ),
-    ("TaskInput::Reduce", 4, "01010100020304"),
+    ("TaskInput::Reduce", 5, "01010100020304"),
     (
         "FromWorker::Finished",
-        4,
+        5,
         "01100123456789abcdef00112233445566770001020300010203040501016301010166090172016d016c",
     ),
-    ("AttemptFailure::JobOutputLimit", 4, "060102"),
+    ("AttemptFailure::JobOutputLimit", 5, "060102"),
     (
         "ClientReply::Done",
-        4,
+        5,
         "02016a0103776879010203040506070801016312010166090172016d0101010203040105020900060708017801010203040501016301010166090172016d",
     ),
     (
         "ClientReply::Status",
-        4,
-        "03016a010100010203040101010203040105020900060708017801010203040501016301010166090172016d0105016e0601010201017201036a6f620000000000000000",
+        5,
+        "03016a010100010203040101770101010203040105020900060708017801010203040501016301010166090172016d0105016e060101016b0176010174010201017201036a6f620000000000000000",
     ),
-    ("ModuleReply::Refused", 4, "020172"),
+    ("ModuleReply::Refused", 5, "020172"),
 ];
 
 /// `(record, store format version pinned at, postcard bytes in hex)`.
 const STORE_PINS: &[(&str, u64, &str)] = &[
     (
         "JobRecord",
-        5,
-        "100123456789abcdef001122334455667701740201020101030102696e036f7574010203010203040506070101016b017604808040000101016d016d017201017001020102010172010201016a0103776879010203040506070801016312010166090172016d0101010203040105020900060708017801010203040501016301010166090172016d",
+        6,
+        "100123456789abcdef001122334455667701740201020101030102696e036f7574010203010203040506070101016b017604808040000101016d0300016b017601016e017702017005016d017201017001020102010172010201016a0103776879010203040506070801016312010166090172016d0101010203040105020900060708017801010203040501016301010166090172016d",
     ),
     (
         "AttemptRecord",
-        5,
+        6,
         "01010203040105020900060708017801010203040501016301010166090172016d",
     ),
 ];

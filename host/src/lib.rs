@@ -17,7 +17,7 @@
 //!   processes.
 //! - [`seq`]: the sequential reference. The benchmark is its own crate,
 //!   `host/bench` (`wmr-bench`), outside the product.
-pub use wmr_core::{attempt_ledger, cluster, model, records, scheduler, summary, wire};
+pub use wmr_core::{attempt_ledger, cluster, model, placement, records, scheduler, summary, wire};
 
 pub mod client;
 pub mod commit;

@@ -11,6 +11,7 @@ use crate::model::{
     Assignment, AttemptEpoch, AttemptReport, Capability, JobId, ModuleHash, TaskId, TenantId,
     WorkerId,
 };
+use crate::placement::{JobView, WorkerView, may_run};
 use crate::sandbox::Role;
 use crate::summary::{JobSummary, Progress};
 use crate::wire::{ClientReply, FromWorker, JobRequest, ToWorker};
@@ -41,6 +42,12 @@ pub fn load_modules(
     Ok(((map_module, reduce_module), map_bytes))
 }
 
+/// The worker threads of an embedded run: all alike, with these labels.
+pub struct LocalWorkers {
+    pub count: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// The one client of an embedded run.
 const CLIENT: ClientId = ClientId(0);
 
@@ -51,11 +58,46 @@ pub fn run_embedded(
     map: &Path,
     reduce: &Path,
     request: JobRequest,
-    workers: u32,
+    local_workers: &LocalWorkers,
     work_root: &Path,
     on_progress: &mut dyn FnMut(Progress),
 ) -> anyhow::Result<JobSummary> {
+    let workers = local_workers.count;
     anyhow::ensure!(workers > 0, "--workers must be greater than 0");
+    // Local workers never change: a job none of them may run would wait
+    // for ever, so it is refused before anything is written.
+    let tenant = TenantId::local();
+    let job_view = JobView {
+        tenant: &tenant,
+        placement: &request.placement,
+        pool_only: false,
+    };
+    let worker_view = WorkerView {
+        labels: &local_workers.labels,
+        pool: None,
+    };
+    if !may_run(worker_view, job_view) {
+        let wants: Vec<String> = request
+            .placement
+            .require
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        let have: Vec<String> = local_workers
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        anyhow::bail!(
+            "no local worker matches {} (their labels: {}; set them with --labels)",
+            wants.join(","),
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(",")
+            }
+        );
+    }
     let executor = Arc::new(Executor::new(workers)?);
     // Everything that can be wrong with the request is found before any
     // file is written.
@@ -88,13 +130,16 @@ pub fn run_embedded(
     });
     let pool = WorkerPool::start(executor, workers);
     for worker in 1..=workers {
-        let id = cluster.worker_joined(clock(), format!("local-{worker}"), 1, None);
+        let name = format!("local-{worker}");
+        let labels = local_workers.labels.clone();
+        let id = cluster.worker_joined(clock(), name, 1, labels, None, None);
         debug_assert_eq!(id, WorkerId(worker));
     }
     let terms = TenantTerms {
         weight: 1,
         max_concurrent_attempts: u32::MAX,
         max_jobs_queued: 1,
+        pool_only: false,
     };
     cluster.submit(
         clock(),

@@ -101,6 +101,10 @@ enum TenantAction {
         /// `max_jobs_queued=200`, `max_output_bytes_per_job=10GiB`.
         #[arg(long = "quota", value_parser = parse_quota)]
         quotas: Vec<(String, u64)>,
+        /// Run the tenant's jobs only on its dedicated workers
+        /// (`wmr tenant worker-token --tenant NAME`).
+        #[arg(long)]
+        pool_only: bool,
     },
     /// Remove a tenant: its token stops working at once.
     Revoke {
@@ -112,6 +116,10 @@ enum TenantAction {
     WorkerToken {
         #[arg(long, default_value = "wmr-state")]
         state: PathBuf,
+        /// A token for workers dedicated to this tenant (its pool): they
+        /// run and serve only its attempts.
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Allow a worker certificate (`wmr worker --identity DIR
     /// --print-fingerprint`): turns on mutual TLS for workers, whose
@@ -222,6 +230,8 @@ struct DeployArgs {
     max_attempts: u32,
     #[command(flatten)]
     shuffle: ShuffleArgs,
+    #[command(flatten)]
+    placement: PlacementArgs,
     #[command(flatten)]
     guest: GuestArgs,
     #[command(flatten)]
@@ -358,6 +368,11 @@ struct RunArgs {
     max_attempts: u32,
     #[command(flatten)]
     shuffle: ShuffleArgs,
+    #[command(flatten)]
+    placement: PlacementArgs,
+    /// Labels of the local workers, k=v,k=v (what --require matches).
+    #[arg(long, value_delimiter = ',', value_parser = parse_param)]
+    labels: Vec<(String, String)>,
     /// Where intermediate data goes (default: the system temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -381,6 +396,28 @@ struct ShuffleArgs {
     /// so that the part files concatenated are sorted by key.
     #[arg(long, value_enum, default_value_t)]
     partitioner: PartitionerKind,
+}
+
+/// Which workers may run the job's attempts.
+#[derive(Args)]
+struct PlacementArgs {
+    /// Run only on workers whose labels match: KEY=VALUE, KEY!=VALUE or
+    /// KEY (present); repeatable, all must hold.
+    #[arg(long = "require", value_name = "REQUIREMENT")]
+    require: Vec<wmr::placement::LabelRequirement>,
+    /// Fail the job when no connected worker matches for this long
+    /// (e.g. 30s); 0 waits for ever.
+    #[arg(long, default_value = "0", value_parser = parse_duration_ms)]
+    placement_timeout: u64,
+}
+
+impl PlacementArgs {
+    fn placement(&self) -> wmr::placement::Placement {
+        wmr::placement::Placement {
+            require: self.require.clone(),
+            timeout_ms: self.placement_timeout,
+        }
+    }
 }
 
 /// `--partitioner`: the range partitioner's boundaries are chosen when the
@@ -508,6 +545,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         params: args.job.guest.params(),
         max_attempts: args.max_attempts,
         shuffle_settings: args.shuffle.settings(),
+        placement: args.placement.placement(),
     };
     let work_root = args
         .work_dir
@@ -520,11 +558,15 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         bar.set_position(p.committed as u64);
         bar.set_message(format!("{:?}, {} running", p.phase, p.running));
     };
+    let local_workers = wmr::local::LocalWorkers {
+        count: workers,
+        labels: args.labels.iter().cloned().collect(),
+    };
     let summary = wmr::local::run_embedded(
         &map,
         &reduce,
         request,
-        workers,
+        &local_workers,
         &work_root,
         &mut on_progress,
     )?;
@@ -669,6 +711,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         params: args.guest.params(),
         max_attempts: args.max_attempts,
         shuffle_settings: args.shuffle.settings(),
+        placement: args.placement.placement(),
     };
     if args.detach {
         let job = wmr::client::submit(&args.remote.remote(), request).await?;
@@ -764,12 +807,13 @@ fn tenant(action: TenantAction) -> anyhow::Result<ExitCode> {
             root,
             weight,
             quotas,
+            pool_only,
         } => {
             let mut quota = wmr::tenants::Quota::default();
             for (key, value) in &quotas {
                 quota.set(key, *value)?;
             }
-            let token = wmr::tenants::add_tenant(&state, &name, &root, weight, quota)?;
+            let token = wmr::tenants::add_tenant(&state, &name, &root, weight, quota, pool_only)?;
             println!("{token}");
             eprintln!("tenant {name} added; the token above is shown only once");
         }
@@ -777,9 +821,17 @@ fn tenant(action: TenantAction) -> anyhow::Result<ExitCode> {
             wmr::tenants::revoke(&state, &name)?;
             eprintln!("tenant {name} revoked");
         }
-        TenantAction::WorkerToken { state } => {
-            println!("{}", wmr::tenants::new_worker_token(&state)?);
-            eprintln!("new worker token; the token above is shown only once");
+        TenantAction::WorkerToken { state, tenant } => {
+            println!(
+                "{}",
+                wmr::tenants::new_worker_token(&state, tenant.as_deref())?
+            );
+            match tenant {
+                Some(name) => eprintln!(
+                    "new worker token for tenant {name}'s pool: workers joining with it run only {name}'s attempts; the token above is shown only once"
+                ),
+                None => eprintln!("new worker token; the token above is shown only once"),
+            }
         }
         TenantAction::AllowWorker { fingerprint, state } => {
             wmr::coordinator::allow_worker(&state, &fingerprint)?;

@@ -36,6 +36,14 @@ pub struct Tenant {
     pub weight: u32,
     #[serde(default)]
     pub quota: Quota,
+    /// SHA-256 (hex) of the token of workers dedicated to this tenant
+    /// (`wmr tenant worker-token --tenant NAME`): they run and serve only
+    /// its attempts.
+    #[serde(default)]
+    pub pool_worker_token_sha256: Option<String>,
+    /// Its jobs run only on its dedicated workers (`--pool-only`).
+    #[serde(default)]
+    pub pool_only: bool,
 }
 
 fn default_job_output() -> u64 {
@@ -194,14 +202,29 @@ pub fn authenticate(state_dir: &Path, tenant: &TenantId, token: &str) -> anyhow:
     }
 }
 
-/// Check a worker's token (any worker may join in development mode).
-pub fn authenticate_worker(state_dir: &Path, token: &str) -> anyhow::Result<()> {
+/// Check a worker's token (any worker may join in development mode): the
+/// cluster's worker token admits a shared worker; a tenant's pool token a
+/// worker dedicated to that tenant (returned).
+pub fn authenticate_worker(state_dir: &Path, token: &str) -> anyhow::Result<Option<TenantId>> {
     let Some(file) = load(state_dir)? else {
-        return Ok(());
+        return Ok(None);
     };
-    match file.worker_token_sha256 {
-        Some(hash) if constant_time_eq(&hash, &token_hash(token)) => Ok(()),
-        _ => bail!("wrong worker token"),
+    let hash = token_hash(token);
+    if file
+        .worker_token_sha256
+        .as_ref()
+        .is_some_and(|h| constant_time_eq(h, &hash))
+    {
+        return Ok(None);
+    }
+    let pool = file.tenants.iter().find(|(_, t)| {
+        t.pool_worker_token_sha256
+            .as_ref()
+            .is_some_and(|h| constant_time_eq(h, &hash))
+    });
+    match pool {
+        Some((name, _)) => Ok(Some(TenantId(name.clone()))),
+        None => bail!("wrong worker token"),
     }
 }
 
@@ -228,6 +251,7 @@ pub fn add_tenant(
     root: &Path,
     weight: u32,
     quota: Quota,
+    pool_only: bool,
 ) -> anyhow::Result<String> {
     anyhow::ensure!(
         !name.is_empty()
@@ -239,6 +263,11 @@ pub fn add_tenant(
     let root = std::path::absolute(root)?;
     let mut file = load(state_dir)?.unwrap_or_default();
     let token = new_token();
+    // Replacing a tenant keeps its pool's workers admitted.
+    let pool_worker_token_sha256 = file
+        .tenants
+        .get(name)
+        .and_then(|t| t.pool_worker_token_sha256.clone());
     file.tenants.insert(
         name.to_string(),
         Tenant {
@@ -246,17 +275,29 @@ pub fn add_tenant(
             root,
             weight: weight.max(1),
             quota,
+            pool_worker_token_sha256,
+            pool_only,
         },
     );
     save(state_dir, &file)?;
     Ok(token)
 }
 
-/// `wmr tenant worker-token`: a new worker token (the old one stops working).
-pub fn new_worker_token(state_dir: &Path) -> anyhow::Result<String> {
+/// `wmr tenant worker-token [--tenant NAME]`: a new token for shared
+/// workers, or for workers dedicated to tenant `pool` (the old one stops
+/// working).
+pub fn new_worker_token(state_dir: &Path, pool: Option<&str>) -> anyhow::Result<String> {
     let mut file = load(state_dir)?.unwrap_or_default();
     let token = new_token();
-    file.worker_token_sha256 = Some(token_hash(&token));
+    match pool {
+        None => file.worker_token_sha256 = Some(token_hash(&token)),
+        Some(name) => {
+            let Some(tenant) = file.tenants.get_mut(name) else {
+                bail!("no tenant {name}");
+            };
+            tenant.pool_worker_token_sha256 = Some(token_hash(&token));
+        }
+    }
     save(state_dir, &file)?;
     Ok(token)
 }
@@ -337,7 +378,8 @@ mod tests {
     #[test]
     fn tokens_are_checked_and_unknown_tenants_look_the_same() {
         let dir = tempfile::tempdir().unwrap();
-        let token = add_tenant(dir.path(), "alice", dir.path(), 2, Quota::default()).unwrap();
+        let token =
+            add_tenant(dir.path(), "alice", dir.path(), 2, Quota::default(), false).unwrap();
         let alice = TenantId("alice".into());
         assert_eq!(authenticate(dir.path(), &alice, &token).unwrap().weight, 2);
         let wrong = authenticate(dir.path(), &alice, "nope")

@@ -67,6 +67,9 @@ struct WorkerState {
     /// Wakes the session (a permit is kept if it is busy writing, so no
     /// report waits for the next heartbeat).
     changed: Notify,
+    /// The tenant this worker is dedicated to, as the coordinator's
+    /// welcome said (its worker token decides).
+    pool: Mutex<Option<crate::model::TenantId>>,
 }
 
 impl WorkerState {
@@ -197,7 +200,11 @@ async fn session(
         ToWorker::Welcome {
             worker,
             heartbeat_ms,
-        } => (worker, heartbeat_ms),
+            pool,
+        } => {
+            *state.pool.lock().expect("poisoned") = pool;
+            (worker, heartbeat_ms)
+        }
         ToWorker::Refused(reason) => return Err(Refused(reason).into()),
         _ => bail!("the coordinator did not welcome this worker"),
     };
@@ -296,6 +303,26 @@ fn handle(
                 .expect("poisoned")
                 .insert(key, cancel.clone());
             let mut assignment = *assignment;
+            let pool = state.pool.lock().expect("poisoned").clone();
+            if let Some(pool) = pool.filter(|t| *t != assignment.tenant) {
+                // Defence in depth: the coordinator never places another
+                // tenant's attempt here, and this worker never runs one.
+                tracing::warn!(job = %key.0, task = %key.1, epoch = %key.2, "refusing another tenant's attempt");
+                state.cancels.lock().expect("poisoned").remove(&key);
+                state.ledger().finished(AttemptReport {
+                    job: key.0,
+                    task: key.1,
+                    epoch: key.2,
+                    worker,
+                    outcome: Err(crate::model::AttemptFailure::Host(format!(
+                        "this worker is dedicated to tenant {}",
+                        pool.0
+                    ))),
+                    log: String::new(),
+                });
+                state.changed.notify_one();
+                return;
+            }
             if assignment.shuffle == Shuffle::WorkerLocal {
                 // Map outputs stay here, in this worker's own directory.
                 assignment.work_root = options.work_dir.clone();

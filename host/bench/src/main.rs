@@ -855,12 +855,16 @@ fn embedded_job(
         params: BTreeMap::new(),
         max_attempts: 1,
         shuffle_settings: Default::default(),
+        placement: Default::default(),
     };
     run_embedded(
         guest,
         guest,
         request,
-        2,
+        &wmr::local::LocalWorkers {
+            count: 2,
+            labels: BTreeMap::new(),
+        },
         &scratch.path.join("work"),
         &mut |_| {},
     )
@@ -1118,6 +1122,7 @@ impl Cluster {
             params: BTreeMap::new(),
             max_attempts: 1,
             shuffle_settings: Default::default(),
+            placement: Default::default(),
         };
         let (mut on_submitted, mut on_progress) = (|_: &str| {}, |_| {});
         let deploy = client::deploy(&self.remote, request, &mut on_submitted, &mut on_progress);

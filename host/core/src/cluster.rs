@@ -18,6 +18,7 @@ use crate::model::{
     AttemptEpoch, Capability, DeadLetter, JobId, ModuleHash, Peer, TaskId, TaskInput, TenantId,
     WorkerId,
 };
+use crate::placement::{JobView, WorkerView, may_run, unplaceable_reason};
 use crate::records::{Batch, JobRecord};
 use crate::scheduler::{
     Action, AttemptOutcome, AttemptRecord, Event, JobOutcome, JobPlan, Phase, Scheduler,
@@ -63,6 +64,8 @@ pub struct TenantTerms {
     pub max_concurrent_attempts: u32,
     /// At most this many of its jobs are unfinished at once.
     pub max_jobs_queued: u32,
+    /// Its jobs run only on workers dedicated to it (its pool).
+    pub pool_only: bool,
 }
 
 /// What the driver must do, in order (I10).
@@ -105,6 +108,9 @@ pub enum Effect {
 struct WorkerEntry {
     name: String,
     slots: u32,
+    labels: BTreeMap<String, String>,
+    /// The tenant it is dedicated to (it joined with that tenant's token).
+    pool: Option<TenantId>,
     shuffle: Option<Peer>,
     connected: bool,
     /// Finishing what it runs, taking nothing new.
@@ -126,6 +132,41 @@ struct JobEntry {
     terms: TenantTerms,
     /// `CommitJob` was emitted; `job_committed` has not come back yet.
     committing: bool,
+    /// Since when, and why, no connected worker may run its pending tasks.
+    waiting: Option<(Instant, String)>,
+}
+
+impl JobEntry {
+    fn view(&self) -> JobView<'_> {
+        JobView {
+            tenant: &self.record.tenant,
+            placement: &self.record.request.placement,
+            pool_only: self.terms.pool_only,
+        }
+    }
+
+    /// When `--placement-timeout` fails the job, if it is waiting.
+    fn placement_deadline(&self) -> Option<Instant> {
+        let timeout = self.record.request.placement.timeout_ms;
+        match &self.waiting {
+            Some((since, _)) if timeout > 0 => Some(*since + Duration::from_millis(timeout)),
+            _ => None,
+        }
+    }
+}
+
+impl WorkerEntry {
+    fn view(&self) -> WorkerView<'_> {
+        WorkerView {
+            labels: &self.labels,
+            pool: self.pool.as_ref(),
+        }
+    }
+
+    /// Open to new attempts.
+    fn live(&self) -> bool {
+        self.connected && !self.draining
+    }
 }
 
 /// The coordinator's state across jobs, tenants and workers.
@@ -163,30 +204,36 @@ impl Cluster {
     /// When [`Self::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.admitted
-            .iter()
-            .filter_map(|&i| self.jobs[i].scheduler.poll_timeout())
+        let jobs = self.admitted.iter().map(|&i| &self.jobs[i]);
+        jobs.flat_map(|j| [j.scheduler.poll_timeout(), j.placement_deadline()])
+            .flatten()
             .min()
     }
 
     // ---- workers ----
 
     /// A worker's control stream was admitted: it gets an id and a welcome.
+    /// `pool` is the tenant whose worker token it joined with, if any.
     pub fn worker_joined(
         &mut self,
         clock: Clock,
         name: String,
         slots: u32,
+        labels: BTreeMap<String, String>,
+        pool: Option<TenantId>,
         shuffle: Option<Peer>,
     ) -> WorkerId {
         let worker = WorkerId(self.next_worker);
         self.next_worker += 1;
-        tracing::info!(%worker, %name, slots, "worker joined");
+        let pool_name = pool.as_ref().map(|t| t.0.as_str());
+        tracing::info!(%worker, %name, slots, ?labels, pool = pool_name, "worker joined");
         self.workers.insert(
             worker,
             WorkerEntry {
                 name,
                 slots,
+                labels,
+                pool: pool.clone(),
                 shuffle,
                 connected: true,
                 draining: false,
@@ -198,6 +245,7 @@ impl Cluster {
             message: ToWorker::Welcome {
                 worker,
                 heartbeat_ms,
+                pool,
             },
         });
         // `rebalance` gives the jobs their share of its slots.
@@ -304,10 +352,19 @@ impl Cluster {
         self.settle(clock);
     }
 
-    /// Expire the leases that ran out by `clock.now`.
+    /// Expire the leases that ran out by `clock.now`, and fail the jobs
+    /// that waited for a worker longer than their `--placement-timeout`.
     pub fn handle_timeout(&mut self, clock: Clock) {
         for &i in &self.admitted {
-            self.jobs[i].scheduler.handle_timeout(clock.now);
+            let job = &mut self.jobs[i];
+            job.scheduler.handle_timeout(clock.now);
+            if job.placement_deadline().is_some_and(|at| at <= clock.now) {
+                let (_, why) = job.waiting.take().expect("a deadline means waiting");
+                let timeout = human_ms(job.record.request.placement.timeout_ms);
+                let reason = format!("{why} for --placement-timeout {timeout}");
+                tracing::info!(job = %job.id, %reason, "no worker may run the job");
+                job.scheduler.handle(clock.now, Event::Fail { reason });
+            }
         }
         self.settle(clock);
     }
@@ -429,8 +486,10 @@ impl Cluster {
                 weight: 1,
                 max_concurrent_attempts: 0,
                 max_jobs_queued: 0,
+                pool_only: false,
             },
             committing: false,
+            waiting: None,
         });
     }
 
@@ -561,6 +620,16 @@ impl Cluster {
                     entry.slots
                 ));
             }
+            // Placement: labels and pools hold for every running attempt.
+            for &i in &self.admitted {
+                let job = &self.jobs[i];
+                if job.scheduler.running_on(*w) > 0 && !may_run(entry.view(), job.view()) {
+                    return Err(format!(
+                        "job {} runs on worker {w}, which it may not",
+                        job.id
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -596,6 +665,7 @@ impl Cluster {
             quotas: BTreeMap::new(),
             terms,
             committing: false,
+            waiting: None,
         });
         self.admitted.push(self.jobs.len() - 1);
         if let Some(client) = client {
@@ -655,7 +725,12 @@ impl Cluster {
         while let Some(action) = self.jobs[i].scheduler.poll_action() {
             actions.push(action);
         }
-        self.persist(clock, i);
+        let failure = actions.iter().find_map(|a| match a {
+            Action::Finished(JobOutcome::Failed(why)) => Some(why.as_str()),
+            _ => None,
+        });
+        let failure = failure.map(str::to_owned);
+        self.persist(clock, i, failure.as_deref());
         for action in actions {
             let job = &mut self.jobs[i];
             let id = job.id;
@@ -664,6 +739,12 @@ impl Cluster {
                     worker,
                     mut assignment,
                 } => {
+                    debug_assert!(
+                        self.workers
+                            .get(&worker)
+                            .is_some_and(|w| may_run(w.view(), job.view())),
+                        "placement: job {id} assigned to worker {worker}, which it may not use"
+                    );
                     if let TaskInput::Reduce { map_outputs, .. } = &assignment.input {
                         // Tell the reducer where each map output lives.
                         for (_, _, holder) in map_outputs {
@@ -755,7 +836,8 @@ impl Cluster {
     }
 
     /// Queue a `Persist` of what changed in job `i` (attempt records, phase).
-    fn persist(&mut self, clock: Clock, i: usize) {
+    /// `failure`: why the job failed, if it just did (the phase's reason).
+    fn persist(&mut self, clock: Clock, i: usize, failure: Option<&str>) {
         let job = &mut self.jobs[i];
         let mut batch = Batch::default();
         for record in job.scheduler.take_changed_records() {
@@ -775,7 +857,7 @@ impl Cluster {
                 Phase::Mapping => "workers assigned",
                 Phase::Reducing => "every map task committed",
                 Phase::Completed => "every reduce task committed",
-                Phase::Failed => "a task failed too often",
+                Phase::Failed => failure.unwrap_or("a task failed too often"),
                 Phase::Cancelled => "cancelled",
             };
             job.record.transitions.push(PhaseChange {
@@ -796,6 +878,7 @@ impl Cluster {
         let job = &mut self.jobs[i];
         debug_assert!(job.summary.is_none(), "job {} finished twice", job.id);
         job.committing = false;
+        job.waiting = None;
         tracing::info!(job = %job.id, ?outcome, "job finished");
         let summary = summarize(&job.scheduler, outcome, clock.now - job.started);
         job.record.outcome = Some(summary.outcome.clone());
@@ -844,19 +927,73 @@ impl Cluster {
     /// weight (each capped by its concurrency quota), then between each
     /// tenant's jobs. Running attempts are never preempted: a job keeps at
     /// least the slots it uses, and a smaller share takes effect as they
-    /// finish.
+    /// finish. A job gets slots only on workers it may run on (labels,
+    /// pools): its demand counts no more than those workers' slots, so a
+    /// job confined to a few workers does not hold back the others' shares.
     fn rebalance(&mut self, now: Instant) {
         let capacity: Vec<(WorkerId, u32)> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.connected && !w.draining)
+            .filter(|(_, w)| w.live())
             .map(|(id, w)| (*id, w.slots))
             .collect();
         let total = capacity.iter().map(|(_, s)| s).sum();
         let jobs = self.admitted.clone();
+        // placeable[k][c]: may job k run on capacity[c]?
+        let placeable: Vec<Vec<bool>> = jobs
+            .iter()
+            .map(|&i| {
+                let job = self.jobs[i].view();
+                capacity
+                    .iter()
+                    .map(|(w, _)| may_run(self.workers[w].view(), job))
+                    .collect()
+            })
+            .collect();
+        self.update_waiting(now, &jobs, &placeable);
+        // Slots go only where a job can use them now: a worker that missed
+        // a lease gets nothing new from that job until its next heartbeat,
+        // so a share there would hold a slot another job could use.
+        let eligible: Vec<Vec<bool>> = jobs
+            .iter()
+            .zip(&placeable)
+            .map(|(&i, ok)| {
+                let scheduler = &self.jobs[i].scheduler;
+                ok.iter()
+                    .zip(&capacity)
+                    .map(|(&ok, (w, _))| ok && !scheduler.is_suspect(*w))
+                    .collect()
+            })
+            .collect();
+        // Attempts still running on draining workers count against quotas,
+        // not against the live slots being shared.
+        let draining_running: Vec<u64> = jobs
+            .iter()
+            .map(|&i| {
+                self.workers
+                    .iter()
+                    .filter(|(_, w)| w.connected && w.draining)
+                    .map(|(id, _)| u64::from(self.jobs[i].scheduler.running_on(*id)))
+                    .sum()
+            })
+            .collect();
+        // What each job could use of the live slots: its queued tasks and
+        // its attempts on live workers, at most the slots it can use now
+        // plus what it runs on live workers it cannot use (suspect ones).
         let demand: Vec<u32> = jobs
             .iter()
-            .map(|&i| self.jobs[i].scheduler.demand() as u32)
+            .zip(&eligible)
+            .zip(&draining_running)
+            .map(|((&i, ok), &draining)| {
+                let scheduler = &self.jobs[i].scheduler;
+                let reachable: u32 = capacity
+                    .iter()
+                    .zip(ok)
+                    .map(|((w, slots), &ok)| if ok { *slots } else { scheduler.running_on(*w) })
+                    .sum();
+                let wants = scheduler.demand() as u64 - draining;
+                (wants as u32).min(reachable)
+            })
             .collect();
         let mut tenants: Vec<TenantId> = Vec::new();
         for &i in &jobs {
@@ -875,18 +1012,9 @@ impl Cluster {
             .map(|t| {
                 let ks = of(t);
                 let cap = self.jobs[jobs[ks[0]]].terms.max_concurrent_attempts;
+                let draining: u64 = ks.iter().map(|&k| draining_running[k]).sum();
+                let cap = u64::from(cap).saturating_sub(draining) as u32;
                 ks.iter().map(|&k| demand[k]).sum::<u32>().min(cap)
-            })
-            .collect();
-        // Attempts still running on draining workers count against quotas.
-        let draining_running: Vec<u64> = jobs
-            .iter()
-            .map(|&i| {
-                self.workers
-                    .iter()
-                    .filter(|(_, w)| w.connected && w.draining)
-                    .map(|(id, _)| u64::from(self.jobs[i].scheduler.running_on(*id)))
-                    .sum()
             })
             .collect();
         let caps: Vec<u32> = tenants
@@ -965,24 +1093,38 @@ impl Cluster {
                 tenants.iter().position(|x| x == t).expect("listed above")
             })
             .collect();
-        loop {
-            let roomiest = capacity
-                .iter()
-                .map(|(w, cap)| (*w, cap.saturating_sub(occupied(&quota, w))))
-                .filter(|(_, free)| *free > 0)
-                .max_by_key(|(w, free)| (*free, std::cmp::Reverse(*w)));
-            let Some((w, _)) = roomiest else { break };
-            let mut held = vec![0u64; tenants.len()];
-            for (k, &n) in draining_running.iter().enumerate() {
-                held[tenant_of[k]] += n;
-            }
-            for (k, (q, r)) in quota.iter().zip(&running).enumerate() {
-                held[tenant_of[k]] += q.iter().map(|(w, &n)| u64::from(n.max(r[w]))).sum::<u64>();
-            }
-            let next = (0..quota.len())
-                .filter(|&k| quota[k].values().sum::<u32>() < alloc[k])
-                .filter(|&k| held[tenant_of[k]] < u64::from(caps[tenant_of[k]]))
-                .min_by(|&a, &b| {
+        // Two passes: first every job up to its fair allocation; then, work
+        // conserving, slots that no job could use within its allocation
+        // (placement left them stranded) go to jobs that can use them.
+        for conserving in [false, true] {
+            loop {
+                let free: Vec<u32> = capacity
+                    .iter()
+                    .map(|(w, cap)| cap.saturating_sub(occupied(&quota, w)))
+                    .collect();
+                let mut held = vec![0u64; tenants.len()];
+                for (k, &n) in draining_running.iter().enumerate() {
+                    held[tenant_of[k]] += n;
+                }
+                for (k, (q, r)) in quota.iter().zip(&running).enumerate() {
+                    held[tenant_of[k]] +=
+                        q.iter().map(|(w, &n)| u64::from(n.max(r[w]))).sum::<u64>();
+                }
+                let wanting: Vec<usize> = (0..quota.len())
+                    .filter(|&k| {
+                        if conserving {
+                            // Slots it holds, running beyond its quota too.
+                            let holds: u32 =
+                                quota[k].iter().map(|(w, &n)| n.max(running[k][w])).sum();
+                            holds < demand[k]
+                        } else {
+                            quota[k].values().sum::<u32>() < alloc[k]
+                        }
+                    })
+                    .filter(|&k| held[tenant_of[k]] < u64::from(caps[tenant_of[k]]))
+                    .filter(|&k| (0..capacity.len()).any(|c| eligible[k][c] && free[c] > 0))
+                    .collect();
+                let next = wanting.iter().copied().min_by(|&a, &b| {
                     let (ta, tb) = (tenant_of[a], tenant_of[b]);
                     let (wa, wb) = (u64::from(weights[ta]), u64::from(weights[tb]));
                     (held[ta] * wb)
@@ -990,8 +1132,17 @@ impl Cluster {
                         .then(served[a].cmp(&served[b]))
                         .then(a.cmp(&b))
                 });
-            let Some(k) = next else { break };
-            *quota[k].get_mut(&w).expect("every live worker") += 1;
+                let Some(k) = next else { break };
+                // The roomiest of its workers that the fewest other waiting
+                // jobs could use: a flexible job leaves a confined one room.
+                let contention = |c: usize| wanting.iter().filter(|&&j| eligible[j][c]).count();
+                let c = (0..capacity.len())
+                    .filter(|&c| eligible[k][c] && free[c] > 0)
+                    .min_by_key(|&c| (contention(c), std::cmp::Reverse(free[c]), capacity[c].0))
+                    .expect("wanting jobs have a free eligible worker");
+                let w = capacity[c].0;
+                *quota[k].get_mut(&w).expect("every live worker") += 1;
+            }
         }
         // Every share first, then scheduling: a job must not assign under
         // its old share on a worker whose slots now go to another job.
@@ -1006,6 +1157,35 @@ impl Cluster {
         }
         for &i in &jobs {
             self.jobs[i].scheduler.schedule_now(now);
+        }
+    }
+
+    /// Mark which jobs cannot be placed now (no live worker may run their
+    /// pending tasks), since when and why; clear it for the others.
+    fn update_waiting(&mut self, now: Instant, jobs: &[usize], eligible: &[Vec<bool>]) {
+        let connected = self.workers.values().filter(|w| w.connected).count();
+        for (&i, ok) in jobs.iter().zip(eligible) {
+            let job = &mut self.jobs[i];
+            let stuck = job.scheduler.demand() > 0 && !ok.iter().any(|&ok| ok);
+            match (&job.waiting, stuck) {
+                (None, true) => {
+                    let why = unplaceable_reason(job.view(), connected);
+                    tracing::info!(job = %job.id, "waiting: {why}");
+                    job.waiting = Some((now, why));
+                }
+                (Some(_), false) => {
+                    tracing::info!(job = %job.id, "placed: a worker may run it");
+                    job.waiting = None;
+                }
+                (Some((since, why)), true) => {
+                    // Same wait; the count of connected workers may change.
+                    let now_why = unplaceable_reason(job.view(), connected);
+                    if *why != now_why {
+                        job.waiting = Some((*since, now_why));
+                    }
+                }
+                (None, false) => {}
+            }
         }
     }
 
@@ -1061,20 +1241,37 @@ impl Cluster {
             committed,
             running,
             pending,
+            waiting: job
+                .waiting
+                .as_ref()
+                .map(|(_, why)| format!("waiting: {why}")),
             attempt_log: job.scheduler.attempt_log().to_vec(),
+            // Another tenant's dedicated workers are not this tenant's to see.
             workers: self
                 .workers
                 .iter()
+                .filter(|(_, w)| w.pool.as_ref().is_none_or(|t| *t == job.record.tenant))
                 .map(|(&id, w)| WorkerInfo {
                     id,
                     name: w.name.clone(),
                     slots: w.slots,
                     connected: w.connected,
+                    labels: w.labels.clone(),
+                    pool: w.pool.clone(),
                 })
                 .collect(),
             transitions: job.record.transitions.clone(),
             totals: Totals::of(job.scheduler.attempt_log()),
         }
+    }
+}
+
+/// `2500` → "2.5s", `2000` → "2s", `300` → "300ms".
+fn human_ms(ms: u64) -> String {
+    match ms {
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms if ms >= 1000 => format!("{}s", ms as f64 / 1000.0),
+        ms => format!("{ms}ms"),
     }
 }
 

@@ -19,9 +19,12 @@
 //! - [`cluster`]: the coordinator's state machine across jobs, tenants and
 //!   workers: events and time in, effects out (persist, send, reply,
 //!   commit).
+//! - [`placement`]: label requirements and tenant pools: which worker may
+//!   run which job's attempts.
 pub mod attempt_ledger;
 pub mod cluster;
 pub mod model;
+pub mod placement;
 pub mod records;
 pub mod scheduler;
 pub mod summary;

@@ -96,6 +96,11 @@ pub enum Event {
         result: Result<(), String>,
     },
     Cancel,
+    /// The job cannot go on for a reason outside its tasks (no worker may
+    /// run it within `--placement-timeout`): interrupt and fail.
+    Fail {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -452,6 +457,12 @@ impl Scheduler {
         self.workers.get(&worker).map_or(0, |w| w.running)
     }
 
+    /// The worker missed a lease and gets nothing new from this job until
+    /// its next heartbeat.
+    pub fn is_suspect(&self, worker: WorkerId) -> bool {
+        self.workers.get(&worker).is_some_and(|w| w.suspect)
+    }
+
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }
@@ -475,6 +486,11 @@ impl Scheduler {
                 result,
             } => self.commit_finished(now, task, epoch, result),
             Event::Cancel => self.cancel(now),
+            Event::Fail { reason } => {
+                if self.is_active() {
+                    self.fail(now, reason);
+                }
+            }
         }
         self.schedule(now);
     }

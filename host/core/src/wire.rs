@@ -8,6 +8,7 @@ use crate::model::{
     Assignment, AttemptEpoch, AttemptReport, Capability, JobId, Limits, ModuleHash, OutputFormat,
     Peer, ShuffleSettings, TaskId, TenantId, WorkerId,
 };
+use crate::placement::Placement;
 use crate::scheduler::{AttemptRecord, Phase};
 use crate::summary::JobSummary;
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,9 @@ pub enum ToWorker {
     Welcome {
         worker: WorkerId,
         heartbeat_ms: u64,
+        /// The tenant this worker is dedicated to (it joined with that
+        /// tenant's worker token): it runs and serves nobody else's attempts.
+        pool: Option<TenantId>,
     },
     /// The worker may not join (wrong worker token).
     Refused(String),
@@ -147,6 +151,8 @@ pub struct JobRequest {
     pub params: BTreeMap<String, String>,
     pub max_attempts: u32,
     pub shuffle_settings: ShuffleSettings,
+    /// Which workers may run the job's attempts (`--require`).
+    pub placement: Placement,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -200,6 +206,9 @@ pub struct WorkerInfo {
     pub name: String,
     pub slots: u32,
     pub connected: bool,
+    pub labels: BTreeMap<String, String>,
+    /// The tenant it is dedicated to, if any.
+    pub pool: Option<TenantId>,
 }
 
 /// `wmr status --json`.
@@ -212,6 +221,9 @@ pub struct StatusReport {
     pub committed: usize,
     pub running: usize,
     pub pending: usize,
+    /// Why the job's pending tasks cannot be placed ("waiting: no
+    /// connected worker matches zone=eu (3 workers connected)"), if so.
+    pub waiting: Option<String>,
     pub attempt_log: Vec<AttemptRecord>,
     pub workers: Vec<WorkerInfo>,
     /// Every phase change, with its time and reason (durable).
