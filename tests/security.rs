@@ -12,6 +12,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::cluster::*;
+use support::status::Status;
 use support::*;
 use wmr::model::{Capability, JobId, ModuleHash, TaskId};
 use wmr::transport::{Channel, MAX_FRAME_BYTES, PROTOCOL_VERSION};
@@ -163,6 +164,71 @@ fn frames<T: serde::de::DeserializeOwned>(mut bytes: &[u8]) -> Vec<T> {
     out
 }
 
+/// A committed map output found in a worker's work dir while a job runs.
+struct CommittedMapOutput {
+    /// Index into the names searched.
+    worker: usize,
+    path: PathBuf,
+    capability_file: PathBuf,
+    /// A job id with the real job's prefix (the worker names its files by
+    /// it), and that prefix.
+    job: JobId,
+    short: String,
+    task: TaskId,
+    epoch: wmr::model::AttemptEpoch,
+}
+
+/// Wait (bounded) for a committed map output in the work dir of one of the
+/// workers `names`, while `deploy` runs.
+fn committed_map_output(c: &Cluster, names: &[&str], deploy: &mut Proc) -> CommittedMapOutput {
+    let (worker, path, capability_file) =
+        poll("a committed map output on a worker", JOB_LIMIT, || {
+            if let Some(status) = deploy.exited() {
+                panic!("deploy exited ({status}) early: {}", deploy.stderr_text());
+            }
+            for (i, name) in names.iter().enumerate() {
+                let Ok(jobs) = std::fs::read_dir(c.worker_dir(name)) else {
+                    continue;
+                };
+                for job in jobs.flatten() {
+                    let Ok(maps) = std::fs::read_dir(job.path().join("map")) else {
+                        continue;
+                    };
+                    for map in maps.flatten() {
+                        let name = map.file_name().to_string_lossy().to_string();
+                        if name.starts_with("m-") && map.path().is_file() {
+                            return Some((i, map.path(), job.path().join("capability")));
+                        }
+                    }
+                }
+            }
+            None
+        });
+    let job_dir = path.parent().unwrap().parent().unwrap();
+    let short = job_dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .strip_prefix("job-")
+        .unwrap()
+        .to_string();
+    let job = JobId(uuid::Uuid::parse_str(&format!("{short}{}", "0".repeat(24))).unwrap());
+    assert_eq!(job.to_string(), short);
+    let stem = path.file_name().unwrap().to_string_lossy().to_string();
+    let (task, epoch) = stem.split_once(".a").unwrap();
+    let task = TaskId::Map(task.strip_prefix("m-").unwrap().parse().unwrap());
+    let epoch = wmr::model::AttemptEpoch(epoch.parse().unwrap());
+    CommittedMapOutput {
+        worker,
+        path,
+        capability_file,
+        job,
+        short,
+        task,
+        epoch,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 1. Shuffle fetches need the job's capability
 
@@ -200,46 +266,9 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
         ],
     );
 
-    // A committed map output on some worker, and that worker's capability.
-    let (worker, committed, capability_file) =
-        poll("a committed map output on a worker", JOB_LIMIT, || {
-            if let Some(status) = deploy.exited() {
-                panic!("deploy exited ({status}) early: {}", deploy.stderr_text());
-            }
-            for (i, name) in ["w1", "w2"].iter().enumerate() {
-                let dir = c.worker_dir(name);
-                let Ok(jobs) = std::fs::read_dir(&dir) else {
-                    continue;
-                };
-                for job in jobs.flatten() {
-                    let Ok(maps) = std::fs::read_dir(job.path().join("map")) else {
-                        continue;
-                    };
-                    for map in maps.flatten() {
-                        let name = map.file_name().to_string_lossy().to_string();
-                        if name.starts_with("m-") && map.path().is_file() {
-                            return Some((i, map.path(), job.path().join("capability")));
-                        }
-                    }
-                }
-            }
-            None
-        });
-    let job_dir = committed.parent().unwrap().parent().unwrap();
-    let short = job_dir
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .strip_prefix("job-")
-        .unwrap()
-        .to_string();
-    // A job id with the real job's prefix (the worker names its files by it).
-    let job = JobId(uuid::Uuid::parse_str(&format!("{short}{}", "0".repeat(24))).unwrap());
-    assert_eq!(job.to_string(), short);
-    let stem = committed.file_name().unwrap().to_string_lossy().to_string();
-    let (task, epoch) = stem.split_once(".a").unwrap();
-    let task = TaskId::Map(task.strip_prefix("m-").unwrap().parse().unwrap());
-    let epoch = wmr::model::AttemptEpoch(epoch.parse().unwrap());
+    let found = committed_map_output(&c, &["w1", "w2"], &mut deploy);
+    let (worker, committed, capability_file) = (found.worker, found.path, found.capability_file);
+    let (job, short, task, epoch) = (found.job, found.short, found.task, found.epoch);
     let (start, end) = wmr::intermediate::partition_range(&committed, 0).unwrap();
     let partition_bytes = std::fs::read(&committed).unwrap()[start as usize..end as usize].to_vec();
 
@@ -591,5 +620,140 @@ fn bad_frames_from_an_admitted_worker_close_only_its_stream() {
     let mut deploy = c.deploy(&guest("wordcount"), &books(), &out, &[]);
     c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
     assert_output_equals_reference(&out, "wordcount", 4);
+    c.assert_serving();
+}
+
+// ---------------------------------------------------------------------------
+// 5. Tenant pools
+
+/// `wmr tenant ARGS --state STATE`; its stdout (a token), trimmed.
+fn tenant_admin(c: &Cluster, args: &[&str]) -> String {
+    let mut cmd = c.wmr();
+    cmd.arg("tenant").args(args).arg("--state").arg(&c.state);
+    let out = output_within(cmd, &format!("wmr tenant {args:?}"), CLIENT_LIMIT);
+    assert!(
+        out.status.success(),
+        "wmr tenant {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// One partition fetch from the worker whose log is `log`; the partition's
+/// bytes, or the refusal.
+fn fetch_partition(
+    log: &str,
+    found: &CommittedMapOutput,
+    capability: &str,
+) -> Result<Vec<u8>, String> {
+    let addr: std::net::SocketAddr = log_field(log, "serving map outputs", "addr")
+        .unwrap_or_else(|| panic!("no `serving map outputs` line in {log}"))
+        .parse()
+        .unwrap();
+    let fingerprint = log_field(log, "serving map outputs", "fingerprint").unwrap();
+    let request = wmr::transport::encode(&Open::FetchPartition {
+        job: found.job,
+        task: found.task,
+        epoch: found.epoch,
+        partition: 0,
+        capability: Capability(capability.to_string()),
+    });
+    let answer = block_on("fetching a partition", async {
+        let (_endpoint, connection) = wmr::transport::connect(addr, &fingerprint, CLIENT_LIMIT)
+            .await
+            .expect("pinning the worker's shuffle certificate");
+        exchange(&connection, &request).await
+    });
+    let mut received = Vec::new();
+    for reply in frames::<PartitionReply>(&answer) {
+        match reply {
+            PartitionReply::Chunk(bytes) => received.extend(bytes),
+            PartitionReply::End { .. } => return Ok(received),
+            PartitionReply::Missing(reason) => return Err(reason),
+        }
+    }
+    panic!("no end of the partition in {answer:?}")
+}
+
+/// Tenant `alice` is pool-only (`wmr tenant add --pool-only`) with one
+/// dedicated worker, joined with her pool token (`wmr tenant worker-token
+/// --tenant alice`); `bob` has a shared worker. Both jobs complete with the
+/// reference output; every alice attempt ran on her worker and none of
+/// bob's did; bob's status does not list her worker; and her worker refuses
+/// a fetch of bob's committed partition even with bob's real capability,
+/// which the shared worker (the positive control) serves (SECURITY.md,
+/// "Tenant pools").
+#[test]
+fn a_tenant_pool_worker_runs_and_serves_only_its_tenant() {
+    let _serial = serial();
+    let mut c = Cluster::options()
+        .tenants(&["alice", "bob"])
+        .tenant_books()
+        .reducers(4)
+        .client_limit(CLIENT_LIMIT)
+        .start();
+    let root = path(&c.tenants[0].root);
+    c.tenants[0].token = tenant_admin(&c, &["add", "alice", "--root", &root, "--pool-only"]);
+    let pool_token = tenant_admin(&c, &["worker-token", "--tenant", "alice"]);
+    let worker_token = c.worker_token.clone().expect("tenant mode");
+    let pool = c.spawn_observed_worker("pool-alice", &["--token", &pool_token]);
+    c.workers.push(pool);
+    let shared = c.spawn_observed_worker("shared", &["--token", &worker_token]);
+    c.workers.push(shared);
+
+    let (alice, bob) = (c.tenants[0].clone(), c.tenants[1].clone());
+    let (alice_out, bob_out) = (alice.root.join("out"), bob.root.join("out"));
+    let mut alice_deploy =
+        c.deploy_as(&alice, &guest("wordcount"), &alice.books(), &alice_out, &[]);
+    // Bob's reducers busy-wait 2 s each: his map outputs stay in place
+    // while the test fetches.
+    let slow = [
+        "--param",
+        "reduce-ms=2000",
+        "--split-size",
+        "512KiB",
+        "--grant",
+        "clock",
+    ];
+    let mut bob_deploy = c.deploy_as(&bob, &guest("hostile"), &bob.books(), &bob_out, &slow);
+    let found = committed_map_output(&c, &["shared"], &mut bob_deploy);
+    let capability = std::fs::read_to_string(&found.capability_file).expect("bob's capability");
+    let pool_log = c.workers[0].stderr_text();
+    let refusal = format!(
+        "not authorised: no valid shuffle capability for job {}",
+        found.short
+    );
+    assert_eq!(
+        fetch_partition(&pool_log, &found, &capability),
+        Err(refusal)
+    );
+    let shared_log = c.workers[1].stderr_text();
+    let served = fetch_partition(&shared_log, &found, &capability).expect("the positive control");
+    let (start, end) = wmr::intermediate::partition_range(&found.path, 0).unwrap();
+    let bytes = std::fs::read(&found.path).unwrap()[start as usize..end as usize].to_vec();
+    assert!(
+        served == bytes,
+        "the shared worker served another partition"
+    );
+
+    let alice_job = c.deploy_finishes_ok(&mut alice_deploy, JOB_LIMIT);
+    let bob_job = c.deploy_finishes_ok(&mut bob_deploy, JOB_LIMIT);
+    assert_output_equals_reference(&alice_out, "wordcount", 4);
+    assert_output_equals_reference(&bob_out, "hostile", 4);
+    let alice_status = Status::parse(&c.json(&alice, &["status", &alice_job, "--json"]));
+    for a in &alice_status.attempts {
+        assert_eq!(alice_status.worker_name(a.worker), "pool-alice", "{a:?}");
+    }
+    let bob_status = Status::parse(&c.json(&bob, &["status", &bob_job, "--json"]));
+    let bob_sees: Vec<&str> = bob_status
+        .workers
+        .values()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(bob_sees, ["shared"], "bob sees only shared workers");
+    for a in &bob_status.attempts {
+        assert_eq!(bob_status.worker_name(a.worker), "shared", "{a:?}");
+    }
+    assert!(!bob_status.attempts.is_empty() && !alice_status.attempts.is_empty());
     c.assert_serving();
 }

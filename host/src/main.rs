@@ -753,6 +753,9 @@ async fn status(job: Option<String>, remote: RemoteArgs, json: bool) -> anyhow::
         report.pending,
         report.attempt_log.len()
     );
+    if let Some(waiting) = &report.waiting {
+        println!("  {waiting}");
+    }
     for (name, t) in &report.totals {
         println!(
             "  {name}: {} attempts ({} committed), {:.2} s, fuel {}, in {} B, out {} B, {} records",
@@ -776,7 +779,19 @@ async fn status(job: Option<String>, remote: RemoteArgs, json: bool) -> anyhow::
     }
     for w in &report.workers {
         let state = if w.connected { "connected" } else { "gone" };
-        println!("  worker {} {} ({} slots, {state})", w.id, w.name, w.slots);
+        let mut about: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if let Some(pool) = &w.pool {
+            about.push(format!("pool of {}", pool.0));
+        }
+        let about = if about.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", about.join(", "))
+        };
+        println!(
+            "  worker {} {} ({} slots, {state}{about})",
+            w.id, w.name, w.slots
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
