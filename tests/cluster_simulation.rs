@@ -848,11 +848,13 @@ impl Sim {
         for job in self.cluster.unfinished_jobs() {
             let scheduler = self.cluster.scheduler(job).expect("unfinished job");
             let tenant = self.jobs[self.job_index[&job]].tenant;
-            running[tenant] += self
-                .issued
-                .iter()
-                .map(|&w| scheduler.running_on(w))
-                .sum::<u32>();
+            let on_workers: u32 = self.issued.iter().map(|&w| scheduler.running_on(w)).sum();
+            running[tenant] += on_workers;
+            // A commit in flight keeps its slot in the job's share (what it
+            // brings next could not take the slot back): not idle.
+            if scheduler.demand() > scheduler.queued() + on_workers as usize {
+                return;
+            }
         }
         for (w, worker) in self.workers.iter().enumerate() {
             let Some(id) = worker.session else { continue };
@@ -883,9 +885,7 @@ impl Sim {
             for job in self.cluster.unfinished_jobs() {
                 let i = self.job_index[&job];
                 let scheduler = self.cluster.scheduler(job).expect("unfinished job");
-                // Demand is queued tasks plus running attempts.
-                let running_here: u32 = self.issued.iter().map(|&w| scheduler.running_on(w)).sum();
-                let waiting = scheduler.demand() - running_here as usize;
+                let waiting = scheduler.queued();
                 let tenant = self.jobs[i].tenant;
                 let under_quota =
                     running[tenant] < self.tenants[tenant].terms.max_concurrent_attempts;

@@ -446,10 +446,17 @@ impl Scheduler {
         (committed, running, self.tasks.len() - committed - running)
     }
 
-    /// Slots this job could use now: pending tasks plus running attempts.
+    /// Slots this job could use now: pending tasks plus running attempts,
+    /// plus attempts being committed: a commit usually brings more work (the
+    /// reduce phase after the last map), and a slot that went to another
+    /// job during the rename could not be taken back (no preemption).
     pub fn demand(&self) -> usize {
-        let running: u32 = self.workers.values().map(|w| w.running).sum();
-        self.pending.len() + running as usize
+        self.pending.len() + self.tally.running.len()
+    }
+
+    /// Tasks queued for a slot (some may be waiting out a backoff).
+    pub fn queued(&self) -> usize {
+        self.pending.len()
     }
 
     /// Attempts of this job running on `worker`.
