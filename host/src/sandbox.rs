@@ -19,6 +19,7 @@
 //! below; wasmtime's hostcall fuel (the memory limit, at least 128 MiB per
 //! call) bounds the rest, including WASI calls.
 
+use crate::compile_cache::{CacheOptions, CacheReport, CompileCache};
 use crate::model::{AttemptFailure, Limits};
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
@@ -929,6 +930,8 @@ pub struct Sandbox {
     /// Compiled components by the SHA-256 of their bytes: a component that
     /// is both the map and the reduce module is compiled once.
     compiled: Mutex<std::collections::HashMap<crate::model::ModuleHash, Component>>,
+    /// Compiled components on disk, shared with other processes.
+    disk_cache: Option<CompileCache>,
 }
 
 impl Drop for Sandbox {
@@ -1039,7 +1042,23 @@ impl Sandbox {
             linker,
             ticker_stop,
             compiled: Mutex::default(),
+            disk_cache: None,
         })
+    }
+
+    /// Load compiled components from (and write them to) the on-disk cache
+    /// in `options`. A directory that cannot be used safely is not used: a
+    /// warning says why, and every component is compiled.
+    pub fn use_compile_cache(&mut self, options: &CacheOptions) {
+        match CompileCache::open(options, &self.engine) {
+            Ok(cache) => self.disk_cache = Some(cache),
+            Err(e) => tracing::warn!("compile cache not used: {e:#}; compiling every component"),
+        }
+    }
+
+    /// What the on-disk cache did so far; `None` without one.
+    pub fn compile_cache_report(&self) -> Option<CacheReport> {
+        self.disk_cache.as_ref().map(CompileCache::report)
     }
 
     /// Compile a component and check that it fits `role` in the wmr world.
@@ -1090,14 +1109,20 @@ impl Sandbox {
             return Ok(component.clone());
         }
         // Compiled outside the lock: other loads need not wait for it.
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            let e = one_line(&e);
-            if e.contains("exceeds the configured maximum") {
-                anyhow::anyhow!("the component needs more than one attempt may have: {e}")
-            } else {
-                anyhow::anyhow!("not a valid Wasm component: {e}")
-            }
-        })?;
+        let compile = || {
+            Component::new(&self.engine, bytes).map_err(|e| {
+                let e = one_line(&e);
+                if e.contains("exceeds the configured maximum") {
+                    anyhow::anyhow!("the component needs more than one attempt may have: {e}")
+                } else {
+                    anyhow::anyhow!("not a valid Wasm component: {e}")
+                }
+            })
+        };
+        let component = match &self.disk_cache {
+            Some(cache) => cache.load_or_compile(&self.engine, &digest, compile)?,
+            None => compile()?,
+        };
         let mut compiled = self.compiled.lock().expect("poisoned");
         Ok(compiled.entry(digest).or_insert(component).clone())
     }
