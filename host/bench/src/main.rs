@@ -856,14 +856,17 @@ fn embedded_job(
         max_attempts: 1,
         shuffle_settings: Default::default(),
     };
+    // No compile cache: the benchmark times compiles as a fresh process does.
     run_embedded(
         guest,
         guest,
         request,
         2,
+        None,
         &scratch.path.join("work"),
         &mut |_| {},
     )
+    .map(|run| run.summary)
 }
 
 /// `tasks` one-line files in `dir`: one map task each, and one reducer.
@@ -1081,6 +1084,7 @@ impl Cluster {
                     labels: BTreeMap::new(),
                     crash_probability: 0.0,
                     cache_dir: dir.join(format!("cache-{i}")),
+                    compile_cache: None,
                     work_dir: dir.join(format!("worker-{i}")),
                     shuffle_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                     // No `tenants.toml` in the state dir: development mode.
