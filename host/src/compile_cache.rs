@@ -1,15 +1,15 @@
 //! Compiled components on disk, so that a process does not compile a
 //! component another process (or an earlier run) already compiled.
 //!
-//! A file `<module sha256>-<engine key>.cwasm` holds a header and the
-//! artifact of `Component::serialize`. The engine key hashes
+//! A file `<module sha256>-<engine key>.cwasm` holds the artifact of
+//! `Component::serialize` and a trailer. The engine key hashes
 //! `Engine::precompile_compatibility_hash` (wasmtime version, target, and
 //! every setting that shapes compiled code) and this file format's version.
 //!
 //! wasmtime's deserialisation trusts its input (it maps the code as
 //! executable), so an artifact is only ever loaded from a directory that
 //! only this user can write (checked when the cache is opened: the
-//! directory and its ancestors) and only after its digest in the header
+//! directory and its ancestors) and only after its digest in the trailer
 //! matches; a file that fails either that or deserialisation is deleted and
 //! the component compiled and written again. Writes go to a unique
 //! temporary file (0600) that is synced and renamed into place, so
@@ -20,7 +20,8 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,8 +35,10 @@ pub const COMPILED_SUBDIR: &str = "compiled";
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 const EXTENSION: &str = "cwasm";
 const MAGIC: &[u8; 8] = b"WMRCC\0\0\x01";
-/// magic, module digest, engine key, artifact length, artifact digest.
-const HEADER_LEN: usize = 8 + 32 + 32 + 8 + 32;
+/// After the artifact: its length, the module's digest, the engine key, the
+/// artifact's digest, magic. A trailer, not a header: wasmtime maps the
+/// whole file and wants the artifact at its start.
+const TRAILER_LEN: usize = 8 + 32 + 32 + 32 + 8;
 /// Temporary files older than this are a crashed writer's: removed when
 /// the cache is trimmed.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
@@ -208,6 +211,10 @@ impl CompileCache {
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
         check_private(dir).with_context(|| format!("{}", dir.display()))?;
+        anyhow::ensure!(
+            Path::new("/proc/self/fd").is_dir(),
+            "/proc/self/fd is not available (a verified file is loaded through it)"
+        );
         Ok(CompileCache {
             dir: dir.clone(),
             max_bytes: options.max_bytes,
@@ -253,7 +260,7 @@ impl CompileCache {
                 if let Ok(file) = File::open(&path) {
                     let _ = file.set_modified(SystemTime::now());
                 }
-                tracing::info!(module = %module.0, ms = start.elapsed().as_secs_f64() * 1e3, "compile cache hit");
+                tracing::info!(module = %module.0, ms = %format_args!("{:.1}", start.elapsed().as_secs_f64() * 1e3), "compile cache hit");
                 return Ok(component);
             }
             Err(Reject::Absent) => {}
@@ -274,7 +281,7 @@ impl CompileCache {
         let compiled_ms = start.elapsed().as_secs_f64() * 1e3;
         match self.write(module, &component, &path) {
             Ok(written) => {
-                tracing::info!(module = %module.0, ms = compiled_ms, bytes = written, "compile cache miss");
+                tracing::info!(module = %module.0, ms = %format_args!("{compiled_ms:.1}"), bytes = written, "compile cache miss");
                 if let Err(e) = self.trim() {
                     tracing::warn!("compile cache: trimming {}: {e:#}", self.dir.display());
                 }
@@ -287,7 +294,7 @@ impl CompileCache {
     }
 
     fn read(&self, engine: &Engine, module: &ModuleHash, path: &Path) -> Result<Component, Reject> {
-        let mut file = match OpenOptions::new()
+        let file = match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
@@ -309,43 +316,72 @@ impl CompileCache {
                 meta.mode() & 0o7777
             )));
         }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.read_to_end(&mut bytes)
-            .map_err(|e| bad(format!("reading: {e}")))?;
-        let artifact = self.verify(module, &bytes).map_err(bad)?;
-        // SAFETY: the artifact was written by this user's wmr (the directory
-        // is private to this user, checked when opened) and is intact (its
-        // digest matches the header); wasmtime still checks that it was
-        // compiled for this engine's version and settings.
-        unsafe { Component::deserialize(engine, artifact) }
+        self.verify(module, &file, meta.len()).map_err(bad)?;
+        // Through this descriptor, so that wasmtime maps the very file just
+        // verified even if another process renames a new one into `path`.
+        let verified = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        // SAFETY: the file was written by this user's wmr (the directory is
+        // private to this user, checked when opened), is intact (its digest
+        // matches the trailer), and is never written in place (writers
+        // rename new files over it), so it does not change while mapped;
+        // wasmtime still checks that it was compiled for this engine's
+        // version and settings.
+        unsafe { Component::deserialize_file(engine, &verified) }
             .map_err(|e| bad(format!("wasmtime refused it: {e}")))
     }
 
-    /// The artifact inside a cache file, if the header says it is
-    /// `module`'s for this engine and the artifact is whole.
-    fn verify<'a>(&self, module: &ModuleHash, bytes: &'a [u8]) -> Result<&'a [u8], String> {
-        if bytes.len() < HEADER_LEN {
-            return Err(format!("truncated ({} bytes)", bytes.len()));
+    /// Whether `file` (`len` bytes) holds `module`'s artifact for this
+    /// engine, whole: the trailer names both and the artifact's digest
+    /// matches.
+    fn verify(&self, module: &ModuleHash, file: &File, len: u64) -> Result<(), String> {
+        use std::os::unix::fs::FileExt as _;
+        let Some(artifact_len) = len.checked_sub(TRAILER_LEN as u64) else {
+            return Err(format!("truncated ({len} bytes)"));
+        };
+        let mut trailer = [0u8; TRAILER_LEN];
+        file.read_exact_at(&mut trailer, artifact_len)
+            .map_err(|e| format!("reading: {e}"))?;
+        if &trailer[TRAILER_LEN - 8..] != MAGIC {
+            return Err("no wmr compile cache trailer".into());
         }
-        let (header, artifact) = bytes.split_at(HEADER_LEN);
-        if &header[..8] != MAGIC {
-            return Err("not a wmr compile cache file".into());
-        }
-        let digest = module_digest(module).map_err(|e| e.to_string())?;
-        if header[8..40] != digest || header[40..72] != self.engine_key {
-            return Err("the header names another module or engine".into());
-        }
-        let len = u64::from_le_bytes(header[72..80].try_into().expect("8 bytes"));
-        if len != artifact.len() as u64 {
+        let stated = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
+        if stated != artifact_len {
             return Err(format!(
-                "length {} but the header says {len}",
-                artifact.len()
+                "the artifact is {artifact_len} bytes but the trailer says {stated}"
             ));
         }
-        if Sha256::digest(artifact)[..] != header[80..112] {
+        let digest = module_digest(module).map_err(|e| e.to_string())?;
+        if trailer[8..40] != digest || trailer[40..72] != self.engine_key {
+            return Err("the trailer names another module or engine".into());
+        }
+        // Streamed through a small buffer: a hit costs one pass over the
+        // page cache, not a copy of the whole artifact.
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut offset = 0u64;
+        while offset < artifact_len {
+            let n = buffer.len().min((artifact_len - offset) as usize);
+            file.read_exact_at(&mut buffer[..n], offset)
+                .map_err(|e| format!("reading: {e}"))?;
+            hasher.update(&buffer[..n]);
+            offset += n as u64;
+        }
+        if hasher.finalize()[..] != trailer[72..104] {
             return Err("the artifact's digest does not match".into());
         }
-        Ok(artifact)
+        Ok(())
+    }
+
+    /// What follows `artifact` in `module`'s file (see [`TRAILER_LEN`]).
+    fn trailer(&self, module: &ModuleHash, artifact: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let mut trailer = Vec::with_capacity(TRAILER_LEN);
+        trailer.extend_from_slice(&(artifact.len() as u64).to_le_bytes());
+        trailer.extend_from_slice(&module_digest(module)?);
+        trailer.extend_from_slice(&self.engine_key);
+        trailer.extend_from_slice(&Sha256::digest(artifact));
+        trailer.extend_from_slice(MAGIC);
+        debug_assert_eq!(trailer.len(), TRAILER_LEN);
+        Ok(trailer)
     }
 
     /// Write `component` to `path` atomically; returns the file's size.
@@ -356,20 +392,14 @@ impl CompileCache {
         path: &Path,
     ) -> anyhow::Result<u64> {
         let artifact = component.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
-        let size = (HEADER_LEN + artifact.len()) as u64;
+        let size = (artifact.len() + TRAILER_LEN) as u64;
         if size > self.max_bytes {
             bail!(
                 "{size} bytes, more than the cache may hold ({})",
                 self.max_bytes
             );
         }
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        header.extend_from_slice(MAGIC);
-        header.extend_from_slice(&module_digest(module)?);
-        header.extend_from_slice(&self.engine_key);
-        header.extend_from_slice(&(artifact.len() as u64).to_le_bytes());
-        header.extend_from_slice(&Sha256::digest(&artifact));
-        debug_assert_eq!(header.len(), HEADER_LEN);
+        let trailer = self.trailer(module, &artifact)?;
         // Unique per writer: processes populating the cache at once each
         // write their own file, and the last rename wins with a whole one.
         let tmp = self.dir.join(format!(
@@ -387,8 +417,8 @@ impl CompileCache {
                 .mode(0o600)
                 .open(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
-            file.write_all(&header)?;
             file.write_all(&artifact)?;
+            file.write_all(&trailer)?;
             file.sync_all()?;
             std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
         })();
@@ -516,21 +546,22 @@ mod tests {
         let damages: Vec<(&str, Vec<u8>)> = vec![
             ("empty", Vec::new()),
             ("truncated", good[..good.len() - 1].to_vec()),
-            ("header only", good[..HEADER_LEN].to_vec()),
+            ("trailer only", good[good.len() - TRAILER_LEN..].to_vec()),
             ("magic", {
                 let mut b = good.clone();
-                b[0] ^= 1;
+                let last = b.len() - 1;
+                b[last] ^= 1;
                 b
             }),
             ("engine key", {
                 let mut b = good.clone();
-                b[50] ^= 1;
+                let at = b.len() - TRAILER_LEN + 50;
+                b[at] ^= 1;
                 b
             }),
-            ("artifact byte", {
+            ("artifact's first byte", {
                 let mut b = good.clone();
-                let last = b.len() - 1;
-                b[last] ^= 0x80;
+                b[0] ^= 0x80;
                 b
             }),
             ("appended", {
@@ -547,6 +578,36 @@ mod tests {
             assert_eq!(std::fs::read(&path).unwrap(), good, "{what}: not rewritten");
         }
         assert!(!load(&cache, &engine, &bytes).0);
+    }
+
+    #[test]
+    fn an_intact_file_wasmtime_refuses_is_discarded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine = engine();
+        let cache = cache(tmp.path(), &engine, DEFAULT_MAX_BYTES);
+        let bytes = component_bytes();
+        let module = ModuleHash::of(&bytes);
+        // A consistent trailer over bytes that are no artifact at all.
+        let artifact = b"not a compiled component".repeat(100);
+        let mut file = artifact.clone();
+        file.extend(cache.trailer(&module, &artifact).unwrap());
+        std::fs::write(cache.path_of(&module), file).unwrap();
+        std::fs::set_permissions(
+            cache.path_of(&module),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        assert!(load(&cache, &engine, &bytes).0);
+        assert_eq!(cache.report().discarded, 1);
+        assert!(!load(&cache, &engine, &bytes).0);
+        // A file others may read or write is refused even when intact.
+        std::fs::set_permissions(
+            cache.path_of(&module),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        assert!(load(&cache, &engine, &bytes).0);
+        assert_eq!(cache.report().discarded, 2);
     }
 
     #[test]
@@ -568,7 +629,7 @@ mod tests {
             a.path_of(&ModuleHash::of(&bytes)),
             b.path_of(&ModuleHash::of(&bytes))
         );
-        // Even renamed into b's name, a's file is refused (by its header).
+        // Even renamed into b's name, a's file is refused (by its trailer).
         std::fs::copy(
             a.path_of(&ModuleHash::of(&bytes)),
             b.path_of(&ModuleHash::of(&bytes)),

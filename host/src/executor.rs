@@ -92,7 +92,7 @@ impl Executor {
         if self.has_module(&hash, role) {
             return Ok(hash);
         }
-        let loaded = self.sandbox.load(bytes, role)?;
+        let loaded = self.sandbox.load_hashed(bytes, &hash, role)?;
         let mut modules = self.modules.write().expect("poisoned");
         modules.insert((hash.clone(), role.into()), loaded);
         Ok(hash)

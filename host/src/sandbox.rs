@@ -1064,8 +1064,20 @@ impl Sandbox {
     /// Compile a component and check that it fits `role` in the wmr world.
     /// Errors are one line and name what is wrong.
     pub fn load(&self, bytes: &[u8], role: Role) -> anyhow::Result<LoadedModule> {
+        self.load_hashed(bytes, &crate::model::ModuleHash::of(bytes), role)
+    }
+
+    /// [`Self::load`] of bytes whose hash the caller has computed already
+    /// (`ModuleHash::of(bytes)`): hashing an 18 MB component costs about
+    /// as much as loading its compiled code from the cache.
+    pub fn load_hashed(
+        &self,
+        bytes: &[u8],
+        digest: &crate::model::ModuleHash,
+        role: Role,
+    ) -> anyhow::Result<LoadedModule> {
         check_is_component(bytes)?;
-        let component = self.compile(bytes)?;
+        let component = self.compile(bytes, digest)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!(
                 "the component needs an import wmr does not provide: {}",
@@ -1103,9 +1115,12 @@ impl Sandbox {
         self.compiled.lock().expect("poisoned").len()
     }
 
-    fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        let digest = crate::model::ModuleHash::of(bytes);
-        if let Some(component) = self.compiled.lock().expect("poisoned").get(&digest) {
+    fn compile(
+        &self,
+        bytes: &[u8],
+        digest: &crate::model::ModuleHash,
+    ) -> anyhow::Result<Component> {
+        if let Some(component) = self.compiled.lock().expect("poisoned").get(digest) {
             return Ok(component.clone());
         }
         // Compiled outside the lock: other loads need not wait for it.
@@ -1120,11 +1135,11 @@ impl Sandbox {
             })
         };
         let component = match &self.disk_cache {
-            Some(cache) => cache.load_or_compile(&self.engine, &digest, compile)?,
+            Some(cache) => cache.load_or_compile(&self.engine, digest, compile)?,
             None => compile()?,
         };
         let mut compiled = self.compiled.lock().expect("poisoned");
-        Ok(compiled.entry(digest).or_insert(component).clone())
+        Ok(compiled.entry(digest.clone()).or_insert(component).clone())
     }
 
     fn check_exports(&self, component: &Component, role: Role) -> anyhow::Result<()> {
