@@ -274,3 +274,53 @@ fn the_default_cache_is_under_xdg_cache_home() {
     assert_eq!(report["dir"], json!(home.join("wmr/compiled")));
     assert_eq!(report["misses"], 1);
 }
+
+/// A worker keeps compiled code in `--cache-dir`/compiled (and the fetched
+/// module in `--cache-dir`): a new worker process on the same cache runs
+/// the job without compiling.
+#[test]
+fn a_new_worker_on_the_same_cache_does_not_compile() {
+    use std::time::Duration;
+    use support::cluster::Cluster;
+    let _serial = serial();
+    let mut c = Cluster::options().reducers(2).start();
+    let input = c.root.join("in.txt");
+    std::fs::write(&input, "the cat and the hat\nthe end\n").unwrap();
+    let cache = c.root.join("worker-cache");
+    let module = wmr::model::ModuleHash::of(&std::fs::read(guest("wordcount")).unwrap());
+    let worker = |c: &Cluster, name: &str| {
+        let mut cmd = c.worker_command(name);
+        cmd.arg("--cache-dir")
+            .arg(&cache)
+            .env("WMR_LOG", "wmr::compile_cache=info");
+        c.spawn(&format!("worker-{name}"), cmd)
+    };
+    let mut first = worker(&c, "first");
+    let out = c.root.join("out-1");
+    let mut deploy = c.deploy(&guest("wordcount"), &input, &out, &["--no-cache"]);
+    c.deploy_finishes_ok(&mut deploy, Duration::from_secs(60));
+    assert!(first.terminate(Duration::from_secs(30)).success());
+    let log = first.stderr_text();
+    assert!(log.contains("compile cache miss"), "{log}");
+    assert!(log.contains(&module.0), "{log}");
+    assert!(cache.join(format!("{}.wasm", module.0)).is_file());
+    let compiled: Vec<_> = std::fs::read_dir(cache.join("compiled"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(compiled.len(), 1, "{compiled:?}");
+    assert!(compiled[0].starts_with(&module.0), "{compiled:?}");
+
+    let mut second = worker(&c, "second");
+    let out = c.root.join("out-2");
+    let mut deploy = c.deploy(&guest("wordcount"), &input, &out, &["--no-cache"]);
+    c.deploy_finishes_ok(&mut deploy, Duration::from_secs(60));
+    assert_eq!(
+        sorted_output(&out),
+        reference(&guest("wordcount"), &[&input], &[])
+    );
+    assert!(second.terminate(Duration::from_secs(30)).success());
+    let log = second.stderr_text();
+    assert!(log.contains("compile cache hit"), "{log}");
+    assert!(!log.contains("compile cache miss"), "{log}");
+}
