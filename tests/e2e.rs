@@ -682,6 +682,7 @@ fn a_virtual_memory_limit_too_small_for_the_pool_still_runs_jobs() {
         .args(["run", "--map", &guest_path, "--input", &books_path])
         .args(["--output", &out_path, "--workers", "2", "--reducers", "3"])
         .env("WMR_LOG", "warn")
+        .env("XDG_CACHE_HOME", test_cache_home())
         .output()
         .expect("running wmr under ulimit");
     let stderr = String::from_utf8_lossy(&run.stderr);

@@ -3,6 +3,7 @@
 //! commit does (see [`crate::commit`]).
 
 use crate::commit::JobDirs;
+use crate::compile_cache::CacheOptions;
 use crate::intermediate::{self, BlockReader, Merge, RunWriter};
 use crate::map_buffer::{MapBuffer, MapOutput, OutputSink};
 use crate::model::{
@@ -60,8 +61,18 @@ impl Executor {
     /// for twice that and a few more: an interrupted attempt may still be
     /// unwinding when its slot is given the next one.
     pub fn new(slots: u32) -> anyhow::Result<Self> {
+        Self::with_compile_cache(slots, None)
+    }
+
+    /// [`Self::new`], loading compiled components from the on-disk cache in
+    /// `cache` (and writing them to it) if given.
+    pub fn with_compile_cache(slots: u32, cache: Option<&CacheOptions>) -> anyhow::Result<Self> {
+        let mut sandbox = Sandbox::with_capacity(slots.saturating_mul(2).saturating_add(4))?;
+        if let Some(options) = cache {
+            sandbox.use_compile_cache(options);
+        }
         Ok(Executor {
-            sandbox: Sandbox::with_capacity(slots.saturating_mul(2).saturating_add(4))?,
+            sandbox,
             modules: RwLock::default(),
         })
     }
@@ -81,7 +92,7 @@ impl Executor {
         if self.has_module(&hash, role) {
             return Ok(hash);
         }
-        let loaded = self.sandbox.load(bytes, role)?;
+        let loaded = self.sandbox.load_hashed(bytes, &hash, role)?;
         let mut modules = self.modules.write().expect("poisoned");
         modules.insert((hash.clone(), role.into()), loaded);
         Ok(hash)

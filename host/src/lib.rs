@@ -5,6 +5,7 @@
 //!   (`host/core`): ids, limits and messages; one job's sans-IO state
 //!   machine; what a finished job did. No I/O in them.
 //! - [`sandbox`]: the wasmtime engine, one fresh store per attempt, limits.
+//! - [`compile_cache`]: compiled components on disk, shared by processes.
 //! - [`executor`]: runs one attempt into attempt-private files.
 //! - [`commit`]: job directory layout and the atomic commit of an attempt.
 //! - [`split`], [`shuffle`]: input splitting; partition, sort, group.
@@ -21,6 +22,7 @@ pub use wmr_core::{attempt_ledger, cluster, model, placement, records, scheduler
 
 pub mod client;
 pub mod commit;
+pub mod compile_cache;
 pub mod coordinator;
 pub mod executor;
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use crate::cluster::{ClientId, Cluster, ClusterConfig, Effect, TenantTerms};
 use crate::commit::JobDirs;
+use crate::compile_cache::{CacheOptions, CacheReport};
 use crate::executor::Executor;
 use crate::lifecycle::{self, clock};
 use crate::model::{
@@ -51,17 +52,25 @@ pub struct LocalWorkers {
 /// The one client of an embedded run.
 const CLIENT: ClientId = ClientId(0);
 
+/// What `wmr run` did: the job's summary and what the compile cache did.
+pub struct EmbeddedRun {
+    pub summary: JobSummary,
+    /// `None` without a cache (`--no-cache`, or a directory not safe to use).
+    pub compile_cache: Option<CacheReport>,
+}
+
 /// Run a job to the end with `workers` local worker threads. `request`
 /// carries no module bytes: the components are read from `map` and
-/// `reduce`.
+/// `reduce`. Compiled components come from (and go to) `compile_cache`.
 pub fn run_embedded(
     map: &Path,
     reduce: &Path,
     request: JobRequest,
     local_workers: &LocalWorkers,
+    compile_cache: Option<&CacheOptions>,
     work_root: &Path,
     on_progress: &mut dyn FnMut(Progress),
-) -> anyhow::Result<JobSummary> {
+) -> anyhow::Result<EmbeddedRun> {
     let workers = local_workers.count;
     anyhow::ensure!(workers > 0, "--workers must be greater than 0");
     // Local workers never change: a job none of them may run would wait
@@ -98,10 +107,11 @@ pub fn run_embedded(
             }
         );
     }
-    let executor = Arc::new(Executor::new(workers)?);
+    let executor = Arc::new(Executor::with_compile_cache(workers, compile_cache)?);
     // Everything that can be wrong with the request is found before any
     // file is written.
     let (modules, map_bytes) = load_modules(&executor, map, reduce)?;
+    let cache_report = executor.sandbox().compile_cache_report();
     let job = JobId::new();
     let span = tracing::info_span!("job", %job);
     let _enter = span.enter();
@@ -161,7 +171,10 @@ pub fn run_embedded(
         // A job that did not complete publishes nothing.
         let _ = std::fs::remove_dir(&output);
     }
-    Ok(summary)
+    Ok(EmbeddedRun {
+        summary,
+        compile_cache: cache_report,
+    })
 }
 
 /// Carry out effects and feed events until the job ends.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use wmr::compile_cache::{CacheOptions, CacheReport};
 use wmr::model::{Limits, OutputFormat};
 use wmr::scheduler::JobOutcome;
 use wmr::summary::{JobSummary, Progress};
@@ -188,9 +189,8 @@ struct WorkerArgs {
     /// Fault injection: exit at the start of a task with this probability.
     #[arg(long, default_value_t = 0.0)]
     crash_probability: f64,
-    /// Where fetched modules are cached.
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheArgs,
     /// Where this worker keeps its map outputs (default: a fresh temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -236,6 +236,9 @@ struct DeployArgs {
     guest: GuestArgs,
     #[command(flatten)]
     remote: RemoteArgs,
+    /// The compile cache of the local validation.
+    #[command(flatten)]
+    cache: CacheArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -376,9 +379,42 @@ struct RunArgs {
     /// Where intermediate data goes (default: the system temp dir).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    cache: CacheArgs,
     /// Print the summary as JSON (no progress bar).
     #[arg(long)]
     json: bool,
+}
+
+/// The on-disk cache of compiled components (and a worker's fetched
+/// modules).
+#[derive(Args)]
+struct CacheArgs {
+    /// Cache directory: compiled components go in DIR/compiled, and a
+    /// worker keeps fetched modules in DIR (default: $XDG_CACHE_HOME/wmr or
+    /// ~/.cache/wmr; a worker's fetched modules: the temp dir).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Compile every component: neither read nor write compiled code on disk.
+    #[arg(long)]
+    no_cache: bool,
+    /// Bound on the compiled components on disk; the least recently used
+    /// go first.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    cache_max_size: u64,
+}
+
+impl CacheArgs {
+    fn compile_cache(&self) -> Option<CacheOptions> {
+        if self.no_cache {
+            return None;
+        }
+        let root = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(wmr::compile_cache::default_root);
+        Some(CacheOptions::under_root(&root, self.cache_max_size))
+    }
 }
 
 /// How intermediate data is buffered, compressed and partitioned.
@@ -562,24 +598,52 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         count: workers,
         labels: args.labels.iter().cloned().collect(),
     };
-    let summary = wmr::local::run_embedded(
+    let run = wmr::local::run_embedded(
         &map,
         &reduce,
         request,
         &local_workers,
+        args.cache.compile_cache().as_ref(),
         &work_root,
         &mut on_progress,
     )?;
     bar.finish_and_clear();
-    report(&summary, args.json, &args.output)
+    report(
+        &run.summary,
+        Some(run.compile_cache.as_ref()),
+        args.json,
+        &args.output,
+    )
 }
 
 /// Print a finished job's summary; the exit code says whether it completed.
-fn report(summary: &JobSummary, json: bool, output: &std::path::Path) -> anyhow::Result<ExitCode> {
+/// `compile_cache`: what this process's compile cache did (`Some(None)`:
+/// it had none), for `wmr run`.
+fn report(
+    summary: &JobSummary,
+    compile_cache: Option<Option<&CacheReport>>,
+    json: bool,
+    output: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(summary)?);
+        let mut value = serde_json::to_value(summary)?;
+        if let (Some(cache), Some(fields)) = (compile_cache, value.as_object_mut()) {
+            fields.insert("compile_cache".into(), serde_json::to_value(cache)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print_summary(summary, output);
+        match compile_cache {
+            Some(Some(c)) => println!(
+                "  compile cache: {} hits, {} compiled, {} discarded ({})",
+                c.hits,
+                c.misses,
+                c.discarded,
+                c.dir.display()
+            ),
+            Some(None) => println!("  compile cache: off"),
+            None => {}
+        }
     }
     Ok(match &summary.outcome {
         JobOutcome::Completed => ExitCode::SUCCESS,
@@ -651,8 +715,11 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         labels: args.labels.into_iter().collect(),
         crash_probability: args.crash_probability,
         cache_dir: args
+            .cache
             .cache_dir
+            .clone()
             .unwrap_or_else(|| std::env::temp_dir().join("wmr-module-cache")),
+        compile_cache: args.cache.compile_cache(),
         work_dir: args.work_dir.unwrap_or_else(|| {
             std::env::temp_dir().join(format!("wmr-worker-{}", std::process::id()))
         }),
@@ -681,7 +748,10 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let sandbox = wmr::sandbox::Sandbox::new()?;
+    let mut sandbox = wmr::sandbox::Sandbox::new()?;
+    if let Some(options) = args.cache.compile_cache() {
+        sandbox.use_compile_cache(&options);
+    }
     let check = |bytes: &[u8], role, path: &std::path::Path| {
         sandbox
             .load(bytes, role)
@@ -734,7 +804,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     bar.finish_and_clear();
-    report(&summary, args.json, &args.output)
+    report(&summary, None, args.json, &args.output)
 }
 
 async fn status(job: Option<String>, remote: RemoteArgs, json: bool) -> anyhow::Result<ExitCode> {

@@ -19,6 +19,7 @@
 //! below; wasmtime's hostcall fuel (the memory limit, at least 128 MiB per
 //! call) bounds the rest, including WASI calls.
 
+use crate::compile_cache::{CacheOptions, CacheReport, CompileCache};
 use crate::model::{AttemptFailure, Limits};
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
@@ -929,6 +930,8 @@ pub struct Sandbox {
     /// Compiled components by the SHA-256 of their bytes: a component that
     /// is both the map and the reduce module is compiled once.
     compiled: Mutex<std::collections::HashMap<crate::model::ModuleHash, Component>>,
+    /// Compiled components on disk, shared with other processes.
+    disk_cache: Option<CompileCache>,
 }
 
 impl Drop for Sandbox {
@@ -1039,14 +1042,42 @@ impl Sandbox {
             linker,
             ticker_stop,
             compiled: Mutex::default(),
+            disk_cache: None,
         })
+    }
+
+    /// Load compiled components from (and write them to) the on-disk cache
+    /// in `options`. A directory that cannot be used safely is not used: a
+    /// warning says why, and every component is compiled.
+    pub fn use_compile_cache(&mut self, options: &CacheOptions) {
+        match CompileCache::open(options, &self.engine) {
+            Ok(cache) => self.disk_cache = Some(cache),
+            Err(e) => tracing::warn!("compile cache not used: {e:#}; compiling every component"),
+        }
+    }
+
+    /// What the on-disk cache did so far; `None` without one.
+    pub fn compile_cache_report(&self) -> Option<CacheReport> {
+        self.disk_cache.as_ref().map(CompileCache::report)
     }
 
     /// Compile a component and check that it fits `role` in the wmr world.
     /// Errors are one line and name what is wrong.
     pub fn load(&self, bytes: &[u8], role: Role) -> anyhow::Result<LoadedModule> {
+        self.load_hashed(bytes, &crate::model::ModuleHash::of(bytes), role)
+    }
+
+    /// [`Self::load`] of bytes whose hash the caller has computed already
+    /// (`ModuleHash::of(bytes)`): hashing an 18 MB component costs about
+    /// as much as loading its compiled code from the cache.
+    pub fn load_hashed(
+        &self,
+        bytes: &[u8],
+        digest: &crate::model::ModuleHash,
+        role: Role,
+    ) -> anyhow::Result<LoadedModule> {
         check_is_component(bytes)?;
-        let component = self.compile(bytes)?;
+        let component = self.compile(bytes, digest)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!(
                 "the component needs an import wmr does not provide: {}",
@@ -1084,22 +1115,31 @@ impl Sandbox {
         self.compiled.lock().expect("poisoned").len()
     }
 
-    fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
-        let digest = crate::model::ModuleHash::of(bytes);
-        if let Some(component) = self.compiled.lock().expect("poisoned").get(&digest) {
+    fn compile(
+        &self,
+        bytes: &[u8],
+        digest: &crate::model::ModuleHash,
+    ) -> anyhow::Result<Component> {
+        if let Some(component) = self.compiled.lock().expect("poisoned").get(digest) {
             return Ok(component.clone());
         }
         // Compiled outside the lock: other loads need not wait for it.
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            let e = one_line(&e);
-            if e.contains("exceeds the configured maximum") {
-                anyhow::anyhow!("the component needs more than one attempt may have: {e}")
-            } else {
-                anyhow::anyhow!("not a valid Wasm component: {e}")
-            }
-        })?;
+        let compile = || {
+            Component::new(&self.engine, bytes).map_err(|e| {
+                let e = one_line(&e);
+                if e.contains("exceeds the configured maximum") {
+                    anyhow::anyhow!("the component needs more than one attempt may have: {e}")
+                } else {
+                    anyhow::anyhow!("not a valid Wasm component: {e}")
+                }
+            })
+        };
+        let component = match &self.disk_cache {
+            Some(cache) => cache.load_or_compile(&self.engine, digest, compile)?,
+            None => compile()?,
+        };
         let mut compiled = self.compiled.lock().expect("poisoned");
-        Ok(compiled.entry(digest).or_insert(component).clone())
+        Ok(compiled.entry(digest.clone()).or_insert(component).clone())
     }
 
     fn check_exports(&self, component: &Component, role: Role) -> anyhow::Result<()> {

@@ -45,6 +45,8 @@ pub struct WorkerOptions {
     pub crash_probability: f64,
     /// Fetched modules, by hash.
     pub cache_dir: PathBuf,
+    /// Compiled components on disk (`None`: compile every module).
+    pub compile_cache: Option<crate::compile_cache::CacheOptions>,
     /// Map outputs this worker keeps (worker-local shuffle).
     pub work_dir: PathBuf,
     /// Where this worker serves map outputs to reducers.
@@ -98,7 +100,10 @@ pub async fn run_as(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let client_identity = identity;
-    let executor = Arc::new(Executor::new(options.slots)?);
+    let executor = Arc::new(Executor::with_compile_cache(
+        options.slots,
+        options.compile_cache.as_ref(),
+    )?);
     let state = Arc::new(WorkerState::default());
     let identity = transport::Identity::ephemeral()?;
     let shuffle_endpoint =

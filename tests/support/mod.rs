@@ -54,11 +54,20 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
-/// The `wmr` binary under test.
+/// The `wmr` binary under test. Its default compile cache is one the test
+/// binaries share under the target directory (not the user's): tests then
+/// compile each guest about once, and concurrent tests exercise concurrent
+/// use of one cache.
 pub fn wmr() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wmr"));
-    cmd.env("WMR_LOG", "warn");
+    cmd.env("WMR_LOG", "warn")
+        .env("XDG_CACHE_HOME", test_cache_home());
     cmd
+}
+
+/// `XDG_CACHE_HOME` of the `wmr` processes the tests start.
+pub fn test_cache_home() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("wmr-test-cache")
 }
 
 /// Run `wmr` with `args`; the output, whatever the exit status.

@@ -857,6 +857,7 @@ fn embedded_job(
         shuffle_settings: Default::default(),
         placement: Default::default(),
     };
+    // No compile cache: the benchmark times compiles as a fresh process does.
     run_embedded(
         guest,
         guest,
@@ -865,9 +866,11 @@ fn embedded_job(
             count: 2,
             labels: BTreeMap::new(),
         },
+        None,
         &scratch.path.join("work"),
         &mut |_| {},
     )
+    .map(|run| run.summary)
 }
 
 /// `tasks` one-line files in `dir`: one map task each, and one reducer.
@@ -1085,6 +1088,7 @@ impl Cluster {
                     labels: BTreeMap::new(),
                     crash_probability: 0.0,
                     cache_dir: dir.join(format!("cache-{i}")),
+                    compile_cache: None,
                     work_dir: dir.join(format!("worker-{i}")),
                     shuffle_listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                     // No `tenants.toml` in the state dir: development mode.
