@@ -10,6 +10,62 @@ setup:
 guests: setup
     cargo build --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir target/guests
 
+tools := "target/tools"
+
+# Install componentize-py (PyPI, pinned) into target/tools/venv, once.
+setup-py:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv={{tools}}/venv
+    if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py 0.25.1"; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check componentize-py==0.25.1
+    fi
+
+# Install componentize-js and rolldown (guest-sdk/js/package-lock.json) into
+# target/tools/js, once per lock file; guest-sdk/js/node_modules links there.
+setup-js:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir={{tools}}/js
+    if ! cmp -s guest-sdk/js/package-lock.json "$dir/package-lock.json" || [ ! -d "$dir/node_modules" ]; then
+        rm -rf "$dir" && mkdir -p "$dir"
+        cp guest-sdk/js/package.json guest-sdk/js/package-lock.json "$dir/"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    ln -sfn "$(cd "$dir" && pwd -P)/node_modules" guest-sdk/js/node_modules
+
+# Build the Python guests (examples/python/*, tests/guests/python/*) into
+# target/guests/py: those whose sources changed (componentize-py, ~10 s each).
+guests-py: setup-py
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mkdir -p target/guests/py
+    for dir in examples/python/*/ tests/guests/python/*/; do
+        name=$(basename "$dir") out=target/guests/py/$(basename "$dir").wasm
+        if [ -f "$out" ] && [ -z "$(find "$dir" guest-sdk/python wit -newer "$out" -name '*.py' -o -newer "$out" -name '*.wit' | head -1)" ]; then continue; fi
+        echo "componentize-py: $out"
+        {{tools}}/venv/bin/componentize-py -d wit/mapreduce.wit -w job componentize -p guest-sdk/python -p "$dir" "$name" -o "$out"
+    done
+
+# Build the JavaScript guests (examples/js/*, tests/guests/js/*) into
+# target/guests/js: those whose sources changed (componentize-js, ~15 s each).
+guests-js: setup-js
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mkdir -p target/guests/js
+    for dir in examples/js/*/ tests/guests/js/*/; do
+        name=$(basename "$dir") out=target/guests/js/$(basename "$dir").wasm
+        if [ -f "$out" ] && [ -z "$(find "$dir" guest-sdk/js/*.js guest-sdk/js/build.mjs wit -newer "$out" -name '*.js' -o -newer "$out" -name '*.mjs' -o -newer "$out" -name '*.wit' | head -1)" ]; then continue; fi
+        node guest-sdk/js/build.mjs "$dir/$name.js" -o "$out"
+    done
+
+# Regenerate the SDKs' tables of Rust's `char::is_alphabetic` (for `words`).
+alphabetic-tables:
+    mkdir -p target/tools
+    rustc -O --edition 2024 -o target/tools/gen-alphabetic guest-sdk/gen-alphabetic.rs
+    ./target/tools/gen-alphabetic
+
 # Build the wmr binary.
 build:
     cargo build --release
@@ -21,7 +77,7 @@ demo: guests build
     @echo "top words:" && cat out/wordcount/part-r-* | sort -k2 -n -r | head -5
 
 # Every test: unit, simulation, sandbox and end-to-end.
-test: guests
+test: guests guests-py guests-js
     cargo test --release --workspace
 
 # Formatting and lints, as CI checks them.
