@@ -180,7 +180,10 @@ def _failure(error: BaseException) -> Err:
     frames = traceback.extract_tb(error.__traceback__)
     if frames:
         where = frames[-1]
-        last = f"{last} (at {where.filename}:{where.lineno} in {where.name})"
+        # componentize-py mounts each `-p` directory as /0, /1, ...: the
+        # file's name alone says more.
+        file = where.filename.rsplit("/", 1)[-1]
+        last = f"{last} (at {file}:{where.lineno} in {where.name})"
     try:
         host.log(Level.ERROR, "".join(text).rstrip())
     except Exception:
