@@ -16,14 +16,16 @@ tools := "target/tools"
 setup-py:
     #!/usr/bin/env bash
     set -euo pipefail
-    venv={{tools}}/venv
+    # Its real path: scripts name their interpreter by absolute path, and
+    # target/ may be a link into a cache shared by several clones.
+    mkdir -p {{tools}} && venv="$(cd {{tools}} && pwd -P)/venv"
     if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py 0.25.1"; then
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check componentize-py==0.25.1
     fi
 
-# Install componentize-js and rolldown (guest-sdk/js/package-lock.json) into
-# target/tools/js, once per lock file; guest-sdk/js/node_modules links there.
+# guest-sdk/js/node_modules links to target/tools/js, installed once per lock file.
+# Install componentize-js and rolldown (guest-sdk/js/package-lock.json) into target/tools/js.
 setup-js:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -35,8 +37,8 @@ setup-js:
     fi
     ln -sfn "$(cd "$dir" && pwd -P)/node_modules" guest-sdk/js/node_modules
 
-# Build the Python guests (examples/python/*, tests/guests/python/*) into
-# target/guests/py: those whose sources changed (componentize-py, ~10 s each).
+# Only those whose sources changed are rebuilt (componentize-py, ~10 s each).
+# Build the Python guests (examples/python/*, tests/guests/python/*) into target/guests/py.
 guests-py: setup-py
     #!/usr/bin/env bash
     set -euo pipefail
@@ -48,8 +50,8 @@ guests-py: setup-py
         {{tools}}/venv/bin/componentize-py -d wit/mapreduce.wit -w job componentize -p guest-sdk/python -p "$dir" "$name" -o "$out"
     done
 
-# Build the JavaScript guests (examples/js/*, tests/guests/js/*) into
-# target/guests/js: those whose sources changed (componentize-js, ~15 s each).
+# Only those whose sources changed are rebuilt (componentize-js, ~15 s each).
+# Build the JavaScript guests (examples/js/*, tests/guests/js/*) into target/guests/js.
 guests-js: setup-js
     #!/usr/bin/env bash
     set -euo pipefail
@@ -76,7 +78,7 @@ demo: guests build
     ./target/release/wmr run --map {{guest_dir}}/wordcount.wasm --input examples/data --output out/wordcount --reducers 4
     @echo "top words:" && cat out/wordcount/part-r-* | sort -k2 -n -r | head -5
 
-# Every test: unit, simulation, sandbox and end-to-end.
+# Every test: unit, simulation, sandbox, end-to-end and polyglot (installs componentize-py and componentize-js).
 test: guests guests-py guests-js
     cargo test --release --workspace
 
@@ -102,3 +104,29 @@ differential cases="200" seed="": guests
 bench-shuffle sizes_mib="600,2048": guests
     cargo build --release -p wmr -p wmr-bench
     ${CARGO_TARGET_DIR:-target}/release/wmr-bench shuffle --sizes-mib {{sizes_mib}} --wmr ${CARGO_TARGET_DIR:-target}/release/wmr --guests {{guest_dir}}
+
+# Input: the books COPIES times, one split per file; one worker each.
+# Map throughput of the word count in Rust, Python and JavaScript on the same input.
+bench-polyglot copies="2": guests guests-py guests-js build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    input=target/bench-polyglot/input
+    rm -rf target/bench-polyglot && mkdir -p "$input"
+    for i in $(seq {{copies}}); do
+        for f in examples/data/*.txt; do cp "$f" "$input/$i-$(basename "$f")"; done
+    done
+    for guest in {{guest_dir}}/wordcount.wasm target/guests/py/wordcount.wasm target/guests/js/wordcount.wasm; do
+        ${CARGO_TARGET_DIR:-target}/release/wmr run --map "$guest" --input "$input" \
+            --output target/bench-polyglot/out --workers 1 --reducers 1 --json >target/bench-polyglot/summary.json
+        rm -rf target/bench-polyglot/out
+        python3 - "$guest" target/bench-polyglot/summary.json <<'PY'
+    import json, sys
+    s = json.load(open(sys.argv[2]))
+    maps = [a["stats"] for a in s["attempt_log"] if "Map" in a["task"]]
+    size = sum(m["bytes_in"] for m in maps)
+    ms = sum(m["wall_ms"] for m in maps)
+    fuel = sum(m["fuel_used"] for m in maps)
+    print(f"{sys.argv[1]}: map {size / 1e6:.1f} MB in {ms / 1e3:.2f} s = {size / 1e3 / max(ms, 1):.2f} MB/s, "
+          f"{fuel / size:.0f} fuel/byte; job {s['wall_ms'] / 1e3:.2f} s")
+    PY
+    done

@@ -167,11 +167,13 @@ fn python_and_js_word_counts_equal_the_rust_word_count() {
             }
         }
     }
-    // The file of tricky characters counted as Rust counts them.
+    // The tricky file has words only Rust's rule makes: a Roman numeral,
+    // a circled letter, a vowel sign (the virama before it is no letter).
     for word in [
         "Ⅻ",
         "Ⓐnna",
-        "नमस्ते",
+        "नमस",
+        "ते",
         "𝒜𝒷𝒸",
         "bad",
         "bytes",
