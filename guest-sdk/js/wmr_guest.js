@@ -81,7 +81,7 @@ export class Job {
 
 /** A job parameter given with `--param name=value`, or undefined. */
 export function param(name) {
-  return host.param(name);
+  return host.param(name) ?? undefined;
 }
 
 /** Add `delta` to the job counter `name`. */
