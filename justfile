@@ -10,6 +10,64 @@ setup:
 guests: setup
     cargo build --release --target wasm32-wasip2 --manifest-path examples/Cargo.toml --target-dir target/guests
 
+tools := "target/tools"
+
+# Install componentize-py (PyPI, pinned) into target/tools/venv, once.
+setup-py:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # Its real path: scripts name their interpreter by absolute path, and
+    # target/ may be a link into a cache shared by several clones.
+    mkdir -p {{tools}} && venv="$(cd {{tools}} && pwd -P)/venv"
+    if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py 0.25.1"; then
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check componentize-py==0.25.1
+    fi
+
+# guest-sdk/js/node_modules links to target/tools/js, installed once per lock file.
+# Install componentize-js and rolldown (guest-sdk/js/package-lock.json) into target/tools/js.
+setup-js:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    dir={{tools}}/js
+    if ! cmp -s guest-sdk/js/package-lock.json "$dir/package-lock.json" || [ ! -d "$dir/node_modules" ]; then
+        rm -rf "$dir" && mkdir -p "$dir"
+        cp guest-sdk/js/package.json guest-sdk/js/package-lock.json "$dir/"
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    ln -sfn "$(cd "$dir" && pwd -P)/node_modules" guest-sdk/js/node_modules
+
+# Only those whose sources changed are rebuilt (componentize-py, ~10 s each).
+# Build the Python guests (examples/python/*, tests/guests/python/*) into target/guests/py.
+guests-py: setup-py
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mkdir -p target/guests/py
+    for dir in examples/python/*/ tests/guests/python/*/; do
+        name=$(basename "$dir") out=target/guests/py/$(basename "$dir").wasm
+        if [ -f "$out" ] && [ -z "$(find "$dir" guest-sdk/python wit -newer "$out" -name '*.py' -o -newer "$out" -name '*.wit' | head -1)" ]; then continue; fi
+        echo "componentize-py: $out"
+        {{tools}}/venv/bin/componentize-py -d wit/mapreduce.wit -w job componentize -p guest-sdk/python -p "$dir" "$name" -o "$out"
+    done
+
+# Only those whose sources changed are rebuilt (componentize-js, ~15 s each).
+# Build the JavaScript guests (examples/js/*, tests/guests/js/*) into target/guests/js.
+guests-js: setup-js
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mkdir -p target/guests/js
+    for dir in examples/js/*/ tests/guests/js/*/; do
+        name=$(basename "$dir") out=target/guests/js/$(basename "$dir").wasm
+        if [ -f "$out" ] && [ -z "$(find "$dir" guest-sdk/js/*.js guest-sdk/js/build.mjs wit -newer "$out" -name '*.js' -o -newer "$out" -name '*.mjs' -o -newer "$out" -name '*.wit' | head -1)" ]; then continue; fi
+        node guest-sdk/js/build.mjs "$dir/$name.js" -o "$out"
+    done
+
+# Regenerate the SDKs' tables of Rust's `char::is_alphabetic` (for `words`).
+alphabetic-tables:
+    mkdir -p target/tools
+    rustc -O --edition 2024 -o target/tools/gen-alphabetic guest-sdk/gen-alphabetic.rs
+    ./target/tools/gen-alphabetic
+
 # Build the wmr binary.
 build:
     cargo build --release
@@ -20,8 +78,8 @@ demo: guests build
     ./target/release/wmr run --map {{guest_dir}}/wordcount.wasm --input examples/data --output out/wordcount --reducers 4
     @echo "top words:" && cat out/wordcount/part-r-* | sort -k2 -n -r | head -5
 
-# Every test: unit, simulation, sandbox and end-to-end.
-test: guests
+# Every test: unit, simulation, sandbox, end-to-end and polyglot (installs componentize-py and componentize-js).
+test: guests guests-py guests-js
     cargo test --release --workspace
 
 # Formatting and lints, as CI checks them.
@@ -46,3 +104,29 @@ differential cases="200" seed="": guests
 bench-shuffle sizes_mib="600,2048": guests
     cargo build --release -p wmr -p wmr-bench
     ${CARGO_TARGET_DIR:-target}/release/wmr-bench shuffle --sizes-mib {{sizes_mib}} --wmr ${CARGO_TARGET_DIR:-target}/release/wmr --guests {{guest_dir}}
+
+# Input: the books COPIES times, one split per file; one worker each.
+# Map throughput of the word count in Rust, Python and JavaScript on the same input.
+bench-polyglot copies="2": guests guests-py guests-js build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    input=target/bench-polyglot/input
+    rm -rf target/bench-polyglot && mkdir -p "$input"
+    for i in $(seq {{copies}}); do
+        for f in examples/data/*.txt; do cp "$f" "$input/$i-$(basename "$f")"; done
+    done
+    for guest in {{guest_dir}}/wordcount.wasm target/guests/py/wordcount.wasm target/guests/js/wordcount.wasm; do
+        ${CARGO_TARGET_DIR:-target}/release/wmr run --map "$guest" --input "$input" \
+            --output target/bench-polyglot/out --workers 1 --reducers 1 --json >target/bench-polyglot/summary.json
+        rm -rf target/bench-polyglot/out
+        python3 - "$guest" target/bench-polyglot/summary.json <<'PY'
+    import json, sys
+    s = json.load(open(sys.argv[2]))
+    maps = [a["stats"] for a in s["attempt_log"] if "Map" in a["task"]]
+    size = sum(m["bytes_in"] for m in maps)
+    ms = sum(m["wall_ms"] for m in maps)
+    fuel = sum(m["fuel_used"] for m in maps)
+    print(f"{sys.argv[1]}: map {size / 1e6:.1f} MB in {ms / 1e3:.2f} s = {size / 1e3 / max(ms, 1):.2f} MB/s, "
+          f"{fuel / size:.0f} fuel/byte; job {s['wall_ms'] / 1e3:.2f} s")
+    PY
+    done

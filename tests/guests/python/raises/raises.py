@@ -1,0 +1,19 @@
+"""A test guest whose `map` raises: the attempt fails with the exception."""
+
+import wmr_guest
+
+
+def parse(record: str) -> int:
+    raise ValueError(f"bad record: {record!r}")
+
+
+class Raises(wmr_guest.Job):
+    def map(self, file, text, out):
+        out.emit("seen", "1")
+        parse(text.decode().split("\n")[0])
+
+    def reduce(self, key, values, out):
+        out.emit(key, str(len(values)))
+
+
+Mapper, Reducer, Combiner = wmr_guest.export(Raises)
