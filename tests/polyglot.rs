@@ -311,3 +311,38 @@ fn wordstats_in_python_and_js_follow_their_parameters() {
         assert!(map_out < 4 * words, "{lang}: {map_out} bytes out of map");
     }
 }
+
+/// The second `wmr run` of the Python word count loads the compiled
+/// component from the compile cache (the summary counts the hit) instead
+/// of compiling it again, and gives the same output.
+#[test]
+fn the_second_python_run_loads_its_compiled_component_from_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let guest = poly_guest("py", "wordcount");
+    let books = books();
+    let mut summaries = Vec::new();
+    for run in ["first", "second"] {
+        let out = tmp.path().join(run);
+        let mut args = run_args(&guest, &[books.as_path()], &out, 2, &[]);
+        args.extend(["--cache-dir".into(), path(&cache)]);
+        let started = std::time::Instant::now();
+        let output = finish(start(&args), &format!("{run} python run"));
+        eprintln!(
+            "{run} run of the Python word count: {:?}",
+            started.elapsed()
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        summaries.push((summary["compile_cache"].clone(), sorted_output(&out)));
+    }
+    let (first, second) = (&summaries[0], &summaries[1]);
+    assert_eq!(first.0["hits"], 0, "{}", first.0);
+    assert_eq!(first.0["misses"], 1, "{}", first.0);
+    assert_eq!(second.0["hits"], 1, "{}", second.0);
+    assert_eq!(second.0["misses"], 0, "{}", second.0);
+    assert_eq!(
+        first.1, second.1,
+        "the cached component gives the same output"
+    );
+    assert!(first.1.len() > 1000, "the output is not trivial");
+}
