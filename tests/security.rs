@@ -757,3 +757,68 @@ fn a_tenant_pool_worker_runs_and_serves_only_its_tenant() {
     assert!(!bob_status.attempts.is_empty() && !alice_status.attempts.is_empty());
     c.assert_serving();
 }
+
+// ---------------------------------------------------------------------------
+// 6. Clients that cannot reach the coordinator
+
+/// `wmr status` pointed at a port where nothing answers (a bound UDP socket
+/// that never replies) gives up after `--connect-timeout` with one line
+/// naming the address and STATE/coordinator.addr; a malformed fingerprint
+/// is refused before any connection; a wrong one says the certificate did
+/// not match.
+#[test]
+fn clients_that_cannot_reach_the_coordinator_say_so_fast() {
+    let _serial = serial();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let pin = "ab".repeat(32);
+    let status = |addr: &str, fingerprint: &str, extra: &[&str]| {
+        let mut cmd = wmr();
+        cmd.args([
+            "status",
+            "--coordinator",
+            addr,
+            "--fingerprint",
+            fingerprint,
+        ])
+        .args(extra);
+        let started = std::time::Instant::now();
+        let out = output_within(cmd, "wmr status", CLIENT_LIMIT);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        (stderr.trim().to_string(), started.elapsed())
+    };
+    let (line, took) = status(&addr, &pin, &["--connect-timeout", "1s"]);
+    assert_eq!(
+        line,
+        format!(
+            "error: no coordinator answered at {addr} within 1.0 s (--connect-timeout); is it running? It writes the address it listens on to STATE/coordinator.addr"
+        )
+    );
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+    let (line, took) = status(&addr, &pin, &[]);
+    assert!(line.contains("within 5.0 s (--connect-timeout)"), "{line}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the default gave up after {took:?}"
+    );
+
+    let (line, took) = status(&addr, "not-hex", &[]);
+    assert_eq!(
+        line,
+        "error: the fingerprint \"not-hex\" is not 64 hex digits (SHA-256; the coordinator writes its own to STATE/fingerprint)"
+    );
+    assert!(took < Duration::from_secs(2), "refused only after {took:?}");
+
+    let mut c = start(&[], |_, _| {});
+    let real = c.addr.clone();
+    let (line, _) = status(&real, &pin, &[]);
+    assert!(
+        line.contains(&format!(
+            "the peer's certificate did not match the pinned fingerprint: it is {}, not {pin}",
+            c.fingerprint
+        )),
+        "{line}"
+    );
+    c.assert_serving();
+}

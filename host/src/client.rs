@@ -16,6 +16,8 @@ pub struct Remote {
     pub tenant: TenantId,
     /// The tenant's token (empty in development mode).
     pub token: String,
+    /// Give up when no coordinator answers within this (`--connect-timeout`).
+    pub connect_timeout: Duration,
 }
 
 /// Long enough to ride out a coordinator paused for a few seconds.
@@ -25,8 +27,15 @@ async fn open(
     remote: &Remote,
     request: ClientRequest,
 ) -> anyhow::Result<(quinn::Endpoint, Channel)> {
-    let (endpoint, connection) =
-        transport::connect(remote.coordinator, &remote.fingerprint, IDLE_TIMEOUT).await?;
+    let addr = remote.coordinator;
+    let connect = transport::connect(addr, &remote.fingerprint, IDLE_TIMEOUT);
+    let Ok(connected) = tokio::time::timeout(remote.connect_timeout, connect).await else {
+        bail!(
+            "no coordinator answered at {addr} within {} (--connect-timeout); is it running? It writes the address it listens on to STATE/coordinator.addr",
+            crate::summary::human_duration(remote.connect_timeout)
+        );
+    };
+    let (endpoint, connection) = connected?;
     let mut channel = Channel::open(&connection).await?;
     channel
         .write(&Open::Client {

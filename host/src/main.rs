@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use wmr::compile_cache::{CacheOptions, CacheReport};
 use wmr::model::{Limits, OutputFormat};
 use wmr::scheduler::JobOutcome;
-use wmr::summary::{JobSummary, Progress};
+use wmr::summary::{JobSummary, Progress, human_duration};
 
 #[derive(Parser)]
 #[command(name = "wmr", version, about = "WebAssembly-sandboxed map/reduce")]
@@ -337,6 +338,9 @@ struct RemoteArgs {
     /// The tenant's token, printed once by `wmr tenant add`.
     #[arg(long, env = "WMR_TOKEN", default_value = "", hide_env_values = true)]
     token: String,
+    /// Give up when no coordinator answers within this.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
+    connect_timeout: u64,
 }
 
 impl RemoteArgs {
@@ -346,6 +350,7 @@ impl RemoteArgs {
             fingerprint: self.fingerprint.clone(),
             tenant: wmr::model::TenantId(self.tenant.clone()),
             token: self.token.clone(),
+            connect_timeout: Duration::from_millis(self.connect_timeout),
         }
     }
 }
@@ -828,10 +833,10 @@ async fn status(job: Option<String>, remote: RemoteArgs, json: bool) -> anyhow::
     }
     for (name, t) in &report.totals {
         println!(
-            "  {name}: {} attempts ({} committed), {:.2} s, fuel {}, in {} B, out {} B, {} records",
+            "  {name}: {} attempts ({} committed), {} of attempt time, fuel {}, in {} B, out {} B, {} records",
             t.attempts,
             t.committed,
-            t.wall_ms as f64 / 1e3,
+            human_duration(Duration::from_millis(t.wall_ms)),
             t.fuel_used,
             t.bytes_in,
             t.bytes_out,
@@ -841,11 +846,21 @@ async fn status(job: Option<String>, remote: RemoteArgs, json: bool) -> anyhow::
             println!("    counter {counter} = {value}");
         }
     }
-    for change in &report.transitions {
-        println!(
-            "  {:?} at {} ms: {}",
-            change.phase, change.unix_ms, change.reason
-        );
+    // The first change (the submission) with its date, the others with the
+    // time since it.
+    let submitted = report.transitions.first().map_or(0, |c| c.unix_ms);
+    for (i, change) in report.transitions.iter().enumerate() {
+        let at = if i == 0 {
+            local_time(change.unix_ms, "%Y-%m-%d %H:%M:%S")
+        } else {
+            let since = Duration::from_millis(change.unix_ms.saturating_sub(submitted));
+            format!(
+                "{} (+{})",
+                local_time(change.unix_ms, "%H:%M:%S"),
+                human_duration(since)
+            )
+        };
+        println!("  {:?} at {at}: {}", change.phase, change.reason);
     }
     for w in &report.workers {
         let state = if w.connected { "connected" } else { "gone" };
@@ -876,8 +891,12 @@ async fn list_jobs(remote: RemoteArgs, resumable: bool, json: bool) -> anyhow::R
     } else {
         for j in &jobs {
             println!(
-                "{}  {:?}  {}/{} tasks committed",
-                j.job, j.phase, j.committed, j.tasks
+                "{}  {:?}  {}/{} tasks committed  submitted {}",
+                j.job,
+                j.phase,
+                j.committed,
+                j.tasks,
+                local_time(j.submitted_unix_ms, "%Y-%m-%d %H:%M:%S")
             );
         }
     }
@@ -994,6 +1013,16 @@ fn validate(component: &std::path::Path) -> anyhow::Result<ExitCode> {
         roles.join(", ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A wall-clock time (unix ms) in the system's time zone, as `format`
+/// (strftime) says.
+fn local_time(unix_ms: u64, format: &str) -> String {
+    let zone = jiff::tz::TimeZone::system();
+    match jiff::Timestamp::from_millisecond(unix_ms as i64) {
+        Ok(t) => t.to_zoned(zone).strftime(format).to_string(),
+        Err(_) => format!("{unix_ms} ms since 1970"),
+    }
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {

@@ -333,10 +333,11 @@ pub async fn connect_as(
     idle: Duration,
     identity: Option<&Identity>,
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    let fingerprint = check_fingerprint(fingerprint)?;
     install_crypto_provider();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedCertificate {
-        fingerprint: fingerprint.trim().to_ascii_lowercase(),
+        fingerprint,
         provider: provider.clone(),
     });
     let crypto = rustls::ClientConfig::builder_with_provider(provider)
@@ -376,6 +377,18 @@ pub async fn connect_as(
     Ok((endpoint, connection))
 }
 
+/// A certificate fingerprint as `--fingerprint` takes it: 64 hex digits
+/// (SHA-256), refused before any connection is tried.
+pub fn check_fingerprint(fingerprint: &str) -> anyhow::Result<String> {
+    let clean = fingerprint.trim().to_ascii_lowercase();
+    if clean.len() != 64 || !clean.bytes().all(|b| b.is_ascii_hexdigit()) {
+        anyhow::bail!(
+            "the fingerprint {fingerprint:?} is not 64 hex digits (SHA-256; the coordinator writes its own to STATE/fingerprint)"
+        );
+    }
+    Ok(clean)
+}
+
 /// Accepts exactly the certificate with the pinned fingerprint, and checks
 /// the handshake signature with it.
 #[derive(Debug)]
@@ -398,7 +411,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
-                "the coordinator's certificate fingerprint is {seen}, not the pinned {}",
+                "the peer's certificate did not match the pinned fingerprint: it is {seen}, not {}",
                 self.fingerprint
             )))
         }

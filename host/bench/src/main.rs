@@ -1108,6 +1108,7 @@ impl Cluster {
                 fingerprint,
                 tenant: TenantId("bench".into()),
                 token: String::new(),
+                connect_timeout: Duration::from_secs(30),
             },
         })
     }

@@ -100,3 +100,32 @@ pub fn summarize(scheduler: &Scheduler, outcome: JobOutcome, wall: Duration) -> 
     summary.attempt_log = log;
     summary
 }
+
+/// A duration as people read it: `850 ms`, `2.1 s`, `3 min 4 s`,
+/// `1 h 2 min` (`wmr status`, `wmr jobs`, client errors).
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    let s = d.as_secs();
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", d.as_secs_f64()),
+        60_000..3_600_000 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_in_human_units() {
+        let ms = Duration::from_millis;
+        assert_eq!(human_duration(ms(0)), "0 ms");
+        assert_eq!(human_duration(ms(850)), "850 ms");
+        assert_eq!(human_duration(ms(2_140)), "2.1 s");
+        assert_eq!(human_duration(ms(184_000)), "3 min 4 s");
+        assert_eq!(human_duration(ms(3_720_000)), "1 h 2 min");
+    }
+}
