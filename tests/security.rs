@@ -23,6 +23,18 @@ const JOB_LIMIT: Duration = Duration::from_secs(120);
 /// Bound on one short client call or raw QUIC session.
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
 
+/// The hostile guest's reducers busy-wait 2 s each, so a job's committed
+/// map outputs stay on their workers (deleted when the job ends) while a
+/// test fetches them; many small splits.
+const SLOW_REDUCES: [&str; 6] = [
+    "--param",
+    "reduce-ms=2000",
+    "--split-size",
+    "512KiB",
+    "--grant",
+    "clock",
+];
+
 /// Run a tokio future on a fresh runtime, bounded by [`CLIENT_LIMIT`].
 fn block_on<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -252,19 +264,7 @@ fn shuffle_fetch_without_the_jobs_capability_is_refused() {
     let out = c.root.join("out");
     // Each reduce attempt busy-waits 2 s: the map outputs stay in place
     // (they are deleted when the job ends) while the test fetches.
-    let mut deploy = c.deploy(
-        &guest("hostile"),
-        &books(),
-        &out,
-        &[
-            "--param",
-            "reduce-ms=2000",
-            "--split-size",
-            "512KiB",
-            "--grant",
-            "clock",
-        ],
-    );
+    let mut deploy = c.deploy(&guest("hostile"), &books(), &out, &SLOW_REDUCES);
 
     let found = committed_map_output(&c, &["w1", "w2"], &mut deploy);
     let (worker, committed, capability_file) = (found.worker, found.path, found.capability_file);
@@ -707,15 +707,13 @@ fn a_tenant_pool_worker_runs_and_serves_only_its_tenant() {
         c.deploy_as(&alice, &guest("wordcount"), &alice.books(), &alice_out, &[]);
     // Bob's reducers busy-wait 2 s each: his map outputs stay in place
     // while the test fetches.
-    let slow = [
-        "--param",
-        "reduce-ms=2000",
-        "--split-size",
-        "512KiB",
-        "--grant",
-        "clock",
-    ];
-    let mut bob_deploy = c.deploy_as(&bob, &guest("hostile"), &bob.books(), &bob_out, &slow);
+    let mut bob_deploy = c.deploy_as(
+        &bob,
+        &guest("hostile"),
+        &bob.books(),
+        &bob_out,
+        &SLOW_REDUCES,
+    );
     let found = committed_map_output(&c, &["shared"], &mut bob_deploy);
     let capability = std::fs::read_to_string(&found.capability_file).expect("bob's capability");
     let pool_log = c.workers[0].stderr_text();
