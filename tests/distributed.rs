@@ -1011,3 +1011,80 @@ fn sigterm_drains_a_worker_without_losing_its_attempt() {
     c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
     assert_output_equals_reference(&out, "hostile", REDUCERS);
 }
+
+// ---------------------------------------------------------------------------
+// Cancel
+
+/// `wmr cancel` over QUIC ends attempts that are busy-looping in the guest
+/// and attempts asleep in the host (WASI poll): two jobs, one of each, one
+/// slot each on two workers; once both guests run, both jobs are cancelled
+/// and each worker logs its attempt ended as cancelled. Issue 14 asks for
+/// within 1 s; the bound here is 3 s for a loaded machine, and the figure
+/// is printed. Both deploys end with `job cancelled` and publish nothing.
+#[test]
+fn cancel_ends_busy_and_sleeping_attempts_within_a_second() {
+    let _serial = serial();
+    let mut c = start(&[]);
+    for name in ["w1", "w2"] {
+        let mut cmd = c.worker_command(name);
+        cmd.env("WMR_LOG", "info").args(["--slots", "1"]);
+        let worker = c.spawn(&format!("worker-{name}"), cmd);
+        c.workers.push(worker);
+    }
+    let hostile = guest("hostile");
+    // The default fuel (5·10¹⁰, also the development mode's quota) keeps
+    // a spinning guest busy for tens of seconds, as the default timeout does.
+    let long = ["--timeout", "120s"];
+    let (busy_out, nap_out) = (c.root.join("busy"), c.root.join("nap"));
+    let busy_args = [&["--param", "mode=loop"][..], &long].concat();
+    let mut busy = c.deploy(&hostile, &books(), &busy_out, &busy_args);
+    let nap_args = [&["--param", "mode=nap", "--param", "ms=600000"][..], &long].concat();
+    let mut nap = c.deploy(&hostile, &books(), &nap_out, &nap_args);
+    let jobs = [c.job_id(&mut busy), c.job_id(&mut nap)];
+    // Both guests run: each job has a running attempt, and each worker has
+    // loaded the component (it logs the compile cache's hit or miss).
+    c.poll("both jobs to run a guest", JOB_LIMIT, || {
+        let running = jobs.iter().all(|j| {
+            c.status(Some(j))
+                .attempts
+                .iter()
+                .any(|a| a.outcome == "Running")
+        });
+        let loaded = c
+            .workers
+            .iter()
+            .all(|w| w.stderr_text().contains("compile cache"));
+        (running && loaded).then_some(())
+    });
+    let cancelled_at = Instant::now();
+    for job in &jobs {
+        c.client_ok(&["cancel", job]);
+    }
+    let mut ended = Vec::new();
+    for w in 0..2 {
+        let took = c.poll(
+            "the attempt to end as cancelled",
+            Duration::from_secs(10),
+            || {
+                let log = c.workers[w].stderr_text();
+                log.lines()
+                    .any(|l| l.contains("attempt failed") && l.contains("cancelled"))
+                    .then(|| cancelled_at.elapsed())
+            },
+        );
+        ended.push(took);
+    }
+    eprintln!("attempts ended {ended:?} after the cancel was sent");
+    for took in &ended {
+        assert!(
+            *took < Duration::from_secs(3),
+            "an attempt ended {took:?} after the cancel"
+        );
+    }
+    for (deploy, out) in [(&mut busy, &busy_out), (&mut nap, &nap_out)] {
+        let (status, stderr) = c.deploy_exit(deploy, JOB_LIMIT);
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().last().unwrap(), "error: job cancelled");
+        assert!(!out.join("_SUCCESS").exists(), "a cancelled job published");
+    }
+}
