@@ -29,6 +29,8 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(20);
 fn start(names: &[&str], workers: usize) -> (Cluster, Vec<Tenant>) {
     let mut c = Cluster::options()
         .tenants(names)
+        // Every hostile job is queued at once (more than the default 16).
+        .tenant_args(&["--quota", "max_jobs_queued=64"])
         .shared_store()
         .client_limit(CLIENT_LIMIT)
         .start();
@@ -191,17 +193,17 @@ fn hostile_jobs() -> Vec<Hostile> {
         job(
             "incr-counter: a 1 MiB name",
             &["--param", "mode=counter-long-name"],
-            "guest trapped: incr-counter: counter name longer than 256 bytes",
+            "refused by the host: incr-counter: counter name longer than 256 bytes",
         ),
         job(
             "incr-counter: 100,000 names",
             &["--param", "mode=counter-many"],
-            "guest trapped: incr-counter: more than 1024 distinct counters",
+            "refused by the host: incr-counter: more than 1024 distinct counters",
         ),
         job(
             "log: not UTF-8",
             &["--param", "mode=log-invalid-utf8"],
-            "guest trapped: log: the message is not valid UTF-8",
+            "refused by the host: log: the message is not valid UTF-8",
         ),
         job(
             "an 8 MiB error message",
@@ -225,6 +227,22 @@ fn hostile_jobs() -> Vec<Hostile> {
             "timed out (limit 1000 ms)",
             Input::PairedWords(150_000),
         ),
+        // Issue 14, 5: skip mode is for the guest's own traps. A refused
+        // host call on every line used to be bisected, each line
+        // dead-lettered, and the job to complete without its records.
+        Hostile {
+            input: Input::Lines(8),
+            ..job(
+                "incr-counter refused, in skip mode",
+                &[
+                    "--param",
+                    "mode=counter-long-name",
+                    "--max-dead-letters",
+                    "10",
+                ],
+                "refused by the host: incr-counter: counter name longer than 256 bytes",
+            )
+        },
         // Issue 10, 5: each socket was a host fd.
         job(
             "sockets opened without end",

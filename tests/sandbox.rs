@@ -569,7 +569,7 @@ fn a_counter_name_over_256_bytes_fails_the_attempt_naming_the_bound() {
     );
     assert_eq!(
         call.result,
-        Err(AttemptFailure::Trap(
+        Err(AttemptFailure::Refused(
             "incr-counter: counter name longer than 256 bytes".into()
         ))
     );
@@ -589,7 +589,7 @@ fn a_counter_named_like_the_hosts_fails_the_attempt() {
     );
     assert_eq!(
         call.result,
-        Err(AttemptFailure::Trap(
+        Err(AttemptFailure::Refused(
             "incr-counter: counter names starting with `wmr.` are the host's".into()
         ))
     );
@@ -608,7 +608,7 @@ fn more_than_1024_distinct_counters_fail_the_attempt_naming_the_bound() {
     );
     assert_eq!(
         call.result,
-        Err(AttemptFailure::Trap(
+        Err(AttemptFailure::Refused(
             "incr-counter: more than 1024 distinct counters".into()
         ))
     );
@@ -665,7 +665,7 @@ fn a_log_message_that_is_not_utf8_fails_the_attempt() {
     );
     assert_eq!(
         call.result,
-        Err(AttemptFailure::Trap(
+        Err(AttemptFailure::Refused(
             "log: the message is not valid UTF-8".into()
         ))
     );
@@ -755,7 +755,7 @@ fn classified(result: &Result<(), AttemptFailure>, limits: &Limits) -> bool {
     match result {
         Ok(()) => true,
         Err(AttemptFailure::OutputLimit(limit)) => *limit == limits.output_bytes,
-        Err(AttemptFailure::Trap(message)) => {
+        Err(AttemptFailure::Trap(message) | AttemptFailure::Refused(message)) => {
             CLASSIFIED_TRAPS.contains(&message.as_str())
                 || message.starts_with("unexpected discriminant: ")
         }

@@ -1350,7 +1350,7 @@ fn classify_trap(
             HostStop::TimedOut => AttemptFailure::TimedOut(limits.timeout_ms),
             HostStop::Cancelled => AttemptFailure::Cancelled,
             HostStop::Sink(msg) => AttemptFailure::Host(format!("storing output: {msg}")),
-            HostStop::Refused(msg) => AttemptFailure::Trap(msg.clone()),
+            HostStop::Refused(msg) => AttemptFailure::Refused(msg.clone()),
         };
     }
     if let Some(msg) = &state.sink_error {

@@ -397,6 +397,11 @@ pub enum AttemptFailure {
     JobOutputLimit { limit: u64, total: u64 },
     #[error("denied: {0}")]
     Denied(String),
+    /// A host import refused its arguments (a bound, a reserved name, bytes
+    /// that are not UTF-8): the host's verdict, not the guest's own trap, so
+    /// skip mode never bisects it into dead letters.
+    #[error("refused by the host: {0}")]
+    Refused(String),
     #[error("cancelled")]
     Cancelled,
     /// A reduce attempt could not read a committed map output: that map
