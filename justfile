@@ -19,6 +19,10 @@ setup-py:
     # Its real path: scripts name their interpreter by absolute path, and
     # target/ may be a link into a cache shared by several clones.
     mkdir -p {{tools}} && venv="$(cd {{tools}} && pwd -P)/venv"
+    # Debian splits venv out of python3; install it where we may (root).
+    if ! python3 -c 'import ensurepip' 2>/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq python3-venv
+    fi
     if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py 0.25.1"; then
         python3 -m venv "$venv"
         "$venv/bin/pip" install --quiet --disable-pip-version-check componentize-py==0.25.1
@@ -30,6 +34,10 @@ setup-js:
     #!/usr/bin/env bash
     set -euo pipefail
     dir={{tools}}/js
+    if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq nodejs npm
+    fi
+    command -v npm >/dev/null || { echo "error: npm (node 20) is needed to build the JavaScript guests" >&2; exit 1; }
     if ! cmp -s guest-sdk/js/package-lock.json "$dir/package-lock.json" || [ ! -d "$dir/node_modules" ]; then
         rm -rf "$dir" && mkdir -p "$dir"
         cp guest-sdk/js/package.json guest-sdk/js/package-lock.json "$dir/"
