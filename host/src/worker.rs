@@ -608,46 +608,70 @@ async fn fetch_map_outputs(
         let path = scratch.join(format!("{i}.blocks"));
         spool_partition(&connection.1, &request, &scratch, &path)
             .await
-            .map_err(|e| failed(format!("{e:#}")))?;
+            .map_err(|e| match e {
+                // This worker's own disk (full, say): the reduce attempt
+                // fails and runs elsewhere; the map output is fine.
+                Spool::Local(e) => AttemptFailure::Host(format!(
+                    "spooling the output of {map_task} {map_epoch}: {e:#}"
+                )),
+                Spool::Peer(e) => failed(format!("{e:#}")),
+            })?;
         fetched.push(path);
     }
     Ok(Some(fetched))
 }
 
 /// Fetch one partition into `path`, a chunk at a time.
+/// Why a partition could not be spooled: this worker's own files, or the
+/// peer (unreachable, missing, corrupt on the wire).
+enum Spool {
+    Local(anyhow::Error),
+    Peer(anyhow::Error),
+}
+
 async fn spool_partition(
     connection: &quinn::Connection,
     request: &Open,
     scratch: &std::path::Path,
     path: &std::path::Path,
-) -> anyhow::Result<()> {
+) -> Result<(), Spool> {
     use tokio::io::AsyncWriteExt as _;
+    let local = |e: std::io::Error, what: &str| {
+        Spool::Local(anyhow::Error::new(e).context(format!("{what} {}", path.display())))
+    };
     tokio::fs::create_dir_all(scratch)
         .await
-        .with_context(|| format!("creating {}", scratch.display()))?;
+        .map_err(|e| local(e, "creating the directory of"))?;
     let mut file = tokio::fs::File::create(path)
         .await
-        .with_context(|| format!("creating {}", path.display()))?;
-    let mut channel = Channel::open(connection).await?;
-    channel.write(request).await?;
+        .map_err(|e| local(e, "creating"))?;
+    let peer = Spool::Peer;
+    let mut channel = Channel::open(connection).await.map_err(peer)?;
+    channel
+        .write(request)
+        .await
+        .map_err(|e| peer(anyhow::Error::new(e)))?;
     let mut received: u64 = 0;
     loop {
-        match channel.expect::<PartitionReply>().await? {
+        match channel.expect::<PartitionReply>().await.map_err(peer)? {
             PartitionReply::Chunk(bytes) => {
                 received += bytes.len() as u64;
                 file.write_all(&bytes)
                     .await
-                    .with_context(|| format!("writing {}", path.display()))?;
+                    .map_err(|e| local(e, "writing"))?;
             }
             PartitionReply::End { bytes } => {
-                anyhow::ensure!(
-                    bytes == received,
-                    "the partition ended after {received} of {bytes} bytes"
-                );
-                file.flush().await?;
+                if bytes != received {
+                    return Err(peer(anyhow::anyhow!(
+                        "the partition ended after {received} of {bytes} bytes"
+                    )));
+                }
+                // Written data reaches the file (or fails: a full disk)
+                // only here.
+                file.flush().await.map_err(|e| local(e, "writing"))?;
                 return Ok(());
             }
-            PartitionReply::Missing(reason) => bail!("{reason}"),
+            PartitionReply::Missing(reason) => return Err(peer(anyhow::anyhow!("{reason}"))),
         }
     }
 }

@@ -397,11 +397,6 @@ pub enum AttemptFailure {
     JobOutputLimit { limit: u64, total: u64 },
     #[error("denied: {0}")]
     Denied(String),
-    /// A host import refused its arguments (a bound, a reserved name, bytes
-    /// that are not UTF-8): the host's verdict, not the guest's own trap, so
-    /// skip mode never bisects it into dead letters.
-    #[error("refused by the host: {0}")]
-    Refused(String),
     #[error("cancelled")]
     Cancelled,
     /// A reduce attempt could not read a committed map output: that map
@@ -416,6 +411,13 @@ pub enum AttemptFailure {
     /// The host could not run the attempt (unreadable input, bad module...).
     #[error("{0}")]
     Host(String),
+    // New variants go last: a variant's position is its wire and storage
+    // encoding (format_pins.rs).
+    /// A host import refused its arguments (a bound, a reserved name, bytes
+    /// that are not UTF-8): the host's verdict, not the guest's own trap, so
+    /// skip mode never bisects it into dead letters.
+    #[error("refused by the host: {0}")]
+    Refused(String),
 }
 
 /// What a finished attempt measured.
