@@ -5,7 +5,8 @@
 //! is read again on every authentication, so editing it (revoking a
 //! tenant) takes effect without a restart. Without the file the coordinator
 //! is in development mode: one tenant, `local`, for anyone who has pinned
-//! its certificate, and any worker may join.
+//! its certificate, and any worker may join. The operator token
+//! (`wmr tenant operator-token`) is for `wmr coordinator --http` only.
 
 use crate::model::{Limits, TenantId};
 use anyhow::{Context as _, bail};
@@ -407,6 +408,28 @@ mod tests {
         assert!(refused("../bob").contains("contains '..'"));
         assert!(refused("/etc").contains("outside the tenant's root"));
         assert!(refused("escape/x").contains("outside the tenant's root"));
+    }
+
+    #[test]
+    fn the_operator_token_is_stored_hashed_and_replaced_and_its_name_is_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            !authenticate_operator(dir.path(), "x").unwrap(),
+            "development mode"
+        );
+        let first = new_operator_token(dir.path()).unwrap();
+        assert!(authenticate_operator(dir.path(), &first).unwrap());
+        assert!(!authenticate_operator(dir.path(), "nope").unwrap());
+        let second = new_operator_token(dir.path()).unwrap();
+        assert!(
+            !authenticate_operator(dir.path(), &first).unwrap(),
+            "replaced"
+        );
+        assert!(authenticate_operator(dir.path(), &second).unwrap());
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!text.contains(&second), "only the hash is stored");
+        let quota = Quota::default();
+        assert!(add_tenant(dir.path(), OPERATOR, dir.path(), 1, quota, false).is_err());
     }
 
     #[test]
