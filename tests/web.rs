@@ -192,6 +192,16 @@ fn the_api_serves_the_clis_documents_and_metrics_in_development_mode() {
     assert_eq!(http.post_form("/login", &huge).status, 413);
     c.client_json(&["status", &job, "--json"]);
     assert_eq!(http.get(&format!("/api/jobs/{job}"), None).status, 200);
+    // ... and runs jobs: a second one, seen by both windows.
+    let mut again = c.deploy(&guest("wordcount"), &books(), &c.root.join("out2"), &[]);
+    let second = c.deploy_finishes_ok(&mut again, JOB_LIMIT);
+    let listed = http.get("/api/jobs", None).json();
+    assert_eq!(listed, c.client_json(&["jobs", "--json"]));
+    assert_eq!(listed[1]["job"].as_str(), Some(second.as_str()), "{listed}");
+    assert_eq!(
+        sample(&scrape(&http, None), "wmr_jobs", "phase", "completed"),
+        2.0
+    );
 }
 
 #[test]
