@@ -40,6 +40,8 @@ pub struct CoordinatorConfig {
     pub shared_store: bool,
     /// Keep the job state in memory only (nothing survives a restart).
     pub ephemeral_state: bool,
+    /// Serve `/metrics` and `/api/...` here ([`crate::web`]).
+    pub http: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -139,6 +141,29 @@ enum CoreEvent {
         request: ClientRequest,
         replies: mpsc::UnboundedSender<ClientReply>,
     },
+    /// A read-only look at the state (the HTTP endpoints), run by the
+    /// driver between events, so the `Cluster` stays its one owner.
+    Inspect(Box<dyn FnOnce(&Cluster) + Send>),
+}
+
+/// A handle for reading the coordinator's state from other tasks.
+#[derive(Clone)]
+pub struct Inspector(mpsc::UnboundedSender<CoreEvent>);
+
+impl Inspector {
+    /// `look` at the cluster, in the driver's task; `None` if the driver
+    /// has stopped.
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        look: impl FnOnce(&Cluster) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (answer, answered) = oneshot::channel();
+        let event = CoreEvent::Inspect(Box::new(move |cluster| {
+            let _ = answer.send(look(cluster));
+        }));
+        self.0.send(event).ok()?;
+        answered.await.ok()
+    }
 }
 
 /// Run the coordinator until `shutdown` resolves.
@@ -193,6 +218,14 @@ pub async fn serve(
     }
     core.carry_out();
     let core_task = tokio::spawn(core.run(inbox));
+    let web_task = match config.http {
+        Some(listen) => {
+            let inspector = Inspector(events.clone());
+            let server = crate::web::bind(listen, &config.state_dir, inspector).await?;
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -213,6 +246,9 @@ pub async fn serve(
         }
     }
     endpoint.close(quinn::VarInt::from_u32(0), b"coordinator shutting down");
+    if let Some(web_task) = web_task {
+        web_task.abort();
+    }
     drop(events);
     core_task.abort();
     endpoint.wait_idle().await;
@@ -505,6 +541,7 @@ impl Driver {
             CoreEvent::FromWorker(worker, message) => {
                 self.cluster.from_worker(clock(), worker, message)
             }
+            CoreEvent::Inspect(look) => look(&self.cluster),
             CoreEvent::Client {
                 principal,
                 request,

@@ -39,4 +39,5 @@ pub mod split;
 pub mod store;
 pub mod tenants;
 pub mod transport;
+pub mod web;
 pub mod worker;

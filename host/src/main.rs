@@ -123,6 +123,13 @@ enum TenantAction {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Make a new operator token (the old one stops working); prints it
+    /// once. Over `wmr coordinator --http` (as `operator:TOKEN`) it sees
+    /// every tenant's jobs, workers and metrics.
+    OperatorToken {
+        #[arg(long, default_value = "wmr-state")]
+        state: PathBuf,
+    },
     /// Allow a worker certificate (`wmr worker --identity DIR
     /// --print-fingerprint`): turns on mutual TLS for workers, whose
     /// certificates must then be listed in STATE/worker-fingerprints.
@@ -157,6 +164,11 @@ struct CoordinatorArgs {
     /// Keep job state in memory only: nothing survives a restart.
     #[arg(long)]
     ephemeral_state: bool,
+    /// Serve `/metrics` and `/api/...` over plain HTTP on this address
+    /// (TCP; bind loopback, e.g. 127.0.0.1:7780, and put a TLS proxy in
+    /// front for anything else). Off unless given.
+    #[arg(long)]
+    http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -691,6 +703,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         heartbeat: std::time::Duration::from_millis(args.heartbeat),
         shared_store: args.shared_store,
         ephemeral_state: args.ephemeral_state,
+        http: args.http,
     };
     wmr::coordinator::serve(config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -936,6 +949,10 @@ fn tenant(action: TenantAction) -> anyhow::Result<ExitCode> {
                 ),
                 None => eprintln!("new worker token; the token above is shown only once"),
             }
+        }
+        TenantAction::OperatorToken { state } => {
+            println!("{}", wmr::tenants::new_operator_token(&state)?);
+            eprintln!("new operator token; the token above is shown only once");
         }
         TenantAction::AllowWorker { fingerprint, state } => {
             wmr::coordinator::allow_worker(&state, &fingerprint)?;

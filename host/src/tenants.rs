@@ -5,7 +5,8 @@
 //! is read again on every authentication, so editing it (revoking a
 //! tenant) takes effect without a restart. Without the file the coordinator
 //! is in development mode: one tenant, `local`, for anyone who has pinned
-//! its certificate, and any worker may join.
+//! its certificate, and any worker may join. The operator token
+//! (`wmr tenant operator-token`) is for `wmr coordinator --http` only.
 
 use crate::model::{Limits, TenantId};
 use anyhow::{Context as _, bail};
@@ -21,6 +22,10 @@ pub struct TenantsFile {
     /// SHA-256 (hex) of the token workers join with.
     #[serde(default)]
     pub worker_token_sha256: Option<String>,
+    /// SHA-256 (hex) of the operator's token (`wmr tenant operator-token`):
+    /// over `wmr coordinator --http` it sees every tenant's jobs.
+    #[serde(default)]
+    pub operator_token_sha256: Option<String>,
     #[serde(default)]
     pub tenants: BTreeMap<String, Tenant>,
 }
@@ -228,6 +233,32 @@ pub fn authenticate_worker(state_dir: &Path, token: &str) -> anyhow::Result<Opti
     }
 }
 
+/// The name the operator presents with its token over HTTP
+/// (`operator:TOKEN`); no tenant may take it.
+pub const OPERATOR: &str = "operator";
+
+/// Is `token` the operator's (`wmr tenant operator-token`)? Never in
+/// development mode, where there are no tokens.
+pub fn authenticate_operator(state_dir: &Path, token: &str) -> anyhow::Result<bool> {
+    let Some(file) = load(state_dir)? else {
+        return Ok(false);
+    };
+    Ok(file
+        .operator_token_sha256
+        .as_ref()
+        .is_some_and(|h| constant_time_eq(h, &token_hash(token))))
+}
+
+/// `wmr tenant operator-token`: a new operator token (the old one stops
+/// working); returns it (shown once: only its hash is stored).
+pub fn new_operator_token(state_dir: &Path) -> anyhow::Result<String> {
+    let mut file = load(state_dir)?.unwrap_or_default();
+    let token = new_token();
+    file.operator_token_sha256 = Some(token_hash(&token));
+    save(state_dir, &file)?;
+    Ok(token)
+}
+
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
@@ -259,6 +290,10 @@ pub fn add_tenant(
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
         "a tenant name is letters, digits, '-' and '_'"
+    );
+    anyhow::ensure!(
+        name != OPERATOR,
+        "{OPERATOR:?} is reserved for the operator (`wmr tenant operator-token`)"
     );
     let root = std::path::absolute(root)?;
     let mut file = load(state_dir)?.unwrap_or_default();
@@ -373,6 +408,28 @@ mod tests {
         assert!(refused("../bob").contains("contains '..'"));
         assert!(refused("/etc").contains("outside the tenant's root"));
         assert!(refused("escape/x").contains("outside the tenant's root"));
+    }
+
+    #[test]
+    fn the_operator_token_is_stored_hashed_and_replaced_and_its_name_is_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            !authenticate_operator(dir.path(), "x").unwrap(),
+            "development mode"
+        );
+        let first = new_operator_token(dir.path()).unwrap();
+        assert!(authenticate_operator(dir.path(), &first).unwrap());
+        assert!(!authenticate_operator(dir.path(), "nope").unwrap());
+        let second = new_operator_token(dir.path()).unwrap();
+        assert!(
+            !authenticate_operator(dir.path(), &first).unwrap(),
+            "replaced"
+        );
+        assert!(authenticate_operator(dir.path(), &second).unwrap());
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!text.contains(&second), "only the hash is stored");
+        let quota = Quota::default();
+        assert!(add_tenant(dir.path(), OPERATOR, dir.path(), 1, quota, false).is_err());
     }
 
     #[test]

@@ -1067,6 +1067,7 @@ impl Cluster {
             heartbeat: Duration::from_secs(1),
             shared_store: mode.shared_store,
             ephemeral_state: mode.ephemeral_state,
+            http: None,
         };
         let mut coordinator = runtime.spawn(coordinator::serve(config, stopped(&stop_coordinator)));
         let (addr, fingerprint) = match listening(&runtime, &mut coordinator, &state_dir) {

@@ -169,6 +169,89 @@ impl WorkerEntry {
     }
 }
 
+/// Who reads the cluster through `wmr coordinator --http`: one tenant, or
+/// the operator (every tenant's jobs and workers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Viewer {
+    Tenant(TenantId),
+    Operator,
+}
+
+impl Viewer {
+    pub fn sees(&self, tenant: &TenantId) -> bool {
+        match self {
+            Viewer::Tenant(own) => own == tenant,
+            Viewer::Operator => true,
+        }
+    }
+}
+
+/// Plain numbers for `/metrics`, computed from the cluster at a scrape
+/// ([`Cluster::metrics_snapshot`]). Cumulative numbers (attempts, bytes,
+/// fuel, dead letters) are sums over the jobs the coordinator knows, which
+/// are durable, so they do not fall back at a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSnapshot {
+    /// Jobs by phase (every phase present).
+    pub jobs_by_phase: BTreeMap<Phase, u64>,
+    /// Attempts by outcome label (every label present): see [`outcome_label`].
+    pub attempts_by_outcome: BTreeMap<&'static str, u64>,
+    /// Durations (ms, ended − started) of ended attempts, by "map"/"reduce".
+    pub attempt_ms: BTreeMap<&'static str, Vec<u64>>,
+    /// Of committed attempts, as in [`Totals`].
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub records_out: u64,
+    /// Of every attempt.
+    pub fuel_used: u64,
+    /// Records skipped by committed attempts.
+    pub dead_letters: u64,
+    /// Unfinished jobs by tenant (what `max_jobs_queued` limits).
+    pub queued_jobs: BTreeMap<TenantId, u64>,
+    pub workers: Vec<WorkerMetrics>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerMetrics {
+    pub id: WorkerId,
+    pub name: String,
+    pub slots: u32,
+    /// Attempts of the visible jobs running on it.
+    pub busy: u32,
+    pub connected: bool,
+}
+
+pub const ALL_PHASES: [Phase; 6] = [
+    Phase::Submitted,
+    Phase::Mapping,
+    Phase::Reducing,
+    Phase::Completed,
+    Phase::Failed,
+    Phase::Cancelled,
+];
+
+pub const ATTEMPT_OUTCOMES: [&str; 6] = [
+    "running",
+    "committed",
+    "failed",
+    "rejected_stale",
+    "lost",
+    "output_lost",
+];
+
+/// An attempt outcome as a metric label (the failure's reason is left out:
+/// labels stay few).
+pub fn outcome_label(outcome: &AttemptOutcome) -> &'static str {
+    match outcome {
+        AttemptOutcome::Running => "running",
+        AttemptOutcome::Committed => "committed",
+        AttemptOutcome::Failed(_) => "failed",
+        AttemptOutcome::RejectedStale => "rejected_stale",
+        AttemptOutcome::Lost => "lost",
+        AttemptOutcome::OutputLost => "output_lost",
+    }
+}
+
 /// The coordinator's state across jobs, tenants and workers.
 pub struct Cluster {
     config: ClusterConfig,
@@ -550,9 +633,9 @@ impl Cluster {
 
     pub fn jobs(&mut self, client: ClientId, tenant: &TenantId) {
         // A resumed job has an older entry too: list the newest.
-        let listings = (0..self.jobs.len())
+        let listings = self
+            .newest_entries()
             .filter(|&i| self.jobs[i].record.tenant == *tenant)
-            .filter(|&i| !self.jobs[i + 1..].iter().any(|j| j.id == self.jobs[i].id))
             .map(|i| self.listing(i))
             .collect();
         let reply = ClientReply::Jobs(listings);
@@ -600,6 +683,109 @@ impl Cluster {
             .iter()
             .rposition(|j| j.id == job)
             .and_then(|i| self.jobs[i].summary.as_ref())
+    }
+
+    /// `job` (an id prefix) as `wmr status JOB --json` shows it to its
+    /// tenant, with that tenant, if `viewer` may see it.
+    pub fn report_for(&self, viewer: &Viewer, job: &str) -> Option<(TenantId, StatusReport)> {
+        let i = self.find_where(|t| viewer.sees(t), Some(job))?;
+        Some((self.jobs[i].record.tenant.clone(), self.status_report(i)))
+    }
+
+    /// The jobs `viewer` may see, as `wmr jobs --json` lists them, each
+    /// with its tenant.
+    pub fn listings_for(&self, viewer: &Viewer) -> Vec<(TenantId, JobListing)> {
+        self.newest_entries()
+            .filter(|&i| viewer.sees(&self.jobs[i].record.tenant))
+            .map(|i| (self.jobs[i].record.tenant.clone(), self.listing(i)))
+            .collect()
+    }
+
+    /// The workers `viewer` may see: a tenant does not see another
+    /// tenant's dedicated workers (as in `wmr status`).
+    pub fn workers_for(&self, viewer: &Viewer) -> Vec<WorkerInfo> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.pool.as_ref().is_none_or(|t| viewer.sees(t)))
+            .map(|(&id, w)| WorkerInfo {
+                id,
+                name: w.name.clone(),
+                slots: w.slots,
+                connected: w.connected,
+                labels: w.labels.clone(),
+                pool: w.pool.clone(),
+            })
+            .collect()
+    }
+
+    /// The aggregates behind `/metrics`, over the jobs and workers `viewer`
+    /// may see: a tenant's numbers count only its own jobs' attempts (busy
+    /// slots included), so nothing of another tenant's work shows.
+    pub fn metrics_snapshot(&self, viewer: &Viewer) -> MetricsSnapshot {
+        let mut snapshot = MetricsSnapshot::default();
+        for phase in ALL_PHASES {
+            snapshot.jobs_by_phase.insert(phase, 0);
+        }
+        for outcome in ATTEMPT_OUTCOMES {
+            snapshot.attempts_by_outcome.insert(outcome, 0);
+        }
+        let visible: Vec<usize> = self
+            .newest_entries()
+            .filter(|&i| viewer.sees(&self.jobs[i].record.tenant))
+            .collect();
+        for &i in &visible {
+            *snapshot.jobs_by_phase.entry(self.phase_of(i)).or_default() += 1;
+            let log = self.jobs[i].scheduler.attempt_log();
+            for record in log {
+                *snapshot
+                    .attempts_by_outcome
+                    .entry(outcome_label(&record.outcome))
+                    .or_default() += 1;
+                if let Some(ended) = record.ended_ms {
+                    let phase = match record.task {
+                        TaskId::Map(_) => "map",
+                        TaskId::Reduce(_) => "reduce",
+                    };
+                    let ms = ended.saturating_sub(record.started_ms);
+                    snapshot.attempt_ms.entry(phase).or_default().push(ms);
+                }
+            }
+            if let Some(t) = Totals::of(log).get("job") {
+                snapshot.bytes_in += t.bytes_in;
+                snapshot.bytes_out += t.bytes_out;
+                snapshot.records_out += t.records_out;
+                snapshot.fuel_used += t.fuel_used;
+            }
+            snapshot.dead_letters += dead_letters(&self.jobs[i].scheduler).len() as u64;
+        }
+        for &i in &self.admitted {
+            let tenant = &self.jobs[i].record.tenant;
+            if viewer.sees(tenant) {
+                *snapshot.queued_jobs.entry(tenant.clone()).or_default() += 1;
+            }
+        }
+        for info in self.workers_for(viewer) {
+            let busy = self
+                .admitted
+                .iter()
+                .filter(|&&i| viewer.sees(&self.jobs[i].record.tenant))
+                .map(|&i| self.jobs[i].scheduler.running_on(info.id))
+                .sum();
+            snapshot.workers.push(WorkerMetrics {
+                id: info.id,
+                name: info.name,
+                slots: info.slots,
+                busy,
+                connected: info.connected,
+            });
+        }
+        snapshot
+    }
+
+    /// The newest entry of each job (a resumed job has an older one too).
+    fn newest_entries(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.jobs.len())
+            .filter(|&i| !self.jobs[i + 1..].iter().any(|j| j.id == self.jobs[i].id))
     }
 
     /// Check every unfinished job's scheduler (`Scheduler::audit`) and that
@@ -1220,7 +1406,12 @@ impl Cluster {
     /// The newest of `tenant`'s jobs matching `job` (an id prefix), or its
     /// newest job. Another tenant's job is simply not found.
     fn find(&self, tenant: &TenantId, job: Option<&str>) -> Option<usize> {
-        let own = |j: &JobEntry| j.record.tenant == *tenant;
+        self.find_where(|t| t == tenant, job)
+    }
+
+    /// As [`Self::find`], among the jobs of the tenants `sees` accepts.
+    fn find_where(&self, sees: impl Fn(&TenantId) -> bool, job: Option<&str>) -> Option<usize> {
+        let own = |j: &JobEntry| sees(&j.record.tenant);
         match job {
             None => self.jobs.iter().rposition(own),
             Some(id) => self.jobs.iter().rposition(|j| {
@@ -1347,7 +1538,132 @@ pub fn weighted_fair(total: u32, demand: &[u32], weight: &[u32], served: &[u64])
 
 #[cfg(test)]
 mod tests {
-    use super::{max_min_fair, weighted_fair};
+    use super::*;
+    use crate::model::{AttemptFailure, AttemptStats, InputSplit, Limits};
+    use crate::wire::JobRequest;
+
+    /// A finished job of `tenant` (2 maps, 1 reducer) with `attempts`.
+    fn load_job(cluster: &mut Cluster, clock: Clock, tenant: &str, attempts: Vec<AttemptRecord>) {
+        let record = JobRecord {
+            id: JobId::new(),
+            tenant: TenantId(tenant.into()),
+            request: JobRequest {
+                map_module: Vec::new(),
+                reduce_module: None,
+                inputs: vec!["/in".into()],
+                output: PathBuf::from("/out"),
+                output_format: Default::default(),
+                shuffle_settings: Default::default(),
+                reducers: 1,
+                split_bytes: 4096,
+                limits: Limits::default(),
+                params: BTreeMap::new(),
+                max_attempts: 3,
+                placement: Default::default(),
+            },
+            map_module: ModuleHash("m".into()),
+            reduce_module: ModuleHash("m".into()),
+            splits: (0..2)
+                .map(|s| InputSplit {
+                    path: PathBuf::from("/in"),
+                    offset: s * 4096,
+                    len: 4096,
+                })
+                .collect(),
+            transitions: vec![PhaseChange {
+                phase: Phase::Submitted,
+                unix_ms: 1,
+                reason: "submitted".into(),
+            }],
+            outcome: None,
+            summary: None,
+        };
+        cluster.load_finished(clock, record, attempts);
+    }
+
+    fn attempt(task: TaskId, epoch: u32, ms: (u64, u64), outcome: AttemptOutcome) -> AttemptRecord {
+        AttemptRecord {
+            task,
+            epoch: AttemptEpoch(epoch),
+            worker: WorkerId(1),
+            started_ms: ms.0,
+            ended_ms: Some(ms.1),
+            outcome,
+            stats: Some(AttemptStats {
+                bytes_in: 100,
+                bytes_out: 10,
+                records_out: 1,
+                fuel_used: 1000,
+                wall_ms: ms.1 - ms.0,
+                counters: BTreeMap::new(),
+                dead_letters: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn metrics_snapshots_count_only_what_the_viewer_may_see() {
+        let mut cluster = Cluster::new(ClusterConfig {
+            heartbeat: Duration::from_secs(1),
+            lease: Duration::from_secs(10),
+            shared_store: true,
+            work_root: PathBuf::from("/work"),
+        });
+        let clock = Clock {
+            now: Instant::now(),
+            unix_ms: 1,
+        };
+        let failed = AttemptOutcome::Failed(AttemptFailure::Trap("boom".into()));
+        let alice = vec![
+            attempt(TaskId::Map(0), 1, (0, 50), failed),
+            attempt(TaskId::Map(0), 2, (60, 80), AttemptOutcome::Committed),
+            attempt(TaskId::Map(1), 3, (0, 30), AttemptOutcome::Committed),
+        ];
+        load_job(&mut cluster, clock, "alice", alice);
+        let bob = vec![attempt(
+            TaskId::Map(0),
+            1,
+            (0, 5),
+            AttemptOutcome::Committed,
+        )];
+        load_job(&mut cluster, clock, "bob", bob);
+        let shared = cluster.worker_joined(clock, "shared".into(), 4, BTreeMap::new(), None, None);
+        let bobs = Some(TenantId("bob".into()));
+        cluster.worker_joined(clock, "bobs".into(), 2, BTreeMap::new(), bobs, None);
+
+        let a = cluster.metrics_snapshot(&Viewer::Tenant(TenantId("alice".into())));
+        assert_eq!(a.attempts_by_outcome["committed"], 2);
+        assert_eq!(a.attempts_by_outcome["failed"], 1);
+        assert_eq!(a.attempts_by_outcome["lost"], 0);
+        assert_eq!(a.attempt_ms["map"], vec![50, 20, 30]);
+        assert!(!a.attempt_ms.contains_key("reduce"));
+        // Bytes of committed attempts, fuel of all.
+        assert_eq!((a.bytes_in, a.bytes_out, a.fuel_used), (200, 20, 3000));
+        assert_eq!(a.jobs_by_phase.values().sum::<u64>(), 1);
+        assert!(a.queued_jobs.is_empty(), "finished jobs are not queued");
+        // Bob's dedicated worker is not alice's to see.
+        let names: Vec<&str> = a.workers.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["shared"]);
+        assert_eq!(
+            (a.workers[0].id, a.workers[0].slots, a.workers[0].busy),
+            (shared, 4, 0)
+        );
+
+        let all = cluster.metrics_snapshot(&Viewer::Operator);
+        assert_eq!(all.attempts_by_outcome["committed"], 3);
+        assert_eq!(all.jobs_by_phase.values().sum::<u64>(), 2);
+        assert_eq!(all.workers.len(), 2);
+        assert_eq!(cluster.listings_for(&Viewer::Operator).len(), 2);
+        let alices = cluster.listings_for(&Viewer::Tenant(TenantId("alice".into())));
+        assert_eq!(alices.len(), 1);
+        let bob_job = &cluster.listings_for(&Viewer::Tenant(TenantId("bob".into())))[0]
+            .1
+            .job;
+        let prefix = bob_job.as_str();
+        let alice = Viewer::Tenant(TenantId("alice".into()));
+        assert!(cluster.report_for(&alice, prefix).is_none());
+        assert!(cluster.report_for(&Viewer::Operator, prefix).is_some());
+    }
 
     #[test]
     fn weighted_shares_follow_the_weights() {
