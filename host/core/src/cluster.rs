@@ -1279,6 +1279,10 @@ impl Cluster {
                 tenants.iter().position(|x| x == t).expect("listed above")
             })
             .collect();
+        let failing: Vec<Option<WorkerId>> = jobs
+            .iter()
+            .map(|&i| self.jobs[i].scheduler.failing_worker())
+            .collect();
         // Two passes: first every job up to its fair allocation; then, work
         // conserving, slots that no job could use within its allocation
         // (placement left them stranded) go to jobs that can use them.
@@ -1319,12 +1323,23 @@ impl Cluster {
                         .then(a.cmp(&b))
                 });
                 let Some(k) = next else { break };
-                // The roomiest of its workers that the fewest other waiting
-                // jobs could use: a flexible job leaves a confined one room.
+                // Not the worker its retries keep failing on, if it can be
+                // helped; then the roomiest of its workers that the fewest
+                // other waiting jobs could use: a flexible job leaves a
+                // confined one room.
+                let failing = failing[k];
                 let contention = |c: usize| wanting.iter().filter(|&&j| eligible[j][c]).count();
                 let c = (0..capacity.len())
                     .filter(|&c| eligible[k][c] && free[c] > 0)
-                    .min_by_key(|&c| (contention(c), std::cmp::Reverse(free[c]), capacity[c].0))
+                    .min_by_key(|&c| {
+                        let (w, _) = capacity[c];
+                        (
+                            Some(w) == failing,
+                            contention(c),
+                            std::cmp::Reverse(free[c]),
+                            w,
+                        )
+                    })
                     .expect("wanting jobs have a free eligible worker");
                 let w = capacity[c].0;
                 *quota[k].get_mut(&w).expect("every live worker") += 1;

@@ -459,6 +459,16 @@ impl Scheduler {
         self.pending.len()
     }
 
+    /// The worker every queued task last failed on, if they all did: the
+    /// coordinator places this job's share elsewhere when it can, so that
+    /// retries do not keep going back to a worker that fails them (a full
+    /// disk, say). Stops at the first task that says otherwise.
+    pub fn failing_worker(&self) -> Option<WorkerId> {
+        let mut tasks = self.pending.iter().map(|t| self.tasks[t].failed_on);
+        let first = tasks.next()??;
+        tasks.all(|w| w == Some(first)).then_some(first)
+    }
+
     /// Attempts of this job running on `worker`.
     pub fn running_on(&self, worker: WorkerId) -> u32 {
         self.workers.get(&worker).map_or(0, |w| w.running)
@@ -1043,7 +1053,8 @@ impl Scheduler {
                 return;
             };
             // A retry waits out its backoff, and prefers a worker other
-            // than the one it last failed on.
+            // than the one it last failed on: another task for this worker,
+            // else another free worker for the task, else this worker.
             let ready = |t: &TaskId| self.tasks[t].not_before.is_none_or(|at| at <= now);
             let elsewhere = |t: &TaskId| self.tasks[t].failed_on != Some(worker);
             let Some(position) = self
@@ -1055,6 +1066,17 @@ impl Scheduler {
                 return;
             };
             let task = self.pending.remove(position).expect("not empty");
+            let failed_on = self.tasks[&task].failed_on;
+            let other = self
+                .workers
+                .iter()
+                .filter(|(id, w)| w.running < w.slots && !w.suspect && Some(**id) != failed_on)
+                .min_by_key(|(id, w)| (w.running * 1000 / w.slots.max(1), **id))
+                .map(|(id, _)| *id);
+            let worker = match other {
+                Some(other) if failed_on == Some(worker) => other,
+                _ => worker,
+            };
             self.assign(now, task, worker);
         }
     }
