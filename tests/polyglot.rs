@@ -222,7 +222,8 @@ fn a_python_exception_and_a_js_throw_fail_the_attempt_with_their_text() {
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         let expected = format!(
-            "error: job failed: task m-00000 failed 2 times on w1; last: w1 a2: guest returned an error: {text}"
+            // The retry goes to the other worker.
+            "error: job failed: task m-00000 failed 2 times on w1, w2; last: w2 a2: guest returned an error: {text}"
         );
         assert!(
             stderr.starts_with(&expected),
