@@ -1025,12 +1025,6 @@ fn sigterm_drains_a_worker_without_losing_its_attempt() {
 fn cancel_ends_busy_and_sleeping_attempts_within_a_second() {
     let _serial = serial();
     let mut c = start(&[]);
-    for name in ["w1", "w2"] {
-        let mut cmd = c.worker_command(name);
-        cmd.env("WMR_LOG", "info").args(["--slots", "1"]);
-        let worker = c.spawn(&format!("worker-{name}"), cmd);
-        c.workers.push(worker);
-    }
     let hostile = guest("hostile");
     // The default fuel (5·10¹⁰, also the development mode's quota) keeps
     // a spinning guest busy for tens of seconds, as the default timeout does.
@@ -1041,6 +1035,14 @@ fn cancel_ends_busy_and_sleeping_attempts_within_a_second() {
     let nap_args = [&["--param", "mode=nap", "--param", "ms=600000"][..], &long].concat();
     let mut nap = c.deploy(&hostile, &books(), &nap_out, &nap_args);
     let jobs = [c.job_id(&mut busy), c.job_id(&mut nap)];
+    // Workers join once both jobs are queued: each job gets one slot (a
+    // job alone would take both, and nothing is preempted).
+    for name in ["w1", "w2"] {
+        let mut cmd = c.worker_command(name);
+        cmd.env("WMR_LOG", "info").args(["--slots", "1"]);
+        let worker = c.spawn(&format!("worker-{name}"), cmd);
+        c.workers.push(worker);
+    }
     // Both guests run: each job has a running attempt, and each worker has
     // loaded the component (it logs the compile cache's hit or miss).
     c.poll("both jobs to run a guest", JOB_LIMIT, || {
