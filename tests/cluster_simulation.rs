@@ -28,7 +28,9 @@
 //!
 //! Even seeds use the shared store (the coordinator commits), odd seeds the
 //! worker-local shuffle (map tasks are committed by the worker that ran
-//! them, and their outputs do not survive that worker or a restart).
+//! them, and their outputs do not survive that worker; after a restart
+//! they wait for a re-announcement, which only the re-announcing profile's
+//! workers make, and otherwise run again).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,13 +42,13 @@ use wmr_core::attempt_ledger::{AttemptKey, AttemptLedger};
 use wmr_core::cluster::{ClientId, Clock, Cluster, ClusterConfig, Effect, TenantTerms};
 use wmr_core::model::{
     AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, Capability, InputSplit, JobId,
-    Limits, ModuleHash, TaskId, TenantId, WorkerId,
+    Limits, ModuleHash, OutputDigest, TaskId, TaskInput, TenantId, WorkerId,
 };
 use wmr_core::placement::{LabelRequirement, Placement};
 use wmr_core::records::{Batch, JobRecord};
 use wmr_core::scheduler::{AttemptOutcome, AttemptRecord, JobOutcome, Phase};
 use wmr_core::summary::PhaseChange;
-use wmr_core::wire::{ClientReply, FromWorker, JobRequest, ToWorker};
+use wmr_core::wire::{ClientReply, FromWorker, HeldOutput, JobRequest, ToWorker};
 
 /// Seeds per test unless `WMR_SIM_SEEDS` says otherwise.
 const DEFAULT_SEEDS: u64 = 300;
@@ -104,6 +106,10 @@ struct Profile {
     /// Workers carry labels and tenant pools, jobs require labels, tenants
     /// may be pool-only; free slots must go to jobs that can use them.
     placement: bool,
+    /// Workers have durable identities and re-announce the map outputs
+    /// they hold on every connection; at a coordinator restart some come
+    /// back with another identity or with an output whose bytes changed.
+    reannounce: bool,
 }
 
 const QUOTAS: Profile = Profile {
@@ -119,6 +125,7 @@ const QUOTAS: Profile = Profile {
     drain: false,
     must_complete: true,
     placement: false,
+    reannounce: false,
 };
 
 const HARSH: Profile = Profile {
@@ -134,6 +141,7 @@ const HARSH: Profile = Profile {
     drain: true,
     must_complete: false,
     placement: false,
+    reannounce: false,
 };
 
 const CRASHY: Profile = Profile {
@@ -149,6 +157,7 @@ const CRASHY: Profile = Profile {
     drain: true,
     must_complete: false,
     placement: false,
+    reannounce: false,
 };
 
 const RESTARTS: Profile = Profile {
@@ -164,6 +173,7 @@ const RESTARTS: Profile = Profile {
     drain: false,
     must_complete: true,
     placement: false,
+    reannounce: false,
 };
 
 const LOSSY: Profile = Profile {
@@ -179,6 +189,7 @@ const LOSSY: Profile = Profile {
     drain: true,
     must_complete: true,
     placement: false,
+    reannounce: false,
 };
 
 const PLACEMENT: Profile = Profile {
@@ -194,7 +205,41 @@ const PLACEMENT: Profile = Profile {
     drain: true,
     must_complete: true,
     placement: true,
+    reannounce: false,
 };
+
+const REANNOUNCE: Profile = Profile {
+    name: "reannounce",
+    test: "restarted_coordinators_adopt_only_the_committed_map_outputs_workers_re_announce",
+    max_attempts: 1_000,
+    trap: 0.02,
+    commit_err: 0.02,
+    cancel: false,
+    crash: 0.5,
+    breaks: 1,
+    duplicate: 0.05,
+    drain: false,
+    must_complete: true,
+    placement: false,
+    reannounce: true,
+};
+
+/// Map outputs named in reduce assignments that a restarted coordinator
+/// adopted from a re-announcing worker (all seeds): the profile must not be
+/// vacuous.
+static ADOPTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The digest a fake map attempt's output has (a function of the attempt).
+fn digest_of(key: AttemptKey) -> OutputDigest {
+    let (_, task, epoch) = key;
+    let index = match task {
+        TaskId::Map(i) | TaskId::Reduce(i) => u64::from(i),
+    };
+    OutputDigest {
+        bytes: 1_000 + index,
+        crc32c: epoch.0.wrapping_mul(2_654_435_761) ^ index as u32,
+    }
+}
 
 /// Label values the placement profile draws from.
 const ZONES: [&str; 3] = ["a", "b", "c"];
@@ -219,10 +264,14 @@ struct Durable {
     jobs: BTreeMap<JobId, JobRecord>,
     attempts: BTreeMap<(JobId, TaskId, AttemptEpoch), AttemptRecord>,
     capabilities: BTreeMap<JobId, Capability>,
+    workers: BTreeMap<String, WorkerId>,
 }
 
 impl Durable {
     fn apply(&mut self, batch: Batch) {
+        for (identity, id) in batch.workers {
+            self.workers.insert(identity, id);
+        }
         for record in batch.jobs {
             self.jobs.insert(record.id, record);
         }
@@ -276,6 +325,10 @@ struct FakeWorker {
     /// Every attempt it reported, and every Ack it received.
     reported: BTreeSet<AttemptKey>,
     acked: BTreeSet<AttemptKey>,
+    /// Its durable identity (re-announcing profile).
+    identity: String,
+    /// Committed map outputs on its disk, with the digest of their bytes.
+    held: BTreeMap<AttemptKey, OutputDigest>,
 }
 
 impl FakeWorker {
@@ -294,6 +347,8 @@ impl FakeWorker {
             commits: Vec::new(),
             reported: BTreeSet::new(),
             acked: BTreeSet::new(),
+            identity: String::new(),
+            held: BTreeMap::new(),
         }
     }
 
@@ -345,6 +400,9 @@ struct Sim {
     sessions: BTreeMap<WorkerId, usize>,
     /// Every worker id the current coordinator handed out.
     issued: Vec<WorkerId>,
+    /// The worker process each id names (durable identities: across
+    /// restarts too).
+    owners: BTreeMap<WorkerId, usize>,
     durable: Durable,
     next_client: u64,
     /// Client streams following a job (`Submit`, `Watch`) and the `Done`
@@ -379,7 +437,8 @@ fn key_of(record: &AttemptRecord, job: JobId) -> (JobId, TaskId, AttemptEpoch) {
 impl Sim {
     fn new(seed: u64, profile: Profile) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
-        let shared_store = seed.is_multiple_of(2);
+        // Re-announcing is about outputs held by workers.
+        let shared_store = !profile.reannounce && seed.is_multiple_of(2);
         let tenants: Vec<Tenant> = (0..rng.random_range(1..=4))
             .map(|t| Tenant {
                 id: TenantId(format!("tenant-{t}")),
@@ -486,6 +545,7 @@ impl Sim {
             workers: Vec::new(),
             sessions: BTreeMap::new(),
             issued: Vec::new(),
+            owners: BTreeMap::new(),
             durable: Durable::default(),
             next_client: 0,
             watchers: BTreeMap::new(),
@@ -761,6 +821,7 @@ impl Sim {
         let name = format!("worker-{}", self.workers.len());
         let slots = self.rng.random_range(1..=4);
         let mut worker = FakeWorker::new(name, slots);
+        worker.identity = format!("id-{}-{}", self.workers.len(), self.rng.random::<u32>());
         if self.profile.placement {
             let zone = ZONES[self.rng.random_range(0..ZONES.len())];
             worker.labels.insert("zone".into(), zone.into());
@@ -908,19 +969,57 @@ impl Sim {
         let worker = &self.workers[w];
         let (name, slots) = (worker.name.clone(), worker.slots);
         let (labels, pool) = (worker.labels.clone(), worker.pool.clone());
-        let id = self
-            .cluster
-            .worker_joined(self.clock(), name, slots, labels, pool, None);
-        check!(
-            self,
-            !self.sessions.contains_key(&id) && !self.issued.contains(&id),
-            "worker id {id} handed out twice"
-        );
-        self.issued.push(id);
+        let identity = self.profile.reannounce.then(|| worker.identity.clone());
+        let id =
+            self.cluster
+                .worker_joined_as(self.clock(), identity, name, slots, labels, pool, None);
+        if self.profile.reannounce {
+            // A durable identity keeps its id; no two identities share one.
+            // (An id whose persist a crash dropped was never used: every
+            // effect naming it came after that persist.)
+            let identity = &self.workers[w].identity;
+            let durable = self.durable.workers.get(identity).copied();
+            let shared = self
+                .durable
+                .workers
+                .iter()
+                .filter(|&(other, &i)| i == id && other != identity)
+                .count();
+            check!(
+                self,
+                !self.sessions.contains_key(&id) && durable.is_none_or(|d| d == id) && shared == 0,
+                "worker id {id} handed to process {w} ({identity}), durably {durable:?}, shared by {shared} other identities"
+            );
+            self.owners.insert(id, w);
+            if !self.issued.contains(&id) {
+                self.issued.push(id);
+            }
+        } else {
+            check!(
+                self,
+                !self.sessions.contains_key(&id) && !self.issued.contains(&id),
+                "worker id {id} handed out twice"
+            );
+            self.issued.push(id);
+            self.owners.insert(id, w);
+        }
         self.sessions.insert(id, w);
         let worker = &mut self.workers[w];
         worker.session = Some(id);
         worker.ledger.connected();
+        if self.profile.reannounce && !worker.held.is_empty() {
+            let held = worker
+                .held
+                .iter()
+                .map(|(&(job, task, epoch), &digest)| HeldOutput {
+                    job,
+                    task,
+                    epoch,
+                    digest,
+                })
+                .collect();
+            worker.outbox.push_back(FromWorker::Announce(held));
+        }
         worker.pump();
         self.drain();
     }
@@ -1016,7 +1115,10 @@ impl Sim {
             task: key.1,
             epoch: key.2,
             worker: run.worker,
-            outcome: run.outcome.map(|()| AttemptStats::default()),
+            outcome: run.outcome.map(|()| AttemptStats {
+                output_digest: matches!(key.1, TaskId::Map(_)).then(|| digest_of(key)),
+                ..AttemptStats::default()
+            }),
             log: String::new(),
         };
         let fresh = worker.reported.insert(key);
@@ -1099,7 +1201,11 @@ impl Sim {
                 );
             }
             ToWorker::Refused(reason) => check!(self, false, "refused: {reason}"),
-            ToWorker::Discard { .. } | ToWorker::JobDone { .. } => {}
+            ToWorker::Release { job, task, epoch } => {
+                self.workers[w].held.remove(&(job, task, epoch));
+            }
+            ToWorker::JobDone { job } => self.workers[w].held.retain(|k, _| k.0 != job),
+            ToWorker::Discard { .. } => {}
         }
     }
 
@@ -1128,6 +1234,9 @@ impl Sim {
             Err("simulated rename failure".to_string())
         } else {
             self.published.entry((job, task)).or_default().push(epoch);
+            self.workers[w]
+                .held
+                .insert((job, task, epoch), digest_of((job, task, epoch)));
             Ok(())
         };
         let message = FromWorker::Committed {
@@ -1292,6 +1401,11 @@ impl Sim {
         }
         self.sessions.clear();
         self.issued.clear();
+        if self.profile.reannounce {
+            self.outage();
+        } else {
+            self.owners.clear();
+        }
         self.known.clear();
         // Client streams end with the process; a job whose submission was
         // not durable was never acknowledged, and its client submits again.
@@ -1302,6 +1416,10 @@ impl Sim {
             }
         }
         self.cluster = Cluster::new(Self::config(self.shared_store));
+        if self.profile.reannounce {
+            let known = self.durable.workers.clone();
+            self.cluster.restore_workers(known);
+        }
         let floor = AttemptEpoch(self.incarnation << 20);
         let records: Vec<JobRecord> = self.durable.jobs.values().cloned().collect();
         for record in records {
@@ -1330,6 +1448,24 @@ impl Sim {
                 capability.expect("checked"),
                 terms,
             );
+        }
+    }
+
+    /// What the coordinator's outage does to the workers (re-announcing
+    /// profile): one may come back with a new identity (its files kept, as
+    /// a worker restarted on the same work dir without its `worker-id`),
+    /// one may find an output's bytes changed on its disk.
+    fn outage(&mut self) {
+        for w in 0..self.workers.len() {
+            if self.rng.random_bool(0.1) {
+                self.workers[w].identity = format!("id-{w}-{}", self.rng.random::<u32>());
+            }
+            let held: Vec<AttemptKey> = self.workers[w].held.keys().copied().collect();
+            if !held.is_empty() && self.rng.random_bool(0.2) {
+                let key = held[self.rng.random_range(0..held.len())];
+                let digest = self.workers[w].held.get_mut(&key).expect("listed");
+                digest.crc32c ^= 1 << self.rng.random_range(0..32);
+            }
         }
     }
 
@@ -1427,7 +1563,44 @@ impl Sim {
                     "I10: JobDone of {job} before its outcome is durable"
                 );
             }
-            ToWorker::Welcome { .. } | ToWorker::Interrupt { .. } | ToWorker::Refused(_) => {}
+            ToWorker::Welcome { .. }
+            | ToWorker::Interrupt { .. }
+            | ToWorker::Refused(_)
+            | ToWorker::Release { .. } => {}
+        }
+        if let ToWorker::Assign(a) = message
+            && let TaskInput::Reduce { map_outputs, .. } = &a.input
+            && !self.shared_store
+        {
+            self.check_map_outputs(a.job, map_outputs);
+        }
+    }
+
+    /// A reduce assignment names, for every map task, the output the
+    /// durable record says was committed (that epoch, on that worker), held
+    /// by that worker process with the recorded digest: a restarted
+    /// coordinator never adopts another epoch, another identity's claim or
+    /// changed bytes.
+    fn check_map_outputs(&self, job: JobId, map_outputs: &[(TaskId, AttemptEpoch, WorkerId)]) {
+        for &(task, epoch, holder) in map_outputs {
+            let durable = self.durable_attempt(job, task, epoch);
+            check!(
+                self,
+                durable
+                    .is_some_and(|r| r.outcome == AttemptOutcome::Committed && r.worker == holder),
+                "reduce of {job} reads {task} {epoch} on {holder}, durable record {durable:?}"
+            );
+            let recorded = durable.and_then(|r| r.stats.as_ref()?.output_digest);
+            let process = self.owners.get(&holder).copied();
+            let held = process.and_then(|w| self.workers[w].held.get(&(job, task, epoch)));
+            check!(
+                self,
+                recorded.is_some() && held == recorded.as_ref(),
+                "reduce of {job} reads {task} {epoch} on {holder} (process {process:?}): it holds {held:?}, the record says {recorded:?}"
+            );
+            if epoch < self.floor(job) {
+                ADOPTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 
@@ -1797,4 +1970,23 @@ fn lost_and_duplicated_reports_are_acked_once_and_never_lost() {
 #[test]
 fn labelled_placement_runs_attempts_only_where_allowed_and_wastes_no_usable_slot() {
     run_seeds(PLACEMENT);
+}
+
+/// Workers with durable identities keep their committed map outputs across
+/// coordinator crashes and re-announce them on every connection; at each
+/// crash one may come back under another identity (its files kept) or
+/// with an output whose bytes changed. Every reduce reads exactly the
+/// output the durable record committed (epoch, worker, digest), never a
+/// re-announced claim that differs; every job completes with each task
+/// committed once; outputs were re-adopted (not only run again).
+#[test]
+fn restarted_coordinators_adopt_only_the_committed_map_outputs_workers_re_announce() {
+    run_seeds(REANNOUNCE);
+    let adopted = ADOPTED.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        adopted > 0 || seeds().len() < 10,
+        "no reduce read a re-adopted map output in {} seeds",
+        seeds().len()
+    );
+    println!("reduce inputs read from re-adopted map outputs: {adopted}");
 }

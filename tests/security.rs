@@ -131,6 +131,8 @@ async fn join_as_worker(connection: &quinn::Connection, name: &str) -> Channel {
             labels: Default::default(),
             shuffle: None,
             token: String::new(),
+            // No identity: a fresh worker id, as before identities.
+            identity: String::new(),
         })
         .await
         .unwrap();

@@ -42,6 +42,9 @@ pub struct CoordinatorConfig {
     pub ephemeral_state: bool,
     /// Serve `/metrics` and `/api/...` here ([`crate::web`]).
     pub http: Option<SocketAddr>,
+    /// How long a restored job waits for workers to re-announce its
+    /// committed map outputs (`None`: twice the lease plus 10 s).
+    pub reannounce_window: Option<Duration>,
 }
 
 impl CoordinatorConfig {
@@ -123,17 +126,24 @@ struct WorkerHello {
     /// The tenant whose pool token it joined with.
     pool: Option<TenantId>,
     shuffle: Option<Peer>,
+    /// Its durable identity: its certificate's fingerprint under mutual
+    /// TLS, else the id it claims.
+    identity: Option<String>,
 }
+
+/// One admitted control stream of a worker: a worker id outlives its
+/// connections, so events of a replaced connection are told apart by this.
+type Session = u64;
 
 /// What connection tasks tell the driver.
 enum CoreEvent {
     WorkerJoined {
         hello: WorkerHello,
         outbox: mpsc::UnboundedSender<ToWorker>,
-        reply: oneshot::Sender<WorkerId>,
+        reply: oneshot::Sender<(WorkerId, Session)>,
     },
-    WorkerGone(WorkerId),
-    FromWorker(WorkerId, FromWorker),
+    WorkerGone(WorkerId, Session),
+    FromWorker(WorkerId, Session, FromWorker),
     /// A client request; its replies go to `replies` (one, or a stream
     /// ending with `Done` or `Error`).
     Client {
@@ -208,6 +218,11 @@ pub async fn serve(
     // Epochs of this incarnation start above any earlier one's, so late
     // results of attempts from before a crash are rejected (I1, I3).
     let epoch_floor = AttemptEpoch((incarnation - 1) << 20);
+    // Workers keep their ids: the attempt records name them.
+    core.cluster.restore_workers(core.store.workers()?);
+    if let Some(window) = config.reannounce_window {
+        core.cluster.set_reannounce_window(window);
+    }
     for record in core.store.jobs()? {
         if record.outcome.is_none() {
             core.restore(None, record, epoch_floor, true)?;
@@ -310,15 +325,23 @@ async fn serve_connection(
                     labels,
                     shuffle,
                     token,
+                    identity,
                 } => match admit_worker(&state_dir, &token, &connection) {
                     Ok(pool) => {
                         worker_admitted.store(true, std::sync::atomic::Ordering::SeqCst);
+                        // A certificate is proven; an id is only claimed.
+                        let identity = match transport::peer_fingerprint(&connection) {
+                            Some(fingerprint) => Some(format!("tls:{fingerprint}")),
+                            None if identity.is_empty() => None,
+                            None => Some(format!("id:{identity}")),
+                        };
                         let hello = WorkerHello {
                             name,
                             slots: slots.clamp(1, 64),
                             labels,
                             pool,
                             shuffle,
+                            identity,
                         };
                         serve_worker(channel, hello, events).await
                     }
@@ -382,7 +405,9 @@ async fn serve_worker(
     if events.send(joined).is_err() {
         return;
     }
-    let Ok(worker) = id.await else { return };
+    let Ok((worker, session)) = id.await else {
+        return;
+    };
     let span = tracing::info_span!("worker", %worker);
     let Channel { mut send, mut recv } = channel;
     // Reads are not cancel-safe: a task of their own, never raced.
@@ -393,7 +418,7 @@ async fn serve_worker(
             match transport::read_frame::<FromWorker>(&mut recv).await {
                 Ok(Some(message)) => {
                     if reader_events
-                        .send(CoreEvent::FromWorker(worker, message))
+                        .send(CoreEvent::FromWorker(worker, session, message))
                         .is_err()
                     {
                         return None;
@@ -430,7 +455,7 @@ async fn serve_worker(
         let _ = send.write_all(&transport::encode(&refusal)).await;
         let _ = send.finish();
     }
-    let _ = events.send(CoreEvent::WorkerGone(worker));
+    let _ = events.send(CoreEvent::WorkerGone(worker, session));
 }
 
 async fn serve_client(
@@ -465,7 +490,9 @@ struct Driver {
     cluster: Cluster,
     store: StateStore,
     modules: Modules,
-    outboxes: HashMap<WorkerId, mpsc::UnboundedSender<ToWorker>>,
+    /// The current session of each connected worker and its outbox.
+    outboxes: HashMap<WorkerId, (Session, mpsc::UnboundedSender<ToWorker>)>,
+    next_session: Session,
     clients: HashMap<ClientId, mpsc::UnboundedSender<ClientReply>>,
     next_client: u64,
     dirs: HashMap<JobId, JobDirs>,
@@ -485,6 +512,7 @@ impl Driver {
             store,
             modules,
             outboxes: HashMap::new(),
+            next_session: 1,
             clients: HashMap::new(),
             next_client: 1,
             dirs: HashMap::new(),
@@ -527,19 +555,44 @@ impl Driver {
                     labels,
                     pool,
                     shuffle,
+                    identity,
                 } = hello;
-                let worker =
-                    self.cluster
-                        .worker_joined(clock(), name, slots, labels, pool, shuffle);
-                self.outboxes.insert(worker, outbox);
-                let _ = reply.send(worker);
+                let session = self.next_session;
+                self.next_session += 1;
+                // Its effects (the welcome) are carried out once the
+                // outbox below is in place.
+                let worker = self.cluster.worker_joined_as(
+                    clock(),
+                    identity,
+                    name,
+                    slots,
+                    labels,
+                    pool,
+                    shuffle,
+                );
+                self.outboxes.insert(worker, (session, outbox));
+                let _ = reply.send((worker, session));
             }
-            CoreEvent::WorkerGone(worker) => {
-                self.outboxes.remove(&worker);
-                self.cluster.worker_gone(clock(), worker);
+            CoreEvent::WorkerGone(worker, session) => {
+                // A connection replaced by a newer one of the same worker
+                // was already taken for lost when the newer one joined.
+                if self
+                    .outboxes
+                    .get(&worker)
+                    .is_some_and(|(s, _)| *s == session)
+                {
+                    self.outboxes.remove(&worker);
+                    self.cluster.worker_gone(clock(), worker);
+                }
             }
-            CoreEvent::FromWorker(worker, message) => {
-                self.cluster.from_worker(clock(), worker, message)
+            CoreEvent::FromWorker(worker, session, message) => {
+                if self
+                    .outboxes
+                    .get(&worker)
+                    .is_some_and(|(s, _)| *s == session)
+                {
+                    self.cluster.from_worker(clock(), worker, message)
+                }
             }
             CoreEvent::Inspect(look) => look(&self.cluster),
             CoreEvent::Client {
@@ -592,7 +645,7 @@ impl Driver {
                 }
                 Effect::Send { worker, message } => {
                     // A closed outbox: the worker's loss is already on its way.
-                    if let Some(outbox) = self.outboxes.get(&worker) {
+                    if let Some((_, outbox)) = self.outboxes.get(&worker) {
                         let _ = outbox.send(message);
                     }
                 }

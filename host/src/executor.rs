@@ -255,6 +255,11 @@ impl Executor {
         match written {
             Ok(bytes) => {
                 stats.bytes_out = bytes;
+                // Recorded with the commit: a re-announced copy must match.
+                match crate::intermediate::digest_file(&path) {
+                    Ok(digest) => stats.output_digest = Some(digest),
+                    Err(e) => return (Err(AttemptFailure::Host(format!("{e:#}"))), log),
+                }
                 (Ok(stats), log)
             }
             Err(failure) => (Err(failure), log),
@@ -664,6 +669,7 @@ fn stats_of(call: &CallOutcome, bytes_in: u64) -> AttemptStats {
         wall_ms: 0,
         counters: call.counters.clone(),
         dead_letters: Vec::new(),
+        output_digest: None,
     }
 }
 

@@ -11,7 +11,7 @@
 
 use crate::model::{
     AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, Capability, Compression, DeadLetter,
-    InputSplit, JobId, Limits, ModuleHash, OutputFormat, Partitioner, Peer, Shuffle,
+    InputSplit, JobId, Limits, ModuleHash, OutputDigest, OutputFormat, Partitioner, Peer, Shuffle,
     ShuffleSettings, TaskId, TaskInput, TenantId, WorkerId,
 };
 use crate::placement::{LabelRequirement, Placement};
@@ -20,8 +20,8 @@ use crate::store::{FORMAT_VERSION, JobRecord};
 use crate::summary::{JobSummary, PhaseChange};
 use crate::transport::PROTOCOL_VERSION;
 use crate::wire::{
-    ClientReply, ClientRequest, FromWorker, JobRequest, ModuleReply, Open, PartitionReply,
-    StatusReport, ToWorker, Totals, WorkerInfo,
+    ClientReply, ClientRequest, FromWorker, HeldOutput, JobRequest, ModuleReply, Open,
+    PartitionReply, StatusReport, ToWorker, Totals, WorkerInfo,
 };
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -64,6 +64,10 @@ fn stats() -> AttemptStats {
             record: "r".into(),
             message: "m".into(),
         }],
+        output_digest: Some(OutputDigest {
+            bytes: 10,
+            crc32c: 11,
+        }),
     }
 }
 
@@ -267,6 +271,7 @@ fn wire_messages_are_pinned_to_the_protocol_version() {
                     fingerprint: "f".into(),
                 }),
                 token: "t".into(),
+                identity: "i".into(),
             }),
         ),
         (
@@ -324,6 +329,26 @@ fn wire_messages_are_pinned_to_the_protocol_version() {
         (
             "ModuleReply::Refused",
             hex(&ModuleReply::Refused("r".into())),
+        ),
+        (
+            "FromWorker::Announce",
+            hex(&FromWorker::Announce(vec![HeldOutput {
+                job: job(),
+                task: TaskId::Map(1),
+                epoch: AttemptEpoch(2),
+                digest: OutputDigest {
+                    bytes: 3,
+                    crc32c: 4,
+                },
+            }])),
+        ),
+        (
+            "ToWorker::Release",
+            hex(&ToWorker::Release {
+                job: job(),
+                task: TaskId::Map(1),
+                epoch: AttemptEpoch(2),
+            }),
         ),
     ];
     check(

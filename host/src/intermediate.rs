@@ -210,6 +210,27 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
+/// The size and CRC32C of a whole file (a committed map output): what the
+/// attempt reports and what a worker re-announces after a coordinator
+/// restart, read from the bytes on disk each time.
+pub fn digest_file(path: &Path) -> anyhow::Result<crate::model::OutputDigest> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut buffer = vec![0u8; 64 << 10];
+    let (mut bytes, mut crc) = (0u64, 0u32);
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        bytes += n as u64;
+        crc = crc32c::crc32c_append(crc, &buffer[..n]);
+    }
+    Ok(crate::model::OutputDigest { bytes, crc32c: crc })
+}
+
 /// Where partition `partition` of the run file at `path` lies: its byte
 /// range, checked against the header's CRC and the file's length.
 pub fn partition_range(path: &Path, partition: u32) -> anyhow::Result<(u64, u64)> {

@@ -169,6 +169,11 @@ struct CoordinatorArgs {
     /// front for anything else). Off unless given.
     #[arg(long)]
     http: Option<std::net::SocketAddr>,
+    /// After a restart, how long to wait for workers to re-announce the
+    /// committed map outputs they hold before running those tasks again
+    /// (default: twice the lease plus 10 s).
+    #[arg(long, value_parser = parse_duration_ms)]
+    reannounce_window: Option<u64>,
 }
 
 #[derive(Args)]
@@ -704,6 +709,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         shared_store: args.shared_store,
         ephemeral_state: args.ephemeral_state,
         http: args.http,
+        reannounce_window: args.reannounce_window.map(std::time::Duration::from_millis),
     };
     wmr::coordinator::serve(config, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -9,7 +9,7 @@
 //! incarnations. Writes happen in one transaction per batch of events,
 //! before anything that depends on them is acknowledged.
 
-use crate::model::{AttemptEpoch, Capability, JobId, ModuleHash, TaskId};
+use crate::model::{AttemptEpoch, Capability, JobId, ModuleHash, TaskId, WorkerId};
 pub use crate::records::{Batch, JobRecord};
 use crate::scheduler::AttemptRecord;
 use anyhow::{Context as _, bail};
@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 /// The on-disk format this build reads and writes (2: a job's limits hold
 /// its output limit; 3: a committed map output is one file, not a
 /// directory of partition files, so jobs resumed from format 2 could not
-/// read theirs; 4: a job's request holds its output format).
-pub const FORMAT_VERSION: u64 = 6;
+/// read theirs; 4: a job's request holds its output format; 7: an attempt's
+/// stats hold its map output's digest, and worker identities are kept).
+pub const FORMAT_VERSION: u64 = 7;
 const FILE_NAME: &str = "wmr-state.redb";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -35,6 +36,8 @@ const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
 const CAPABILITIES: TableDefinition<&[u8], &str> = TableDefinition::new("capabilities");
 /// Key: job id (16 bytes) + task (1 + 4 bytes) + epoch (4 bytes), big-endian.
 const ATTEMPTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attempts");
+/// Key: a worker's durable identity; value: the worker id it was given.
+const WORKERS: TableDefinition<&str, u32> = TableDefinition::new("workers");
 
 pub struct StateStore {
     db: Database,
@@ -133,6 +136,7 @@ impl StateStore {
             txn.open_table(MODULES)?;
             txn.open_table(ATTEMPTS)?;
             txn.open_table(CAPABILITIES)?;
+            txn.open_table(WORKERS)?;
         }
         txn.commit()?;
         Ok(())
@@ -179,6 +183,10 @@ impl StateStore {
                 let key = attempt_key(*job, record.task, record.epoch);
                 attempts.insert(key.as_slice(), bytes.as_slice())?;
             }
+            let mut workers = txn.open_table(WORKERS)?;
+            for (identity, id) in &batch.workers {
+                workers.insert(identity.as_str(), id.0)?;
+            }
         }
         txn.commit()
             .with_context(|| format!("writing {}", self.path.display()))?;
@@ -194,6 +202,18 @@ impl StateStore {
             jobs.push(postcard::from_bytes(value.value()).context("decoding a job record")?);
         }
         Ok(jobs)
+    }
+
+    /// Every worker identity seen, with its id.
+    pub fn workers(&self) -> anyhow::Result<Vec<(String, WorkerId)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(WORKERS)?;
+        let mut workers = Vec::new();
+        for entry in table.iter()? {
+            let (identity, id) = entry?;
+            workers.push((identity.value().to_string(), WorkerId(id.value())));
+        }
+        Ok(workers)
     }
 
     /// The shuffle capability issued to `job`, if one was stored.

@@ -16,7 +16,10 @@ use crate::model::{
 };
 use crate::sandbox::Role;
 use crate::transport::{self, Channel};
-use crate::wire::{FromWorker, ModuleReply, Open, PARTITION_CHUNK_BYTES, PartitionReply, ToWorker};
+use crate::wire::{
+    ANNOUNCE_CHUNK, FromWorker, HeldOutput, ModuleReply, Open, PARTITION_CHUNK_BYTES,
+    PartitionReply, ToWorker,
+};
 use anyhow::{Context as _, bail};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -83,6 +86,11 @@ impl WorkerState {
 /// The file next to a job's map outputs holding the job's shuffle
 /// capability, as the worker received it with an assignment.
 pub const CAPABILITY_FILE: &str = "capability";
+/// The file next to a job's map outputs holding the job's full id (the
+/// directory name has only its first 8 hex digits).
+pub const JOB_ID_FILE: &str = "job-id";
+/// The file in a worker's work dir holding its durable identity.
+pub const IDENTITY_FILE: &str = "worker-id";
 
 /// Run until drained after `shutdown` resolves.
 pub async fn run(
@@ -100,6 +108,12 @@ pub async fn run_as(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let client_identity = identity;
+    // Durable across the coordinator's restarts and this worker's own: its
+    // certificate under --identity, else an id kept in the work dir.
+    let durable_identity = match &client_identity {
+        Some(certificate) => format!("tls:{}", certificate.fingerprint()),
+        None => load_or_create_identity(&options.work_dir)?,
+    };
     let executor = Arc::new(Executor::with_compile_cache(
         options.slots,
         options.compile_cache.as_ref(),
@@ -120,6 +134,7 @@ pub async fn run_as(
     let result = serve(
         &options,
         client_identity.as_ref(),
+        &durable_identity,
         &peer,
         &executor,
         &state,
@@ -136,6 +151,7 @@ pub async fn run_as(
 async fn serve(
     options: &WorkerOptions,
     identity: Option<&transport::Identity>,
+    durable_identity: &str,
     peer: &Peer,
     executor: &Arc<Executor>,
     state: &Arc<WorkerState>,
@@ -148,7 +164,15 @@ async fn serve(
         // The session is never dropped for a shutdown: it sees the draining
         // flag, tells the coordinator, and ends once everything is reported.
         let result = {
-            let session = session(options, identity, peer, executor, state, &mut backoff);
+            let session = session(
+                options,
+                identity,
+                durable_identity,
+                peer,
+                executor,
+                state,
+                &mut backoff,
+            );
             tokio::pin!(session);
             loop {
                 tokio::select! {
@@ -179,6 +203,7 @@ async fn serve(
 async fn session(
     options: &WorkerOptions,
     identity: Option<&transport::Identity>,
+    durable_identity: &str,
     peer: &Peer,
     executor: &Arc<Executor>,
     state: &Arc<WorkerState>,
@@ -199,6 +224,7 @@ async fn session(
             labels: options.labels.clone(),
             shuffle: Some(peer.clone()),
             token: options.token.clone(),
+            identity: durable_identity.to_string(),
         })
         .await?;
     let (worker, heartbeat_ms) = match control.expect().await? {
@@ -217,6 +243,18 @@ async fn session(
     let span = tracing::info_span!("worker", %worker);
     let _enter = span.enter();
     tracing::info!(coordinator = %options.coordinator, "joined");
+    // First thing: the committed map outputs kept here, so that a restarted
+    // coordinator can adopt them instead of running their tasks again.
+    let work_dir = options.work_dir.clone();
+    let held = tokio::task::spawn_blocking(move || held_outputs(&work_dir))
+        .await
+        .context("scanning the work dir")?;
+    if !held.is_empty() {
+        tracing::info!(outputs = held.len(), "announcing the map outputs kept here");
+    }
+    for chunk in held.chunks(ANNOUNCE_CHUNK) {
+        write(&mut control.send, &FromWorker::Announce(chunk.to_vec())).await?;
+    }
 
     // A reader task: frame reads are not cancel-safe, so they never race
     // in a select.
@@ -385,6 +423,14 @@ fn handle(
                 tracing::warn!(%job, %task, %epoch, "discarding: {e:#}");
             }
         }
+        ToWorker::Release { job, task, epoch } => {
+            let path = local_dirs(options, job).committed_path(task, epoch);
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(%job, %task, %epoch, "released a map output"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(%job, %task, %epoch, "releasing a map output: {e}"),
+            }
+        }
         ToWorker::JobDone { job } => {
             let dirs = local_dirs(options, job);
             if let Err(e) = std::fs::remove_dir_all(&dirs.work)
@@ -519,6 +565,10 @@ fn record_capability(
         return Ok(());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // The job's full id, for re-announcing its map outputs.
+    let id_path = dir.join(JOB_ID_FILE);
+    std::fs::write(&id_path, job.0.simple().to_string())
+        .with_context(|| format!("{}", id_path.display()))?;
     let tmp = path.with_extension(format!("{}.tmp", rand::random::<u32>()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -530,6 +580,93 @@ fn record_capability(
     drop(file);
     std::fs::rename(&tmp, &path).with_context(|| format!("{}", path.display()))?;
     Ok(())
+}
+
+/// This worker's durable identity from `work_dir/worker-id`, created (32
+/// random hex digits, 0600) on first start.
+fn load_or_create_identity(work_dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = work_dir.join(IDENTITY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let id = format!("{:032x}", rand::random::<u128>());
+    let tmp = path.with_extension(format!("{}.tmp", rand::random::<u32>()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("{}", tmp.display()))?;
+    file.write_all(id.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, &path).with_context(|| format!("{}", path.display()))?;
+    tracing::info!(identity = %id, "created this worker's identity in {}", path.display());
+    Ok(id)
+}
+
+/// The committed map outputs under `work_dir` (`job-*/map/m-NNNNN.aE`, in
+/// job directories that name their job), each with the digest of its bytes
+/// as they are now. Unreadable entries are skipped: not announced, they
+/// are not adopted, and their tasks run again.
+fn held_outputs(work_dir: &std::path::Path) -> Vec<HeldOutput> {
+    let mut held = Vec::new();
+    let Ok(jobs) = std::fs::read_dir(work_dir) else {
+        return held;
+    };
+    for entry in jobs.flatten() {
+        let dir = entry.path();
+        let Some(job) = std::fs::read_to_string(dir.join(JOB_ID_FILE))
+            .ok()
+            .and_then(|id| uuid::Uuid::parse_str(id.trim()).ok())
+            .map(JobId)
+        else {
+            continue;
+        };
+        let Ok(outputs) = std::fs::read_dir(dir.join("map")) else {
+            continue;
+        };
+        for output in outputs.flatten() {
+            let name = output.file_name();
+            let Some((task, epoch)) = name.to_str().and_then(parse_committed_map_name) else {
+                continue;
+            };
+            match crate::intermediate::digest_file(&output.path()) {
+                Ok(digest) => held.push(HeldOutput {
+                    job,
+                    task,
+                    epoch,
+                    digest,
+                }),
+                Err(e) => tracing::warn!(%job, %task, %epoch, "not announced: {e:#}"),
+            }
+        }
+    }
+    held.sort_by_key(|h| (h.job, h.task, h.epoch));
+    held
+}
+
+/// `m-00003.a2` → (m-00003, a2), as [`JobDirs::committed_path`] names them.
+fn parse_committed_map_name(name: &str) -> Option<(TaskId, crate::model::AttemptEpoch)> {
+    let (task, epoch) = name.strip_prefix("m-")?.split_once(".a")?;
+    let task = TaskId::Map(task.parse().ok()?);
+    let epoch = crate::model::AttemptEpoch(epoch.parse().ok()?);
+    (JobDirs::new(
+        JobId(uuid::Uuid::nil()),
+        std::path::Path::new(""),
+        std::path::Path::new(""),
+    )
+    .committed_path(task, epoch)
+    .file_name()?
+        == name)
+        .then_some((task, epoch))
 }
 
 /// Whether `presented` is the capability this worker received for `job`.

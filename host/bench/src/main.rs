@@ -1068,6 +1068,7 @@ impl Cluster {
             shared_store: mode.shared_store,
             ephemeral_state: mode.ephemeral_state,
             http: None,
+            reannounce_window: None,
         };
         let mut coordinator = runtime.spawn(coordinator::serve(config, stopped(&stop_coordinator)));
         let (addr, fingerprint) = match listening(&runtime, &mut coordinator, &state_dir) {

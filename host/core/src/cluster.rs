@@ -21,12 +21,12 @@ use crate::model::{
 use crate::placement::{JobView, WorkerView, may_run, unplaceable_reason};
 use crate::records::{Batch, JobRecord};
 use crate::scheduler::{
-    Action, AttemptOutcome, AttemptRecord, Event, JobOutcome, JobPlan, Phase, Scheduler,
-    SchedulerConfig,
+    Action, AttemptOutcome, AttemptRecord, Event, JobOutcome, JobPlan, Phase, RestoredMapOutputs,
+    Scheduler, SchedulerConfig,
 };
 use crate::summary::{JobSummary, PhaseChange, dead_letters, summarize};
 use crate::wire::{
-    ClientReply, FromWorker, JobListing, StatusReport, ToWorker, Totals, WorkerInfo,
+    ClientReply, FromWorker, HeldOutput, JobListing, StatusReport, ToWorker, Totals, WorkerInfo,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -262,10 +262,18 @@ pub struct Cluster {
     /// the workers' slots (see `rebalance`).
     admitted: Vec<usize>,
     effects: VecDeque<Effect>,
+    /// Durable worker identities and their ids (persisted when first seen).
+    identities: BTreeMap<String, WorkerId>,
+    /// How long a restored job waits for workers to re-announce its
+    /// committed map outputs before running those tasks again.
+    reannounce_window: Duration,
 }
 
 impl Cluster {
     pub fn new(config: ClusterConfig) -> Self {
+        // A worker notices a dead coordinator within its connection's idle
+        // timeout (at most twice the lease), then retries every 5 s at most.
+        let reannounce_window = config.lease * 2 + Duration::from_secs(10);
         Cluster {
             config,
             workers: BTreeMap::new(),
@@ -273,6 +281,25 @@ impl Cluster {
             jobs: Vec::new(),
             admitted: Vec::new(),
             effects: VecDeque::new(),
+            identities: BTreeMap::new(),
+            reannounce_window,
+        }
+    }
+
+    /// How long restored jobs wait for their map outputs to be re-announced
+    /// (set before [`Self::restore`]).
+    pub fn set_reannounce_window(&mut self, window: Duration) {
+        self.reannounce_window = window;
+    }
+
+    /// The worker identities an earlier incarnation persisted, before any
+    /// worker joins: a worker that comes back gets its old id, so the
+    /// durable attempt records name it, and new ids are above every old one.
+    pub fn restore_workers(&mut self, known: impl IntoIterator<Item = (String, WorkerId)>) {
+        debug_assert!(self.workers.is_empty(), "workers restored after one joined");
+        for (identity, id) in known {
+            self.next_worker = self.next_worker.max(id.0 + 1);
+            self.identities.insert(identity, id);
         }
     }
 
@@ -306,8 +333,51 @@ impl Cluster {
         pool: Option<TenantId>,
         shuffle: Option<Peer>,
     ) -> WorkerId {
-        let worker = WorkerId(self.next_worker);
-        self.next_worker += 1;
+        self.worker_joined_as(clock, None, name, slots, labels, pool, shuffle)
+    }
+
+    /// [`Self::worker_joined`] for a worker with a durable `identity`: it
+    /// gets the id it had before (in this incarnation or an earlier one),
+    /// or a new one, persisted before the welcome (I10). A second
+    /// connection of a connected identity replaces the first, which is
+    /// lost.
+    #[allow(clippy::too_many_arguments)]
+    pub fn worker_joined_as(
+        &mut self,
+        clock: Clock,
+        identity: Option<String>,
+        name: String,
+        slots: u32,
+        labels: BTreeMap<String, String>,
+        pool: Option<TenantId>,
+        shuffle: Option<Peer>,
+    ) -> WorkerId {
+        let known = identity
+            .as_ref()
+            .and_then(|i| self.identities.get(i))
+            .copied();
+        let worker = match known {
+            Some(id) => {
+                if self.workers.get(&id).is_some_and(|w| w.connected) {
+                    tracing::info!(worker = %id, "a worker connected again: its old connection is gone");
+                    self.worker_gone(clock, id);
+                }
+                id
+            }
+            None => {
+                let id = WorkerId(self.next_worker);
+                self.next_worker += 1;
+                if let Some(identity) = identity {
+                    self.identities.insert(identity.clone(), id);
+                    let batch = Batch {
+                        workers: vec![(identity, id)],
+                        ..Batch::default()
+                    };
+                    self.effects.push_back(Effect::Persist(Box::new(batch)));
+                }
+                id
+            }
+        };
         let pool_name = pool.as_ref().map(|t| t.0.as_str());
         tracing::info!(%worker, %name, slots, ?labels, pool = pool_name, "worker joined");
         self.workers.insert(
@@ -367,6 +437,7 @@ impl Cluster {
                 epoch,
                 result,
             } => self.commit_finished(clock, job, task, epoch, result),
+            FromWorker::Announce(outputs) => self.outputs_announced(clock, worker, outputs),
             FromWorker::Draining => {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.draining = true;
@@ -394,6 +465,40 @@ impl Cluster {
                     message: ToWorker::Ack { job, task, epoch },
                 });
             }
+        }
+    }
+
+    /// A worker re-announced the committed map outputs it holds: each job
+    /// re-adopts those matching its durable record; the worker is told to
+    /// delete the others (`Release`), and everything of a job that is not
+    /// running (`JobDone`).
+    fn outputs_announced(&mut self, clock: Clock, worker: WorkerId, outputs: Vec<HeldOutput>) {
+        let mut by_job: BTreeMap<JobId, Vec<HeldOutput>> = BTreeMap::new();
+        for output in outputs {
+            by_job.entry(output.job).or_default().push(output);
+        }
+        let mut answers = Vec::new();
+        for (job, held) in by_job {
+            let Some(i) = self.unfinished(job) else {
+                answers.push(ToWorker::JobDone { job });
+                continue;
+            };
+            let scheduler = &mut self.jobs[i].scheduler;
+            let outputs = held.iter().map(|h| (h.task, h.epoch, h.digest)).collect();
+            scheduler.handle(clock.now, Event::OutputsAnnounced { worker, outputs });
+            for h in held {
+                if !scheduler.holds_output(h.task, h.epoch, worker) {
+                    answers.push(ToWorker::Release {
+                        job,
+                        task: h.task,
+                        epoch: h.epoch,
+                    });
+                }
+            }
+        }
+        self.settle(clock);
+        for message in answers {
+            self.effects.push_back(Effect::Send { worker, message });
         }
     }
 
@@ -489,6 +594,7 @@ impl Cluster {
             jobs: vec![record.clone()],
             attempts: Vec::new(),
             capabilities: vec![(job, capability.clone())],
+            workers: Vec::new(),
         };
         self.effects.push_back(Effect::Persist(Box::new(batch)));
         let scheduler = Scheduler::new(
@@ -527,13 +633,20 @@ impl Cluster {
             .map(|r| r.epoch)
             .max()
             .map_or(epoch_floor, |e| e.max(epoch_floor));
+        let map_outputs = if self.config.shared_store {
+            RestoredMapOutputs::Kept
+        } else {
+            RestoredMapOutputs::AwaitAnnouncement {
+                until: clock.now + self.reannounce_window,
+            }
+        };
         let scheduler = Scheduler::restore(
             self.plan(&record),
             self.scheduler_config(&record),
             clock.now,
             attempts,
             floor,
-            self.config.shared_store,
+            map_outputs,
         );
         tracing::info!(job = %record.id, "job resumed");
         let batch = Batch {
@@ -553,7 +666,7 @@ impl Cluster {
             clock.now,
             attempts,
             AttemptEpoch(0),
-            true,
+            RestoredMapOutputs::Kept,
         );
         self.jobs.push(JobEntry {
             id: record.id,
@@ -1037,6 +1150,9 @@ impl Cluster {
         if job.record.phase() != Some(phase) {
             let reason = match phase {
                 Phase::Submitted => "queued",
+                Phase::Mapping if job.scheduler.unclaimed() > 0 => {
+                    "restored: waiting for workers to re-announce map outputs"
+                }
                 Phase::Mapping if job.record.phase() == Some(Phase::Reducing) => {
                     "a map output was lost"
                 }

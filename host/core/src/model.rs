@@ -432,6 +432,20 @@ pub struct AttemptStats {
     /// Records skipped because the guest trapped on them.
     #[serde(default)]
     pub dead_letters: Vec<DeadLetter>,
+    /// A map attempt's output file as written (size and CRC32C): what a
+    /// worker's re-announcement of it is checked against after a
+    /// coordinator restart. `None` for reduce attempts.
+    #[serde(default)]
+    pub output_digest: Option<OutputDigest>,
+}
+
+/// The size and CRC32C of a whole map output file. Taken by the worker when
+/// the attempt wrote it (reported, and durable in the attempt's record) and
+/// again from the bytes on its disk when it re-announces the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputDigest {
+    pub bytes: u64,
+    pub crc32c: u32,
 }
 
 /// An input record the guest trapped on, isolated and skipped.

@@ -3,7 +3,7 @@
 //! `store` module writes them to redb, the coordinator's state machine
 //! ([`crate::cluster`]) says what to write and when.
 
-use crate::model::{Capability, InputSplit, JobId, ModuleHash, TenantId};
+use crate::model::{Capability, InputSplit, JobId, ModuleHash, TenantId, WorkerId};
 use crate::scheduler::{AttemptRecord, JobOutcome, Phase};
 use crate::summary::{JobSummary, PhaseChange};
 use crate::wire::JobRequest;
@@ -39,6 +39,10 @@ pub struct Batch {
     pub attempts: Vec<(JobId, AttemptRecord)>,
     /// Shuffle capabilities of newly admitted (or restored) jobs.
     pub capabilities: Vec<(JobId, Capability)>,
+    /// Worker identities seen for the first time, with the id each got:
+    /// a worker keeps its id across the coordinator's restarts, so the
+    /// attempt records name it for good.
+    pub workers: Vec<(String, WorkerId)>,
 }
 
 impl Batch {
@@ -47,5 +51,6 @@ impl Batch {
             && self.jobs.is_empty()
             && self.attempts.is_empty()
             && self.capabilities.is_empty()
+            && self.workers.is_empty()
     }
 }

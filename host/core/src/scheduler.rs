@@ -17,8 +17,8 @@
 
 use crate::model::{
     Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, InputSplit, JobId,
-    Limits, ModuleHash, OutputFormat, Shuffle, ShuffleSettings, TaskId, TaskInput, TenantId,
-    WorkerId,
+    Limits, ModuleHash, OutputDigest, OutputFormat, Shuffle, ShuffleSettings, TaskId, TaskInput,
+    TenantId, WorkerId,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -101,6 +101,26 @@ pub enum Event {
     Fail {
         reason: String,
     },
+    /// After a coordinator restart, `worker` says it still holds these
+    /// committed map outputs (epoch and the digest of its file's bytes).
+    /// One that is its task's committed epoch in the durable record, on
+    /// this same worker, with the recorded digest, is adopted again; the
+    /// holder's copy with another digest makes the task run again now.
+    OutputsAnnounced {
+        worker: WorkerId,
+        outputs: Vec<(TaskId, AttemptEpoch, OutputDigest)>,
+    },
+}
+
+/// What becomes of the committed map outputs of a restored job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoredMapOutputs {
+    /// They are in the shared store: committed they stay.
+    Kept,
+    /// They were on workers, which re-announce them: each waits until
+    /// `until` for its worker to do so ([`Event::OutputsAnnounced`]), and
+    /// runs again if it does not.
+    AwaitAnnouncement { until: Instant },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -162,6 +182,14 @@ enum TaskState {
         worker: WorkerId,
     },
     Committed {
+        epoch: AttemptEpoch,
+        worker: WorkerId,
+    },
+    /// Committed before a coordinator restart, on a worker that has not
+    /// re-announced it yet (worker-local map outputs only). Not usable by
+    /// reducers (I4 counts only `Committed`); back to `Committed` when its
+    /// worker re-announces it, to `Pending` when the wait is over.
+    Unclaimed {
         epoch: AttemptEpoch,
         worker: WorkerId,
     },
@@ -241,6 +269,9 @@ pub struct Scheduler {
     /// against (a map task commits again only after its output was lost,
     /// and then at a higher epoch).
     commits_issued: BTreeMap<TaskId, AttemptEpoch>,
+    /// Tasks `Unclaimed`, and until when their workers may re-announce them.
+    unclaimed: std::collections::BTreeSet<TaskId>,
+    unclaimed_until: Option<Instant>,
 }
 
 /// Counts of committed tasks and the set of running (or committing) ones.
@@ -275,7 +306,7 @@ impl StateTally {
                 let new = self.running.insert(task);
                 debug_assert!(new, "{task} was already running");
             }
-            (TaskState::Pending, _) => {}
+            (TaskState::Pending | TaskState::Unclaimed { .. }, _) => {}
         }
     }
 
@@ -287,7 +318,7 @@ impl StateTally {
                 let was = self.running.remove(&task);
                 debug_assert!(was, "{task} was not running");
             }
-            (TaskState::Pending, _) => {}
+            (TaskState::Pending | TaskState::Unclaimed { .. }, _) => {}
         }
     }
 }
@@ -320,6 +351,8 @@ impl Scheduler {
             tally: StateTally::default(),
             backoffs: 0,
             commits_issued: BTreeMap::new(),
+            unclaimed: std::collections::BTreeSet::new(),
+            unclaimed_until: None,
         };
         // A job with no input has no map tasks: it goes straight to reduce.
         scheduler.advance_phase();
@@ -331,15 +364,15 @@ impl Scheduler {
     /// again; attempts that were running are lost; every new assignment gets
     /// an epoch above `epoch_floor`, above every epoch of an earlier
     /// incarnation, so their late results are rejected (I1, I3). Committed
-    /// map outputs are kept only if `map_outputs_survive` (shared store):
-    /// outputs held by workers cannot be found again after a restart.
+    /// map outputs held by workers wait for their workers to re-announce
+    /// them (`map_outputs`).
     pub fn restore(
         plan: JobPlan,
         config: SchedulerConfig,
         now: Instant,
         records: Vec<AttemptRecord>,
         epoch_floor: AttemptEpoch,
-        map_outputs_survive: bool,
+        map_outputs: RestoredMapOutputs,
     ) -> Self {
         let mut scheduler = Scheduler::new(plan, config, now);
         debug_assert!(scheduler.log.is_empty());
@@ -357,17 +390,25 @@ impl Scheduler {
                 continue; // a task of another plan: ignore rather than guess
             };
             t.epoch = t.epoch.max(epoch).max(epoch_floor);
-            match record.outcome {
-                AttemptOutcome::Committed
-                    if map_outputs_survive || matches!(task, TaskId::Reduce(_)) =>
+            match (record.outcome.clone(), map_outputs) {
+                (AttemptOutcome::Committed, RestoredMapOutputs::AwaitAnnouncement { until })
+                    if matches!(task, TaskId::Map(_)) =>
                 {
+                    t.state = TaskState::Unclaimed {
+                        epoch,
+                        worker: record.worker,
+                    };
+                    scheduler.unclaimed.insert(task);
+                    scheduler.unclaimed_until = Some(until);
+                }
+                (AttemptOutcome::Committed, _) => {
                     t.state = TaskState::Committed {
                         epoch,
                         worker: record.worker,
                     };
+                    scheduler.unclaimed.remove(&task);
                 }
-                AttemptOutcome::Committed => record.outcome = AttemptOutcome::OutputLost,
-                AttemptOutcome::Running => {
+                (AttemptOutcome::Running, _) => {
                     record.outcome = AttemptOutcome::Lost;
                     record.ended_ms = Some(scheduler.millis(now));
                 }
@@ -480,6 +521,11 @@ impl Scheduler {
         self.workers.get(&worker).is_some_and(|w| w.suspect)
     }
 
+    /// Committed map outputs still waiting to be re-announced.
+    pub fn unclaimed(&self) -> usize {
+        self.unclaimed.len()
+    }
+
     pub fn task_count(&self) -> usize {
         self.tasks.len()
     }
@@ -508,6 +554,9 @@ impl Scheduler {
                     self.fail(now, reason);
                 }
             }
+            Event::OutputsAnnounced { worker, outputs } => {
+                self.outputs_announced(now, worker, outputs)
+            }
         }
         self.schedule(now);
     }
@@ -532,8 +581,33 @@ impl Scheduler {
         self.schedule(now);
     }
 
-    /// Expire leases whose deadline has passed.
+    /// Whether `worker` holds the output of `task` at `epoch` that this job
+    /// counts on (committed there, or waiting for it to re-announce it):
+    /// any other output a worker announces is released.
+    pub fn holds_output(&self, task: TaskId, epoch: AttemptEpoch, worker: WorkerId) -> bool {
+        self.tasks.get(&task).is_some_and(|t| match t.state {
+            TaskState::Committed {
+                epoch: e,
+                worker: w,
+            }
+            | TaskState::Unclaimed {
+                epoch: e,
+                worker: w,
+            } => e == epoch && w == worker,
+            _ => false,
+        })
+    }
+
+    /// Expire leases whose deadline has passed, and the wait for workers to
+    /// re-announce their map outputs.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.unclaimed_until.is_some_and(|until| until <= now) {
+            self.unclaimed_until = None;
+            for task in std::mem::take(&mut self.unclaimed) {
+                tracing::info!(job = %self.plan.job, %task, "map output not re-announced in time; running the task again");
+                self.unclaim(task);
+            }
+        }
         let expired: Vec<(TaskId, AttemptEpoch, WorkerId)> = self
             .tally
             .running
@@ -592,7 +666,8 @@ impl Scheduler {
             .pending
             .range(..scanned)
             .filter_map(|id| self.tasks[id].not_before);
-        leases.chain(retries).min()
+        let unclaimed = self.unclaimed_until.filter(|_| !self.unclaimed.is_empty());
+        leases.chain(retries).chain(unclaimed).min()
     }
 
     // ---- transitions ----
@@ -728,6 +803,66 @@ impl Scheduler {
         self.enqueue(task);
     }
 
+    /// Adopt the announced outputs that are what the durable record says
+    /// was committed: the task's committed epoch, on this worker (ids are
+    /// durable identities), with the recorded digest. The holder's copy
+    /// with another digest is lost: the task runs again at once. Any other
+    /// claim changes nothing (another worker's, another epoch).
+    fn outputs_announced(
+        &mut self,
+        now: Instant,
+        worker: WorkerId,
+        outputs: Vec<(TaskId, AttemptEpoch, OutputDigest)>,
+    ) {
+        let _ = now;
+        for (task, epoch, digest) in outputs {
+            let Some(t) = self.tasks.get_mut(&task) else {
+                continue;
+            };
+            if t.state != (TaskState::Unclaimed { epoch, worker }) {
+                continue;
+            }
+            let recorded = self
+                .log_index
+                .get(&(task, epoch))
+                .and_then(|&i| self.log[i].stats.as_ref())
+                .and_then(|s| s.output_digest);
+            self.unclaimed.remove(&task);
+            if recorded == Some(digest) {
+                tracing::info!(job = %self.plan.job, %task, %epoch, %worker, "map output re-adopted");
+                let t = self.tasks.get_mut(&task).expect("known task");
+                self.tally
+                    .set(task, &mut t.state, TaskState::Committed { epoch, worker });
+            } else {
+                tracing::warn!(job = %self.plan.job, %task, %epoch, %worker, ?recorded, announced = ?digest, "re-announced map output differs from the committed one; running the task again");
+                self.unclaim(task);
+            }
+        }
+        if self.unclaimed.is_empty() {
+            self.unclaimed_until = None;
+        }
+        self.advance_phase();
+    }
+
+    /// An `Unclaimed` map output is given up: its task runs again.
+    fn unclaim(&mut self, task: TaskId) {
+        let t = self.tasks.get_mut(&task).expect("known task");
+        let TaskState::Unclaimed { epoch, .. } = t.state else {
+            debug_assert!(false, "{task} is not unclaimed");
+            return;
+        };
+        self.tally.set(task, &mut t.state, TaskState::Pending);
+        if let Some(&i) = self.log_index.get(&(task, epoch)) {
+            self.log[i].outcome = AttemptOutcome::OutputLost;
+            self.changed.insert(i);
+        }
+        debug_assert!(
+            self.phase != Phase::Reducing,
+            "I4: reducing with {task} unclaimed"
+        );
+        self.enqueue(task);
+    }
+
     fn attempt_finished(&mut self, now: Instant, report: AttemptReport) {
         let AttemptReport {
             task,
@@ -743,7 +878,7 @@ impl Scheduler {
         let current = matches!(t.state, TaskState::Running { epoch: e, worker: w, .. } if e == epoch && w == worker);
         if !current {
             // I3: a stale attempt (or a duplicate report) never publishes.
-            let duplicate_of_committed = matches!(t.state, TaskState::Committed { epoch: e, .. } | TaskState::Committing { epoch: e, .. } if e == epoch);
+            let duplicate_of_committed = matches!(t.state, TaskState::Committed { epoch: e, .. } | TaskState::Committing { epoch: e, .. } | TaskState::Unclaimed { epoch: e, .. } if e == epoch);
             if !duplicate_of_committed {
                 tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, current = %t.epoch, "rejected stale attempt");
                 self.actions.push_back(Action::Discard {

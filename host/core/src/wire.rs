@@ -5,8 +5,8 @@
 //! fetches and client requests each use a stream of their own.
 
 use crate::model::{
-    Assignment, AttemptEpoch, AttemptReport, Capability, JobId, Limits, ModuleHash, OutputFormat,
-    Peer, ShuffleSettings, TaskId, TenantId, WorkerId,
+    Assignment, AttemptEpoch, AttemptReport, Capability, JobId, Limits, ModuleHash, OutputDigest,
+    OutputFormat, Peer, ShuffleSettings, TaskId, TenantId, WorkerId,
 };
 use crate::placement::Placement;
 use crate::scheduler::{AttemptRecord, Phase};
@@ -27,6 +27,11 @@ pub enum Open {
         shuffle: Option<Peer>,
         /// The cluster's worker token (`wmr tenant worker-token`).
         token: String,
+        /// This worker's durable identity (a random id kept in its work
+        /// dir): the same across its reconnections and the coordinator's
+        /// restarts. A claim: under mutual TLS the coordinator uses the
+        /// certificate's fingerprint instead.
+        identity: String,
     },
     /// A reducer fetches one partition of a committed map output from the
     /// worker holding it (answered with [`PartitionReply`]). Served only
@@ -65,6 +70,27 @@ pub enum FromWorker {
         epoch: AttemptEpoch,
         result: Result<(), String>,
     },
+    // New variants go last: a variant's position is its encoding.
+    /// The committed map outputs this worker still holds, sent first thing
+    /// on every session (in frames of at most [`ANNOUNCE_CHUNK`]). Each is
+    /// re-adopted if it is the committed epoch of its task in the
+    /// coordinator's durable record, with the same digest, held by this
+    /// same worker; otherwise the coordinator answers `Release` (or
+    /// `JobDone` for a job it does not run).
+    Announce(Vec<HeldOutput>),
+}
+
+/// Held outputs per [`FromWorker::Announce`] frame, at most.
+pub const ANNOUNCE_CHUNK: usize = 4096;
+
+/// A committed map output on a worker's disk, as it re-announces it; the
+/// digest is taken from the file's bytes at announcement time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldOutput {
+    pub job: JobId,
+    pub task: TaskId,
+    pub epoch: AttemptEpoch,
+    pub digest: OutputDigest,
 }
 
 /// Coordinator → worker, on the control stream.
@@ -108,6 +134,15 @@ pub enum ToWorker {
     /// The job ended: delete everything the worker kept for it.
     JobDone {
         job: JobId,
+    },
+    // New variants go last: a variant's position is its encoding.
+    /// A committed map output this worker announced is not wanted (not the
+    /// committed epoch in the durable record, a different digest, another
+    /// worker's): delete it.
+    Release {
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
     },
 }
 
