@@ -81,6 +81,7 @@ fn record() -> AttemptRecord {
             reason: "x".into(),
         }),
         stats: Some(stats()),
+        speculative: true,
     }
 }
 
@@ -111,6 +112,7 @@ fn request() -> JobRequest {
             ],
             timeout_ms: 5,
         },
+        speculate: true,
     }
 }
 
@@ -129,6 +131,8 @@ fn summary() -> JobSummary {
         counters: [("c".to_string(), 9)].into(),
         dead_letters: stats().dead_letters,
         attempt_log: vec![record()],
+        speculative: 10,
+        speculative_won: 11,
     }
 }
 

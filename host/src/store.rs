@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 /// its output limit; 3: a committed map output is one file, not a
 /// directory of partition files, so jobs resumed from format 2 could not
 /// read theirs; 4: a job's request holds its output format).
-pub const FORMAT_VERSION: u64 = 6;
+pub const FORMAT_VERSION: u64 = 7;
 const FILE_NAME: &str = "wmr-state.redb";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
