@@ -37,6 +37,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wmr_core::attempt_ledger::{AttemptKey, AttemptLedger};
 use wmr_core::cluster::{ClientId, Clock, Cluster, ClusterConfig, Effect, TenantTerms};
@@ -110,6 +111,11 @@ struct Profile {
     /// they hold on every connection; at a coordinator restart some come
     /// back with another identity or with an output whose bytes changed.
     reannounce: bool,
+    /// Jobs run with `--speculate`.
+    speculate: bool,
+    /// Probability that a worker is slow (its attempts take 10–40 s
+    /// instead of up to 3 s): a straggler.
+    slow: f64,
 }
 
 const QUOTAS: Profile = Profile {
@@ -126,6 +132,8 @@ const QUOTAS: Profile = Profile {
     must_complete: true,
     placement: false,
     reannounce: false,
+    speculate: false,
+    slow: 0.0,
 };
 
 const HARSH: Profile = Profile {
@@ -142,6 +150,8 @@ const HARSH: Profile = Profile {
     must_complete: false,
     placement: false,
     reannounce: false,
+    speculate: false,
+    slow: 0.0,
 };
 
 const CRASHY: Profile = Profile {
@@ -158,6 +168,8 @@ const CRASHY: Profile = Profile {
     must_complete: false,
     placement: false,
     reannounce: false,
+    speculate: false,
+    slow: 0.0,
 };
 
 const RESTARTS: Profile = Profile {
@@ -174,6 +186,8 @@ const RESTARTS: Profile = Profile {
     must_complete: true,
     placement: false,
     reannounce: false,
+    speculate: false,
+    slow: 0.0,
 };
 
 const LOSSY: Profile = Profile {
@@ -190,6 +204,8 @@ const LOSSY: Profile = Profile {
     must_complete: true,
     placement: false,
     reannounce: false,
+    speculate: false,
+    slow: 0.0,
 };
 
 const PLACEMENT: Profile = Profile {
@@ -206,6 +222,8 @@ const PLACEMENT: Profile = Profile {
     must_complete: true,
     placement: true,
     reannounce: false,
+    speculate: false,
+    slow: 0.0,
 };
 
 const REANNOUNCE: Profile = Profile {
@@ -222,6 +240,8 @@ const REANNOUNCE: Profile = Profile {
     must_complete: true,
     placement: false,
     reannounce: true,
+    speculate: false,
+    slow: 0.0,
 };
 
 /// Map outputs named in reduce assignments that a restarted coordinator
@@ -240,6 +260,37 @@ fn digest_of(key: AttemptKey) -> OutputDigest {
         crc32c: epoch.0.wrapping_mul(2_654_435_761) ^ index as u32,
     }
 }
+
+const SPECULATION: Profile = Profile {
+    name: "speculation",
+    test: "stragglers_get_one_backup_elsewhere_and_each_task_commits_once",
+    max_attempts: 1_000,
+    trap: 0.05,
+    commit_err: 0.05,
+    cancel: false,
+    crash: 0.2,
+    breaks: 2,
+    duplicate: 0.05,
+    drain: true,
+    must_complete: true,
+    placement: false,
+    reannounce: false,
+    speculate: true,
+    slow: 0.3,
+};
+
+/// The same slow workers without `--speculate`: no backup ever.
+const SLOW_WITHOUT_SPECULATION: Profile = Profile {
+    name: "slow, no speculation",
+    test: "without_speculate_a_straggler_never_gets_a_backup",
+    speculate: false,
+    ..SPECULATION
+};
+
+/// Backup attempts started and won over every seed of the speculation
+/// profile: the test checks that the seeds exercise speculation at all.
+static BACKUPS_STARTED: AtomicU64 = AtomicU64::new(0);
+static BACKUPS_WON: AtomicU64 = AtomicU64::new(0);
 
 /// Label values the placement profile draws from.
 const ZONES: [&str; 3] = ["a", "b", "c"];
@@ -314,6 +365,8 @@ struct FakeWorker {
     session: Option<WorkerId>,
     /// Drained and exited; never comes back.
     stopped: bool,
+    /// Its attempts take much longer than the others' (a straggler).
+    slow: bool,
     executing: BTreeMap<AttemptKey, Execution>,
     /// Coordinator → worker on the current connection, in order.
     inbox: VecDeque<ToWorker>,
@@ -341,6 +394,7 @@ impl FakeWorker {
             ledger: AttemptLedger::default(),
             session: None,
             stopped: false,
+            slow: false,
             executing: BTreeMap::new(),
             inbox: VecDeque::new(),
             outbox: VecDeque::new(),
@@ -412,6 +466,9 @@ struct Sim {
     // ---- the model: what the effects said so far ----
     /// The newest epoch assigned per task (I1).
     latest: BTreeMap<(JobId, TaskId), AttemptEpoch>,
+    /// Speculation: per task, the attempt a backup was started for and the
+    /// backup's epoch (either may commit, once).
+    backed_up: BTreeMap<(JobId, TaskId), (AttemptEpoch, AttemptEpoch)>,
     /// The epoch of the last commit effect carried out per task (I2).
     last_commit: BTreeMap<(JobId, TaskId), AttemptEpoch>,
     /// Commits that published their files (the rename happened).
@@ -494,6 +551,7 @@ impl Sim {
                     params: BTreeMap::new(),
                     max_attempts: profile.max_attempts,
                     placement,
+                    speculate: profile.speculate,
                 },
                 map_module: ModuleHash("map".into()),
                 reduce_module: ModuleHash("reduce".into()),
@@ -550,6 +608,7 @@ impl Sim {
             next_client: 0,
             watchers: BTreeMap::new(),
             latest: BTreeMap::new(),
+            backed_up: BTreeMap::new(),
             last_commit: BTreeMap::new(),
             published: BTreeMap::new(),
             files: BTreeSet::new(),
@@ -822,6 +881,7 @@ impl Sim {
         let slots = self.rng.random_range(1..=4);
         let mut worker = FakeWorker::new(name, slots);
         worker.identity = format!("id-{}-{}", self.workers.len(), self.rng.random::<u32>());
+        worker.slow = self.profile.slow > 0.0 && self.rng.random_bool(self.profile.slow);
         if self.profile.placement {
             let zone = ZONES[self.rng.random_range(0..ZONES.len())];
             worker.labels.insert("zone".into(), zone.into());
@@ -1150,7 +1210,11 @@ impl Sim {
                 let key = (a.job, a.task, a.epoch);
                 let fresh = self.workers[w].ledger.assigned(key);
                 check!(self, fresh, "{key:?} assigned to worker {w} twice");
-                let done_at = self.ms + self.rng.random_range(20..3_000);
+                let done_at = if self.workers[w].slow {
+                    self.ms + self.rng.random_range(10_000..40_000)
+                } else {
+                    self.ms + self.rng.random_range(20..3_000)
+                };
                 let outcome = if self.rng.random_bool(self.profile.trap) {
                     Err(AttemptFailure::Trap("simulated trap".into()))
                 } else {
@@ -1506,12 +1570,16 @@ impl Sim {
                     outcome.is_none(),
                     "Assign of {job} {task} after it ended {outcome:?}"
                 );
+                let speculative = durable.is_some_and(|r| r.speculative);
                 let previous = self.latest.insert((job, task), epoch);
                 check!(
                     self,
                     previous.is_none_or(|p| p < epoch) && epoch > self.floor(job),
                     "I1: {job} {task} assigned {epoch} after {previous:?}"
                 );
+                if speculative {
+                    self.check_backup(job, task, epoch, worker, previous);
+                }
                 if let Some(&w) = self.sessions.get(&worker) {
                     let i = self.job_index[&job];
                     check!(
@@ -1604,6 +1672,38 @@ impl Sim {
         }
     }
 
+    /// A backup attempt (speculation): only with `--speculate`, beside a
+    /// running attempt of the task on another worker, one per task.
+    fn check_backup(
+        &mut self,
+        job: JobId,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        worker: WorkerId,
+        previous: Option<AttemptEpoch>,
+    ) {
+        let planned = &self.jobs[self.job_index[&job]].record;
+        check!(
+            self,
+            planned.request.speculate,
+            "backup {job} {task} {epoch} of a job without --speculate"
+        );
+        let original = previous.and_then(|p| self.durable_attempt(job, task, p));
+        check!(
+            self,
+            original.is_some_and(|r| r.outcome == AttemptOutcome::Running && r.worker != worker),
+            "backup {job} {task} {epoch} on {worker} beside {original:?}"
+        );
+        let original = previous.expect("checked");
+        let again = self.backed_up.insert((job, task), (original, epoch));
+        // A restarted coordinator may back up a task again (in a new incarnation).
+        check!(
+            self,
+            again.is_none_or(|(_, b)| b < self.floor(job)),
+            "a second backup of {job} {task}: {epoch} after {again:?}"
+        );
+    }
+
     /// A commit (by the coordinator or by a worker): I10, and I2/I3 — only
     /// the task's current epoch, after a success report, never a
     /// discarded attempt, each commit above the last.
@@ -1627,11 +1727,15 @@ impl Sim {
         );
         // A report of an earlier incarnation never commits, even for a task
         // not assigned again yet.
+        // With speculation the attempt a backup lost to is live too.
         let latest = self.latest.get(&(job, task)).copied();
+        let backed_up = self.backed_up.get(&(job, task)).copied();
+        let live = latest == Some(epoch)
+            || (backed_up.is_some() && backed_up == latest.map(|l| (epoch, l)));
         check!(
             self,
-            latest == Some(epoch) && epoch > self.floor(job),
-            "I2: commit of {job} {task} {epoch}, newest assigned {latest:?}"
+            live && epoch > self.floor(job),
+            "I2: commit of {job} {task} {epoch}, newest assigned {latest:?}, backed up {backed_up:?}"
         );
         check!(
             self,
@@ -1790,13 +1894,26 @@ impl Sim {
         }
     }
 
-    /// Each (task, epoch) once in the log; each task committed at most once.
+    /// Each (task, epoch) once in the log; each task committed at most once;
+    /// at most one attempt per task running, or two with a backup.
     fn check_log(&self, job: JobId, log: &[AttemptRecord]) -> BTreeMap<TaskId, AttemptEpoch> {
         let mut seen = BTreeSet::new();
         let mut committed = BTreeMap::new();
+        let mut running: BTreeMap<TaskId, (u32, u32)> = BTreeMap::new();
         for record in log {
             let key = key_of(record, job);
             check!(self, seen.insert(key), "{key:?} logged twice");
+            if record.outcome == AttemptOutcome::Running {
+                let (all, backups) = running.entry(record.task).or_default();
+                *all += 1;
+                *backups += u32::from(record.speculative);
+                check!(
+                    self,
+                    *all == 1 || (*all == 2 && *backups == 1),
+                    "{job} {}: {all} attempts running, {backups} of them backups",
+                    record.task
+                );
+            }
             if record.outcome == AttemptOutcome::Committed {
                 let twice = committed.insert(record.task, record.epoch);
                 check!(
@@ -1871,6 +1988,41 @@ impl Sim {
                     durable.len() == 1 && Some(&durable[0]) == epoch,
                     "{job} {task}: durably committed at {durable:?}, in memory {epoch:?}"
                 );
+            }
+        }
+        for planned in &self.jobs {
+            let job = planned.record.id;
+            let summary = self.cluster.summary(job).expect("all finished");
+            let log = self.cluster.scheduler(job).expect("known").attempt_log();
+            let backups = log.iter().filter(|r| r.speculative).count();
+            check!(
+                self,
+                backups == summary.speculative
+                    && (planned.record.request.speculate || backups == 0),
+                "{job}: {backups} backups logged, summary {}, --speculate {}",
+                summary.speculative,
+                planned.record.request.speculate
+            );
+            BACKUPS_STARTED.fetch_add(summary.speculative as u64, Ordering::Relaxed);
+            BACKUPS_WON.fetch_add(summary.speculative_won as u64, Ordering::Relaxed);
+            // I3: an attempt that lost a speculation race and still reported
+            // success (a failed one deletes its own files) is discarded,
+            // never published, even when the job ended first.
+            for record in log
+                .iter()
+                .filter(|r| r.outcome == AttemptOutcome::Superseded)
+            {
+                let key = key_of(record, job);
+                check!(
+                    self,
+                    !self.reported_ok.contains(&key) || self.discarded.contains(&key),
+                    "I3: superseded {key:?} reported success and was not discarded"
+                );
+                let published = self
+                    .published
+                    .get(&(job, record.task))
+                    .is_some_and(|p| p.contains(&record.epoch));
+                check!(self, !published, "I3: superseded {key:?} published");
             }
         }
         for (w, worker) in self.workers.iter().enumerate() {
@@ -1989,4 +2141,30 @@ fn restarted_coordinators_adopt_only_the_committed_map_outputs_workers_re_announ
         seeds().len()
     );
     println!("reduce inputs read from re-adopted map outputs: {adopted}");
+}
+
+/// Speculation (`--speculate`) with slow workers among fast ones, faults
+/// and coordinator restarts: a backup starts only beside a running attempt
+/// of its task, on another worker, once per task; either attempt may
+/// commit, but only one ever does (I2); the one that lost is interrupted
+/// and, when it reports, discarded and never published (I3); every job
+/// completes with each task committed exactly once by its newest rename.
+/// The seeds together must start backups and see some win.
+#[test]
+fn stragglers_get_one_backup_elsewhere_and_each_task_commits_once() {
+    run_seeds(SPECULATION);
+    let started = BACKUPS_STARTED.load(Ordering::Relaxed);
+    let won = BACKUPS_WON.load(Ordering::Relaxed);
+    eprintln!("speculation: {started} backup attempts over the seeds, {won} won");
+    assert!(
+        started > 0 && won > 0,
+        "the seeds exercised no speculation: {started} backups, {won} won"
+    );
+}
+
+/// The same slow workers without `--speculate`: no backup is ever started
+/// (checked on every assignment and in every summary).
+#[test]
+fn without_speculate_a_straggler_never_gets_a_backup() {
+    run_seeds(SLOW_WITHOUT_SPECULATION);
 }

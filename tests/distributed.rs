@@ -296,7 +296,7 @@ fn four_workers_run_exactly_eight_map_attempts() {
     assert_eq!(tasks, (0..8).map(Task::Map).collect::<Vec<_>>());
     assert!(
         maps.iter()
-            .all(|a| a.outcome == "Committed" && a.epoch == 1)
+            .all(|a| a.outcome == "Committed" && a.epoch == 1 && !a.speculative)
     );
 }
 
@@ -717,6 +717,105 @@ fn frozen_worker_attempt_is_rejected_and_leaves_no_file() {
         leftovers.is_empty(),
         "files of the stale attempt {stem} remain: {leftovers:?}"
     );
+    assert!(
+        !out.join("_temporary").exists(),
+        "output/_temporary remains"
+    );
+}
+
+/// Speculation (`--speculate`): one of two one-slot workers is frozen
+/// (SIGSTOP) in the middle of a map attempt, with a lease far longer than
+/// the job. Once 6 of the 8 maps are committed and the frozen attempt is
+/// older than 1.5 × their median (at least 1 s), it gets a backup on the
+/// other worker, which commits; the frozen attempt is `Superseded`.
+/// Resumed (SIGCONT) after that, its worker reports it and it is discarded
+/// (I3: no file of it remains). The job ends with the reference output,
+/// each task committed once (I2), well before the lease would have
+/// expired; without the flag, `four_workers_run_exactly_eight_map_attempts`
+/// sees no backup.
+#[test]
+fn a_frozen_worker_s_map_task_is_won_by_its_backup_with_speculate() {
+    let _serial = serial();
+    const LEASE: Duration = Duration::from_secs(60);
+    let mut c = start(&["--lease", "60s", "--heartbeat", "500ms"]);
+    c.add_workers(2, &["--slots", "1"]);
+    let out = c.root.join("out");
+    let mut params = sleep_params(1000);
+    params.extend(["--split-size".into(), "1GiB".into(), "--speculate".into()]);
+    let mut deploy = c.deploy(&guest("hostile"), &books(), &out, &strs(&params));
+    let job = c.job_id(&mut deploy);
+
+    let (frozen, frozen_name) = poll("a Running map attempt", Duration::from_secs(30), || {
+        let status = c.status(Some(&job));
+        let running = status
+            .maps()
+            .into_iter()
+            .find(|a| a.outcome == "Running")?
+            .clone();
+        let name = status.worker_name(running.worker).to_string();
+        Some((running, name))
+    });
+    let worker = c.worker_named(&frozen_name);
+    worker.signal("STOP");
+    let frozen_at = Instant::now();
+    poll("the worker to be stopped", Duration::from_secs(5), || {
+        (worker.state() == Some('T')).then_some(())
+    });
+
+    // The backup, on the other worker, commits while the worker is frozen.
+    let backup = poll("a backup of the frozen task to commit", LEASE / 2, || {
+        let status = c.status(Some(&job));
+        status
+            .attempts
+            .iter()
+            .find(|a| a.task == frozen.task && a.speculative && a.outcome == "Committed")
+            .cloned()
+    });
+    let won_after = frozen_at.elapsed();
+    assert_ne!(
+        backup.worker, frozen.worker,
+        "a backup never runs beside its original"
+    );
+    assert!(
+        backup.epoch > frozen.epoch,
+        "I1: {backup:?} after {frozen:?}"
+    );
+    let status = c.status(Some(&job));
+    assert_eq!(
+        status.attempt(frozen.task, frozen.epoch).outcome,
+        "Superseded",
+        "{}",
+        status.summary()
+    );
+    println!("froze {frozen_name} in {frozen:?}; its backup won after {won_after:?}: {backup:?}");
+    c.worker_named(&frozen_name).signal("CONT");
+
+    c.deploy_finishes_ok(&mut deploy, JOB_LIMIT);
+    let job_after = frozen_at.elapsed();
+    assert_output_equals_reference(&out, "hostile", REDUCERS);
+    assert!(
+        job_after < LEASE,
+        "the job took {job_after:?} after the freeze, not well within the {LEASE:?} lease"
+    );
+    println!("job done {job_after:?} after the freeze (lease {LEASE:?})");
+
+    // The resumed worker reports the interrupted attempt: it stays
+    // `Superseded` (with an end time) and its files are discarded.
+    let status = poll(
+        "the superseded attempt to be reported",
+        Duration::from_secs(15),
+        || {
+            let status = c.status(Some(&job));
+            let ended = status.attempt(frozen.task, frozen.epoch).ended_ms.is_some();
+            let stem = frozen.task.attempt_stem(frozen.epoch);
+            (ended && find_named(&c.root, &stem).is_empty()).then_some(status)
+        },
+    );
+    let record = status.attempt(frozen.task, frozen.epoch);
+    assert_eq!(record.outcome, "Superseded", "{record:?}");
+    status.assert_one_commit_per_task(REDUCERS);
+    let backups: Vec<&Attempt> = status.attempts.iter().filter(|a| a.speculative).collect();
+    assert_eq!(backups.len(), 1, "one backup in all: {}", status.summary());
     assert!(
         !out.join("_temporary").exists(),
         "output/_temporary remains"

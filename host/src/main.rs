@@ -246,6 +246,10 @@ struct DeployArgs {
     split_size: u64,
     #[arg(long, default_value_t = 4)]
     max_attempts: u32,
+    /// Give a straggling task a backup attempt on another worker; the
+    /// first to finish commits (ARCHITECTURE.md, "Speculation").
+    #[arg(long)]
+    speculate: bool,
     #[command(flatten)]
     shuffle: ShuffleArgs,
     #[command(flatten)]
@@ -391,6 +395,10 @@ struct RunArgs {
     /// Attempts per task before the job fails.
     #[arg(long, default_value_t = 4)]
     max_attempts: u32,
+    /// Give a straggling task a backup attempt on another worker; the
+    /// first to finish commits (ARCHITECTURE.md, "Speculation").
+    #[arg(long)]
+    speculate: bool,
     #[command(flatten)]
     shuffle: ShuffleArgs,
     #[command(flatten)]
@@ -604,6 +612,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_attempts: args.max_attempts,
         shuffle_settings: args.shuffle.settings(),
         placement: args.placement.placement(),
+        speculate: args.speculate,
     };
     let work_root = args
         .work_dir
@@ -806,6 +815,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         max_attempts: args.max_attempts,
         shuffle_settings: args.shuffle.settings(),
         placement: args.placement.placement(),
+        speculate: args.speculate,
     };
     if args.detach {
         let job = wmr::client::submit(&args.remote.remote(), request).await?;
@@ -998,6 +1008,12 @@ fn print_summary(s: &JobSummary, output: &std::path::Path) {
         s.wall_ms as f64 / 1e3,
         mb(s.bytes_in) / (s.wall_ms.max(1) as f64 / 1e3),
     );
+    if s.speculative > 0 {
+        println!(
+            "  speculative attempts {} ({} won)",
+            s.speculative, s.speculative_won
+        );
+    }
     if s.outcome == JobOutcome::Completed {
         println!("  output {}", output.display());
     }

@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 /// its output limit; 3: a committed map output is one file, not a
 /// directory of partition files, so jobs resumed from format 2 could not
 /// read theirs; 4: a job's request holds its output format; 7: an attempt's
-/// stats hold its map output's digest, and worker identities are kept).
+/// stats hold its map output's digest, and worker identities are kept; a
+/// job's request holds `speculate`, attempts their speculative flag).
 pub const FORMAT_VERSION: u64 = 7;
 const FILE_NAME: &str = "wmr-state.redb";
 

@@ -31,8 +31,11 @@ pub struct Attempt {
     pub started_ms: u64,
     pub ended_ms: Option<u64>,
     /// "Committed", "Running", "RejectedStale", "Lost", "OutputLost" or
-    /// "Failed" (whose reason is dropped).
+    /// "Failed" (whose reason is dropped), or "Superseded" (it lost a
+    /// speculation race).
     pub outcome: String,
+    /// A backup attempt started by speculation.
+    pub speculative: bool,
 }
 
 impl Attempt {
@@ -63,6 +66,7 @@ impl Attempt {
                 v => Some(v.as_u64().expect("ended_ms")),
             },
             outcome,
+            speculative: record["speculative"].as_bool().unwrap_or(false),
         }
     }
 

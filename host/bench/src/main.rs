@@ -856,6 +856,7 @@ fn embedded_job(
         max_attempts: 1,
         shuffle_settings: Default::default(),
         placement: Default::default(),
+        speculate: false,
     };
     // No compile cache: the benchmark times compiles as a fresh process does.
     run_embedded(
@@ -1130,6 +1131,7 @@ impl Cluster {
             max_attempts: 1,
             shuffle_settings: Default::default(),
             placement: Default::default(),
+            speculate: false,
         };
         let (mut on_submitted, mut on_progress) = (|_: &str| {}, |_| {});
         let deploy = client::deploy(&self.remote, request, &mut on_submitted, &mut on_progress);

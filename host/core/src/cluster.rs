@@ -22,7 +22,7 @@ use crate::placement::{JobView, WorkerView, may_run, unplaceable_reason};
 use crate::records::{Batch, JobRecord};
 use crate::scheduler::{
     Action, AttemptOutcome, AttemptRecord, Event, JobOutcome, JobPlan, Phase, RestoredMapOutputs,
-    Scheduler, SchedulerConfig,
+    Scheduler, SchedulerConfig, Speculation,
 };
 use crate::summary::{JobSummary, PhaseChange, dead_letters, summarize};
 use crate::wire::{
@@ -230,13 +230,14 @@ pub const ALL_PHASES: [Phase; 6] = [
     Phase::Cancelled,
 ];
 
-pub const ATTEMPT_OUTCOMES: [&str; 6] = [
+pub const ATTEMPT_OUTCOMES: [&str; 7] = [
     "running",
     "committed",
     "failed",
     "rejected_stale",
     "lost",
     "output_lost",
+    "superseded",
 ];
 
 /// An attempt outcome as a metric label (the failure's reason is left out:
@@ -249,6 +250,7 @@ pub fn outcome_label(outcome: &AttemptOutcome) -> &'static str {
         AttemptOutcome::RejectedStale => "rejected_stale",
         AttemptOutcome::Lost => "lost",
         AttemptOutcome::OutputLost => "output_lost",
+        AttemptOutcome::Superseded => "superseded",
     }
 }
 
@@ -456,6 +458,8 @@ impl Cluster {
                     }
                     let event = Event::AttemptFinished(report);
                     self.jobs[i].scheduler.handle(clock.now, event);
+                } else if report.outcome.is_ok() {
+                    self.discard_late(worker, job, task, epoch);
                 }
                 // After the verdict is persisted (I10), whatever it was:
                 // the worker may forget the report.
@@ -500,6 +504,31 @@ impl Cluster {
         for message in answers {
             self.effects.push_back(Effect::Send { worker, message });
         }
+    }
+
+    /// A success report of a job that has ended: unless it is the attempt
+    /// the job committed, its files go (I3). A speculation loser or a stale
+    /// attempt may finish after the job did.
+    fn discard_late(&mut self, worker: WorkerId, job: JobId, task: TaskId, epoch: AttemptEpoch) {
+        let Some(entry) = self.jobs.iter().rev().find(|j| j.id == job) else {
+            return;
+        };
+        let committed =
+            entry.scheduler.attempt_log().iter().any(|r| {
+                r.task == task && r.epoch == epoch && r.outcome == AttemptOutcome::Committed
+            });
+        if committed {
+            return;
+        }
+        tracing::debug!(%job, %task, %epoch, %worker, "late attempt of an ended job discarded");
+        let effect = match task {
+            TaskId::Map(_) if !self.config.shared_store => Effect::Send {
+                worker,
+                message: ToWorker::Discard { job, task, epoch },
+            },
+            _ => Effect::DiscardAttempt { job, task, epoch },
+        };
+        self.effects.push_back(effect);
     }
 
     /// The result of [`Effect::CommitAttempt`] (or of a worker's commit).
@@ -998,6 +1027,7 @@ impl Cluster {
         SchedulerConfig {
             max_attempts: record.request.max_attempts,
             lease: self.config.lease,
+            speculation: record.request.speculate.then(Speculation::default),
             ..SchedulerConfig::default()
         }
     }
@@ -1691,6 +1721,7 @@ mod tests {
                 params: BTreeMap::new(),
                 max_attempts: 3,
                 placement: Default::default(),
+                speculate: false,
             },
             map_module: ModuleHash("m".into()),
             reduce_module: ModuleHash("m".into()),
@@ -1729,6 +1760,7 @@ mod tests {
                 counters: BTreeMap::new(),
                 dead_letters: Vec::new(),
             }),
+            speculative: false,
         }
     }
 

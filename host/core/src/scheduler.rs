@@ -14,6 +14,11 @@
 //! - I3 a stale or failed attempt's files are discarded, never published;
 //! - I4 reduce tasks start only when every map task is committed;
 //! - I5 a worker runs at most `slots` attempts at once.
+//!
+//! With speculation (`--speculate`, [`Speculation`]) a straggling task may
+//! have two live attempts at once, its running attempt and one backup on
+//! another worker: the first to finish commits (I2 holds: one commit per
+//! task), the other is interrupted and its files discarded (I3).
 
 use crate::model::{
     Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, InputSplit, JobId,
@@ -55,6 +60,8 @@ pub struct SchedulerConfig {
     /// with each failure (capped at 10 s): a transient fault gets time to
     /// pass, and a deterministic one does not burn the attempts at once.
     pub retry_backoff: Duration,
+    /// Backup attempts for stragglers (`--speculate`); `None`: never.
+    pub speculation: Option<Speculation>,
 }
 
 impl Default for SchedulerConfig {
@@ -63,6 +70,30 @@ impl Default for SchedulerConfig {
             max_attempts: 4,
             lease: Duration::from_secs(10),
             retry_backoff: Duration::from_millis(100),
+            speculation: None,
+        }
+    }
+}
+
+/// When a running task gets a backup attempt (Spark's
+/// `spark.speculation.quantile` / `multiplier` / `minTaskRuntime`): once
+/// `quantile_permille` of its phase's tasks are committed, a task whose
+/// attempt has run longer than `multiplier_permille` × the median duration
+/// of the phase's committed attempts, and at least `min_runtime`, gets one
+/// backup on another worker, in a slot the job's share allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Speculation {
+    pub quantile_permille: u32,
+    pub multiplier_permille: u32,
+    pub min_runtime: Duration,
+}
+
+impl Default for Speculation {
+    fn default() -> Self {
+        Speculation {
+            quantile_permille: 750,
+            multiplier_permille: 1500,
+            min_runtime: Duration::from_secs(1),
         }
     }
 }
@@ -176,6 +207,8 @@ enum TaskState {
         epoch: AttemptEpoch,
         worker: WorkerId,
         lease_until: Instant,
+        /// When this attempt was assigned (speculation measures from it).
+        since: Instant,
     },
     Committing {
         epoch: AttemptEpoch,
@@ -207,6 +240,20 @@ struct Task {
     failed_workers: std::collections::BTreeSet<WorkerId>,
     /// A failed task is not retried before this (backoff).
     not_before: Option<Instant>,
+    /// A second live attempt (speculation), only while `state` is Running,
+    /// never on the running attempt's worker.
+    backup: Option<Backup>,
+    /// It had a backup: a task gets at most one.
+    speculated: bool,
+}
+
+/// A task's backup attempt (speculation).
+#[derive(Clone, Debug, PartialEq)]
+struct Backup {
+    epoch: AttemptEpoch,
+    worker: WorkerId,
+    lease_until: Instant,
+    since: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -228,6 +275,8 @@ pub struct AttemptRecord {
     pub ended_ms: Option<u64>,
     pub outcome: AttemptOutcome,
     pub stats: Option<AttemptStats>,
+    /// A backup attempt started by speculation.
+    pub speculative: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +291,10 @@ pub enum AttemptOutcome {
     /// Committed, but the map output was lost with its worker (or could
     /// not be fetched): the task ran again.
     OutputLost,
+    /// Another attempt of its task (speculation: the backup, or the
+    /// attempt it backed up) finished first and committed: interrupted,
+    /// its files discarded.
+    Superseded,
 }
 
 pub struct Scheduler {
@@ -272,6 +325,15 @@ pub struct Scheduler {
     /// Tasks `Unclaimed`, and until when their workers may re-announce them.
     unclaimed: std::collections::BTreeSet<TaskId>,
     unclaimed_until: Option<Instant>,
+    /// Durations (ms) of the attempts committed in this incarnation, sorted,
+    /// per phase (maps, reduces): speculation's median.
+    committed_ms: [Vec<u64>; 2],
+    /// Tasks due a backup that found no free slot on another worker when
+    /// last looked at: part of the job's demand, so its share can grow.
+    backups_wanted: usize,
+    /// The last time [`Self::schedule`] ran: speculation deadlines up to
+    /// then were looked at, and wait for a free slot (an event), not a timer.
+    last_scheduled: Option<Instant>,
 }
 
 /// Counts of committed tasks and the set of running (or committing) ones.
@@ -353,6 +415,9 @@ impl Scheduler {
             commits_issued: BTreeMap::new(),
             unclaimed: std::collections::BTreeSet::new(),
             unclaimed_until: None,
+            committed_ms: [Vec::new(), Vec::new()],
+            backups_wanted: 0,
+            last_scheduled: None,
         };
         // A job with no input has no map tasks: it goes straight to reduce.
         scheduler.advance_phase();
@@ -455,6 +520,16 @@ impl Scheduler {
                 self.backoffs
             ));
         }
+        // Speculation: a backup only beside a running attempt, on another
+        // worker, above its epoch, at most one per task.
+        for (id, t) in &self.tasks {
+            let Some(backup) = &t.backup else { continue };
+            match t.state {
+                TaskState::Running { epoch, worker, .. }
+                    if worker != backup.worker && epoch < backup.epoch && t.speculated => {}
+                ref state => return Err(format!("{id} has backup {backup:?} beside {state:?}")),
+            }
+        }
         Ok(())
     }
 
@@ -492,7 +567,19 @@ impl Scheduler {
     /// reduce phase after the last map), and a slot that went to another
     /// job during the rename could not be taken back (no preemption).
     pub fn demand(&self) -> usize {
-        self.pending.len() + self.tally.running.len()
+        self.pending.len() + self.tally.running.len() + self.backups() + self.backups_wanted
+    }
+
+    /// Backup attempts running now (speculation).
+    fn backups(&self) -> usize {
+        if self.config.speculation.is_none() {
+            return 0;
+        }
+        self.tally
+            .running
+            .iter()
+            .filter(|id| self.tasks[*id].backup.is_some())
+            .count()
     }
 
     /// Tasks queued for a slot (some may be waiting out a backoff).
@@ -598,8 +685,9 @@ impl Scheduler {
         })
     }
 
-    /// Expire leases whose deadline has passed, and the wait for workers to
-    /// re-announce their map outputs.
+    /// Expire leases whose deadline has passed and the wait for workers to
+    /// re-announce their map outputs, and start the backups that are due
+    /// (speculation, in [`Self::schedule`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.unclaimed_until.is_some_and(|until| until <= now) {
             self.unclaimed_until = None;
@@ -607,6 +695,27 @@ impl Scheduler {
                 tracing::info!(job = %self.plan.job, %task, "map output not re-announced in time; running the task again");
                 self.unclaim(task);
             }
+        }
+        let expired_backups: Vec<(TaskId, AttemptEpoch, WorkerId)> = self
+            .tally
+            .running
+            .iter()
+            .filter_map(|id| match &self.tasks[id].backup {
+                Some(b) if b.lease_until <= now => Some((*id, b.epoch, b.worker)),
+                _ => None,
+            })
+            .collect();
+        for (task, epoch, worker) in expired_backups {
+            tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, "backup's lease expired");
+            self.actions.push_back(Action::Interrupt {
+                task,
+                epoch,
+                worker,
+            });
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.suspect = true;
+            }
+            self.drop_backup(now, task, AttemptOutcome::Lost);
         }
         let expired: Vec<(TaskId, AttemptEpoch, WorkerId)> = self
             .tally
@@ -618,6 +727,7 @@ impl Scheduler {
                     epoch,
                     worker,
                     lease_until,
+                    ..
                 } if lease_until <= now => Some((*id, epoch, worker)),
                 _ => None,
             })
@@ -667,12 +777,41 @@ impl Scheduler {
             .range(..scanned)
             .filter_map(|id| self.tasks[id].not_before);
         let unclaimed = self.unclaimed_until.filter(|_| !self.unclaimed.is_empty());
-        leases.chain(retries).chain(unclaimed).min()
+        let backup_leases = self
+            .tally
+            .running
+            .iter()
+            .filter_map(|id| self.tasks[id].backup.as_ref().map(|b| b.lease_until));
+        // Backups due later than the last look (earlier ones wait for a
+        // slot, which comes with an event).
+        let due = self.speculation_due().into_iter().map(|(_, _, at)| at);
+        let due = due.filter(|at| self.last_scheduled.is_none_or(|last| *at > last));
+        leases
+            .chain(retries)
+            .chain(unclaimed)
+            .chain(backup_leases)
+            .chain(due)
+            .min()
     }
 
     // ---- transitions ----
 
     fn worker_lost(&mut self, now: Instant, worker: WorkerId) {
+        let backups: Vec<TaskId> = self
+            .tally
+            .running
+            .iter()
+            .filter(|id| {
+                self.tasks[*id]
+                    .backup
+                    .as_ref()
+                    .is_some_and(|b| b.worker == worker)
+            })
+            .copied()
+            .collect();
+        for task in backups {
+            self.drop_backup(now, task, AttemptOutcome::Lost);
+        }
         self.workers.remove(&worker);
         // With map outputs on workers, the worker itself commits a map
         // attempt; on a lost worker that commit never completes. (Other
@@ -740,19 +879,52 @@ impl Scheduler {
             {
                 *lease_until = now + lease;
             }
+            if let Some(backup) = &mut task.backup
+                && backup.worker == worker
+            {
+                backup.lease_until = now + lease;
+            }
         }
     }
 
     /// Put a running task back in the queue; its attempt becomes stale.
+    /// If the task has a backup attempt, that one carries the task on
+    /// instead (it becomes the running attempt; nothing is queued).
     fn requeue(&mut self, now: Instant, task: TaskId, outcome: AttemptOutcome) {
         let t = self.tasks.get_mut(&task).expect("known task");
         let TaskState::Running { epoch, worker, .. } = t.state else {
             return;
         };
-        self.tally.set(task, &mut t.state, TaskState::Pending);
+        match t.backup.take() {
+            Some(backup) => {
+                debug_assert_ne!(backup.worker, worker, "a backup runs elsewhere");
+                tracing::debug!(job = %self.plan.job, %task, epoch = %backup.epoch, worker = %backup.worker, "backup carries the task on");
+                let running = TaskState::Running {
+                    epoch: backup.epoch,
+                    worker: backup.worker,
+                    lease_until: backup.lease_until,
+                    since: backup.since,
+                };
+                self.tally.set(task, &mut t.state, running);
+            }
+            None => self.tally.set(task, &mut t.state, TaskState::Pending),
+        }
         self.release_slot(worker);
         self.record_end(now, task, epoch, outcome, None);
-        self.enqueue(task);
+        if self.tasks[&task].state == TaskState::Pending {
+            self.enqueue(task);
+        }
+    }
+
+    /// End a task's backup attempt; its running attempt goes on.
+    fn drop_backup(&mut self, now: Instant, task: TaskId, outcome: AttemptOutcome) {
+        let t = self.tasks.get_mut(&task).expect("known task");
+        let Some(backup) = t.backup.take() else {
+            return;
+        };
+        debug_assert!(matches!(t.state, TaskState::Running { .. }));
+        self.release_slot(backup.worker);
+        self.record_end(now, task, backup.epoch, outcome, None);
     }
 
     /// Queue a pending task if it can run now: map tasks while the job is
@@ -875,8 +1047,12 @@ impl Scheduler {
             tracing::warn!(job = %self.plan.job, %task, "report for an unknown task ignored");
             return;
         };
-        let current = matches!(t.state, TaskState::Running { epoch: e, worker: w, .. } if e == epoch && w == worker);
-        if !current {
+        let primary = matches!(t.state, TaskState::Running { epoch: e, worker: w, .. } if e == epoch && w == worker);
+        let backup = t
+            .backup
+            .as_ref()
+            .is_some_and(|b| b.epoch == epoch && b.worker == worker);
+        if !primary && !backup {
             // I3: a stale attempt (or a duplicate report) never publishes.
             let duplicate_of_committed = matches!(t.state, TaskState::Committed { epoch: e, .. } | TaskState::Committing { epoch: e, .. } | TaskState::Unclaimed { epoch: e, .. } if e == epoch);
             if !duplicate_of_committed {
@@ -890,6 +1066,11 @@ impl Scheduler {
             }
             return;
         }
+        if outcome.is_ok() {
+            // Speculation: the first live attempt to finish wins.
+            self.supersede_other_attempt(now, task, epoch);
+        }
+        let t = self.tasks.get_mut(&task).expect("known task");
         match outcome {
             Ok(stats) => {
                 if matches!(task, TaskId::Reduce(_)) {
@@ -903,8 +1084,21 @@ impl Scheduler {
                     }
                 }
                 let t = self.tasks.get_mut(&task).expect("known task");
-                // I2: a commit only for the task's current epoch.
-                debug_assert_eq!(t.epoch, epoch, "I2: {task} commits its current epoch only");
+                if let TaskState::Running { since, .. } = t.state {
+                    let ms = now.saturating_duration_since(since).as_millis() as u64;
+                    let durations = &mut self.committed_ms[phase_index(task)];
+                    let at = durations.partition_point(|&d| d <= ms);
+                    durations.insert(at, ms);
+                }
+                // I2: a commit only for the task's live attempt (its newest
+                // epoch, or the older one a backup lost to), and no other
+                // attempt of the task left running.
+                debug_assert!(
+                    epoch <= t.epoch
+                        && t.backup.is_none()
+                        && matches!(t.state, TaskState::Running { epoch: e, .. } if e == epoch),
+                    "I2: {task} commits its live attempt only"
+                );
                 self.tally
                     .set(task, &mut t.state, TaskState::Committing { epoch, worker });
                 self.release_slot(worker);
@@ -945,7 +1139,7 @@ impl Scheduler {
                     epoch,
                     worker,
                 });
-                self.requeue(now, task, AttemptOutcome::Failed(failure));
+                self.end_attempt(now, task, epoch, AttemptOutcome::Failed(failure));
                 self.lose_map_output(now, map_task, map_epoch);
             }
             Err(failure) => {
@@ -964,25 +1158,65 @@ impl Scheduler {
                     worker,
                 });
                 if failures >= self.config.max_attempts {
-                    self.tally.set(task, &mut t.state, TaskState::Pending);
-                    self.release_slot(worker);
-                    self.record_end(
-                        now,
-                        task,
-                        epoch,
-                        AttemptOutcome::Failed(failure.clone()),
-                        None,
-                    );
+                    let outcome = AttemptOutcome::Failed(failure.clone());
+                    self.end_attempt(now, task, epoch, outcome);
                     let message = format!(
                         "task {task} failed {failures} times on {}; last: {worker} {epoch}: {failure}",
                         list(&failed_on)
                     );
                     self.fail(now, message);
                 } else {
-                    self.requeue(now, task, AttemptOutcome::Failed(failure));
+                    self.end_attempt(now, task, epoch, AttemptOutcome::Failed(failure));
                 }
             }
         }
+    }
+
+    /// End one live attempt of a task that did not commit: its backup, or
+    /// its running attempt (then the backup carries on, or it is queued).
+    fn end_attempt(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        outcome: AttemptOutcome,
+    ) {
+        let t = &self.tasks[&task];
+        if t.backup.as_ref().is_some_and(|b| b.epoch == epoch) {
+            self.drop_backup(now, task, outcome);
+        } else {
+            debug_assert!(matches!(t.state, TaskState::Running { epoch: e, .. } if e == epoch));
+            self.requeue(now, task, outcome);
+        }
+    }
+
+    /// Speculation: attempt `epoch` of `task` finished first; the task's
+    /// other live attempt, if any, is interrupted and will be discarded
+    /// when it reports (I3). Afterwards `epoch` is the running attempt and
+    /// there is no backup.
+    fn supersede_other_attempt(&mut self, now: Instant, task: TaskId, epoch: AttemptEpoch) {
+        let t = &self.tasks[&task];
+        let TaskState::Running {
+            epoch: running,
+            worker,
+            ..
+        } = t.state
+        else {
+            unreachable!("a live attempt's task is running");
+        };
+        let loser = match &t.backup {
+            None => return,
+            Some(backup) if backup.epoch == epoch => (running, worker),
+            Some(backup) => (backup.epoch, backup.worker),
+        };
+        tracing::debug!(job = %self.plan.job, %task, winner = %epoch, loser = %loser.0, "speculation: first attempt to finish wins");
+        self.actions.push_back(Action::Interrupt {
+            task,
+            epoch: loser.0,
+            worker: loser.1,
+        });
+        self.end_attempt(now, task, loser.0, AttemptOutcome::Superseded);
+        debug_assert!(self.tasks[&task].backup.is_none());
     }
 
     /// Output bytes of the reduce attempts committed or being committed.
@@ -1112,19 +1346,23 @@ impl Scheduler {
                 epoch,
                 worker,
             });
-            self.requeue(now, task, AttemptOutcome::Lost);
+            self.end_attempt(now, task, epoch, AttemptOutcome::Lost);
         }
         self.pending.clear();
     }
 
+    /// Every live attempt: backups first, then running attempts (ending
+    /// them in this order promotes no backup).
     fn running_attempts(&self) -> Vec<(TaskId, AttemptEpoch, WorkerId)> {
-        self.tasks
+        let running = self.tasks.iter().filter_map(|(id, t)| match t.state {
+            TaskState::Running { epoch, worker, .. } => Some((*id, epoch, worker)),
+            _ => None,
+        });
+        let backups = self
+            .tasks
             .iter()
-            .filter_map(|(id, t)| match t.state {
-                TaskState::Running { epoch, worker, .. } => Some((*id, epoch, worker)),
-                _ => None,
-            })
-            .collect()
+            .filter_map(|(id, t)| t.backup.as_ref().map(|b| (*id, b.epoch, b.worker)));
+        backups.chain(running).collect()
     }
 
     fn is_active(&self) -> bool {
@@ -1160,8 +1398,15 @@ impl Scheduler {
         }
     }
 
-    /// Hand pending tasks to workers with free slots, least-loaded first.
+    /// Hand pending tasks to workers with free slots, least-loaded first;
+    /// then backups to stragglers in the slots left (speculation).
     fn schedule(&mut self, now: Instant) {
+        self.schedule_pending(now);
+        self.speculate(now);
+        self.last_scheduled = Some(now);
+    }
+
+    fn schedule_pending(&mut self, now: Instant) {
         if !self.is_active() {
             return;
         }
@@ -1217,13 +1462,6 @@ impl Scheduler {
     }
 
     fn assign(&mut self, now: Instant, task: TaskId, worker: WorkerId) {
-        let input = match task {
-            TaskId::Map(i) => TaskInput::Map(self.plan.splits[i as usize].clone()),
-            TaskId::Reduce(partition) => TaskInput::Reduce {
-                partition,
-                map_outputs: self.committed_maps(),
-            },
-        };
         let t = self.tasks.get_mut(&task).expect("known task");
         debug_assert_eq!(
             t.state,
@@ -1231,6 +1469,131 @@ impl Scheduler {
             "only pending tasks are assigned"
         );
         let epoch = AttemptEpoch(t.epoch.0.checked_add(1).expect("I1: epochs never wrap"));
+        t.epoch = epoch;
+        let running = TaskState::Running {
+            epoch,
+            worker,
+            lease_until: now + self.config.lease,
+            since: now,
+        };
+        self.tally.set(task, &mut t.state, running);
+        self.dispatch(now, task, epoch, worker, false);
+    }
+
+    /// Speculation: give the running attempts due a backup one on another
+    /// worker with a free slot of this job's share; count those that find
+    /// none (they add to the job's demand).
+    fn speculate(&mut self, now: Instant) {
+        self.backups_wanted = 0;
+        if !self.is_active() {
+            return;
+        }
+        let due: Vec<(TaskId, WorkerId)> = self
+            .speculation_due()
+            .into_iter()
+            .filter(|(_, _, at)| *at <= now)
+            .map(|(task, worker, _)| (task, worker))
+            .collect();
+        for (task, running_on) in due {
+            let t = &self.tasks[&task];
+            // Least loaded, and not a worker an attempt of the task failed on
+            // if another will do.
+            let worker = self
+                .workers
+                .iter()
+                .filter(|(id, w)| w.running < w.slots && !w.suspect && **id != running_on)
+                .min_by_key(|(id, w)| {
+                    (
+                        t.failed_workers.contains(*id),
+                        w.running * 1000 / w.slots.max(1),
+                        **id,
+                    )
+                })
+                .map(|(id, _)| *id);
+            match worker {
+                Some(worker) => self.start_backup(now, task, worker),
+                None => self.backups_wanted += 1,
+            }
+        }
+    }
+
+    /// The running attempts that get a backup, with their worker and the
+    /// time they are due one: of the current phase, without a backup so
+    /// far, once the phase has committed its quantile ([`Speculation`]).
+    fn speculation_due(&self) -> Vec<(TaskId, WorkerId, Instant)> {
+        let Some(rule) = &self.config.speculation else {
+            return Vec::new();
+        };
+        let (tasks, committed, index) = match self.phase {
+            Phase::Mapping => (self.plan.splits.len(), self.tally.committed_maps, 0),
+            Phase::Reducing => (self.plan.reducers as usize, self.tally.committed_reduces, 1),
+            _ => return Vec::new(),
+        };
+        let durations = &self.committed_ms[index];
+        let quantile_reached =
+            committed as u64 * 1000 >= u64::from(rule.quantile_permille) * tasks as u64;
+        if durations.is_empty() || !quantile_reached {
+            return Vec::new();
+        }
+        let median_ms = durations[durations.len() / 2];
+        let threshold = Duration::from_millis(
+            median_ms.saturating_mul(u64::from(rule.multiplier_permille)) / 1000,
+        )
+        .max(rule.min_runtime);
+        self.tally
+            .running
+            .iter()
+            .filter(|id| phase_index(**id) == index)
+            .filter_map(|id| {
+                let t = &self.tasks[id];
+                match t.state {
+                    TaskState::Running { worker, since, .. } if !t.speculated => {
+                        Some((*id, worker, since + threshold))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Start a backup attempt of a running task on `worker` (speculation):
+    /// a new epoch, a slot of its own; the task's running attempt goes on.
+    fn start_backup(&mut self, now: Instant, task: TaskId, worker: WorkerId) {
+        let t = self.tasks.get_mut(&task).expect("known task");
+        let TaskState::Running {
+            worker: running_on, ..
+        } = t.state
+        else {
+            unreachable!("only a running task gets a backup");
+        };
+        debug_assert!(t.backup.is_none() && !t.speculated, "one backup per task");
+        debug_assert_ne!(
+            running_on, worker,
+            "a backup never runs beside its original"
+        );
+        let epoch = AttemptEpoch(t.epoch.0.checked_add(1).expect("I1: epochs never wrap"));
+        t.epoch = epoch;
+        t.speculated = true;
+        t.backup = Some(Backup {
+            epoch,
+            worker,
+            lease_until: now + self.config.lease,
+            since: now,
+        });
+        tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, straggler_on = %running_on, "speculation: backup attempt");
+        self.dispatch(now, task, epoch, worker, true);
+    }
+
+    /// Take a slot on `worker` for attempt `epoch` of `task`, log it and
+    /// send it there.
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        worker: WorkerId,
+        speculative: bool,
+    ) {
         // I1, against the attempt log (this incarnation's attempts and the
         // restored ones): no attempt of the task ever had this epoch or a
         // higher one.
@@ -1241,13 +1604,13 @@ impl Scheduler {
                 .is_none(),
             "I1: {task} {epoch} is not above every epoch it had"
         );
-        t.epoch = epoch;
-        let running = TaskState::Running {
-            epoch,
-            worker,
-            lease_until: now + self.config.lease,
+        let input = match task {
+            TaskId::Map(i) => TaskInput::Map(self.plan.splits[i as usize].clone()),
+            TaskId::Reduce(partition) => TaskInput::Reduce {
+                partition,
+                map_outputs: self.committed_maps(),
+            },
         };
-        self.tally.set(task, &mut t.state, running);
         let slots = self.workers.get_mut(&worker).expect("known worker");
         slots.running += 1;
         debug_assert!(slots.running <= slots.slots, "I5: slots respected");
@@ -1269,6 +1632,7 @@ impl Scheduler {
             ended_ms: None,
             outcome: AttemptOutcome::Running,
             stats: None,
+            speculative,
         });
         self.actions.push_back(Action::Assign {
             worker,
@@ -1338,9 +1702,14 @@ impl Scheduler {
             }
             self.changed.insert(i);
             // A stale attempt that reports after being marked lost keeps the
-            // later, more precise outcome.
+            // later, more precise outcome; one that lost a speculation race
+            // stays `Superseded` (why it was rejected), ending when it stopped.
             record.ended_ms = Some(ended);
-            record.outcome = outcome;
+            if !(record.outcome == AttemptOutcome::Superseded
+                && outcome == AttemptOutcome::RejectedStale)
+            {
+                record.outcome = outcome;
+            }
             if stats.is_some() {
                 record.stats = stats;
             }
@@ -1362,7 +1731,17 @@ impl Task {
             failed_on: None,
             failed_workers: std::collections::BTreeSet::new(),
             not_before: None,
+            backup: None,
+            speculated: false,
         }
+    }
+}
+
+/// Where a task's committed durations are kept: maps 0, reduces 1.
+fn phase_index(task: TaskId) -> usize {
+    match task {
+        TaskId::Map(_) => 0,
+        TaskId::Reduce(_) => 1,
     }
 }
 

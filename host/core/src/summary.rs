@@ -43,6 +43,10 @@ pub struct JobSummary {
     /// Records skipped because the guest trapped on them (skip mode).
     pub dead_letters: Vec<DeadLetter>,
     pub attempt_log: Vec<AttemptRecord>,
+    /// Backup attempts started by speculation (`--speculate`).
+    pub speculative: usize,
+    /// Of those, the ones that finished first and committed.
+    pub speculative_won: usize,
 }
 
 /// The dead letters of a job: those of its committed map attempts.
@@ -77,6 +81,17 @@ pub fn summarize(scheduler: &Scheduler, outcome: JobOutcome, wall: Duration) -> 
         counters: BTreeMap::new(),
         dead_letters: dead_letters(scheduler),
         attempt_log: Vec::new(),
+        speculative: log.iter().filter(|r| r.speculative).count(),
+        speculative_won: log
+            .iter()
+            .filter(|r| r.speculative)
+            .filter(|r| {
+                matches!(
+                    r.outcome,
+                    AttemptOutcome::Committed | AttemptOutcome::OutputLost
+                )
+            })
+            .count(),
     };
     for record in &log {
         let Some(stats) = &record.stats else { continue };

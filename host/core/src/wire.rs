@@ -188,6 +188,9 @@ pub struct JobRequest {
     pub shuffle_settings: ShuffleSettings,
     /// Which workers may run the job's attempts (`--require`).
     pub placement: Placement,
+    /// Backup attempts for stragglers (`--speculate`; off by default, as
+    /// in Spark and Hadoop).
+    pub speculate: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
