@@ -233,9 +233,10 @@ fn baseline_without_re_adoption_runs_committed_maps_again() {
 /// SIGKILLed; during the outage w1 is killed and started again on the same
 /// work dir under another identity (its `worker-id` replaced), and on w2's
 /// disk one committed output gets a flipped byte and another is renamed to
-/// another epoch. The restarted coordinator (`--reannounce-window 3s`)
-/// adopts none of w1's outputs (another identity: they wait out the window
-/// and run again), not the flipped one (its digest differs: it runs again
+/// another epoch. The restarted coordinator adopts none of w1's outputs
+/// (another identity: they wait out the default `--reannounce-window`, 20 s
+/// here, which must outlast the ~10 s a worker takes to notice the dead
+/// coordinator, and run again), not the flipped one (its digest differs: it runs again
 /// at once) nor the renamed one (not the committed epoch), and keeps every
 /// other output of w2. The job completes with the reference output and no
 /// reducer ever fetched a bad output.
@@ -244,7 +245,6 @@ fn another_identity_changed_bytes_or_another_epoch_are_not_adopted() {
     let _serial = serial();
     let mut c = Cluster::options()
         .args(&LEASE)
-        .args(&["--reannounce-window", "3s"])
         .reducers(REDUCERS)
         .client_limit(CLIENT_LIMIT)
         .bound(Duration::from_secs(240))
