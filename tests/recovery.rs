@@ -80,7 +80,9 @@ impl TwoKills {
         self.status
             .attempts
             .iter()
-            .filter(|a| incarnation(a) == n && (a.outcome == "Lost" || a.outcome == "RejectedStale"))
+            .filter(|a| {
+                incarnation(a) == n && (a.outcome == "Lost" || a.outcome == "RejectedStale")
+            })
             .count()
     }
 }
@@ -106,7 +108,12 @@ fn word_count_through_two_kills(args: &[&str]) -> TwoKills {
     let input = corpus(&c.root.join("corpus"));
     let expected = reference(&guest("wordcount"), &[&input], &[]);
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("wordcount"), &input, &out, &["--split-size", "32KiB"]);
+    let mut deploy = c.deploy(
+        &guest("wordcount"),
+        &input,
+        &out,
+        &["--split-size", "32KiB"],
+    );
     let job = c.job_id(&mut deploy);
 
     let at = c.watch_until(&job, "a third of the maps", Duration::from_secs(120), |p| {
@@ -120,9 +127,12 @@ fn word_count_through_two_kills(args: &[&str]) -> TwoKills {
     );
     c.start_coordinator();
 
-    let at = c.watch_until(&job, "two reduces committed", Duration::from_secs(240), |p| {
-        p.phase == Phase::Reducing && p.committed + REDUCERS as usize >= p.total + 2
-    });
+    let at = c.watch_until(
+        &job,
+        "two reduces committed",
+        Duration::from_secs(240),
+        |p| p.phase == Phase::Reducing && p.committed + REDUCERS as usize >= p.total + 2,
+    );
     let second = c.status(&job);
     c.kill_coordinator();
     println!(
@@ -137,7 +147,11 @@ fn word_count_through_two_kills(args: &[&str]) -> TwoKills {
     let status = c.status(&job);
     assert_eq!(status.phase, "Completed", "{}", status.summary());
     // I2: every task committed exactly once.
-    let maps = status.maps().iter().map(|a| a.task).collect::<BTreeSet<_>>();
+    let maps = status
+        .maps()
+        .iter()
+        .map(|a| a.task)
+        .collect::<BTreeSet<_>>();
     let committed: Vec<Task> = status.committed().iter().map(|a| a.task).collect();
     let expected: BTreeSet<Task> = (0..maps.len() as u64)
         .map(Task::Map)
@@ -198,7 +212,10 @@ fn committed_map_outputs_survive_two_coordinator_kills() {
         .iter()
         .filter(|a| !matches!(a.outcome.as_str(), "Committed" | "Lost" | "RejectedStale"))
         .collect();
-    assert!(other.is_empty(), "attempts neither committed nor cut short by a kill: {other:?}");
+    assert!(
+        other.is_empty(),
+        "attempts neither committed nor cut short by a kill: {other:?}"
+    );
     let (kill1, kill2) = (run.in_flight(1), run.in_flight(2));
     assert_eq!(run.in_flight(3), 0, "{}", status.summary());
     println!(
@@ -206,8 +223,16 @@ fn committed_map_outputs_survive_two_coordinator_kills() {
         status.attempts.len(),
         run.tasks
     );
-    assert!(kill1 <= 4 && kill2 <= 4, "in flight at the kills: {kill1}, {kill2}");
-    assert_eq!(status.attempts.len(), run.tasks + kill1 + kill2, "{}", status.summary());
+    assert!(
+        kill1 <= 4 && kill2 <= 4,
+        "in flight at the kills: {kill1}, {kill2}"
+    );
+    assert_eq!(
+        status.attempts.len(),
+        run.tasks + kill1 + kill2,
+        "{}",
+        status.summary()
+    );
     assert!(status.attempts.len() <= 350, "{}", status.summary());
 }
 
@@ -224,7 +249,10 @@ fn baseline_without_re_adoption_runs_committed_maps_again() {
     let run = word_count_through_two_kills(&["--reannounce-window", "0s"]);
     let attempts = run.status.attempts.len();
     let maps = run.tasks - REDUCERS as usize;
-    println!("without re-adoption: {attempts} attempts for {} tasks", run.tasks);
+    println!(
+        "without re-adoption: {attempts} attempts for {} tasks",
+        run.tasks
+    );
     assert!(attempts > run.tasks + maps / 3, "{}", run.status.summary());
 }
 
@@ -233,9 +261,10 @@ fn baseline_without_re_adoption_runs_committed_maps_again() {
 /// SIGKILLed; during the outage w1 is killed and started again on the same
 /// work dir under another identity (its `worker-id` replaced), and on w2's
 /// disk one committed output gets a flipped byte and another is renamed to
-/// another epoch. The restarted coordinator (`--reannounce-window 3s`)
-/// adopts none of w1's outputs (another identity: they wait out the window
-/// and run again), not the flipped one (its digest differs: it runs again
+/// another epoch. The restarted coordinator adopts none of w1's outputs
+/// (another identity: they wait out the default `--reannounce-window`, 20 s
+/// here, which must outlast the ~10 s a worker takes to notice the dead
+/// coordinator, and run again), not the flipped one (its digest differs: it runs again
 /// at once) nor the renamed one (not the committed epoch), and keeps every
 /// other output of w2. The job completes with the reference output and no
 /// reducer ever fetched a bad output.
@@ -244,7 +273,6 @@ fn another_identity_changed_bytes_or_another_epoch_are_not_adopted() {
     let _serial = serial();
     let mut c = Cluster::options()
         .args(&LEASE)
-        .args(&["--reannounce-window", "3s"])
         .reducers(REDUCERS)
         .client_limit(CLIENT_LIMIT)
         .bound(Duration::from_secs(240))
@@ -255,21 +283,30 @@ fn another_identity_changed_bytes_or_another_epoch_are_not_adopted() {
     }
     books_reference("hostile");
     let out = c.root.join("out");
-    let mut deploy = c.deploy(&guest("hostile"), &books(), &out, &strs(&sleep_params(2000)));
+    let mut deploy = c.deploy(
+        &guest("hostile"),
+        &books(),
+        &out,
+        &strs(&sleep_params(2000)),
+    );
     let job = c.job_id(&mut deploy);
 
-    let before = c.poll("w1 to commit one map, w2 two", Duration::from_secs(60), || {
-        let status = c.status(&job);
-        assert_eq!(status.phase, "Mapping", "{}", status.summary());
-        let on = |name: &str| {
-            status
-                .committed()
-                .into_iter()
-                .filter(|a| status.worker_name(a.worker) == name)
-                .count()
-        };
-        (on("w1") >= 1 && on("w2") >= 3).then_some(status)
-    });
+    let before = c.poll(
+        "w1 to commit one map, w2 two",
+        Duration::from_secs(60),
+        || {
+            let status = c.status(&job);
+            assert_eq!(status.phase, "Mapping", "{}", status.summary());
+            let on = |name: &str| {
+                status
+                    .committed()
+                    .into_iter()
+                    .filter(|a| status.worker_name(a.worker) == name)
+                    .count()
+            };
+            (on("w1") >= 1 && on("w2") >= 3).then_some(status)
+        },
+    );
     c.kill_coordinator();
     let committed_on = |name: &str| -> Vec<Attempt> {
         before
@@ -293,7 +330,12 @@ fn another_identity_changed_bytes_or_another_epoch_are_not_adopted() {
             .map(|e| e.unwrap().path())
             .filter(|p| p.is_dir() && p.file_name().unwrap().to_str().unwrap().starts_with("job-"))
             .collect();
-        assert_eq!(jobs.len(), 1, "job directories in {}: {jobs:?}", dir.display());
+        assert_eq!(
+            jobs.len(),
+            1,
+            "job directories in {}: {jobs:?}",
+            dir.display()
+        );
         jobs[0].join("map")
     };
     let w2_map = map_dir(&c.root.join("w2"));
@@ -338,10 +380,18 @@ fn another_identity_changed_bytes_or_another_epoch_are_not_adopted() {
             .iter()
             .find(|a| a.task == old.task && a.outcome == "Committed")
             .unwrap();
-        assert!(again.epoch > INCARNATION_EPOCHS, "{old:?} ran again as {again:?}");
+        assert!(
+            again.epoch > INCARNATION_EPOCHS,
+            "{old:?} ran again as {again:?}"
+        );
     }
     for kept in on_w2.iter().skip(2) {
-        assert_eq!(outcome(kept), "Committed", "{kept:?} was not re-adopted: {}", status.summary());
+        assert_eq!(
+            outcome(kept),
+            "Committed",
+            "{kept:?} was not re-adopted: {}",
+            status.summary()
+        );
     }
     // No reducer fetched a bad output (that would be a FetchFailed).
     let failed: Vec<&Attempt> = status

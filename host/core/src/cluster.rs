@@ -1759,6 +1759,7 @@ mod tests {
                 wall_ms: ms.1 - ms.0,
                 counters: BTreeMap::new(),
                 dead_letters: Vec::new(),
+                output_digest: None,
             }),
             speculative: false,
         }
