@@ -113,8 +113,8 @@ bench-shuffle sizes_mib="600,2048": guests
     cargo build --release -p wmr -p wmr-bench
     ${CARGO_TARGET_DIR:-target}/release/wmr-bench shuffle --sizes-mib {{sizes_mib}} --wmr ${CARGO_TARGET_DIR:-target}/release/wmr --guests {{guest_dir}}
 
-# Speculation: a word count on two one-slot workers, one slowed by SIGSTOP/SIGCONT
-# cycles, ROUNDS times without and with --speculate; prints the median job times and their ratio.
+# Two one-slot workers, one slowed by SIGSTOP/SIGCONT cycles (host/bench/speculate.py).
+# Speculation: a word count ROUNDS times without and with --speculate; median job times and their ratio.
 bench-speculate rounds="3": guests build
     python3 host/bench/speculate.py --wmr ${CARGO_TARGET_DIR:-target}/release/wmr --guest {{guest_dir}}/wordcount.wasm --rounds {{rounds}}
 

@@ -228,6 +228,9 @@ impl Sim {
             lease: Duration::from_millis(LEASE_MS),
             // Retries wait for simulated time like everything else.
             retry_backoff: Duration::from_millis(RETRY_BACKOFF_MS),
+            // Speculation is simulated with the whole coordinator
+            // (`tests/cluster_simulation.rs`).
+            speculation: None,
         };
         // The only read of the real clock: everything after is `base + sim_ms`.
         let base = Instant::now();
