@@ -521,6 +521,11 @@ struct JobPage {
 }
 
 fn tasks(report: &StatusReport) -> Vec<TaskLine> {
+    let names = worker_names(report);
+    let name_of = |worker: WorkerId| match names.get(&worker) {
+        Some((name, _)) => name.clone(),
+        None => worker.to_string(),
+    };
     let mut by_task: BTreeMap<TaskId, Vec<&AttemptRecord>> = BTreeMap::new();
     for record in &report.attempt_log {
         by_task.entry(record.task).or_default().push(record);
@@ -535,7 +540,7 @@ fn tasks(report: &StatusReport) -> Vec<TaskLine> {
             let committed = records
                 .iter()
                 .find(|r| r.outcome == AttemptOutcome::Committed)
-                .map(|r| format!("{} on {}", r.epoch, r.worker))
+                .map(|r| format!("{} on {}", r.epoch, name_of(r.worker)))
                 .unwrap_or_default();
             let error = records
                 .iter()
