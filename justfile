@@ -86,8 +86,18 @@ demo: guests build
     ./target/release/wmr run --map {{guest_dir}}/wordcount.wasm --input examples/data --output out/wordcount --reducers 4
     @echo "top words:" && cat out/wordcount/part-r-* | sort -k2 -n -r | head -5
 
-# Every test: unit, simulation, sandbox, end-to-end and polyglot (installs componentize-py and componentize-js).
-test: guests guests-py guests-js
+# Install Debian's chromium and chromedriver for the web UI's browser tests (tests/webui.rs), once.
+setup-browser:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq chromium chromium-driver
+    fi
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "error: tests/webui.rs needs chromium and chromedriver (apt-get install chromium chromium-driver)" >&2; exit 1; }
+
+# Every test: unit, simulation, sandbox, end-to-end, polyglot and the browser's (installs componentize-py, componentize-js, chromium).
+test: guests guests-py guests-js setup-browser
     cargo test --release --workspace
 
 # Formatting and lints, as CI checks them.

@@ -9,8 +9,13 @@
 //! Credentials: `Authorization: Bearer TENANT:TOKEN`, or the cookie
 //! `wmr_session=TENANT:TOKEN` that `POST /login` sets.
 //!
+//! The pages of the web UI (`/`, `/jobs/{id}`, `/workers`, `/login`) are
+//! in [`pages`]: HTML rendered here from the same reads.
+//!
 //! Plain HTTP on purpose: bind loopback and let a reverse proxy terminate
 //! TLS (see SECURITY.md).
+
+mod pages;
 
 use crate::cluster::{ALL_PHASES, Cluster, MetricsSnapshot, Viewer};
 use crate::coordinator::Inspector;
@@ -80,16 +85,29 @@ pub async fn bind(
 
 fn router(web: Arc<Web>) -> Router {
     Router::new()
+        .route("/", get(pages::jobs))
+        .route("/jobs/{id}", get(pages::job))
+        .route("/workers", get(pages::workers))
+        .route("/static/ui.css", get(pages::css))
+        .route("/static/ui.js", get(pages::js))
         .route("/metrics", get(metrics))
         .route("/api/jobs", get(jobs))
         .route("/api/jobs/{id}", get(job))
         .route("/api/workers", get(workers))
-        .route("/login", post(login))
+        .route("/login", get(pages::login_form).post(login))
         .route("/logout", post(logout))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(refuse_large_bodies))
         .with_state(web)
+}
+
+/// An unknown path: a 404 page for a browser, JSON for the rest.
+async fn not_found(headers: HeaderMap) -> Response {
+    if pages::wants_html(&headers) {
+        return pages::error_page(StatusCode::NOT_FOUND, "no such page");
+    }
+    error(StatusCode::NOT_FOUND, "no such endpoint")
 }
 
 /// A JSON error: `{"error": "..."}`.
@@ -294,32 +312,51 @@ struct Login {
 
 /// `POST /login` (form fields `tenant`, `token`): checks them and sets the
 /// session cookie (HttpOnly, SameSite=Strict; not Secure: plain HTTP on
-/// loopback, or behind a TLS proxy).
-async fn login(State(web): State<Arc<Web>>, Form(login): Form<Login>) -> Response {
+/// loopback, or behind a TLS proxy). A browser's form (it accepts HTML) is
+/// sent on to the jobs page, or shown the login page again with why.
+async fn login(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Form(login): Form<Login>,
+) -> Response {
+    let html = pages::wants_html(&headers);
+    let refused = |message: &str| match html {
+        true => pages::login_page(StatusCode::UNAUTHORIZED, message),
+        false => error(StatusCode::UNAUTHORIZED, message),
+    };
     let pair = format!("{}:{}", login.tenant, login.token);
     let Some((tenant, token)) = split_pair(&pair) else {
-        return error(StatusCode::UNAUTHORIZED, tenants::REFUSED);
+        return refused(tenants::REFUSED);
     };
     match check(&web.state_dir, &tenant, &token) {
         Ok(viewer) => {
             let cookie = format!("{SESSION_COOKIE}={pair}; HttpOnly; SameSite=Strict; Path=/");
             let Ok(cookie) = HeaderValue::from_str(&cookie) else {
-                return error(StatusCode::UNAUTHORIZED, tenants::REFUSED);
+                return refused(tenants::REFUSED);
             };
+            if html {
+                let to_jobs = axum::response::Redirect::to("/");
+                return ([(header::SET_COOKIE, cookie)], to_jobs).into_response();
+            }
             let who = match viewer {
                 Viewer::Operator => json!({ "operator": true }),
                 Viewer::Tenant(t) => json!({ "tenant": t.0 }),
             };
             ([(header::SET_COOKIE, cookie)], Json(who)).into_response()
         }
-        Err(message) => error(StatusCode::UNAUTHORIZED, &message),
+        Err(message) => refused(&message),
     }
 }
 
-/// `POST /logout`: clears the session cookie.
-async fn logout() -> Response {
+/// `POST /logout`: clears the session cookie (a browser then sees the
+/// login page).
+async fn logout(headers: HeaderMap) -> Response {
     let cookie = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     let cookie = HeaderValue::from_str(&cookie).expect("a valid header");
+    if pages::wants_html(&headers) {
+        let to_login = axum::response::Redirect::to("/login");
+        return ([(header::SET_COOKIE, cookie)], to_login).into_response();
+    }
     ([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response()
 }
 

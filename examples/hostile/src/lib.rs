@@ -7,7 +7,9 @@
 //!   after busy-waiting `--param map-ms=N` (needs `--grant clock`): skip
 //!   mode then bisects slowly;
 //! - `escape`: tries to read a file, the environment and the network;
-//! - `flaky`: fails attempts numbered up to `--param fail-attempts=N`;
+//! - `flaky`: fails attempts numbered up to `--param fail-attempts=N` (the
+//!   error ends with `: WHY` given `--param why=WHY`); later attempts
+//!   busy-wait `--param ms=N` (needs `--grant clock`) and emit nothing;
 //! - `recurse`: recurses without bound;
 //! - `sleep`: busy-waits `--param ms=N` per map call (needs `--grant clock`);
 //! - `clock`: emits what its wall and monotonic clocks read;
@@ -91,8 +93,11 @@ impl Job for Hostile {
                 let attempt: u32 = param_num("wmr.attempt");
                 let failures: u32 = param_num("fail-attempts");
                 if attempt <= failures {
-                    return Err(format!("flaky: attempt {attempt} fails on purpose"));
+                    let why = wmr_guest::param("why").map(|w| format!(": {w}"));
+                    let why = why.unwrap_or_default();
+                    return Err(format!("flaky: attempt {attempt} fails on purpose{why}"));
                 }
+                busy_wait(param_num("ms"));
             }
             "recurse" => {
                 black_box(recurse(black_box(1)));

@@ -26,7 +26,8 @@ use crate::scheduler::{
 };
 use crate::summary::{JobSummary, PhaseChange, dead_letters, summarize};
 use crate::wire::{
-    ClientReply, FromWorker, HeldOutput, JobListing, StatusReport, ToWorker, Totals, WorkerInfo,
+    ClientReply, FromWorker, HeldOutput, JobListing, JobRequest, StatusReport, ToWorker, Totals,
+    WorkerInfo,
 };
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -115,6 +116,9 @@ struct WorkerEntry {
     connected: bool,
     /// Finishing what it runs, taking nothing new.
     draining: bool,
+    /// When it last joined or sent a message (heartbeats included), unix ms:
+    /// the web UI's heartbeat age.
+    last_heard_unix_ms: u64,
 }
 
 struct JobEntry {
@@ -252,6 +256,40 @@ pub fn outcome_label(outcome: &AttemptOutcome) -> &'static str {
         AttemptOutcome::OutputLost => "output_lost",
         AttemptOutcome::Superseded => "superseded",
     }
+}
+
+/// A job as the web UI's job page shows it: `wmr status --json` and what
+/// was asked for.
+#[derive(Clone, Debug)]
+pub struct JobDetail {
+    pub tenant: TenantId,
+    pub report: StatusReport,
+    /// The request as submitted, without the module bytes: inputs, output,
+    /// parameters, limits, placement.
+    pub request: JobRequest,
+    /// Records skipped by committed attempts (skip mode).
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// A job as the web UI's jobs page lists it.
+#[derive(Clone, Debug)]
+pub struct JobRow {
+    pub tenant: TenantId,
+    pub listing: JobListing,
+    pub running: usize,
+    /// When it completed, failed or was cancelled (unix ms).
+    pub ended_unix_ms: Option<u64>,
+}
+
+/// A worker as the web UI's workers page shows it.
+#[derive(Clone, Debug)]
+pub struct WorkerDetail {
+    pub info: WorkerInfo,
+    /// Attempts of the jobs the viewer may see running on it now.
+    pub running: u32,
+    pub draining: bool,
+    /// When it last joined or sent anything (heartbeats included), unix ms.
+    pub last_heard_unix_ms: u64,
 }
 
 /// The coordinator's state across jobs, tenants and workers.
@@ -392,6 +430,7 @@ impl Cluster {
                 shuffle,
                 connected: true,
                 draining: false,
+                last_heard_unix_ms: clock.unix_ms,
             },
         );
         let heartbeat_ms = self.config.heartbeat.as_millis() as u64;
@@ -425,6 +464,9 @@ impl Cluster {
     }
 
     pub fn from_worker(&mut self, clock: Clock, worker: WorkerId, message: FromWorker) {
+        if let Some(entry) = self.workers.get_mut(&worker) {
+            entry.last_heard_unix_ms = clock.unix_ms;
+        }
         match message {
             FromWorker::Heartbeat => {
                 for &i in &self.admitted {
@@ -856,6 +898,71 @@ impl Cluster {
                 connected: w.connected,
                 labels: w.labels.clone(),
                 pool: w.pool.clone(),
+            })
+            .collect()
+    }
+
+    /// `job` (an id prefix) with its request and dead letters, if `viewer`
+    /// may see it (the web UI's job page).
+    pub fn detail_for(&self, viewer: &Viewer, job: &str) -> Option<JobDetail> {
+        let i = self.find_where(|t| viewer.sees(t), Some(job))?;
+        let entry = &self.jobs[i];
+        let mut request = entry.record.request.clone();
+        // The modules are the store's, never shown.
+        request.map_module = Vec::new();
+        request.reduce_module = None;
+        Some(JobDetail {
+            tenant: entry.record.tenant.clone(),
+            report: self.status_report(i),
+            request,
+            dead_letters: dead_letters(&entry.scheduler),
+        })
+    }
+
+    /// The jobs `viewer` may see, oldest first, with their running count and
+    /// end time (the web UI's jobs page).
+    pub fn rows_for(&self, viewer: &Viewer) -> Vec<JobRow> {
+        self.newest_entries()
+            .filter(|&i| viewer.sees(&self.jobs[i].record.tenant))
+            .map(|i| {
+                let job = &self.jobs[i];
+                let (_, running, _) = job.scheduler.progress();
+                let listing = self.listing(i);
+                let ended = matches!(
+                    listing.phase,
+                    Phase::Completed | Phase::Failed | Phase::Cancelled
+                );
+                JobRow {
+                    tenant: job.record.tenant.clone(),
+                    ended_unix_ms: ended
+                        .then(|| job.record.transitions.last().map(|t| t.unix_ms))
+                        .flatten(),
+                    running,
+                    listing,
+                }
+            })
+            .collect()
+    }
+
+    /// [`Self::workers_for`] with what each runs for `viewer` and when it
+    /// was last heard from (the web UI's workers page).
+    pub fn worker_details_for(&self, viewer: &Viewer) -> Vec<WorkerDetail> {
+        self.workers_for(viewer)
+            .into_iter()
+            .map(|info| {
+                let entry = &self.workers[&info.id];
+                let running = self
+                    .admitted
+                    .iter()
+                    .filter(|&&i| viewer.sees(&self.jobs[i].record.tenant))
+                    .map(|&i| self.jobs[i].scheduler.running_on(info.id))
+                    .sum();
+                WorkerDetail {
+                    running,
+                    draining: entry.draining,
+                    last_heard_unix_ms: entry.last_heard_unix_ms,
+                    info,
+                }
             })
             .collect()
     }
