@@ -25,7 +25,7 @@ use std::time::Duration;
 
 /// Every outcome class a bar of the attempt timeline may have, in the
 /// legend's order, with what it means.
-pub const OUTCOME_CLASSES: [(&str, &str); 8] = [
+pub const OUTCOME_CLASSES: [(&str, &str); 9] = [
     ("committed", "committed: its output is the task's"),
     (
         "dead-lettered",
@@ -39,6 +39,10 @@ pub const OUTCOME_CLASSES: [(&str, &str); 8] = [
     ("lost", "lost: its worker went away or missed its lease"),
     ("output-lost", "committed, then its map output was lost"),
     ("cancelled", "cancelled with its job"),
+    (
+        "superseded",
+        "superseded: the other attempt of a speculated task won",
+    ),
     ("running", "running"),
 ];
 
@@ -60,6 +64,7 @@ pub fn outcome_class(record: &AttemptRecord) -> &'static str {
         AttemptOutcome::RejectedStale => "stale",
         AttemptOutcome::Lost => "lost",
         AttemptOutcome::OutputLost => "output-lost",
+        AttemptOutcome::Superseded => "superseded",
     }
 }
 
