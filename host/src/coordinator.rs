@@ -58,6 +58,9 @@ impl CoordinatorConfig {
     }
 }
 
+/// A worker's session idles out after this many leases of silence (I12).
+pub const SESSION_IDLE_LEASES: u32 = 3;
+
 type Modules = Arc<RwLock<HashMap<ModuleHash, Arc<Vec<u8>>>>>;
 
 /// `STATE/worker-fingerprints`: when it exists, mutual TLS is on for
@@ -185,8 +188,17 @@ pub async fn serve(
     let identity = Identity::load_or_generate(&config.state_dir)?;
     // Peers are asked for a client certificate (optionally: tenants have
     // none); workers need an allowed one when STATE/worker-fingerprints exists.
-    let endpoint =
-        transport::server_endpoint_with(&identity, config.listen, config.lease * 2, true)?;
+    // I12: the transport ends a worker's session only well after its
+    // lease: QUIC's probes back off exponentially, so a link healed after
+    // t is probed again up to t later; with three leases a partition healed
+    // within about one and a half leases keeps the session (and the map
+    // outputs the worker holds).
+    let endpoint = transport::server_endpoint_with(
+        &identity,
+        config.listen,
+        config.lease * SESSION_IDLE_LEASES,
+        true,
+    )?;
     let addr = endpoint.local_addr()?;
     publish(
         &config.state_dir.join("fingerprint"),
