@@ -86,8 +86,16 @@ demo: guests build
     ./target/release/wmr run --map {{guest_dir}}/wordcount.wasm --input examples/data --output out/wordcount --reducers 4
     @echo "top words:" && cat out/wordcount/part-r-* | sort -k2 -n -r | head -5
 
-# Every test: unit, simulation, sandbox, end-to-end and polyglot (installs componentize-py and componentize-js).
-test: guests guests-py guests-js
+# iproute2 (`ip netns`, veth) for tests/partition.rs, installed where we may (root, Debian).
+setup-net:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq iproute2
+    fi
+
+# Every test: unit, simulation, sandbox, end-to-end, partitions and polyglot (installs componentize-py and componentize-js).
+test: guests guests-py guests-js setup-net
     cargo test --release --workspace
 
 # Formatting and lints, as CI checks them.
