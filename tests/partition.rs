@@ -9,9 +9,11 @@
 //! from healing to the job's end ([`HEAL_BOUND`]; the measured time is
 //! printed).
 //!
-//! Timing: leases of 3 s, heartbeats every 300 ms; the coordinator's QUIC
-//! idle timeout is twice the lease (6 s), so a partition shorter than that
-//! keeps every connection, a longer one ends them.
+//! Timing: leases of 3 s, heartbeats every 300 ms; a session's QUIC idle
+//! timeout is three leases (9 s, I12), so a partition healed within about
+//! one and a half leases keeps the session, a longer one ends it.
+//! `WMR_TEST_LOG=wmr=debug` gives the daemons that log filter and keeps a
+//! failed test's logs.
 
 mod support;
 
@@ -165,7 +167,7 @@ fn assert_job_correct(out: &Path, status: &Status) {
 }
 
 /// A worker cut off from the coordinator but not from its peers, for
-/// longer than a lease and less than the idle timeout: the map attempt it
+/// longer than a lease and less than the session timeout (I12): the map attempt it
 /// was running is lost with its lease and runs elsewhere; when the link
 /// heals its late report is rejected as stale (I3), and the map outputs
 /// it had committed stay committed — its peers fetched them from it all
