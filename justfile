@@ -96,8 +96,16 @@ setup-browser:
     fi
     command -v chromium >/dev/null && command -v chromedriver >/dev/null || { echo "error: tests/webui.rs needs chromium and chromedriver (apt-get install chromium chromium-driver)" >&2; exit 1; }
 
-# Every test: unit, simulation, sandbox, end-to-end, polyglot and the browser's (installs componentize-py, componentize-js, chromium).
-test: guests guests-py guests-js setup-browser
+# iproute2 (`ip netns`, veth) for tests/partition.rs, installed where we may (root, Debian).
+setup-net:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! command -v ip >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq && apt-get install -y -qq iproute2
+    fi
+
+# Every test: unit, simulation, sandbox, end-to-end, partitions, polyglot and the browser's (installs componentize-py, componentize-js, chromium, iproute2).
+test: guests guests-py guests-js setup-browser setup-net
     cargo test --release --workspace
 
 # Formatting and lints, as CI checks them.

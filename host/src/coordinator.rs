@@ -61,6 +61,8 @@ impl CoordinatorConfig {
     }
 }
 
+pub use wmr_core::cluster::SESSION_IDLE_LEASES;
+
 type Modules = Arc<RwLock<HashMap<ModuleHash, Arc<Vec<u8>>>>>;
 
 /// `STATE/worker-fingerprints`: when it exists, mutual TLS is on for
@@ -195,8 +197,17 @@ pub async fn serve(
     let identity = Identity::load_or_generate(&config.state_dir)?;
     // Peers are asked for a client certificate (optionally: tenants have
     // none); workers need an allowed one when STATE/worker-fingerprints exists.
-    let endpoint =
-        transport::server_endpoint_with(&identity, config.listen, config.lease * 2, true)?;
+    // I13: the transport ends a worker's session only well after its
+    // lease: QUIC's probes back off exponentially, so a link healed after
+    // t is probed again up to t later; with three leases a partition healed
+    // within about one and a half leases keeps the session (and the map
+    // outputs the worker holds).
+    let endpoint = transport::server_endpoint_with(
+        &identity,
+        config.listen,
+        config.lease * SESSION_IDLE_LEASES,
+        true,
+    )?;
     let addr = endpoint.local_addr()?;
     publish(
         &config.state_dir.join("fingerprint"),

@@ -171,7 +171,7 @@ struct CoordinatorArgs {
     http: Option<std::net::SocketAddr>,
     /// After a restart, how long to wait for workers to re-announce the
     /// committed map outputs they hold before running those tasks again
-    /// (default: twice the lease plus 10 s).
+    /// (default: three leases, a session's idle timeout, plus 10 s).
     #[arg(long, value_parser = parse_duration_ms)]
     reannounce_window: Option<u64>,
 }

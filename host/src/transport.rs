@@ -314,7 +314,29 @@ pub fn server_endpoint_with(
         .map_err(|e| anyhow!("QUIC server configuration: {e}"))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport_config(idle));
-    quinn::Endpoint::server(config, addr).with_context(|| format!("listening on {addr}"))
+    let socket = std::net::UdpSocket::bind(addr).with_context(|| format!("listening on {addr}"))?;
+    quinn::Endpoint::new(
+        endpoint_config(identity),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("listening on {addr}"))
+}
+
+/// The endpoint's stateless-reset key, derived from the identity's private
+/// key: a coordinator restarted with the same state answers packets of its
+/// predecessor's connections with a reset the peers can verify, so workers
+/// notice the restart at their next heartbeat rather than after the
+/// session's idle timeout (three leases), and re-announce their outputs.
+fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"wmr stateless-reset key v1\0");
+    hasher.update(identity.key.secret_pkcs8_der());
+    let secret = hasher.finalize();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    quinn::EndpointConfig::new(Arc::new(key))
 }
 
 /// Connect to a coordinator whose certificate has `fingerprint`.

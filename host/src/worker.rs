@@ -31,7 +31,17 @@ use tokio::sync::{Notify, mpsc};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Silence after which the connection counts as lost.
+/// What the worker proposes as its session's QUIC idle timeout: longer
+/// than any lease, so that the coordinator's (three leases, I13 in
+/// ARCHITECTURE.md) is the one that counts (QUIC takes the smaller).
+const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// One attempt to reach the coordinator. A handshake whose packets are
+/// lost is retried with QUIC's doubling probe timeout, so a long attempt
+/// would reach a coordinator that came back (or a healed link) late; a
+/// fresh attempt after the backoff sends at once.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Silence after which a shuffle connection counts as lost: a fetch from
+/// a holder cut off mid-transfer fails after this (`FetchFailed`).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a reducer waits to connect to a worker holding map output.
 const FETCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -209,13 +219,20 @@ async fn session(
     state: &Arc<WorkerState>,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
-    let (_endpoint, connection) = transport::connect_as(
+    let connect = transport::connect_as(
         options.coordinator,
         &options.fingerprint,
-        IDLE_TIMEOUT,
+        SESSION_IDLE_TIMEOUT,
         identity,
-    )
-    .await?;
+    );
+    let (_endpoint, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no answer from {} within {CONNECT_TIMEOUT:?}",
+                options.coordinator
+            )
+        })??;
     let mut control = Channel::open(&connection).await?;
     control
         .write(&Open::Worker {

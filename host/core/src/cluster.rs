@@ -309,11 +309,15 @@ pub struct Cluster {
     reannounce_window: Duration,
 }
 
+/// A worker's session idles out after this many leases of silence (I13).
+pub const SESSION_IDLE_LEASES: u32 = 3;
+
 impl Cluster {
     pub fn new(config: ClusterConfig) -> Self {
-        // A worker notices a dead coordinator within its connection's idle
-        // timeout (at most twice the lease), then retries every 5 s at most.
-        let reannounce_window = config.lease * 2 + Duration::from_secs(10);
+        // A worker notices a restarted coordinator at once (the stateless
+        // reset of its old connection), a dead one within its session's idle
+        // timeout; then it retries every 5 s at most.
+        let reannounce_window = config.lease * SESSION_IDLE_LEASES + Duration::from_secs(10);
         Cluster {
             config,
             workers: BTreeMap::new(),
