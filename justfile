@@ -28,6 +28,17 @@ setup-py:
         "$venv/bin/pip" install --quiet --disable-pip-version-check componentize-py==0.25.1
     fi
 
+# Install the S3-protocol test server (s3s-fs, crates.io, pinned) into
+# target/tools/s3s, once; the object-store tests start it on loopback.
+setup-s3:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    root={{tools}}/s3s
+    if ! "$root/bin/s3s-fs" --version 2>/dev/null | grep -q "0.14.1"; then
+        # Its own temporary target dir: s3s-fs's features must not mix with ours.
+        env -u CARGO_TARGET_DIR cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$root"
+    fi
+
 # guest-sdk/js/node_modules links to target/tools/js, installed once per lock file.
 # Install componentize-js and rolldown (guest-sdk/js/package-lock.json) into target/tools/js.
 setup-js:
@@ -87,7 +98,7 @@ demo: guests build
     @echo "top words:" && cat out/wordcount/part-r-* | sort -k2 -n -r | head -5
 
 # Every test: unit, simulation, sandbox, end-to-end and polyglot (installs componentize-py and componentize-js).
-test: guests guests-py guests-js
+test: guests guests-py guests-js setup-s3
     cargo test --release --workspace
 
 # Formatting and lints, as CI checks them.

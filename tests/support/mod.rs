@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub mod cluster;
+pub mod s3;
 pub mod status;
 
 /// The repository root.
