@@ -28,6 +28,17 @@ setup-py:
         "$venv/bin/pip" install --quiet --disable-pip-version-check componentize-py==0.25.1
     fi
 
+# Install the S3-protocol test server (s3s-fs, crates.io, pinned) into
+# target/tools/s3s, once; the object-store tests start it on loopback.
+setup-s3:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    root={{tools}}/s3s
+    if ! "$root/bin/s3s-fs" --version 2>/dev/null | grep -q "0.14.1"; then
+        # Its own temporary target dir: s3s-fs's features must not mix with ours.
+        env -u CARGO_TARGET_DIR cargo install s3s-fs --version 0.14.1 --features binary --locked --root "$root"
+    fi
+
 # guest-sdk/js/node_modules links to target/tools/js, installed once per lock file.
 # Install componentize-js and rolldown (guest-sdk/js/package-lock.json) into target/tools/js.
 setup-js:
@@ -104,8 +115,8 @@ setup-net:
         apt-get update -qq && apt-get install -y -qq iproute2
     fi
 
-# Every test: unit, simulation, sandbox, end-to-end, partitions, polyglot and the browser's (installs componentize-py, componentize-js, chromium, iproute2).
-test: guests guests-py guests-js setup-browser setup-net
+# Every test: unit, simulation, sandbox, end-to-end, partitions, polyglot and the browser's (installs componentize-py, componentize-js, chromium, iproute2, s3s-fs).
+test: guests guests-py guests-js setup-browser setup-net setup-s3
     cargo test --release --workspace
 
 # Formatting and lints, as CI checks them.

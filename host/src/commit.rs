@@ -24,8 +24,15 @@
 //! <output>/part-r-00007                                      after the job commit
 //! <output>/_SUCCESS                                          written last
 //! ```
+//!
+//! An `s3://` output has no rename: its reduce attempts write their part to
+//! this machine's work dir, then upload it uncompleted, and
+//! [`crate::object_commit`] publishes exactly the committed epochs' uploads.
+//! Map outputs stay on the local work dir either way.
 
 use crate::model::{AttemptEpoch, JobId, TaskId};
+use crate::object_commit::ObjectOutput;
+use crate::storage::S3Url;
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
 
@@ -50,6 +57,15 @@ impl JobDirs {
             work: work_root.join(format!("job-{job}")),
             output: output.to_path_buf(),
         }
+    }
+
+    /// The object store committer when the output is an `s3://` prefix.
+    pub fn object_output(&self) -> Option<ObjectOutput> {
+        let url = S3Url::of_path(&self.output)?.ok()?;
+        Some(ObjectOutput {
+            output: url,
+            job: self.job,
+        })
     }
 
     fn job_temporary(&self) -> PathBuf {
@@ -84,18 +100,45 @@ impl JobDirs {
         }
     }
 
-    /// Where a reduce attempt writes its part file.
+    /// Where a reduce attempt writes its part file: in the output's
+    /// `_temporary`, or for an object store output, in this machine's work
+    /// dir until it is uploaded.
     pub fn reduce_attempt_file(&self, task: TaskId, epoch: AttemptEpoch) -> PathBuf {
         let TaskId::Reduce(r) = task else {
             panic!("{task} is not a reduce task")
         };
+        if self.object_output().is_some() {
+            return self
+                .work
+                .join("reduce-out")
+                .join(format!("{task}.{epoch}"))
+                .join(part_name(r));
+        }
         self.attempt_path(task, epoch).join(part_name(r))
+    }
+
+    /// For an object store output: upload a finished reduce attempt's part,
+    /// uncompleted (see [`crate::object_commit`]), and drop the local copy.
+    pub fn upload_reduce_attempt(&self, task: TaskId, epoch: AttemptEpoch) -> anyhow::Result<()> {
+        let Some(object) = self.object_output() else {
+            return Ok(());
+        };
+        let local = self.reduce_attempt_file(task, epoch);
+        let uploaded = object.upload_attempt(task, epoch, &local);
+        remove_if_exists(local.parent().expect("attempt files have parents"))?;
+        uploaded.map(|_| ())
     }
 
     /// Make sure the output directory can take this job's output: it must not
     /// hold committed output already (as Hadoop refuses an existing output
     /// directory). Leftovers of killed runs (`_temporary`) are removed.
     pub fn prepare(&self) -> anyhow::Result<()> {
+        if let Some(object) = self.object_output() {
+            object.prepare()?;
+            std::fs::create_dir_all(self.work.join("map/_attempts"))
+                .with_context(|| format!("creating work dir {}", self.work.display()))?;
+            return Ok(());
+        }
         if self.output.exists() {
             if !self.output.is_dir() {
                 bail!(
@@ -128,8 +171,10 @@ impl JobDirs {
     /// Create the job's directories if missing, deleting nothing (a job
     /// resumed after a restart keeps what it had committed).
     pub fn ensure(&self) -> anyhow::Result<()> {
-        std::fs::create_dir_all(self.job_temporary().join("committed"))
-            .with_context(|| format!("creating output {}", self.output.display()))?;
+        if self.object_output().is_none() {
+            std::fs::create_dir_all(self.job_temporary().join("committed"))
+                .with_context(|| format!("creating output {}", self.output.display()))?;
+        }
         std::fs::create_dir_all(self.work.join("map/_attempts"))
             .with_context(|| format!("creating work dir {}", self.work.display()))
     }
@@ -137,6 +182,9 @@ impl JobDirs {
     /// Publish an attempt's output: one atomic rename (I2 is the caller's:
     /// the scheduler asks once per task, for the current epoch only).
     pub fn commit_attempt(&self, task: TaskId, epoch: AttemptEpoch) -> anyhow::Result<()> {
+        if let (TaskId::Reduce(_), Some(object)) = (task, self.object_output()) {
+            return object.commit_attempt(task, epoch);
+        }
         let from = match task {
             TaskId::Map(_) => self.attempt_path(task, epoch),
             TaskId::Reduce(_) => self.reduce_attempt_file(task, epoch),
@@ -160,12 +208,21 @@ impl JobDirs {
 
     /// Delete an attempt's private output (a failed or stale attempt).
     pub fn abort_attempt(&self, task: TaskId, epoch: AttemptEpoch) -> anyhow::Result<()> {
+        if let (TaskId::Reduce(_), Some(object)) = (task, self.object_output()) {
+            let local = self.reduce_attempt_file(task, epoch);
+            remove_if_exists(local.parent().expect("attempt files have parents"))?;
+            return object.abort_attempt(task, epoch);
+        }
         remove_if_exists(&self.attempt_path(task, epoch))
     }
 
     /// The job commit, after every task committed: move the committed part
     /// files into the output, drop temporary data, write `_SUCCESS` last.
     pub fn finish(&self, dead_letters: &[crate::model::DeadLetter]) -> anyhow::Result<()> {
+        if let Some(object) = self.object_output() {
+            object.finish(dead_letters)?;
+            return self.cleanup_work();
+        }
         if !dead_letters.is_empty() {
             // One JSON object per line; `_` keeps it out of later inputs.
             let mut text = String::new();
@@ -195,6 +252,9 @@ impl JobDirs {
     /// Remove this job's intermediate data and attempt leftovers.
     pub fn cleanup_work(&self) -> anyhow::Result<()> {
         remove_if_exists(&self.work)?;
+        if let Some(object) = self.object_output() {
+            return object.cleanup();
+        }
         let temp = self.output.join(TEMPORARY);
         remove_if_exists(&temp.join(format!("job-{}", self.job)))?;
         // `_temporary` itself goes once it is empty.

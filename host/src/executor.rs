@@ -527,6 +527,11 @@ impl Executor {
         match finished {
             Some(Ok(bytes)) => {
                 stats.bytes_out = bytes;
+                // An object store output: uploaded now, completed only if
+                // the coordinator commits this epoch.
+                if let Err(e) = dirs.upload_reduce_attempt(a.task, a.epoch) {
+                    return (Err(host_err(e)), log);
+                }
                 (Ok(stats), log)
             }
             Some(Err(e)) => (Err(AttemptFailure::Host(e)), log),

@@ -9,6 +9,8 @@
 //! - [`executor`]: runs one attempt into attempt-private files.
 //! - [`commit`]: job directory layout and the atomic commit of an attempt.
 //! - [`split`], [`shuffle`]: input splitting; partition, sort, group.
+//! - [`storage`]: `s3://` locations (object_store) next to local paths;
+//!   [`object_commit`]: the reduce output committer for a store without rename.
 //! - [`cluster`] (from `wmr-core`): the coordinator's state machine,
 //!   driven by [`coordinator`] (QUIC, redb) and [`local`] (`wmr run`).
 //! - [`lifecycle`]: plan, prepare, commit and clean up a job's files.
@@ -31,11 +33,13 @@ pub mod intermediate;
 pub mod lifecycle;
 pub mod local;
 pub mod map_buffer;
+pub mod object_commit;
 pub mod sampler;
 pub mod sandbox;
 pub mod seq;
 pub mod shuffle;
 pub mod split;
+pub mod storage;
 pub mod store;
 pub mod tenants;
 pub mod transport;

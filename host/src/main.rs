@@ -16,6 +16,12 @@ use wmr::summary::{JobSummary, Progress, human_duration};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// An S3-compatible endpoint for `s3://` inputs and outputs (MinIO,
+    /// Ceph, R2…; `http://` allowed), instead of AWS_ENDPOINT_URL.
+    /// Credentials come only from the environment (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+    #[arg(long, global = true)]
+    s3_endpoint: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -231,10 +237,11 @@ struct DeployArgs {
     map: PathBuf,
     /// Reduce component (.wasm); defaults to the map component.
     reduce: Option<PathBuf>,
-    /// Input file, directory or glob (repeatable).
+    /// Input file, directory or glob, or `s3://bucket/prefix` (an object,
+    /// the objects below a prefix, or a glob) (repeatable).
     #[arg(long, required = true)]
     input: Vec<String>,
-    /// Output directory (must be new or empty).
+    /// Output directory or `s3://bucket/prefix` (must be new or empty).
     #[arg(long)]
     output: PathBuf,
     /// How output records are written (see README, "Output formats").
@@ -278,7 +285,8 @@ struct JobArgs {
     /// Reduce component (.wasm); defaults to the map component.
     #[arg(long)]
     reduce: Option<PathBuf>,
-    /// Input file, directory or glob (repeatable).
+    /// Input file, directory or glob, or `s3://bucket/prefix` (an object,
+    /// the objects below a prefix, or a glob) (repeatable).
     #[arg(long, required = true)]
     input: Vec<String>,
     /// How output records are written (see README, "Output formats").
@@ -380,7 +388,7 @@ impl RemoteArgs {
 struct RunArgs {
     #[command(flatten)]
     job: JobArgs,
-    /// Output directory (must be new or empty).
+    /// Output directory or `s3://bucket/prefix` (must be new or empty).
     #[arg(long)]
     output: PathBuf,
     /// Reduce partitions (output part files).
@@ -529,6 +537,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    wmr::storage::configure(wmr::storage::S3Options {
+        endpoint: cli.s3_endpoint,
+    });
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Seq(args) => seq(args),
@@ -602,8 +613,17 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // Read from `map` and `reduce` by the embedded driver.
         map_module: Vec::new(),
         reduce_module: None,
-        inputs: args.job.input.clone(),
-        output: args.output.clone(),
+        inputs: args
+            .job
+            .input
+            .iter()
+            .map(|i| {
+                Ok(wmr::storage::normalize_location(i)?
+                    .to_string_lossy()
+                    .into_owned())
+            })
+            .collect::<anyhow::Result<_>>()?,
+        output: wmr::storage::normalize_location(&args.output.to_string_lossy())?,
         output_format: args.job.output_format,
         reducers: args.reducers,
         split_bytes: args.split_size,
@@ -800,13 +820,17 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let inputs = args
         .input
         .iter()
-        .map(|i| cwd.join(i).to_string_lossy().into_owned())
-        .collect();
+        .map(|i| {
+            Ok(wmr::storage::absolute_location(i, &cwd)?
+                .to_string_lossy()
+                .into_owned())
+        })
+        .collect::<anyhow::Result<_>>()?;
     let request = wmr::wire::JobRequest {
         map_module: map,
         reduce_module: reduce,
         inputs,
-        output: cwd.join(&args.output),
+        output: wmr::storage::absolute_location(&args.output.to_string_lossy(), &cwd)?,
         output_format: args.output_format,
         reducers: args.reducers,
         split_bytes: args.split_size,

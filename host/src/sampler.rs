@@ -297,7 +297,7 @@ fn read_window(
     max_line: u64,
 ) -> anyhow::Result<Option<(u64, Vec<u8>)>> {
     let split_end = split.offset + split.len;
-    let mut file = std::fs::File::open(&split.path)?;
+    let mut file = crate::storage::InputReader::open(&split.path)?;
     // A split starts with a line; elsewhere a line starts after a `\n`.
     let start = if window.from == split.offset {
         window.from

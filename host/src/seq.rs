@@ -46,7 +46,7 @@ pub fn run_sequential(
     };
     let mut pairs: Vec<Pair> = Vec::new();
     for file in split::discover_inputs(inputs)? {
-        let text = std::fs::read(&file).with_context(|| format!("input {}", file.display()))?;
+        let text = crate::storage::read_all(&file)?;
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -5,12 +5,13 @@
 //! than the split size stays whole in one split.
 
 use crate::model::InputSplit;
+use crate::storage::{self, InputReader};
 use anyhow::{Context as _, bail};
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-/// Expand each `--input` (a file, a directory or a glob) into files, sorted.
+/// Expand each `--input` (a file, a directory or a glob; or an `s3://`
+/// object, prefix or glob) into files or objects, sorted.
 /// In a directory, hidden files and names starting with `_` are skipped
 /// (Hadoop's convention for markers such as `_SUCCESS`).
 pub fn discover_inputs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
@@ -20,7 +21,11 @@ pub fn discover_inputs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
         let path = Path::new(input);
-        if path.is_dir() {
+        if storage::is_object(path) {
+            let found = discover_objects(input)
+                .map_err(|e| storage::explain(e, format!("input {input}")))?;
+            files.extend(found);
+        } else if path.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(path)
                 .with_context(|| format!("input {input}: cannot list directory"))?
                 .filter_map(|e| e.ok())
@@ -53,6 +58,56 @@ pub fn discover_inputs(inputs: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The objects an `s3://` input names, as a local input would: an object
+/// itself; else the objects directly below it taken as a directory
+/// (hidden and `_` names skipped); or those a glob matches (`*` does not
+/// cross `/`, as in a shell).
+fn discover_objects(input: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let url = storage::S3Url::parse(input)?;
+    let visible = |key: &str, below: &str| {
+        let rest = &key[below.len()..];
+        !rest.is_empty() && !rest.contains('/') && !is_hidden(Path::new(rest))
+    };
+    let found: Vec<PathBuf> = if let Some(at) = url.key.find(['*', '?', '[']) {
+        let pattern = glob::Pattern::new(&url.key).context("bad glob")?;
+        let literal = storage::S3Url {
+            bucket: url.bucket.clone(),
+            key: url.key[..at].to_string(),
+        };
+        let options = glob::MatchOptions {
+            require_literal_separator: true,
+            ..Default::default()
+        };
+        let found: Vec<PathBuf> = storage::list(&literal)?
+            .into_iter()
+            .filter(|o| pattern.matches_with(&o.url.key, options))
+            .map(|o| o.url.to_path())
+            .collect();
+        if found.is_empty() {
+            bail!("glob matched no objects");
+        }
+        found
+    } else {
+        // One listing answers both "is it an object?" and "what is below
+        // it?" (a HEAD of a "directory" is an error on some servers).
+        let listed = storage::list(&url)?;
+        if !url.key.is_empty() && listed.iter().any(|o| o.url.key == url.key) {
+            return Ok(vec![url.to_path()]);
+        }
+        let below = url.dir_prefix();
+        let found: Vec<PathBuf> = listed
+            .into_iter()
+            .filter(|o| o.url.key.starts_with(&below) && visible(&o.url.key, &below))
+            .map(|o| o.url.to_path())
+            .collect();
+        if found.is_empty() {
+            bail!("no objects under this prefix");
+        }
+        found
+    };
+    Ok(found)
+}
+
 fn is_hidden(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -65,8 +120,9 @@ pub fn plan_splits(files: &[PathBuf], split_bytes: u64) -> anyhow::Result<Vec<In
     assert!(split_bytes > 0, "split size must be positive");
     let mut splits = Vec::new();
     for path in files {
-        let mut file = File::open(path).with_context(|| format!("input {}", path.display()))?;
-        let len = file.metadata()?.len();
+        // An object is scanned in ranged GETs around each nominal end.
+        let mut file = InputReader::open(path)?;
+        let len = file.len();
         let mut start = 0;
         while start < len {
             let nominal = start + split_bytes;
@@ -96,8 +152,13 @@ pub fn plan_splits(files: &[PathBuf], split_bytes: u64) -> anyhow::Result<Vec<In
 }
 
 /// The offset just after the first `\n` at or after `from` (or `len`):
-/// where the next line starts.
-pub fn line_end_at_or_after(file: &mut File, from: u64, len: u64) -> anyhow::Result<u64> {
+/// where the next line starts. Files and objects alike (Hadoop's
+/// LineRecordReader rule: a split owns the line that crosses its end).
+pub fn line_end_at_or_after(
+    file: &mut (impl Read + Seek),
+    from: u64,
+    len: u64,
+) -> anyhow::Result<u64> {
     file.seek(SeekFrom::Start(from))?;
     let mut buf = [0u8; 64 * 1024];
     let mut pos = from;
@@ -132,15 +193,9 @@ pub fn middle_line_break(lines: &[u8]) -> Option<usize> {
         .map(|p| p + 1)
 }
 
-/// Read one split's bytes.
+/// Read one split's bytes (one ranged GET for an object).
 pub fn read_split(split: &InputSplit) -> anyhow::Result<Vec<u8>> {
-    let mut file =
-        File::open(&split.path).with_context(|| format!("input {}", split.path.display()))?;
-    file.seek(SeekFrom::Start(split.offset))?;
-    let mut bytes = vec![0; split.len as usize];
-    file.read_exact(&mut bytes)
-        .with_context(|| format!("input {} changed while the job ran", split.path.display()))?;
-    Ok(bytes)
+    storage::read_range(&split.path, split.offset, split.len)
 }
 
 #[cfg(test)]

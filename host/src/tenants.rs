@@ -9,6 +9,7 @@
 //! (`wmr tenant operator-token`) is for `wmr coordinator --http` only.
 
 use crate::model::{Limits, TenantId};
+use crate::storage::{self, S3Url};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -295,7 +296,10 @@ pub fn add_tenant(
         name != OPERATOR,
         "{OPERATOR:?} is reserved for the operator (`wmr tenant operator-token`)"
     );
-    let root = std::path::absolute(root)?;
+    let root = match S3Url::of_path(root) {
+        Some(url) => url?.to_path(),
+        None => std::path::absolute(root)?,
+    };
     let mut file = load(state_dir)?.unwrap_or_default();
     let token = new_token();
     // Replacing a tenant keeps its pool's workers admitted.
@@ -360,6 +364,12 @@ pub fn confine(root: &Path, path: &Path) -> anyhow::Result<PathBuf> {
     if path.components().any(|c| c == Component::ParentDir) {
         bail!("path {} contains '..'", path.display());
     }
+    if let Some(root) = S3Url::of_path(root) {
+        return confine_object(&root?, path);
+    }
+    if storage::is_object(path) {
+        bail!("path {} is outside the tenant's root", path.display());
+    }
     let root = root
         .canonicalize()
         .with_context(|| format!("tenant root {}", root.display()))?;
@@ -391,9 +401,66 @@ pub fn confine(root: &Path, path: &Path) -> anyhow::Result<PathBuf> {
     Ok(resolved)
 }
 
+/// [`confine`] for a root in an object store (`s3://bucket/alice/`): the
+/// path must be an object location in the same bucket, its key below the
+/// root's prefix by whole segments; a relative path is taken below it.
+fn confine_object(root: &S3Url, path: &Path) -> anyhow::Result<PathBuf> {
+    let outside = || anyhow::anyhow!("path {} is outside the tenant's root", path.display());
+    let url = match S3Url::of_path(path) {
+        Some(url) => url?,
+        None if path.is_relative() => {
+            let text = path.to_str().ok_or_else(outside)?;
+            S3Url::parse(&root.join(text).to_string())?
+        }
+        None => return Err(outside()),
+    };
+    let below = url.bucket == root.bucket
+        && format!("{}/", url.key.trim_end_matches('/')).starts_with(&root.dir_prefix());
+    if !below {
+        return Err(outside());
+    }
+    Ok(url.to_path())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SECURITY: a tenant confined to `s3://bucket/alice/` names nothing of
+    /// `s3://bucket/bob/`, another bucket, a local path, or `alicex/`.
+    #[test]
+    fn object_store_roots_confine_by_bucket_and_whole_prefix_segments() {
+        let root = Path::new("s3://bucket/alice/");
+        let ok = |p: &str| confine(root, Path::new(p)).unwrap();
+        assert_eq!(
+            ok("s3://bucket/alice/in"),
+            PathBuf::from("s3://bucket/alice/in")
+        );
+        assert_eq!(ok("s3://bucket/alice"), PathBuf::from("s3://bucket/alice"));
+        assert_eq!(ok("out/r1"), PathBuf::from("s3://bucket/alice/out/r1"));
+        for outside in [
+            "s3://bucket/bob/in",
+            "s3://bucket/alicex/in",
+            "s3://other/alice/in",
+            "s3://bucket/",
+            "/etc/passwd",
+        ] {
+            let e = confine(root, Path::new(outside)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("path {outside} is outside the tenant's root")
+            );
+        }
+        let e = confine(root, Path::new("s3://bucket/alice/../bob")).unwrap_err();
+        assert_eq!(e.to_string(), "path s3://bucket/alice/../bob contains '..'");
+        // A local root does not reach into a store.
+        let dir = tempfile::tempdir().unwrap();
+        let e = confine(dir.path(), Path::new("s3://bucket/alice/in")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "path s3://bucket/alice/in is outside the tenant's root"
+        );
+    }
 
     #[test]
     fn confinement_refuses_dotdot_absolute_paths_and_symlinks_that_leave() {

@@ -250,6 +250,10 @@ impl Tenant {
 /// call and for the coordinator to listen, and no bound on the whole test.
 pub struct Options {
     coordinator_args: Vec<String>,
+    /// Environment of every `wmr` process (store credentials).
+    env: Vec<(String, String)>,
+    /// Tenant roots other than `ROOT/tenants/NAME` (`s3://…`).
+    tenant_roots: Vec<(String, String)>,
     tenants: Vec<String>,
     tenant_args: Vec<String>,
     tenant_books: bool,
@@ -263,6 +267,21 @@ impl Options {
     pub fn args(mut self, args: &[&str]) -> Options {
         self.coordinator_args
             .extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// `NAME=VALUE` in the environment of every `wmr` process the cluster
+    /// starts (e.g. object store credentials).
+    pub fn env(mut self, vars: &[(&str, &str)]) -> Options {
+        self.env
+            .extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// `wmr tenant add NAME --root ROOT` with this root (e.g.
+    /// `s3://bucket/alice/`) instead of a directory of the test's.
+    pub fn tenant_root(mut self, name: &str, root: &str) -> Options {
+        self.tenant_roots.push((name.to_string(), root.to_string()));
         self
     }
 
@@ -328,6 +347,8 @@ impl Options {
             std::fs::create_dir_all(dir).unwrap();
         }
         let mut c = Cluster {
+            env: self.env,
+            tenant_roots: self.tenant_roots,
             coordinator: None,
             workers: Vec::new(),
             addr: "127.0.0.1:0".into(),
@@ -357,6 +378,8 @@ impl Options {
 /// A coordinator, its workers, and the temporary directory holding the
 /// coordinator's state, every log, every output and the processes' TMPDIR.
 pub struct Cluster {
+    env: Vec<(String, String)>,
+    tenant_roots: Vec<(String, String)>,
     /// `None` while it is down, between [`Cluster::kill_coordinator`] (or a
     /// test taking it) and [`Cluster::start_coordinator`].
     pub coordinator: Option<Proc>,
@@ -387,6 +410,8 @@ impl Cluster {
     pub fn options() -> Options {
         Options {
             coordinator_args: Vec::new(),
+            env: Vec::new(),
+            tenant_roots: Vec::new(),
             tenants: Vec::new(),
             tenant_args: Vec::new(),
             tenant_books: false,
@@ -435,7 +460,9 @@ impl Cluster {
 
     /// `wmr` with TMPDIR inside the test's directory (see [`wmr_in`]).
     pub fn wmr(&self) -> Command {
-        wmr_in(&self.root)
+        let mut cmd = wmr_in(&self.root);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
     }
 
     /// A process of this cluster, logging to its logs directory.
@@ -458,9 +485,15 @@ impl Cluster {
     /// all before the coordinator starts (it reads `tenants.toml` then).
     fn add_tenants(&mut self, names: &[String], tenant_args: &[String], books: bool) {
         for name in names {
-            let root = self.root.join("tenants").join(name);
-            std::fs::create_dir_all(&root).unwrap();
-            if books {
+            let given = self.tenant_roots.iter().find(|(n, _)| n == name);
+            let root = match given {
+                Some((_, root)) => PathBuf::from(root),
+                None => self.root.join("tenants").join(name),
+            };
+            if given.is_none() {
+                std::fs::create_dir_all(&root).unwrap();
+            }
+            if books && given.is_none() {
                 copy_dir(&super::books(), &root.join("books"));
             }
             let mut cmd = self.wmr();

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub mod cluster;
 pub mod netns;
+pub mod s3;
 pub mod status;
 
 /// The repository root.

@@ -1,0 +1,284 @@
+//! The reduce output committer for an object store, which has no rename.
+//!
+//! As S3A's "magic" committer: a reduce attempt uploads its part straight
+//! to the part's final key as a multipart upload and does not complete it,
+//! so nothing of it is visible. Its upload id and part ETags go in a small
+//! manifest, written as soon as the upload exists (so an attempt killed
+//! mid-upload can still be aborted by whoever cleans up) and rewritten,
+//! `complete: true`, once every part is up:
+//!
+//! ```text
+//! <out>/_temporary/job-<id>/r-00007.a2.pending            the attempt's manifest
+//! <out>/_temporary/job-<id>/committed/part-r-00007.pending the committed epoch's
+//! <out>/part-r-00007                                      completed at the job commit
+//! <out>/_SUCCESS                                          written last: parts and sizes
+//! ```
+//!
+//! Committing a task (the coordinator, once per task: I2) copies the
+//! committed epoch's manifest to `committed/`. The job commit completes
+//! exactly those uploads, aborts every other upload of the job (failed,
+//! stale or duplicate attempts), deletes `_temporary/job-<id>/`, and
+//! writes `_SUCCESS` last, naming each part and its size. A reader that
+//! waits for `_SUCCESS` and reads the parts it lists never sees a partial,
+//! stale or duplicate part; a job that fails or is cancelled completes no
+//! upload and leaves only what its clean-up could not reach.
+
+use crate::model::{AttemptEpoch, DeadLetter, JobId, TaskId};
+use crate::storage::{self, S3Url};
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use std::io::Read as _;
+use std::path::Path;
+
+const TEMPORARY: &str = "_temporary";
+const PENDING: &str = ".pending";
+/// Bytes per uploaded part: S3 wants at least 5 MiB (but the last); one
+/// part is held in memory at a time.
+pub const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// An attempt's upload, as its manifest records it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct Pending {
+    /// The part's final key (in the output's bucket).
+    key: String,
+    upload: String,
+    /// ETags of the parts, in order.
+    parts: Vec<String>,
+    bytes: u64,
+    /// Every part is up: the upload may be completed.
+    complete: bool,
+}
+
+/// One job's output under an `s3://` prefix.
+#[derive(Clone, Debug)]
+pub struct ObjectOutput {
+    pub output: S3Url,
+    pub job: JobId,
+}
+
+impl ObjectOutput {
+    fn job_temporary(&self) -> S3Url {
+        self.output.join(&format!("{TEMPORARY}/job-{}/", self.job))
+    }
+
+    fn attempt_manifest(&self, task: TaskId, epoch: AttemptEpoch) -> S3Url {
+        self.job_temporary()
+            .join(&format!("{task}.{epoch}{PENDING}"))
+    }
+
+    fn committed_manifest(&self, partition: u32) -> S3Url {
+        self.job_temporary().join(&format!(
+            "committed/{}{PENDING}",
+            crate::commit::part_name(partition)
+        ))
+    }
+
+    fn part(&self, partition: u32) -> S3Url {
+        self.output.join(&crate::commit::part_name(partition))
+    }
+
+    /// The output prefix must hold nothing but leftovers of killed runs
+    /// (`_temporary/`), whose uploads are aborted and manifests deleted.
+    /// This listing is also the first request to the output's bucket: a
+    /// missing bucket or bad credentials stop the job here.
+    pub fn prepare(&self) -> anyhow::Result<()> {
+        let prefix = S3Url {
+            bucket: self.output.bucket.clone(),
+            key: self.output.dir_prefix(),
+        };
+        let found = storage::list(&prefix)
+            .map_err(|e| storage::explain(e, format!("output {}", self.output)))?;
+        let temporary = format!("{}{TEMPORARY}/", prefix.key);
+        if let Some(held) = found.iter().find(|o| !o.url.key.starts_with(&temporary)) {
+            bail!(
+                "output {} already holds {}: choose an empty or new prefix",
+                self.output,
+                &held.url.key[prefix.key.len()..]
+            );
+        }
+        for leftover in &found {
+            discard_manifest(&leftover.url, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Upload a reduce attempt's finished part (a local file) without
+    /// completing it; the manifest is written first, then again complete.
+    /// Returns the part's size.
+    pub fn upload_attempt(
+        &self,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        local: &Path,
+    ) -> anyhow::Result<u64> {
+        let TaskId::Reduce(partition) = task else {
+            panic!("{task} is not a reduce task")
+        };
+        let part = self.part(partition);
+        let manifest = self.attempt_manifest(task, epoch);
+        let upload = storage::create_upload(&part)?;
+        let mut pending = Pending {
+            key: part.key.clone(),
+            upload,
+            parts: Vec::new(),
+            bytes: 0,
+            complete: false,
+        };
+        write_manifest(&manifest, &pending)?;
+        let mut file =
+            std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
+        let mut buffer = vec![0u8; UPLOAD_PART_BYTES];
+        loop {
+            let n = read_full(&mut file, &mut buffer)
+                .with_context(|| format!("reading {}", local.display()))?;
+            // One empty part for an empty output: an upload needs a part.
+            if n == 0 && !pending.parts.is_empty() {
+                break;
+            }
+            let bytes = bytes::Bytes::copy_from_slice(&buffer[..n]);
+            let etag = storage::upload_part(&part, &pending.upload, pending.parts.len(), bytes)?;
+            pending.parts.push(etag);
+            pending.bytes += n as u64;
+            if n < buffer.len() {
+                break;
+            }
+        }
+        pending.complete = true;
+        write_manifest(&manifest, &pending)?;
+        tracing::debug!(%task, %epoch, bytes = pending.bytes, parts = pending.parts.len(), "part uploaded, not completed");
+        Ok(pending.bytes)
+    }
+
+    /// Commit a reduce attempt (I2: once per task, its current epoch): its
+    /// manifest becomes the task's.
+    pub fn commit_attempt(&self, task: TaskId, epoch: AttemptEpoch) -> anyhow::Result<()> {
+        let TaskId::Reduce(partition) = task else {
+            panic!("{task} is not a reduce task")
+        };
+        let committed = self.committed_manifest(partition);
+        if storage::exists(&committed)? {
+            bail!("{task} is already committed at {committed}");
+        }
+        let pending = read_manifest(&self.attempt_manifest(task, epoch))?;
+        if !pending.complete {
+            bail!("committing {task} {epoch}: its upload is not complete");
+        }
+        write_manifest(&committed, &pending)
+    }
+
+    /// Abort an attempt's upload and delete its manifest.
+    pub fn abort_attempt(&self, task: TaskId, epoch: AttemptEpoch) -> anyhow::Result<()> {
+        discard_manifest(&self.attempt_manifest(task, epoch), &[])
+    }
+
+    /// The job commit: complete the committed uploads, abort the others,
+    /// drop `_temporary/job-<id>/`, write `_SUCCESS` (parts and sizes) last.
+    pub fn finish(&self, dead_letters: &[DeadLetter]) -> anyhow::Result<()> {
+        let mut listing = String::new();
+        let mut completed = Vec::new();
+        // Every reduce task commits (an empty one too), so these are all
+        // the parts, in partition order.
+        for manifest in storage::list(&self.job_temporary().join("committed/"))? {
+            let pending = read_manifest(&manifest.url)?;
+            let part = S3Url {
+                bucket: self.output.bucket.clone(),
+                key: pending.key.clone(),
+            };
+            debug_assert!(part.key.starts_with(&self.output.dir_prefix()));
+            if let Err(e) = storage::complete_upload(&part, &pending.upload, &pending.parts) {
+                // A coordinator restarted mid-commit completed it already.
+                if storage::size(&part).ok() != Some(pending.bytes) {
+                    return Err(e.context(format!("completing {part}")));
+                }
+            }
+            listing.push_str(&format!("{} {}\n", part.name(), pending.bytes));
+            completed.push(pending.upload);
+        }
+        if !dead_letters.is_empty() {
+            let mut text = String::new();
+            for dead in dead_letters {
+                text.push_str(&serde_json::to_string(dead)?);
+                text.push('\n');
+            }
+            let len = text.len();
+            storage::put(
+                &self.output.join(crate::commit::DEAD_LETTERS),
+                text.into_bytes(),
+            )?;
+            listing.push_str(&format!("{} {len}\n", crate::commit::DEAD_LETTERS));
+        }
+        self.cleanup_except(&completed)?;
+        storage::put(
+            &self.output.join(crate::commit::SUCCESS_MARKER),
+            listing.into_bytes(),
+        )
+    }
+
+    /// Abort every upload of this job not yet completed and delete its
+    /// manifests (a failed or cancelled job, or after the job commit).
+    pub fn cleanup(&self) -> anyhow::Result<()> {
+        self.cleanup_except(&[])
+    }
+
+    /// [`Self::cleanup`], but leave the uploads in `completed` be (an
+    /// abort of a completed upload is an error on some stores).
+    fn cleanup_except(&self, completed: &[String]) -> anyhow::Result<()> {
+        for manifest in storage::list(&self.job_temporary())? {
+            discard_manifest(&manifest.url, completed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Abort the upload a manifest names (unless it is in `completed`) and
+/// delete the manifest.
+fn discard_manifest(manifest: &S3Url, completed: &[String]) -> anyhow::Result<()> {
+    if manifest.key.ends_with(PENDING) {
+        match read_manifest(manifest) {
+            Ok(pending) if completed.contains(&pending.upload) => {}
+            Ok(pending) => {
+                let part = S3Url {
+                    bucket: manifest.bucket.clone(),
+                    key: pending.key.clone(),
+                };
+                // An upload aborted already (by the attempt itself, then by
+                // the coordinator) is refused by some stores: the manifest
+                // goes anyway, and a real failure shows in the log.
+                if let Err(e) = storage::abort_upload(&part, &pending.upload) {
+                    tracing::warn!("aborting the upload of {part}: {e:#}");
+                }
+            }
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    storage::delete(manifest)
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<storage::StoreError>(),
+        Some(storage::StoreError::NotFound)
+    )
+}
+
+fn write_manifest(url: &S3Url, pending: &Pending) -> anyhow::Result<()> {
+    storage::put(url, serde_json::to_vec(pending)?)
+}
+
+fn read_manifest(url: &S3Url) -> anyhow::Result<Pending> {
+    let bytes = storage::get(url)?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{url}: not an upload manifest"))
+}
+
+/// Fill `buffer` unless the file ends first; the bytes read.
+fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
