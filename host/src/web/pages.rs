@@ -787,6 +787,7 @@ mod tests {
             ended_ms: span.1,
             outcome: AttemptOutcome::Committed,
             stats: None,
+            speculative: false,
         }
     }
 
