@@ -336,7 +336,31 @@ fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
     hasher.update(identity.key.secret_pkcs8_der());
     let secret = hasher.finalize();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
-    quinn::EndpointConfig::new(Arc::new(key))
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    // quinn's default generator drops packets whose connection ids another
+    // endpoint issued (a keyed hash) without answering: the reset above
+    // needs ids it does not validate.
+    config.cid_generator(|| Box::new(RandomConnectionIds));
+    config
+}
+
+/// Random 8-byte connection ids, not checked on receipt (as quinn's
+/// `RandomConnectionIdGenerator`, which it does not re-export), so a
+/// packet of a predecessor's connection is answered with a stateless reset.
+struct RandomConnectionIds;
+
+impl quinn::ConnectionIdGenerator for RandomConnectionIds {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&rand::random::<[u8; 8]>())
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Connect to a coordinator whose certificate has `fingerprint`.
