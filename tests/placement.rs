@@ -36,14 +36,18 @@ impl Cluster {
 
     /// `wmr status JOB` (text) until it shows `line`.
     fn status_shows(&self, job: &str, line: &str) {
-        self.poll(&format!("status to show {line:?}"), CLIENT_LIMIT, || {
-            let out = self.client_ok(&["status", job]);
-            String::from_utf8(out.stdout)
-                .unwrap()
-                .lines()
-                .any(|l| l.trim() == line)
-                .then_some(())
-        });
+        let deadline = Instant::now() + CLIENT_LIMIT;
+        loop {
+            let last = String::from_utf8(self.client_ok(&["status", job]).stdout).unwrap();
+            if last.lines().any(|l| l.trim() == line) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {CLIENT_LIMIT:?}: status to show {line:?}; last:\n{last}"
+            );
+            support::cluster::sleep_step();
+        }
     }
 
     /// The names of the workers that ran `job`'s attempts.
@@ -177,7 +181,13 @@ fn placement_timeout_fails_the_job_with_the_reason() {
 #[test]
 fn losing_the_only_matching_worker_makes_the_job_wait_for_another() {
     let _serial = serial();
-    let mut c = start();
+    // A SIGKILLed worker sends no close: it is lost when its session idles
+    // out, after three leases (I13), so a short lease keeps this test short.
+    let mut c = Cluster::options()
+        .reducers(4)
+        .client_limit(CLIENT_LIMIT)
+        .args(&["--lease", "3s", "--heartbeat", "500ms"])
+        .start();
     c.labelled_worker("in-a", "zone=a");
     c.labelled_worker("in-b", "zone=b");
     let out = c.root.join("out");

@@ -118,6 +118,7 @@ fn expected_class(record: &Value) -> &'static str {
             "RejectedStale" => "stale",
             "Lost" => "lost",
             "OutputLost" => "output-lost",
+            "Superseded" => "superseded",
             other => panic!("unknown outcome {other}"),
         },
         Value::Object(failed) if failed.contains_key("Failed") => match &failed["Failed"] {
@@ -327,6 +328,7 @@ fn the_job_page_shows_every_attempt_of_a_run_with_a_failed_and_a_stale_one() {
             "lost",
             "output-lost",
             "cancelled",
+            "superseded",
             "running"
         ])
     );
