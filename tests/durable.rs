@@ -225,18 +225,7 @@ fn coordinator_killed_while_mapping_and_while_reducing_resumes_the_job() {
     // No task committed before a crash ran again: its committed attempt is
     // the newest attempt of the task.
     for before in [&first, &second] {
-        for old in before.committed() {
-            let newest = status
-                .attempts
-                .iter()
-                .filter(|a| a.task == old.task)
-                .max_by_key(|a| a.epoch)
-                .unwrap();
-            assert!(
-                newest.key() == old.key() && newest.outcome == "Committed",
-                "{old:?} was committed before a crash, but the task ran again: {newest:?}"
-            );
-        }
+        status.assert_committed_tasks_not_rerun(before, "a crash");
     }
     // The second crash hit reduce attempts: they were lost (or, reported
     // late, rejected as stale) and ran again.

@@ -186,18 +186,7 @@ fn committed_map_outputs_survive_two_coordinator_kills() {
     let run = word_count_through_two_kills(&[]);
     let status = &run.status;
     for before in &run.before {
-        for old in before.committed() {
-            let newest = status
-                .attempts
-                .iter()
-                .filter(|a| a.task == old.task)
-                .max_by_key(|a| a.epoch)
-                .unwrap();
-            assert!(
-                newest.key() == old.key() && newest.outcome == "Committed",
-                "{old:?} was committed before a kill, but the task ran again: {newest:?}"
-            );
-        }
+        status.assert_committed_tasks_not_rerun(before, "a kill");
     }
     assert!(
         run.before[1]

@@ -573,8 +573,6 @@ fn record_capability(
     job: JobId,
     capability: &Capability,
 ) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     anyhow::ensure!(!capability.0.is_empty(), "the assignment carries none");
     let dir = local_dirs(options, job).work;
     let path = dir.join(CAPABILITY_FILE);
@@ -586,6 +584,14 @@ fn record_capability(
     let id_path = dir.join(JOB_ID_FILE);
     std::fs::write(&id_path, job.0.simple().to_string())
         .with_context(|| format!("{}", id_path.display()))?;
+    write_private_atomically(&path, capability.0.as_bytes())
+}
+
+/// Write `bytes` to `path` readable by this user only (0600), replacing it
+/// atomically: a crash leaves the old file or the new one, never a torn one.
+fn write_private_atomically(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension(format!("{}.tmp", rand::random::<u32>()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -593,17 +599,15 @@ fn record_capability(
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("{}", tmp.display()))?;
-    file.write_all(capability.0.as_bytes())?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, &path).with_context(|| format!("{}", path.display()))?;
-    Ok(())
+    std::fs::rename(&tmp, path).with_context(|| format!("{}", path.display()))
 }
 
 /// This worker's durable identity from `work_dir/worker-id`, created (32
 /// random hex digits, 0600) on first start.
 fn load_or_create_identity(work_dir: &std::path::Path) -> anyhow::Result<String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let path = work_dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
@@ -614,17 +618,7 @@ fn load_or_create_identity(work_dir: &std::path::Path) -> anyhow::Result<String>
     std::fs::create_dir_all(work_dir)
         .with_context(|| format!("creating {}", work_dir.display()))?;
     let id = format!("{:032x}", rand::random::<u128>());
-    let tmp = path.with_extension(format!("{}.tmp", rand::random::<u32>()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("{}", tmp.display()))?;
-    file.write_all(id.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, &path).with_context(|| format!("{}", path.display()))?;
+    write_private_atomically(&path, id.as_bytes())?;
     tracing::info!(identity = %id, "created this worker's identity in {}", path.display());
     Ok(id)
 }

@@ -157,6 +157,23 @@ impl Status {
             .collect()
     }
 
+    /// Every task committed in `before` (an earlier status of this job)
+    /// did not run again: its committed attempt is still its newest.
+    pub fn assert_committed_tasks_not_rerun(&self, before: &Status, event: &str) {
+        for old in before.committed() {
+            let newest = self
+                .attempts
+                .iter()
+                .filter(|a| a.task == old.task)
+                .max_by_key(|a| a.epoch)
+                .unwrap();
+            assert!(
+                newest.key() == old.key() && newest.outcome == "Committed",
+                "{old:?} was committed before {event}, but the task ran again: {newest:?}"
+            );
+        }
+    }
+
     pub fn keys(&self) -> BTreeSet<(Task, u64)> {
         self.attempts.iter().map(Attempt::key).collect()
     }

@@ -1710,19 +1710,7 @@ impl Cluster {
                 .map(|(_, why)| format!("waiting: {why}")),
             attempt_log: job.scheduler.attempt_log().to_vec(),
             // Another tenant's dedicated workers are not this tenant's to see.
-            workers: self
-                .workers
-                .iter()
-                .filter(|(_, w)| w.pool.as_ref().is_none_or(|t| *t == job.record.tenant))
-                .map(|(&id, w)| WorkerInfo {
-                    id,
-                    name: w.name.clone(),
-                    slots: w.slots,
-                    connected: w.connected,
-                    labels: w.labels.clone(),
-                    pool: w.pool.clone(),
-                })
-                .collect(),
+            workers: self.workers_for(&Viewer::Tenant(job.record.tenant.clone())),
             transitions: job.record.transitions.clone(),
             totals: Totals::of(job.scheduler.attempt_log()),
         }

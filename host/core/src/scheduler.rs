@@ -707,14 +707,7 @@ impl Scheduler {
             .collect();
         for (task, epoch, worker) in expired_backups {
             tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, "backup's lease expired");
-            self.actions.push_back(Action::Interrupt {
-                task,
-                epoch,
-                worker,
-            });
-            if let Some(w) = self.workers.get_mut(&worker) {
-                w.suspect = true;
-            }
+            self.interrupt_expired(task, epoch, worker);
             self.drop_backup(now, task, AttemptOutcome::Lost);
         }
         let expired: Vec<(TaskId, AttemptEpoch, WorkerId)> = self
@@ -734,17 +727,23 @@ impl Scheduler {
             .collect();
         for (task, epoch, worker) in expired {
             tracing::debug!(job = %self.plan.job, %task, %epoch, %worker, "lease expired");
-            self.actions.push_back(Action::Interrupt {
-                task,
-                epoch,
-                worker,
-            });
-            if let Some(w) = self.workers.get_mut(&worker) {
-                w.suspect = true;
-            }
+            self.interrupt_expired(task, epoch, worker);
             self.requeue(now, task, AttemptOutcome::Lost);
         }
         self.schedule(now);
+    }
+
+    /// An attempt whose lease expired: tell its worker to stop it (if it
+    /// still can hear us) and suspect the worker until it reports again.
+    fn interrupt_expired(&mut self, task: TaskId, epoch: AttemptEpoch, worker: WorkerId) {
+        self.actions.push_back(Action::Interrupt {
+            task,
+            epoch,
+            worker,
+        });
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.suspect = true;
+        }
     }
 
     // ---- outputs ----
