@@ -142,6 +142,11 @@ bench-shuffle sizes_mib="600,2048": guests
     cargo build --release -p wmr -p wmr-bench
     ${CARGO_TARGET_DIR:-target}/release/wmr-bench shuffle --sizes-mib {{sizes_mib}} --wmr ${CARGO_TARGET_DIR:-target}/release/wmr --guests {{guest_dir}}
 
+# Word count over the SIZE_MIB corpus read from a local S3 server (s3s-fs) vs from local files, in turns, ROUNDS times; the ratio (target >= 0.8).
+bench-s3 size_mib="256" rounds="3": guests setup-s3
+    cargo build --release -p wmr -p wmr-bench
+    ${CARGO_TARGET_DIR:-target}/release/wmr-bench s3 --size-mib {{size_mib}} --rounds {{rounds}} --wmr ${CARGO_TARGET_DIR:-target}/release/wmr --guest {{guest_dir}}/wordcount.wasm --s3s-fs {{tools}}/s3s/bin/s3s-fs
+
 # Two one-slot workers, one slowed by SIGSTOP/SIGCONT cycles (host/bench/speculate.py).
 # Speculation: a word count ROUNDS times without and with --speculate; median job times and their ratio.
 bench-speculate rounds="3": guests build

@@ -326,3 +326,252 @@ fn a_tenant_confined_to_its_prefix_cannot_read_or_write_anothers() {
     assert!(!String::from_utf8_lossy(&status.stdout).contains(SECRET_KEY));
     assert_eq!(files_containing(&c.root, SECRET_KEY), Vec::<String>::new());
 }
+
+/// A worker of a cluster that shares nothing with the others but the
+/// network and the bucket: its own `--work-dir`, module and compile cache
+/// and TMPDIR under `ROOT/machines/NAME`, one slot, and
+/// `WMR_FAULT_HOLD_UPLOAD=hold` if given (see `object_commit.rs`).
+fn private_worker(
+    c: &support::cluster::Cluster,
+    name: &str,
+    hold: Option<&str>,
+) -> support::cluster::Proc {
+    let home = c.root.join("machines").join(name);
+    for dir in ["work", "cache", "tmp"] {
+        std::fs::create_dir_all(home.join(dir)).unwrap();
+    }
+    let mut cmd = c.worker_command(name);
+    cmd.args(["--slots", "1", "--work-dir"])
+        .arg(home.join("work"))
+        .arg("--cache-dir")
+        .arg(home.join("cache"))
+        .env("TMPDIR", home.join("tmp"))
+        .env("XDG_CACHE_HOME", home.join("cache"));
+    if let Some(hold) = hold {
+        cmd.env("WMR_FAULT_HOLD_UPLOAD", hold);
+    }
+    c.spawn(&format!("worker-{name}"), cmd)
+}
+
+/// The objects a reader listing `dir` sees (files below it, `_temporary/`
+/// left out), with their sizes.
+fn visible_objects(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    files_below(dir)
+        .into_iter()
+        .filter(|name| !name.starts_with("_temporary/"))
+        .map(|name| {
+            let size = std::fs::metadata(dir.join(&name)).map_or(u64::MAX, |m| m.len());
+            (name, size)
+        })
+        .collect()
+}
+
+/// What `_SUCCESS` says the output is: each part and its size, and
+/// `_SUCCESS` itself.
+fn listed_by_success(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+    let success = dir.join("_SUCCESS");
+    let listing = std::fs::read_to_string(&success).expect("_SUCCESS");
+    let mut listed: std::collections::BTreeMap<String, u64> = listing
+        .lines()
+        .map(|line| {
+            let (name, size) = line.split_once(' ').expect("NAME SIZE");
+            (name.to_string(), size.parse().expect("a size"))
+        })
+        .collect();
+    listed.insert("_SUCCESS".into(), listing.len() as u64);
+    listed
+}
+
+/// I14 (no upload outlives its job), I2 and I3 on an object store, over
+/// QUIC, on a cluster whose processes share no directory (each worker its
+/// own work dir, caches and TMPDIR; the coordinator its state dir): word
+/// count S3 → S3 over the books in many splits and 4 reducers while
+/// - w1 is SIGKILLed in the middle of a reduce upload (created, one part
+///   up, its manifest not complete: `WMR_FAULT_HOLD_UPLOAD=part`), and
+/// - w2 is SIGSTOPped just before it creates its reduce upload
+///   (`WMR_FAULT_HOLD_UPLOAD=create`), kept stopped past its lease until the
+///   job has written `_SUCCESS`, then resumed: its late attempt starts its
+///   upload after the job's clean-up, finds the job closed and aborts it.
+///
+/// The output equals `wmr seq` byte for byte, `_SUCCESS` lists exactly the
+/// parts with their sizes, a reader polling the prefix from `_SUCCESS` on
+/// (through the resumed worker's late attempt and its drain) never sees
+/// anything else, each reduce task commits once at a higher epoch than
+/// the killed and the frozen attempts, and in the end no multipart upload
+/// is open and nothing is left under `_temporary/`.
+#[test]
+fn a_cluster_sharing_only_a_bucket_survives_a_kill_mid_upload_and_a_frozen_worker() {
+    use std::time::Duration;
+    use support::cluster::Cluster;
+    use support::status::{Status, Task};
+    const REDUCERS: u64 = 4;
+    let server = S3Server::start();
+    server.seed("books", "in", &books());
+    let env = aws_env(&server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut c = Cluster::options()
+        .env(&env)
+        .args(&["--lease", "2s", "--heartbeat", "500ms"])
+        .reducers(REDUCERS)
+        .bound(Duration::from_secs(300))
+        .start();
+    let w1 = private_worker(&c, "w1", Some("part"));
+    let w2 = private_worker(&c, "w2", Some("create"));
+    let w3 = private_worker(&c, "w3", None);
+    c.workers.extend([w1, w2, w3]);
+    let out = server.root.join("books/out");
+    let mut deploy = c.deploy(
+        &guest("wordcount"),
+        Path::new("s3://books/in"),
+        Path::new("s3://books/out"),
+        &["--split-size", "64KiB"],
+    );
+    let job = c.job_id(&mut deploy);
+    let status = |c: &Cluster| Status::parse(&c.client_json(&["status", &job, "--json"]));
+    // The reduce attempt a worker runs (it has one slot).
+    let running_reduce = |c: &Cluster, name: &str| {
+        let status = status(c);
+        status
+            .attempts
+            .iter()
+            .find(|a| {
+                matches!(a.task, Task::Reduce(_))
+                    && a.outcome == "Running"
+                    && status.worker_name(a.worker) == name
+            })
+            .cloned()
+    };
+    let holding = |c: &Cluster, name: &str| {
+        c.worker_named(name)
+            .stderr_text()
+            .contains("fault injected: the upload holds")
+    };
+
+    // w1 holds in the middle of its upload: the manifest names an upload
+    // with one part, not complete, and the server has it open.
+    let killed = c.poll(
+        "w1 to hold its reduce upload mid-way",
+        Duration::from_secs(120),
+        || {
+            holding(&c, "w1")
+                .then(|| running_reduce(&c, "w1"))
+                .flatten()
+        },
+    );
+    let manifest_name = format!("{}.pending", killed.task.attempt_stem(killed.epoch));
+    let manifest = files_below(&out.join("_temporary"))
+        .into_iter()
+        .find(|f| f.ends_with(&format!("/{manifest_name}")))
+        .unwrap_or_else(|| panic!("no manifest {manifest_name} of w1's attempt"));
+    let pending: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_temporary").join(&manifest)).unwrap())
+            .unwrap();
+    assert_eq!(pending["complete"], false, "{pending}");
+    let upload = pending["upload"].as_str().unwrap().to_string();
+    let open = server.open_uploads();
+    for held in [
+        format!(".upload-{upload}.json"),
+        format!(".upload_id-{upload}.part-1"),
+    ] {
+        assert!(open.contains(&held), "w1's open upload {held}: {open:?}");
+    }
+    c.workers[0].kill_now();
+
+    // w2 holds just before creating its upload: frozen there.
+    let frozen = c.poll(
+        "w2 to hold before its reduce upload",
+        Duration::from_secs(120),
+        || {
+            holding(&c, "w2")
+                .then(|| running_reduce(&c, "w2"))
+                .flatten()
+        },
+    );
+    c.workers[1].signal("STOP");
+    c.poll("w2 to be stopped", Duration::from_secs(5), || {
+        (c.workers[1].state() == Some('T')).then_some(())
+    });
+
+    // The job completes on w3; from `_SUCCESS` on, a reader sees exactly
+    // what it lists.
+    c.poll("_SUCCESS", Duration::from_secs(240), || {
+        assert!(deploy.exited().is_none() || out.join("_SUCCESS").exists());
+        out.join("_SUCCESS").exists().then_some(())
+    });
+    let listed = listed_by_success(&out);
+    let parts: Vec<String> = (0..REDUCERS).map(|r| format!("part-r-{r:05}")).collect();
+    let mut expected: Vec<String> = parts.clone();
+    expected.push("_SUCCESS".into());
+    expected.sort();
+    assert_eq!(listed.keys().cloned().collect::<Vec<_>>(), expected);
+    let reader_sees_the_listing = || {
+        assert_eq!(visible_objects(&out), listed, "the prefix after _SUCCESS");
+    };
+    reader_sees_the_listing();
+    c.deploy_finishes_ok(&mut deploy, Duration::from_secs(60));
+    reader_sees_the_listing();
+    assert_output_equals_reference(&out, "wordcount", REDUCERS);
+
+    // w2 resumes after its lease and the job's clean-up: its late attempt
+    // creates an upload, finds the job closed, aborts it (I14).
+    c.workers[1].signal("CONT");
+    c.poll(
+        "w2's late attempt to abort its upload",
+        Duration::from_secs(60),
+        || {
+            reader_sees_the_listing();
+            c.worker_named("w2")
+                .stderr_text()
+                .contains("this late attempt aborts its upload")
+                .then_some(())
+        },
+    );
+    // Drained, w2 has delivered its report and had it acknowledged.
+    let status_w2 = c.workers[1].terminate(Duration::from_secs(60));
+    assert!(status_w2.success(), "w2 after draining: {status_w2}");
+    reader_sees_the_listing();
+    assert_output_equals_reference(&out, "wordcount", REDUCERS);
+    assert_success_lists_parts(&out, REDUCERS as usize);
+    assert_eq!(server.open_uploads(), Vec::<String>::new(), "open uploads");
+    assert_eq!(
+        files_below(&out.join("_temporary")),
+        Vec::<String>::new(),
+        "left under _temporary/"
+    );
+
+    // One commit per reduce task; the killed and the frozen attempts'
+    // tasks committed at a higher epoch, on w3 (I1, I2, I3).
+    let status = status(&c);
+    assert_eq!(status.phase, "Completed");
+    for r in 0..REDUCERS {
+        let commits: Vec<_> = status
+            .committed()
+            .into_iter()
+            .filter(|a| a.task == Task::Reduce(r))
+            .collect();
+        assert_eq!(commits.len(), 1, "commits of r{r}: {}", status.summary());
+    }
+    for (name, stale) in [("w1", &killed), ("w2", &frozen)] {
+        let record = status.attempt(stale.task, stale.epoch);
+        assert_ne!(record.outcome, "Committed", "{name}'s attempt {record:?}");
+        assert!(record.ended_ms.is_some(), "{name}'s attempt {record:?}");
+        let committed = status
+            .committed()
+            .into_iter()
+            .find(|a| a.task == stale.task)
+            .cloned()
+            .unwrap();
+        assert!(
+            committed.epoch > stale.epoch,
+            "{committed:?} after {stale:?}"
+        );
+        assert_eq!(status.worker_name(committed.worker), "w3");
+    }
+    // Nothing of the workers in the coordinator's or the clients' TMPDIR.
+    let shared_tmp: Vec<_> = std::fs::read_dir(c.root.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("wmr-worker"))
+        .collect();
+    assert_eq!(shared_tmp, Vec::<String>::new());
+}

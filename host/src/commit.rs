@@ -171,9 +171,10 @@ impl JobDirs {
     /// Create the job's directories if missing, deleting nothing (a job
     /// resumed after a restart keeps what it had committed).
     pub fn ensure(&self) -> anyhow::Result<()> {
-        if self.object_output().is_none() {
-            std::fs::create_dir_all(self.job_temporary().join("committed"))
-                .with_context(|| format!("creating output {}", self.output.display()))?;
+        match self.object_output() {
+            Some(object) => object.reopen()?,
+            None => std::fs::create_dir_all(self.job_temporary().join("committed"))
+                .with_context(|| format!("creating output {}", self.output.display()))?,
         }
         std::fs::create_dir_all(self.work.join("map/_attempts"))
             .with_context(|| format!("creating work dir {}", self.work.display()))

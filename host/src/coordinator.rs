@@ -239,6 +239,10 @@ pub async fn serve(
             core.restore(None, record, epoch_floor, true)?;
         } else {
             let attempts = core.store.attempts(record.id)?;
+            // Its directories, for the late reports of its attempts: their
+            // files are discarded still (I3, I14).
+            let dirs = JobDirs::new(record.id, &core.config.work_root, &record.request.output);
+            core.dirs.insert(record.id, dirs);
             core.cluster.load_finished(clock(), record, attempts);
         }
     }

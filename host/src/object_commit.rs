@@ -21,7 +21,16 @@
 //! writes `_SUCCESS` last, naming each part and its size. A reader that
 //! waits for `_SUCCESS` and reads the parts it lists never sees a partial,
 //! stale or duplicate part; a job that fails or is cancelled completes no
-//! upload and leaves only what its clean-up could not reach.
+//! upload.
+//!
+//! No upload outlives its job (I14), however late an attempt is: the job's
+//! `_open` marker exists from `prepare` until the job commit or clean-up,
+//! which delete it *before* listing the manifests. An attempt checks the
+//! marker after each manifest write; if it is gone, the attempt aborts its
+//! own upload and deletes its manifest. S3 listings are strongly
+//! consistent, so a manifest written while the marker existed is in the
+//! closing listing (and aborted there), and one written later is withdrawn
+//! by its attempt.
 
 use crate::model::{AttemptEpoch, DeadLetter, JobId, TaskId};
 use crate::storage::{self, S3Url};
@@ -32,6 +41,10 @@ use std::path::Path;
 
 const TEMPORARY: &str = "_temporary";
 const PENDING: &str = ".pending";
+/// The job still takes uploads while `_temporary/job-<id>/_open` exists.
+const OPEN: &str = "_open";
+/// The longest a `WMR_FAULT_HOLD_UPLOAD` hold lasts.
+const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Bytes per uploaded part: S3 wants at least 5 MiB (but the last); one
 /// part is held in memory at a time.
 pub const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
@@ -77,6 +90,28 @@ impl ObjectOutput {
         self.output.join(&crate::commit::part_name(partition))
     }
 
+    fn open_marker(&self) -> S3Url {
+        self.job_temporary().join(OPEN)
+    }
+
+    /// Stop taking uploads (I14): the first step of the job commit and of
+    /// the clean-up, before they list the manifests.
+    fn close(&self) -> anyhow::Result<()> {
+        storage::delete(&self.open_marker())
+    }
+
+    /// A job restored after a restart takes uploads again (I14 holds: its
+    /// commit or clean-up, even one begun before the restart, closes it
+    /// again before listing).
+    pub fn reopen(&self) -> anyhow::Result<()> {
+        storage::put(&self.open_marker(), Vec::new())
+    }
+
+    /// Whether the job still takes uploads.
+    fn is_open(&self) -> anyhow::Result<bool> {
+        storage::exists(&self.open_marker())
+    }
+
     /// The output prefix must hold nothing but leftovers of killed runs
     /// (`_temporary/`), whose uploads are aborted and manifests deleted.
     /// This listing is also the first request to the output's bucket: a
@@ -99,12 +134,13 @@ impl ObjectOutput {
         for leftover in &found {
             discard_manifest(&leftover.url, &[])?;
         }
-        Ok(())
+        self.reopen()
     }
 
     /// Upload a reduce attempt's finished part (a local file) without
     /// completing it; the manifest is written first, then again complete.
-    /// Returns the part's size.
+    /// Returns the part's size. An attempt that fails here, or finds the
+    /// job closed (I14), aborts its upload and deletes its manifest itself.
     pub fn upload_attempt(
         &self,
         task: TaskId,
@@ -116,6 +152,7 @@ impl ObjectOutput {
         };
         let part = self.part(partition);
         let manifest = self.attempt_manifest(task, epoch);
+        self.hold_for_tests(Hold::Create, task, epoch);
         let upload = storage::create_upload(&part)?;
         let mut pending = Pending {
             key: part.key.clone(),
@@ -124,7 +161,37 @@ impl ObjectOutput {
             bytes: 0,
             complete: false,
         };
-        write_manifest(&manifest, &pending)?;
+        let uploaded = self.upload_parts(task, epoch, &manifest, &mut pending, local);
+        if let Err(e) = &uploaded {
+            if e.downcast_ref::<Closed>().is_some() {
+                tracing::warn!(%task, %epoch, "the job's output is closed: this late attempt aborts its upload");
+            }
+            if let Err(e) = storage::abort_upload(&part, &pending.upload) {
+                tracing::warn!(%task, %epoch, "aborting the upload of {part}: {e:#}");
+            }
+            if let Err(e) = storage::delete(&manifest) {
+                tracing::warn!(%task, %epoch, "deleting {manifest}: {e:#}");
+            }
+        }
+        uploaded
+    }
+
+    /// [`Self::upload_attempt`] once the upload exists: manifest, parts,
+    /// complete manifest, each manifest write followed by the check of I14.
+    fn upload_parts(
+        &self,
+        task: TaskId,
+        epoch: AttemptEpoch,
+        manifest: &S3Url,
+        pending: &mut Pending,
+        local: &Path,
+    ) -> anyhow::Result<u64> {
+        let part = S3Url {
+            bucket: self.output.bucket.clone(),
+            key: pending.key.clone(),
+        };
+        write_manifest(manifest, pending)?;
+        self.ensure_open()?;
         let mut file =
             std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
         let mut buffer = vec![0u8; UPLOAD_PART_BYTES];
@@ -139,14 +206,26 @@ impl ObjectOutput {
             let etag = storage::upload_part(&part, &pending.upload, pending.parts.len(), bytes)?;
             pending.parts.push(etag);
             pending.bytes += n as u64;
+            if pending.parts.len() == 1 {
+                self.hold_for_tests(Hold::Part, task, epoch);
+            }
             if n < buffer.len() {
                 break;
             }
         }
         pending.complete = true;
-        write_manifest(&manifest, &pending)?;
+        write_manifest(manifest, pending)?;
+        self.ensure_open()?;
         tracing::debug!(%task, %epoch, bytes = pending.bytes, parts = pending.parts.len(), "part uploaded, not completed");
         Ok(pending.bytes)
+    }
+
+    /// I14's check, after a manifest write: the job must still be open.
+    fn ensure_open(&self) -> anyhow::Result<()> {
+        if self.is_open()? {
+            return Ok(());
+        }
+        Err(Closed { job: self.job }.into())
     }
 
     /// Commit a reduce attempt (I2: once per task, its current epoch): its
@@ -174,6 +253,8 @@ impl ObjectOutput {
     /// The job commit: complete the committed uploads, abort the others,
     /// drop `_temporary/job-<id>/`, write `_SUCCESS` (parts and sizes) last.
     pub fn finish(&self, dead_letters: &[DeadLetter]) -> anyhow::Result<()> {
+        // I14: no attempt's manifest can appear unseen after this.
+        self.close()?;
         let mut listing = String::new();
         let mut completed = Vec::new();
         // Every reduce task commits (an empty one too), so these are all
@@ -223,10 +304,59 @@ impl ObjectOutput {
     /// [`Self::cleanup`], but leave the uploads in `completed` be (an
     /// abort of a completed upload is an error on some stores).
     fn cleanup_except(&self, completed: &[String]) -> anyhow::Result<()> {
+        self.close()?;
         for manifest in storage::list(&self.job_temporary())? {
             discard_manifest(&manifest.url, completed)?;
         }
         Ok(())
+    }
+}
+
+/// The job's output no longer takes uploads (I14): it was committed, or
+/// the job ended.
+#[derive(Debug, thiserror::Error)]
+#[error("job {job} has closed its output (it committed or ended): the upload is aborted")]
+struct Closed {
+    job: JobId,
+}
+
+/// Where `WMR_FAULT_HOLD_UPLOAD` holds an upload.
+#[derive(Clone, Copy, Debug)]
+enum Hold {
+    /// Before the upload is created.
+    Create,
+    /// After its first part, before the manifest says it is complete.
+    Part,
+}
+
+impl ObjectOutput {
+    /// Fault injection (as `WMR_FAULT_CORRUPT_MAP_OUTPUT`): with
+    /// `WMR_FAULT_HOLD_UPLOAD=create` (or `part`) in its environment, the
+    /// first reduce upload of this process stops before creating its
+    /// upload (or after its first part) until the job has written
+    /// `_SUCCESS` (at most [`HOLD_LIMIT`]), saying so in the log. The tests
+    /// use it to kill or freeze a worker inside that window and to make an
+    /// attempt start its upload after the job's clean-up.
+    fn hold_for_tests(&self, at: Hold, task: TaskId, epoch: AttemptEpoch) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static HELD: AtomicBool = AtomicBool::new(false);
+        let Some(wanted) = std::env::var_os("WMR_FAULT_HOLD_UPLOAD") else {
+            return;
+        };
+        let name = match at {
+            Hold::Create => "create",
+            Hold::Part => "part",
+        };
+        if wanted != name || HELD.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let success = self.output.join(crate::commit::SUCCESS_MARKER);
+        tracing::warn!(%task, %epoch, "fault injected: the upload holds at `{name}` until {success} exists");
+        let deadline = std::time::Instant::now() + HOLD_LIMIT;
+        while std::time::Instant::now() < deadline && !storage::exists(&success).unwrap_or(false) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        tracing::warn!(%task, %epoch, "fault injected: the upload goes on");
     }
 }
 

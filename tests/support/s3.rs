@@ -130,16 +130,20 @@ impl S3Server {
         keys
     }
 
-    /// Every file in the server's root that is not an object of a bucket:
-    /// s3s-fs keeps the parts of unfinished multipart uploads there (it
-    /// does not implement ListMultipartUploads).
+    /// What s3s-fs 0.14.1 keeps of the multipart uploads neither completed
+    /// nor aborted (it does not implement ListMultipartUploads), from its
+    /// `fs.rs`: at the root, `.upload-<id>.json` from CreateMultipartUpload
+    /// until CompleteMultipartUpload or AbortMultipartUpload, each part as
+    /// `.upload_id-<id>.part-N`, and the object's attributes as
+    /// `.bucket-B.object-K.upload-<id>.metadata.json`.
     pub fn open_uploads(&self) -> Vec<String> {
-        // `.upload-<id>.json` while an upload is open, its parts as
-        // `.upload_id-<id>.part-N`, at the root.
         let mut open: Vec<String> = std::fs::read_dir(&self.root)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(".upload"))
+            .filter(|name| {
+                name.starts_with(".upload")
+                    || (name.starts_with(".bucket-") && name.contains(".upload-"))
+            })
             .collect();
         open.sort();
         open

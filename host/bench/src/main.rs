@@ -18,7 +18,8 @@
 //! embedded, and over QUIC with the durable state store and with the
 //! in-memory one; their difference is the cost of durability.
 //!
-//! `wmr-bench shuffle` is a separate benchmark (`shuffle.rs`).
+//! `wmr-bench shuffle` is a separate benchmark (`shuffle.rs`), and so is
+//! `wmr-bench s3` (`s3.rs`).
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use rustc_hash::{FxBuildHasher, FxHashMap};
@@ -42,6 +43,7 @@ use wmr::summary::JobSummary;
 use wmr::wire::JobRequest;
 use wmr::worker::{self, WorkerOptions};
 
+mod s3;
 mod shuffle;
 
 /// The guest's tokenizer, compiled natively.
@@ -100,7 +102,8 @@ const REFERENCE: &str = "reference on this machine: native 2-thread FxHash ~440 
 #[command(
     name = "wmr-bench",
     about = "Word count measured several ways in one run",
-    after_help = "The shuffle benchmark is `wmr-bench shuffle` (see `wmr-bench shuffle --help`)."
+    after_help = "The shuffle benchmark is `wmr-bench shuffle` (see `wmr-bench shuffle --help`); \
+                  reading from S3 against local files is `wmr-bench s3`."
 )]
 pub struct BenchArgs {
     /// Corpus size in MiB (generated from the bundled books).
@@ -206,8 +209,11 @@ fn main() -> ExitCode {
         .init();
     // `wmr-bench shuffle ...` is the shuffle benchmark; anything else is the
     // word count, parsed exactly as before the subcommand existed.
-    let result = if std::env::args_os().nth(1).is_some_and(|a| a == "shuffle") {
+    let subcommand = std::env::args_os().nth(1);
+    let result = if subcommand.as_ref().is_some_and(|a| a == "shuffle") {
         shuffle::run(&clap::Parser::parse_from(std::env::args_os().skip(1)))
+    } else if subcommand.as_ref().is_some_and(|a| a == "s3") {
+        s3::run(&clap::Parser::parse_from(std::env::args_os().skip(1)))
     } else {
         run(&<BenchArgs as clap::Parser>::parse())
     };

@@ -504,7 +504,9 @@ impl Cluster {
                     }
                     let event = Event::AttemptFinished(report);
                     self.jobs[i].scheduler.handle(clock.now, event);
-                } else if report.outcome.is_ok() {
+                } else {
+                    // A failed attempt may have left files too (an upload
+                    // it could not abort itself).
                     self.discard_late(worker, job, task, epoch);
                 }
                 // After the verdict is persisted (I10), whatever it was:
@@ -552,8 +554,8 @@ impl Cluster {
         }
     }
 
-    /// A success report of a job that has ended: unless it is the attempt
-    /// the job committed, its files go (I3). A speculation loser or a stale
+    /// A report of a job that has ended: unless it is the attempt the job
+    /// committed, its files go (I3, I14). A speculation loser or a stale
     /// attempt may finish after the job did.
     fn discard_late(&mut self, worker: WorkerId, job: JobId, task: TaskId, epoch: AttemptEpoch) {
         let Some(entry) = self.jobs.iter().rev().find(|j| j.id == job) else {
