@@ -309,6 +309,7 @@ fn wire_messages_are_pinned_to_the_protocol_version() {
             hex(&ToWorker::Assign(Box::new(assignment))),
         ),
         ("TaskInput::Reduce", hex(&reduce_input)),
+        ("Shuffle::Object", hex(&Shuffle::Object("s3://b/p".into()))),
         ("FromWorker::Finished", hex(&FromWorker::Finished(report))),
         (
             "AttemptFailure::JobOutputLimit",

@@ -980,7 +980,11 @@ fn with_cluster<T>(
                 Ok(tasks_left) => {
                     stops.push(ClusterStop {
                         name: name.to_string(),
-                        shared_store: mode.shared_store,
+                        shuffle: if mode.shared_store {
+                            wmr::model::Shuffle::SharedStore
+                        } else {
+                            wmr::model::Shuffle::WorkerLocal
+                        },
                         ephemeral_state: mode.ephemeral_state,
                         tasks_left,
                     });
