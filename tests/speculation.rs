@@ -44,7 +44,7 @@ fn job(speculate: bool, base: Instant) -> Scheduler {
         output_format: Default::default(),
         shuffle_settings: Default::default(),
         work_root: PathBuf::from("work"),
-        shuffle: wmr::model::Shuffle::SharedStore,
+        shuffle: wmr_core::model::Shuffle::SharedStore,
     };
     let config = SchedulerConfig {
         speculation: speculate.then(Speculation::default),

@@ -980,11 +980,7 @@ fn with_cluster<T>(
                 Ok(tasks_left) => {
                     stops.push(ClusterStop {
                         name: name.to_string(),
-                        shuffle: if mode.shared_store {
-                            wmr::model::Shuffle::SharedStore
-                        } else {
-                            wmr::model::Shuffle::WorkerLocal
-                        },
+                        shared_store: mode.shared_store,
                         ephemeral_state: mode.ephemeral_state,
                         tasks_left,
                     });
@@ -1070,7 +1066,11 @@ impl Cluster {
             work_root: dir.join("work"),
             lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(1),
-            shared_store: mode.shared_store,
+            shuffle: if mode.shared_store {
+                wmr::model::Shuffle::SharedStore
+            } else {
+                wmr::model::Shuffle::WorkerLocal
+            },
             ephemeral_state: mode.ephemeral_state,
             http: None,
             reannounce_window: None,
