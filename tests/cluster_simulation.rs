@@ -43,7 +43,7 @@ use wmr_core::attempt_ledger::{AttemptKey, AttemptLedger};
 use wmr_core::cluster::{ClientId, Clock, Cluster, ClusterConfig, Effect, TenantTerms};
 use wmr_core::model::{
     AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, Capability, InputSplit, JobId,
-    Limits, ModuleHash, OutputDigest, TaskId, TaskInput, TenantId, WorkerId,
+    Limits, ModuleHash, OutputDigest, Shuffle, TaskId, TaskInput, TenantId, WorkerId,
 };
 use wmr_core::placement::{LabelRequirement, Placement};
 use wmr_core::records::{Batch, JobRecord};
@@ -626,7 +626,11 @@ impl Sim {
         ClusterConfig {
             heartbeat: Duration::from_millis(500),
             lease: Duration::from_millis(LEASE_MS),
-            shared_store,
+            shuffle: if shared_store {
+                Shuffle::SharedStore
+            } else {
+                Shuffle::WorkerLocal
+            },
             work_root: PathBuf::from("/work"),
         }
     }

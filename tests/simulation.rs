@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use wmr_core::model::{
     AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, InputSplit, JobId, Limits,
-    ModuleHash, TaskId, TaskInput, TenantId, WorkerId,
+    ModuleHash, Shuffle, TaskId, TaskInput, TenantId, WorkerId,
 };
 use wmr_core::scheduler::{
     Action, AttemptOutcome, Event, JobOutcome, JobPlan, Phase, Scheduler, SchedulerConfig,
@@ -221,7 +221,11 @@ impl Sim {
             output_format: Default::default(),
             shuffle_settings: Default::default(),
             work_root: PathBuf::from("work"),
-            map_outputs_on_workers: profile.map_outputs_on_workers,
+            shuffle: if profile.map_outputs_on_workers {
+                Shuffle::WorkerLocal
+            } else {
+                Shuffle::SharedStore
+            },
         };
         let config = SchedulerConfig {
             max_attempts: profile.max_attempts,

@@ -44,7 +44,7 @@ fn job(speculate: bool, base: Instant) -> Scheduler {
         output_format: Default::default(),
         shuffle_settings: Default::default(),
         work_root: PathBuf::from("work"),
-        map_outputs_on_workers: false,
+        shuffle: wmr_core::model::Shuffle::SharedStore,
     };
     let config = SchedulerConfig {
         speculation: speculate.then(Speculation::default),

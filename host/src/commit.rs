@@ -28,10 +28,14 @@
 //! An `s3://` output has no rename: its reduce attempts write their part to
 //! this machine's work dir, then upload it uncompleted, and
 //! [`crate::object_commit`] publishes exactly the committed epochs' uploads.
-//! Map outputs stay on the local work dir either way.
+//! Map outputs stay on the local work dir either way, unless the cluster
+//! keeps them in an object store (`--shuffle-store`,
+//! [`crate::shuffle_store`]): a map attempt then uploads its output to its
+//! own key, a map commit renames nothing, and the job's end deletes them.
 
-use crate::model::{AttemptEpoch, JobId, TaskId};
+use crate::model::{AttemptEpoch, JobId, Shuffle, TaskId};
 use crate::object_commit::ObjectOutput;
+use crate::shuffle_store::ShuffleObjects;
 use crate::storage::S3Url;
 use anyhow::{Context as _, bail};
 use std::path::{Path, PathBuf};
@@ -43,6 +47,8 @@ pub struct JobDirs {
     /// Intermediate data of this job (private to the job: named by its id).
     pub work: PathBuf,
     pub output: PathBuf,
+    /// Map outputs in an object store (`--shuffle-store`), not in `work`.
+    pub shuffle: Option<ShuffleObjects>,
 }
 
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
@@ -56,7 +62,21 @@ impl JobDirs {
             job,
             work: work_root.join(format!("job-{job}")),
             output: output.to_path_buf(),
+            shuffle: None,
         }
+    }
+
+    /// These directories with the job's map outputs where `shuffle` keeps
+    /// them: an object store's for [`Shuffle::Object`], else `work`.
+    pub fn with_shuffle(
+        mut self,
+        shuffle: &Shuffle,
+        tenant: &crate::model::TenantId,
+    ) -> anyhow::Result<Self> {
+        if let Shuffle::Object(root) = shuffle {
+            self.shuffle = Some(ShuffleObjects::new(root, tenant, self.job)?);
+        }
+        Ok(self)
     }
 
     /// The object store committer when the output is an `s3://` prefix.
@@ -186,6 +206,12 @@ impl JobDirs {
         if let (TaskId::Reduce(_), Some(object)) = (task, self.object_output()) {
             return object.commit_attempt(task, epoch);
         }
+        if let (TaskId::Map(_), Some(objects)) = (task, &self.shuffle) {
+            // Uploaded to the attempt's own key before it reported: the
+            // commit is the attempt log's record of this epoch (I2).
+            corrupt_object_for_tests(task, epoch, objects);
+            return Ok(());
+        }
         let from = match task {
             TaskId::Map(_) => self.attempt_path(task, epoch),
             TaskId::Reduce(_) => self.reduce_attempt_file(task, epoch),
@@ -214,7 +240,11 @@ impl JobDirs {
             remove_if_exists(local.parent().expect("attempt files have parents"))?;
             return object.abort_attempt(task, epoch);
         }
-        remove_if_exists(&self.attempt_path(task, epoch))
+        remove_if_exists(&self.attempt_path(task, epoch))?;
+        if let (TaskId::Map(_), Some(objects)) = (task, &self.shuffle) {
+            objects.delete_attempt(task, epoch)?;
+        }
+        Ok(())
     }
 
     /// The job commit, after every task committed: move the committed part
@@ -253,6 +283,9 @@ impl JobDirs {
     /// Remove this job's intermediate data and attempt leftovers.
     pub fn cleanup_work(&self) -> anyhow::Result<()> {
         remove_if_exists(&self.work)?;
+        if let Some(objects) = &self.shuffle {
+            objects.delete_job()?;
+        }
         if let Some(object) = self.object_output() {
             return object.cleanup();
         }
@@ -295,6 +328,30 @@ fn corrupt_for_tests(task: TaskId, epoch: AttemptEpoch, path: &Path) {
             tracing::warn!(%task, %epoch, "fault injected: flipped the last byte of {}", path.display())
         }
         Err(e) => tracing::warn!(%task, %epoch, "fault injection failed: {e}"),
+    }
+}
+
+/// [`corrupt_for_tests`] for a map output in an object store: the
+/// committing coordinator flips the last byte of the uploaded object.
+fn corrupt_object_for_tests(task: TaskId, epoch: AttemptEpoch, objects: &ShuffleObjects) {
+    let Some(target) = std::env::var_os("WMR_FAULT_CORRUPT_MAP_OUTPUT") else {
+        return;
+    };
+    if target.to_str() != Some(task.to_string().as_str()) || epoch != AttemptEpoch(1) {
+        return;
+    }
+    let object = objects.attempt_object(task, epoch);
+    let flip = || -> anyhow::Result<()> {
+        let mut bytes = crate::storage::get(&object)?.to_vec();
+        let last = bytes.last_mut().context("empty object")?;
+        *last ^= 0x01;
+        crate::storage::put(&object, bytes)
+    };
+    match flip() {
+        Ok(()) => {
+            tracing::warn!(%task, %epoch, "fault injected: flipped the last byte of {object}")
+        }
+        Err(e) => tracing::warn!(%task, %epoch, "fault injection failed: {e:#}"),
     }
 }
 

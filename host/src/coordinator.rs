@@ -11,7 +11,9 @@
 use crate::cluster::{ClientId, Cluster, ClusterConfig, Effect, TenantTerms};
 use crate::commit::JobDirs;
 use crate::lifecycle::{self, clock};
-use crate::model::{AttemptEpoch, Capability, JobId, ModuleHash, Peer, TenantId, WorkerId};
+use crate::model::{
+    AttemptEpoch, Capability, JobId, ModuleHash, Peer, Shuffle, TenantId, WorkerId,
+};
 use crate::records::JobRecord;
 use crate::store::StateStore;
 use crate::tenants::{self, Principal};
@@ -35,9 +37,10 @@ pub struct CoordinatorConfig {
     pub work_root: PathBuf,
     pub lease: Duration,
     pub heartbeat: Duration,
-    /// Map outputs go to `work_root` (shared by all) instead of staying on
-    /// the workers that produced them.
-    pub shared_store: bool,
+    /// Where map outputs live: on the workers (default), in `work_root`
+    /// (`--shared-store`, shared by all) or in an object store
+    /// (`--shuffle-store s3://…`).
+    pub shuffle: Shuffle,
     /// Keep the job state in memory only (nothing survives a restart).
     pub ephemeral_state: bool,
     /// Serve `/metrics` and `/api/...` here ([`crate::web`]).
@@ -184,6 +187,11 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    if let Shuffle::Object(root) = &config.shuffle {
+        // A missing bucket or bad credentials: one line now, not a failed
+        // map attempt per task later.
+        crate::shuffle_store::check_root(root)?;
+    }
     // The state first: a corrupt state file stops the coordinator before it
     // listens or writes anything.
     std::fs::create_dir_all(&config.state_dir)
@@ -518,7 +526,7 @@ impl Driver {
         let cluster = Cluster::new(ClusterConfig {
             heartbeat: config.heartbeat,
             lease: config.lease,
-            shared_store: config.shared_store,
+            shuffle: config.shuffle.clone(),
             work_root: config.work_root.clone(),
         });
         Driver {
@@ -756,6 +764,7 @@ impl Driver {
         for (hash, bytes) in &modules {
             self.serve_module(hash.clone(), bytes.clone());
         }
+        let dirs = dirs.with_shuffle(&self.config.shuffle, &record.tenant)?;
         self.dirs.insert(job, dirs);
         let capability = Capability::generate();
         self.cluster
@@ -794,7 +803,8 @@ impl Driver {
             .store
             .capability(record.id)?
             .unwrap_or_else(Capability::generate);
-        let dirs = JobDirs::new(record.id, &self.config.work_root, &record.request.output);
+        let dirs = JobDirs::new(record.id, &self.config.work_root, &record.request.output)
+            .with_shuffle(&self.config.shuffle, &record.tenant)?;
         if keep_commits {
             dirs.ensure()?;
         } else {

@@ -130,7 +130,21 @@ impl Executor {
             epoch = %assignment.epoch, %worker);
         let _enter = span.enter();
         let started = Instant::now();
-        let dirs = JobDirs::new(assignment.job, &assignment.work_root, &assignment.output);
+        let dirs = match JobDirs::new(assignment.job, &assignment.work_root, &assignment.output)
+            .with_shuffle(&assignment.shuffle, &assignment.tenant)
+        {
+            Ok(dirs) => dirs,
+            Err(e) => {
+                return AttemptReport {
+                    job: assignment.job,
+                    task: assignment.task,
+                    epoch: assignment.epoch,
+                    worker,
+                    outcome: Err(AttemptFailure::Host(format!("{e:#}"))),
+                    log: String::new(),
+                };
+            }
+        };
         let ctx = AttemptContext::new(
             assignment.limits.clone(),
             Arc::new(assignment.params.clone()),
@@ -259,6 +273,15 @@ impl Executor {
                 match crate::intermediate::digest_file(&path) {
                     Ok(digest) => stats.output_digest = Some(digest),
                     Err(e) => return (Err(AttemptFailure::Host(format!("{e:#}"))), log),
+                }
+                // `--shuffle-store`: in the store, at this attempt's own
+                // key, before the report says it succeeded.
+                if let Some(objects) = &dirs.shuffle {
+                    let uploaded = objects.upload(a.task, a.epoch, &path);
+                    let _ = std::fs::remove_file(&path);
+                    if let Err(e) = uploaded {
+                        return (Err(AttemptFailure::Host(format!("{e:#}"))), log);
+                    }
                 }
                 (Ok(stats), log)
             }
@@ -398,6 +421,15 @@ impl Executor {
         let module = match self.module(&a.module, Role::Reduce) {
             Ok(m) => m,
             Err(e) => return (Err(e), String::new()),
+        };
+        let fetched = match (fetched, &dirs.shuffle) {
+            (None, Some(objects)) => {
+                match fetch_from_store(objects, partition, map_outputs, scratch) {
+                    Ok(paths) => Some(paths),
+                    Err(failure) => return (Err(failure), String::new()),
+                }
+            }
+            (fetched, _) => fetched,
         };
         // A map output that cannot be read whole and intact (missing,
         // truncated, a block failing its checksum) is a fetch failure: the
@@ -541,6 +573,39 @@ impl Executor {
             ),
         }
     }
+}
+
+/// `--shuffle-store`: partition `partition` of every map output, read from
+/// the store into `scratch` (the committed epochs the assignment names). A
+/// map output that cannot be read is a fetch failure naming its map task.
+fn fetch_from_store(
+    objects: &crate::shuffle_store::ShuffleObjects,
+    partition: u32,
+    map_outputs: &[(TaskId, AttemptEpoch, WorkerId)],
+    scratch: &Path,
+) -> Result<Vec<PathBuf>, AttemptFailure> {
+    use crate::shuffle_store::Fetch;
+    let mut paths = Vec::with_capacity(map_outputs.len());
+    for (i, &(map_task, map_epoch, worker)) in map_outputs.iter().enumerate() {
+        let path = scratch.join(format!("{i}.blocks"));
+        match objects.fetch_partition(map_task, map_epoch, partition, &path) {
+            Ok(_) => paths.push(path),
+            Err(Fetch::Store(e)) => {
+                return Err(AttemptFailure::FetchFailed {
+                    map_task,
+                    map_epoch,
+                    worker,
+                    reason: format!("{e:#}"),
+                });
+            }
+            Err(Fetch::Local(e)) => {
+                return Err(AttemptFailure::Host(format!(
+                    "spooling the output of {map_task} {map_epoch}: {e:#}"
+                )));
+            }
+        }
+    }
+    Ok(paths)
 }
 
 /// One input of a reduce attempt's merge.

@@ -309,6 +309,7 @@ fn wire_messages_are_pinned_to_the_protocol_version() {
             hex(&ToWorker::Assign(Box::new(assignment))),
         ),
         ("TaskInput::Reduce", hex(&reduce_input)),
+        ("Shuffle::Object", hex(&Shuffle::Object("s3://b/p".into()))),
         ("FromWorker::Finished", hex(&FromWorker::Finished(report))),
         (
             "AttemptFailure::JobOutputLimit",
@@ -397,55 +398,56 @@ fn persisted_records_are_pinned_to_the_store_format_version() {
 
 /// `(message, protocol version pinned at, postcard bytes in hex)`.
 const WIRE_PINS: &[(&str, u64, &str)] = &[
-    ("ToWorker::Welcome", 6, "000102010174"),
-    ("PartitionReply::End", 6, "01ac02"),
-    ("PartitionReply::Chunk", 6, "000101"),
+    ("ToWorker::Welcome", 7, "000102010174"),
+    ("PartitionReply::End", 7, "01ac02"),
+    ("PartitionReply::Chunk", 7, "000101"),
     (
         "Open::Worker",
-        6,
+        7,
         "00016e0101016b017601010000000000000000000000000000000102016601740169",
     ),
     (
         "Open::FetchPartition",
-        6,
+        7,
         "01100123456789abcdef0011223344556677000102030163",
     ),
     (
         "Open::Client(Submit)",
-        6,
+        7,
         "0301740173000201020101030102696e036f7574010203010203040506070101016b017604808040000101016d0300016b017601016e01770201700501",
     ),
     (
         "ToWorker::Assign",
-        6,
+        7,
         "020174100123456789abcdef00112233445566770001020168000170030405010203040506070101016b0176016f01808040000101016d0177010106007f0000010701660163",
     ),
-    ("TaskInput::Reduce", 6, "01010100020304"),
+    ("TaskInput::Reduce", 7, "01010100020304"),
+    ("Shuffle::Object", 7, "020873333a2f2f622f70"),
     (
         "FromWorker::Finished",
-        6,
+        7,
         "01100123456789abcdef00112233445566770001020300010203040501016301010166090172016d010a0b016c",
     ),
-    ("AttemptFailure::JobOutputLimit", 6, "060102"),
+    ("AttemptFailure::JobOutputLimit", 7, "060102"),
     (
         "ClientReply::Done",
-        6,
+        7,
         "02016a0103776879010203040506070801016312010166090172016d0101010203040105020900060708017801010203040501016301010166090172016d010a0b010a0b",
     ),
     (
         "ClientReply::Status",
-        6,
+        7,
         "03016a010100010203040101770101010203040105020900060708017801010203040501016301010166090172016d010a0b010105016e060101016b0176010174010201017201036a6f620000000000000000",
     ),
-    ("ModuleReply::Refused", 6, "020172"),
+    ("ModuleReply::Refused", 7, "020172"),
     (
         "FromWorker::Announce",
-        6,
+        7,
         "0401100123456789abcdef00112233445566770001020304",
     ),
     (
         "ToWorker::Release",
-        6,
+        7,
         "08100123456789abcdef0011223344556677000102",
     ),
 ];

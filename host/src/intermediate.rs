@@ -237,36 +237,46 @@ pub fn partition_range(path: &Path, partition: u32) -> anyhow::Result<(u64, u64)
     let read = || -> anyhow::Result<(u64, u64)> {
         let mut file = std::fs::File::open(path)?;
         let len = file.metadata()?.len();
-        let mut fixed = [0u8; 16];
-        file.read_exact(&mut fixed)
-            .context("corrupt header: shorter than its fixed part")?;
-        ensure!(&fixed[..8] == MAGIC, "not a wmr intermediate file");
-        let partitions = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
-        ensure!(
-            partitions < (1 << 24),
-            "corrupt header: {partitions} partitions"
-        );
-        let mut rest = vec![0u8; 8 * (partitions as usize + 1) + 4];
-        file.read_exact(&mut rest)
-            .context("corrupt header: truncated")?;
-        let (offsets, crc) = rest.split_at(rest.len() - 4);
-        let want = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
-        let got = crc32c::crc32c_append(crc32c::crc32c(&fixed), offsets);
-        ensure!(got == want, "corrupt header: checksum mismatch");
-        ensure!(
-            u64::from(partition) < partitions,
-            "no partition {partition}: it holds {partitions}"
-        );
-        let offset =
-            |i: usize| u64::from_le_bytes(offsets[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-        let (start, end) = (offset(partition as usize), offset(partition as usize + 1));
-        ensure!(
-            start <= end && end <= len,
-            "corrupt header: partition {partition} at {start}..{end} of {len} bytes"
-        );
-        Ok((start, end))
+        partition_range_in(&mut file, len, partition)
     };
     read().with_context(|| format!("reading intermediate file {}", path.display()))
+}
+
+/// [`partition_range`] of a run of `len` bytes read from its start by
+/// `file` (a local file, or an object read with ranged GETs).
+pub fn partition_range_in(
+    file: &mut impl Read,
+    len: u64,
+    partition: u32,
+) -> anyhow::Result<(u64, u64)> {
+    let mut fixed = [0u8; 16];
+    file.read_exact(&mut fixed)
+        .context("corrupt header: shorter than its fixed part")?;
+    ensure!(&fixed[..8] == MAGIC, "not a wmr intermediate file");
+    let partitions = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
+    ensure!(
+        partitions < (1 << 24),
+        "corrupt header: {partitions} partitions"
+    );
+    let mut rest = vec![0u8; 8 * (partitions as usize + 1) + 4];
+    file.read_exact(&mut rest)
+        .context("corrupt header: truncated")?;
+    let (offsets, crc) = rest.split_at(rest.len() - 4);
+    let want = u32::from_le_bytes(crc.try_into().expect("4 bytes"));
+    let got = crc32c::crc32c_append(crc32c::crc32c(&fixed), offsets);
+    ensure!(got == want, "corrupt header: checksum mismatch");
+    ensure!(
+        u64::from(partition) < partitions,
+        "no partition {partition}: it holds {partitions}"
+    );
+    let offset =
+        |i: usize| u64::from_le_bytes(offsets[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+    let (start, end) = (offset(partition as usize), offset(partition as usize + 1));
+    ensure!(
+        start <= end && end <= len,
+        "corrupt header: partition {partition} at {start}..{end} of {len} bytes"
+    );
+    Ok((start, end))
 }
 
 /// A reader of one partition's blocks, record by record, checking each

@@ -38,6 +38,7 @@ pub mod sampler;
 pub mod sandbox;
 pub mod seq;
 pub mod shuffle;
+pub mod shuffle_store;
 pub mod split;
 pub mod storage;
 pub mod store;

@@ -135,7 +135,7 @@ pub fn run_embedded(
     let mut cluster = Cluster::new(ClusterConfig {
         heartbeat: lease,
         lease,
-        shared_store: true,
+        shuffle: crate::model::Shuffle::SharedStore,
         work_root: work_root.to_path_buf(),
     });
     let pool = WorkerPool::start(executor, workers);

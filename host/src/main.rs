@@ -165,8 +165,14 @@ struct CoordinatorArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration_ms)]
     heartbeat: u64,
     /// Keep map outputs in the shared --work-dir instead of on the workers.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "shuffle_store")]
     shared_store: bool,
+    /// Keep map outputs in an object store (s3://bucket/prefix) instead of
+    /// on the workers: they outlive the worker that wrote them, and no
+    /// process needs a path another one sees. Credentials come from each
+    /// process's environment (AWS_*), as for s3:// inputs and outputs.
+    #[arg(long, value_name = "S3_URL")]
+    shuffle_store: Option<String>,
     /// Keep job state in memory only: nothing survives a restart.
     #[arg(long)]
     ephemeral_state: bool,
@@ -735,7 +741,11 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<ExitCode> {
         state_dir: args.state,
         lease: std::time::Duration::from_millis(args.lease),
         heartbeat: std::time::Duration::from_millis(args.heartbeat),
-        shared_store: args.shared_store,
+        shuffle: match args.shuffle_store {
+            Some(root) => wmr::model::Shuffle::Object(root),
+            None if args.shared_store => wmr::model::Shuffle::SharedStore,
+            None => wmr::model::Shuffle::WorkerLocal,
+        },
         ephemeral_state: args.ephemeral_state,
         http: args.http,
         reannounce_window: args.reannounce_window.map(std::time::Duration::from_millis),

@@ -34,8 +34,9 @@ pub const ALPN: &[u8] = b"wmr/1";
 /// Raised when a message changes incompatibly (2: shuffle capabilities,
 /// `ModuleReply::Refused`; 3: a job request and an assignment carry the
 /// output format; 6: a worker's durable identity, `Announce`/`Release`, map
-/// output digests in reports; `speculate` in a job request).
-pub const PROTOCOL_VERSION: u16 = 6;
+/// output digests in reports; `speculate` in a job request; 7: an
+/// assignment's shuffle may be `Shuffle::Object`, `--shuffle-store`).
+pub const PROTOCOL_VERSION: u16 = 7;
 /// The largest frame accepted: a module plus headroom.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 /// The name the coordinator's certificate is issued for.

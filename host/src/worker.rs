@@ -383,6 +383,12 @@ fn handle(
                 state.changed.notify_one();
                 return;
             }
+            if let Shuffle::Object(_) = assignment.shuffle {
+                // Attempt files are written here, then uploaded (map
+                // outputs) or read into here (reduces): this worker's own
+                // directory, no path shared with another process.
+                assignment.work_root = options.work_dir.clone();
+            }
             if assignment.shuffle == Shuffle::WorkerLocal {
                 // Map outputs stay here, in this worker's own directory.
                 assignment.work_root = options.work_dir.clone();

@@ -1072,7 +1072,11 @@ impl Cluster {
             work_root: dir.join("work"),
             lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(1),
-            shared_store: mode.shared_store,
+            shuffle: if mode.shared_store {
+                wmr::model::Shuffle::SharedStore
+            } else {
+                wmr::model::Shuffle::WorkerLocal
+            },
             ephemeral_state: mode.ephemeral_state,
             http: None,
             reannounce_window: None,

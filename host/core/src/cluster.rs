@@ -15,8 +15,8 @@
 //! missing from the durable state after a crash.
 
 use crate::model::{
-    AttemptEpoch, Capability, DeadLetter, JobId, ModuleHash, Peer, TaskId, TaskInput, TenantId,
-    WorkerId,
+    AttemptEpoch, Capability, DeadLetter, JobId, ModuleHash, Peer, Shuffle, TaskId, TaskInput,
+    TenantId, WorkerId,
 };
 use crate::placement::{JobView, WorkerView, may_run, unplaceable_reason};
 use crate::records::{Batch, JobRecord};
@@ -38,9 +38,11 @@ pub struct ClusterConfig {
     pub heartbeat: Duration,
     /// A running attempt not renewed by a heartbeat for this long is lost.
     pub lease: Duration,
-    /// Map outputs go to `work_root` (shared by all) and the coordinator
-    /// commits them, instead of staying on the workers that produced them.
-    pub shared_store: bool,
+    /// Where map outputs live: on the workers that produced them
+    /// (`WorkerLocal`: they commit them), or where they outlive those
+    /// workers and the coordinator commits them (`SharedStore`: in
+    /// `work_root`, shared by all; `Object`: in an object store).
+    pub shuffle: Shuffle,
     pub work_root: PathBuf,
 }
 
@@ -570,7 +572,7 @@ impl Cluster {
         }
         tracing::debug!(%job, %task, %epoch, %worker, "late attempt of an ended job discarded");
         let effect = match task {
-            TaskId::Map(_) if !self.config.shared_store => Effect::Send {
+            TaskId::Map(_) if self.config.shuffle.on_workers() => Effect::Send {
                 worker,
                 message: ToWorker::Discard { job, task, epoch },
             },
@@ -710,7 +712,7 @@ impl Cluster {
             .map(|r| r.epoch)
             .max()
             .map_or(epoch_floor, |e| e.max(epoch_floor));
-        let map_outputs = if self.config.shared_store {
+        let map_outputs = if !self.config.shuffle.on_workers() {
             RestoredMapOutputs::Kept
         } else {
             RestoredMapOutputs::AwaitAnnouncement {
@@ -1132,7 +1134,7 @@ impl Cluster {
             output_format: record.request.output_format,
             shuffle_settings: record.request.shuffle_settings.clone(),
             work_root: self.config.work_root.clone(),
-            map_outputs_on_workers: !self.config.shared_store,
+            shuffle: self.config.shuffle.clone(),
         }
     }
 
@@ -1204,7 +1206,7 @@ impl Cluster {
                     task: task @ TaskId::Map(_),
                     epoch,
                     worker,
-                } if !self.config.shared_store => {
+                } if self.config.shuffle.on_workers() => {
                     // The worker holds the files: it renames and answers
                     // `Committed`. If it is gone, `WorkerLost` requeues.
                     let message = ToWorker::Commit {
@@ -1225,7 +1227,7 @@ impl Cluster {
                     task: task @ TaskId::Map(_),
                     epoch,
                     worker,
-                } if !self.config.shared_store => {
+                } if self.config.shuffle.on_workers() => {
                     let message = ToWorker::Discard {
                         job: id,
                         task,
@@ -1871,7 +1873,7 @@ mod tests {
         let mut cluster = Cluster::new(ClusterConfig {
             heartbeat: Duration::from_secs(1),
             lease: Duration::from_secs(10),
-            shared_store: true,
+            shuffle: Shuffle::SharedStore,
             work_root: PathBuf::from("/work"),
         });
         let clock = Clock {

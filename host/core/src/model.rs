@@ -359,12 +359,26 @@ impl fmt::Debug for Capability {
 }
 
 /// Where map outputs live.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Shuffle {
     /// In `work_root`, visible to everyone (embedded mode, shared disks).
     SharedStore,
     /// On the worker that produced them; reducers fetch them over QUIC.
     WorkerLocal,
+    // New variants go last: a variant's position is its wire encoding.
+    /// In an object store under this `s3://bucket/prefix` (`--shuffle-store`):
+    /// a map attempt uploads its output before it reports success, reducers
+    /// read the committed epoch's object with ranged GETs. Like
+    /// `SharedStore`, a committed output outlives the worker that wrote it.
+    Object(String),
+}
+
+impl Shuffle {
+    /// Map outputs live on the worker that produced them: when that worker
+    /// is lost, so are they (I8).
+    pub fn on_workers(&self) -> bool {
+        matches!(self, Shuffle::WorkerLocal)
+    }
 }
 
 /// A worker's shuffle endpoint.

@@ -44,9 +44,11 @@ pub struct JobPlan {
     pub output_format: OutputFormat,
     pub shuffle_settings: ShuffleSettings,
     pub work_root: std::path::PathBuf,
-    /// Map outputs live on the worker that produced them (networked mode):
-    /// when that worker is lost, its committed map tasks run again.
-    pub map_outputs_on_workers: bool,
+    /// Where map outputs live. On the worker that produced them
+    /// (networked mode's default): when that worker is lost, its committed
+    /// map tasks run again. In a shared directory or an object store: they
+    /// outlive it.
+    pub shuffle: Shuffle,
 }
 
 #[derive(Clone, Debug)]
@@ -819,7 +821,7 @@ impl Scheduler {
             .tasks
             .iter()
             .filter(|(id, t)| {
-                self.plan.map_outputs_on_workers
+                self.plan.shuffle.on_workers()
                     && matches!(id, TaskId::Map(_))
                     && matches!(t.state, TaskState::Committing { worker: w, .. } if w == worker)
             })
@@ -834,7 +836,7 @@ impl Scheduler {
             self.record_end(now, task, epoch, AttemptOutcome::Lost, None);
             self.enqueue(task);
         }
-        if self.plan.map_outputs_on_workers {
+        if self.plan.shuffle.on_workers() {
             let lost: Vec<(TaskId, AttemptEpoch)> = self
                 .tasks
                 .iter()
@@ -1649,11 +1651,7 @@ impl Scheduler {
                 output_format: self.plan.output_format,
                 shuffle_settings: self.plan.shuffle_settings.clone(),
                 work_root: self.plan.work_root.clone(),
-                shuffle: if self.plan.map_outputs_on_workers {
-                    Shuffle::WorkerLocal
-                } else {
-                    Shuffle::SharedStore
-                },
+                shuffle: self.plan.shuffle.clone(),
                 peers: BTreeMap::new(),
                 capability: Default::default(),
             }),
