@@ -204,3 +204,115 @@ fn a_flipped_byte_on_a_worker_is_caught_after_the_fetch() {
     );
     assert_eq!(sorted_output(&out), grep_reference());
 }
+
+/// Word count that emits every word with `1` and sums in its combiner
+/// (the hostile guest's `slow-combine`, without the wait).
+const NAIVE_WORD_COUNT: &str = "mode=slow-combine";
+
+/// Words of the books as that map splits them: the pairs it emits.
+fn words_in_books() -> i64 {
+    let mut words = 0;
+    for entry in std::fs::read_dir(books()).unwrap() {
+        let text = std::fs::read(entry.unwrap().path()).unwrap();
+        words += text
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty())
+            .count() as i64;
+    }
+    words
+}
+
+/// `wmr run` arguments of that word count over the books into `out`, one
+/// reducer, a 64 KiB sort buffer.
+fn naive_word_count(out: &std::path::Path, work: &std::path::Path, params: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "run",
+        "--map",
+        &path(&guest("hostile")),
+        "--input",
+        &path(&books()),
+        "--output",
+        &path(out),
+        "--param",
+        NAIVE_WORD_COUNT,
+        "--reducers",
+        "1",
+        "--workers",
+        "2",
+        "--sort-buffer",
+        "64KiB",
+        "--work-dir",
+        &path(work),
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec();
+    for p in params {
+        args.extend(["--param".to_string(), p.to_string()]);
+    }
+    args
+}
+
+/// Invariant: combining a spill changes how many pairs wait, never what
+/// the job outputs (a combiner may run zero or more times). A word count
+/// emitting each word with `1` over the books (~600k pairs, tens of
+/// times a 64 KiB sort buffer per map task): its one part file is `wmr
+/// seq`'s output byte for byte, every map spilled, and since every spill
+/// was combined, far fewer pairs were spilled than emitted.
+#[test]
+fn combined_spills_equal_the_sequential_reference_and_spill_far_less() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let args = naive_word_count(&out, tmp.path(), &[]);
+    let run = run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let summary = summary_json(&run);
+    let seq = run_ok(&[
+        "seq",
+        "--map",
+        &path(&guest("hostile")),
+        "--input",
+        &path(&books()),
+        "--param",
+        NAIVE_WORD_COUNT,
+    ]);
+    let part = std::fs::read(out.join("part-r-00000")).unwrap();
+    assert!(part.len() > 100_000, "{} bytes", part.len());
+    assert!(part == seq.stdout, "the part file differs from `wmr seq`");
+    let maps = std::fs::read_dir(books()).unwrap().count() as i64;
+    let emitted = words_in_books();
+    let spills = counter(&summary, "wmr.map.spills");
+    let spilled = counter(&summary, "wmr.map.spilled-pairs");
+    let combined_in = counter(&summary, "wmr.map.combine-input-pairs");
+    let combined_out = counter(&summary, "wmr.map.combine-output-pairs");
+    assert!(spills >= 10 * maps, "{spills} spills for {maps} map tasks");
+    // Without combining, every emitted pair but the last buffer's is
+    // spilled (spilled-pairs ≈ emitted); combined, a spill holds each of
+    // its words once (measured: 264,072 of 608,645 with ~1,500 pairs a
+    // spill).
+    assert!(
+        spilled * 2 < emitted,
+        "{spilled} of {emitted} pairs spilled"
+    );
+    assert!(
+        combined_in > emitted / 2 && combined_out * 2 < combined_in,
+        "combiner: {combined_in} pairs in, {combined_out} out of {emitted} emitted"
+    );
+    assert!(counter(&summary, "wmr.map.spilled-bytes") > 0);
+}
+
+/// A combiner that traps while a spill is combined fails the map attempt
+/// with the combiner's reason (not bisected as the map's trap, even in
+/// skip mode), and the job fails saying so.
+#[test]
+fn a_combiner_trapping_at_a_spill_fails_the_attempt_with_its_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut args = naive_word_count(&out, tmp.path(), &["combine-trap-on=the"]);
+    args.extend(["--max-attempts", "1", "--max-dead-letters", "3"].map(String::from));
+    let err = run_err(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.contains("guest trapped: in the combiner: ") && err.contains("poisoned key in combine"),
+        "{err}"
+    );
+    assert!(!out.join("_SUCCESS").exists());
+}

@@ -5,14 +5,14 @@
 use crate::commit::JobDirs;
 use crate::compile_cache::CacheOptions;
 use crate::intermediate::{self, BlockReader, Merge, RunWriter};
-use crate::map_buffer::{MapBuffer, MapOutput, OutputSink};
+use crate::map_buffer::{CombineFn, MapBuffer, MapOutput, OutputSink};
 use crate::model::{
     Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, ModuleHash, TaskId,
     TaskInput, WorkerId,
 };
 use crate::sandbox::Group;
 use crate::sandbox::{
-    AttemptContext, CallOutcome, LoadedModule, PairSink, Role, Sandbox, pair_charge,
+    AttemptContext, CallOutcome, Combiner, LoadedModule, PairSink, Role, Sandbox, pair_charge,
 };
 use crate::shuffle;
 use crate::split;
@@ -29,6 +29,13 @@ const GROUP_BATCH_BYTES: usize = 1 << 20;
 /// Host counters of a map attempt that spilled: runs written, pairs in them.
 pub const SPILLS_COUNTER: &str = "wmr.map.spills";
 pub const SPILLED_PAIRS_COUNTER: &str = "wmr.map.spilled-pairs";
+/// Stored (compressed) bytes of those runs.
+pub const SPILLED_BYTES_COUNTER: &str = "wmr.map.spilled-bytes";
+/// Pairs handed to the combiner and pairs it emitted, over the spills and
+/// the last part of the map output (Hadoop's COMBINE_INPUT_RECORDS,
+/// COMBINE_OUTPUT_RECORDS).
+pub const COMBINE_INPUT_COUNTER: &str = "wmr.map.combine-input-pairs";
+pub const COMBINE_OUTPUT_COUNTER: &str = "wmr.map.combine-output-pairs";
 
 fn create_parent(path: &Path) -> anyhow::Result<()> {
     let dir = path.parent().expect("attempt paths have parents");
@@ -58,8 +65,9 @@ impl From<Role> for RoleKey {
 
 impl Executor {
     /// An executor for `slots` attempts at a time. Its sandbox holds room
-    /// for twice that and a few more: an interrupted attempt may still be
-    /// unwinding when its slot is given the next one.
+    /// for three stores per slot and a few more: an interrupted attempt may
+    /// still be unwinding when its slot is given the next one, and a map
+    /// runs its combiner at a spill.
     pub fn new(slots: u32) -> anyhow::Result<Self> {
         Self::with_compile_cache(slots, None)
     }
@@ -67,7 +75,9 @@ impl Executor {
     /// [`Self::new`], loading compiled components from the on-disk cache in
     /// `cache` (and writing them to it) if given.
     pub fn with_compile_cache(slots: u32, cache: Option<&CacheOptions>) -> anyhow::Result<Self> {
-        let mut sandbox = Sandbox::with_capacity(slots.saturating_mul(2).saturating_add(4))?;
+        // Three stores per slot: a map attempt runs its combiner while the
+        // map waits in a spill.
+        let mut sandbox = Sandbox::with_capacity(slots.saturating_mul(3).saturating_add(4))?;
         if let Some(options) = cache {
             sandbox.use_compile_cache(options);
         }
@@ -213,12 +223,19 @@ impl Executor {
         }
         let settings = &a.shuffle_settings;
         let partitioner = Arc::new(settings.partitioner.clone());
-        let output = Arc::new(Mutex::new(MapOutput::new(
+        let mut output = MapOutput::new(
             MapBuffer::new(a.reducers, partitioner),
             settings.sort_buffer_bytes,
             settings.compression,
             &path,
-        )));
+        );
+        // The combiner runs at every spill and on the last part: a failure
+        // there fails the attempt as the combiner's own (never bisected).
+        let combiner_failed = Arc::new(AtomicBool::new(false));
+        if let Some(combiner) = self.sandbox.combiner(&module, ctx) {
+            output = output.with_combiner(combine_fn(combiner, combiner_failed.clone()));
+        }
+        let output = Arc::new(Mutex::new(output));
         let name = split
             .path
             .file_name()
@@ -229,19 +246,25 @@ impl Executor {
             ctx,
             key.as_bytes(),
             &input,
-            Box::new(OutputSink(output.clone())),
+            Box::new(OutputSink::new(output.clone())),
         );
         let log = call.log.clone();
         let mut stats = stats_of(&call, input.len() as u64);
+        let in_combiner = combiner_failed.load(std::sync::atomic::Ordering::Relaxed);
         match call.result {
             Ok(()) => {}
-            Err(AttemptFailure::Trap(_)) if ctx.limits.max_dead_letters > 0 => {
+            Err(AttemptFailure::Trap(_)) if ctx.limits.max_dead_letters > 0 && !in_combiner => {
                 // Skip mode: drop this call's output and find the records
                 // the guest traps on, running the rest without them.
                 output.lock().expect("poisoned").clear();
                 ctx.restore_output_held(0);
-                let found =
-                    self.isolate_bad_records(&module, ctx, &key, &input, split.offset, &output);
+                let found = self.isolate_bad_records(
+                    &module,
+                    ctx,
+                    (&key, &input, split.offset),
+                    &output,
+                    &combiner_failed,
+                );
                 match found {
                     Ok(dead) => stats.dead_letters = dead,
                     Err(failure) => return (Err(failure), log),
@@ -254,18 +277,23 @@ impl Executor {
             .expect("the guest's stores are gone")
             .into_inner()
             .expect("poisoned");
-        if output.spills > 0 {
-            // Host counters, as Hadoop's SPILLED_RECORDS: summed over the
-            // committed attempts like the guest's own.
-            stats
-                .counters
-                .insert(SPILLS_COUNTER.into(), output.spills as i64);
-            stats
-                .counters
-                .insert(SPILLED_PAIRS_COUNTER.into(), output.spilled_pairs as i64);
-        }
-        let written = self.combine_and_write(&module, ctx, output, &path);
+        let written = output.finish_counted(&path);
         stats.fuel_used = ctx.fuel_used();
+        let written = written.map(|(bytes, counters)| {
+            // Host counters, as Hadoop's SPILLED_RECORDS and COMBINE_*:
+            // summed over the committed attempts like the guest's own.
+            let mut add = |name: &str, n: u64| {
+                if n > 0 {
+                    stats.counters.insert(name.into(), n as i64);
+                }
+            };
+            add(SPILLS_COUNTER, counters.spills);
+            add(SPILLED_PAIRS_COUNTER, counters.spilled_pairs);
+            add(SPILLED_BYTES_COUNTER, counters.spilled_bytes);
+            add(COMBINE_INPUT_COUNTER, counters.combine_input_pairs);
+            add(COMBINE_OUTPUT_COUNTER, counters.combine_output_pairs);
+            bytes
+        });
         match written {
             Ok(bytes) => {
                 stats.bytes_out = bytes;
@@ -298,10 +326,9 @@ impl Executor {
         &self,
         module: &LoadedModule,
         ctx: &AttemptContext,
-        file: &str,
-        input: &[u8],
-        base_offset: u64,
+        (file, input, base_offset): (&str, &[u8], u64),
         output: &Arc<Mutex<MapOutput>>,
+        combiner_failed: &AtomicBool,
     ) -> Result<Vec<crate::model::DeadLetter>, AttemptFailure> {
         let max = ctx.limits.max_dead_letters as usize;
         let bound = bisection_bound(ctx.limits.max_dead_letters);
@@ -326,19 +353,17 @@ impl Executor {
                 ctx,
                 file.as_bytes(),
                 &input[lo..hi],
-                Box::new(OutputSink(child.clone())),
+                Box::new(OutputSink::new(child.clone())),
             );
             let child = Arc::into_inner(child)
                 .expect("the store is gone")
                 .into_inner()
                 .expect("poisoned");
             match call.result {
-                Ok(()) => output
-                    .lock()
-                    .expect("poisoned")
-                    .absorb(child)
-                    .map_err(|e| AttemptFailure::Host(format!("{e:#}")))?,
-                Err(AttemptFailure::Trap(message)) => {
+                Ok(()) => output.lock().expect("poisoned").absorb(child)?,
+                Err(AttemptFailure::Trap(message))
+                    if !combiner_failed.load(std::sync::atomic::Ordering::Relaxed) =>
+                {
                     drop(child);
                     ctx.restore_output_held(held);
                     match split::middle_line_break(&input[lo..hi]) {
@@ -365,45 +390,6 @@ impl Executor {
             }
         }
         Ok(dead)
-    }
-
-    /// Apply the combiner to the keys with several values still in memory
-    /// (spilled runs are not combined again), then write the attempt's map
-    /// output file (attempt-private), each partition sorted.
-    fn combine_and_write(
-        &self,
-        module: &LoadedModule,
-        ctx: &AttemptContext,
-        output: MapOutput,
-        path: &Path,
-    ) -> Result<u64, AttemptFailure> {
-        let host_err = |e: anyhow::Error| AttemptFailure::Host(format!("{e:#}"));
-        if module.has_combiner() {
-            MapBuffer::combine(output.buffer(), GROUP_BATCH_BYTES, |groups, sink| {
-                let held = ctx.output_held();
-                match self.sandbox.run_combine(module, ctx, groups, sink) {
-                    // Declined: whatever it emitted is dropped (the buffer
-                    // rolls back) and the batch stays as it came.
-                    None => {
-                        ctx.restore_output_held(held);
-                        Ok(false)
-                    }
-                    Some(Ok(())) => {
-                        // Its output replaces the batch's pairs.
-                        let replaced = groups
-                            .iter()
-                            .flat_map(|g| {
-                                g.values.iter().map(|v| pair_charge(g.key.len(), v.len()))
-                            })
-                            .sum();
-                        ctx.release_output(replaced);
-                        Ok(true)
-                    }
-                    Some(Err(failure)) => Err(failure),
-                }
-            })?;
-        }
-        output.finish(path).map_err(host_err)
     }
 
     fn run_reduce(
@@ -702,6 +688,44 @@ impl Iterator for GroupBatches {
 
 fn group_bytes(group: &Group) -> usize {
     group.key.len() + group.values.iter().map(|v| v.len() + 8).sum::<usize>()
+}
+
+/// The map output's combiner: each batch in a fresh store of the attempt;
+/// its output replaces the batch's pairs against the output limit. A
+/// failure is the combiner's (`in the combiner: …`) and sets `failed`.
+fn combine_fn(combiner: Combiner, failed: Arc<AtomicBool>) -> CombineFn {
+    Arc::new(move |groups, sink| {
+        let ctx = combiner.ctx();
+        let held = ctx.output_held();
+        match combiner.run(groups, sink) {
+            // Declined: whatever it emitted is dropped and the batch stays
+            // as it came.
+            None => {
+                ctx.restore_output_held(held);
+                Ok(false)
+            }
+            Some(Ok(())) => {
+                let replaced = groups
+                    .iter()
+                    .flat_map(|g| g.values.iter().map(|v| pair_charge(g.key.len(), v.len())))
+                    .sum();
+                ctx.release_output(replaced);
+                Ok(true)
+            }
+            Some(Err(failure)) => {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                Err(match failure {
+                    AttemptFailure::Trap(m) => {
+                        AttemptFailure::Trap(format!("in the combiner: {m}"))
+                    }
+                    AttemptFailure::GuestError(m) => {
+                        AttemptFailure::GuestError(format!("in the combiner: {m}"))
+                    }
+                    other => other,
+                })
+            }
+        }
+    })
 }
 
 /// The guest stores one attempt's skip mode may run: finding one bad

@@ -143,6 +143,23 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 /// Where an attempt's emitted pairs go.
 pub trait PairSink: Send {
     fn accept(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()>;
+
+    /// [`Self::accept`] of borrowed bytes; a sink that copies them anyway
+    /// (the map's sort buffer) saves two allocations per pair.
+    fn accept_slices(&mut self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        self.accept(key.to_vec(), value.to_vec())
+    }
+
+    /// The sink wants [`Self::spill`] called before it takes more: `emit`
+    /// does it with the store's budget handed over, since a spill may run
+    /// another store of the attempt (the combiner).
+    fn spill_due(&self) -> bool {
+        false
+    }
+
+    fn spill(&mut self) -> Result<(), AttemptFailure> {
+        Ok(())
+    }
 }
 
 impl PairSink for Vec<Pair> {
@@ -160,17 +177,26 @@ pub struct AttemptState {
     memory_limit_hit: bool,
     /// Bytes of all the store's linear memories together.
     memory_bytes: u64,
+    /// What those may grow to: the memory limit less what a store of the
+    /// same attempt holds while this one runs inside its call (a map
+    /// suspended in `emit` while its spill is combined).
+    memory_room: u64,
     /// Elements of all the store's tables together.
     table_elements: u64,
     sink: Box<dyn PairSink>,
+    /// `emit`'s copy of the pair being handed to the sink.
+    scratch: Vec<u8>,
     bytes_out: u64,
     records_out: u64,
     /// What the attempt holds (all its stores; see [`AttemptBudget`]) plus
     /// this store's pairs, each at [`pair_charge`]: what the output limit is
     /// checked against.
     charged_out: u64,
-    /// The fuel this store was given: what the attempt had left.
+    /// The fuel this store was given: what the attempt had left (at its
+    /// start or at its last [`Self::hand_over_budget`]).
     fuel_given: u64,
+    /// Fuel used before the last hand-over (already in the budget).
+    fuel_handed_over: u64,
     budget: Arc<Mutex<AttemptBudget>>,
     counters: BTreeMap<String, i64>,
     params: Arc<BTreeMap<String, String>>,
@@ -203,7 +229,7 @@ impl ResourceLimiter for AttemptState {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let total = (self.memory_bytes + desired as u64).saturating_sub(current as u64);
-        if total > self.limits.memory_bytes {
+        if total > self.memory_room {
             self.memory_limit_hit = true;
             return Ok(false);
         }
@@ -569,6 +595,10 @@ enum HostStop {
     /// the bound.
     #[error("{0}")]
     Refused(String),
+    /// Another store the sink ran for this attempt failed (the combiner at
+    /// a spill): the attempt fails as that store did.
+    #[error("{0}")]
+    Spill(AttemptFailure),
 }
 
 /// A `pair` as the guest laid it out, not yet copied: the host checks the
@@ -595,15 +625,26 @@ fn add_host_imports(linker: &mut Linker<AttemptState>) -> wasmtime::Result<()> {
     host.func_wrap(
         "emit",
         |mut store: StoreContextMut<'_, AttemptState>, (pairs,): (WasmList<RawPair>,)| {
+            // One copy of each pair, through a buffer kept across pairs.
+            let mut copy = std::mem::take(&mut store.data_mut().scratch);
             for i in 0..pairs.len() {
                 let pair = pairs.get(&mut store, i).expect("index within the list")?;
                 let state = store.data_mut();
                 state
                     .charge_pair(pair.key.len(), pair.value.len())
                     .map_err(stop)?;
-                let key = pair.key.as_le_slice(&store).to_vec();
-                let value = pair.value.as_le_slice(&store).to_vec();
+                copy.clear();
+                copy.extend_from_slice(pair.key.as_le_slice(&store));
+                copy.extend_from_slice(pair.value.as_le_slice(&store));
+                let (key, value) = copy.split_at(pair.key.len());
                 store.data_mut().accept_pair(key, value).map_err(stop)?;
+                if store.data().sink.spill_due() {
+                    spill_sink(&mut store)?;
+                }
+            }
+            // Not kept past a large pair: the buffer is host memory.
+            if copy.capacity() <= SCRATCH_KEPT_BYTES {
+                store.data_mut().scratch = copy;
             }
             Ok(())
         },
@@ -643,6 +684,42 @@ fn add_host_imports(linker: &mut Linker<AttemptState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// The emit buffer a store keeps between calls, at most.
+const SCRATCH_KEPT_BYTES: usize = 64 << 10;
+/// Native stack of the thread a spill runs on: its combiner store gets a
+/// stack of its own rather than what the suspended map left of this one.
+const SPILL_THREAD_STACK_BYTES: usize = 8 << 20;
+
+/// Let the sink spill (and combine: another store of the attempt) while
+/// this store waits in `emit`: the store hands what it used to the
+/// attempt's budget first, and takes back what is left after, so the
+/// attempt's fuel, output and memory limits hold for both stores together.
+fn spill_sink(store: &mut StoreContextMut<'_, AttemptState>) -> wasmtime::Result<()> {
+    let fuel_left = store.get_fuel()?;
+    store.data_mut().hand_over_budget(fuel_left);
+    let state = store.data_mut();
+    let sink = &mut state.sink;
+    // On a thread of its own: a guest running inside a guest's call would
+    // otherwise share one native stack with it.
+    let spilled = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("wmr-spill".into())
+            .stack_size(SPILL_THREAD_STACK_BYTES)
+            .spawn_scoped(scope, || sink.spill())
+            .map(|thread| thread.join())
+    });
+    let fuel_left = store.data_mut().take_back_budget();
+    store.set_fuel(fuel_left)?;
+    match spilled {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(failure))) => Err(stop(HostStop::Spill(failure))),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => Err(stop(HostStop::Sink(format!(
+            "starting a spill thread: {e}"
+        )))),
+    }
 }
 
 fn check_counter_name(name: &str) -> Result<(), HostStop> {
@@ -694,12 +771,15 @@ impl AttemptState {
                 Box::pin(async { false })
             })
             .build();
-        let (deadline, fuel_given, charged_out) = {
+        let (deadline, fuel_given, charged_out, memory_room) = {
             let budget = ctx.budget.lock().expect("poisoned");
             (
                 budget.deadline,
                 ctx.limits.fuel.saturating_sub(budget.fuel_used),
                 budget.output_held,
+                ctx.limits
+                    .memory_bytes
+                    .saturating_sub(budget.memory_suspended),
             )
         };
         let mut table = ResourceTable::new();
@@ -711,11 +791,14 @@ impl AttemptState {
             table,
             limits: ctx.limits.clone(),
             memory_limit_hit: false,
+            memory_room,
             sink,
+            scratch: Vec::new(),
             bytes_out: 0,
             records_out: 0,
             charged_out,
             fuel_given,
+            fuel_handed_over: 0,
             budget: ctx.budget.clone(),
             memory_bytes: 0,
             table_elements: 0,
@@ -747,9 +830,31 @@ impl AttemptState {
         Ok(())
     }
 
+    /// Put what this store used so far into the attempt's budget, as if it
+    /// had finished: another store of the attempt starts from there.
+    fn hand_over_budget(&mut self, fuel_left: u64) {
+        let used = self.fuel_given.saturating_sub(fuel_left);
+        self.fuel_handed_over += used;
+        self.fuel_given = fuel_left;
+        let mut budget = self.budget.lock().expect("poisoned");
+        budget.fuel_used = budget.fuel_used.saturating_add(used);
+        budget.output_held = self.charged_out;
+        budget.memory_suspended = self.memory_bytes;
+    }
+
+    /// After [`Self::hand_over_budget`] and the other store: go on with
+    /// what the attempt has left. Returns the fuel to set.
+    fn take_back_budget(&mut self) -> u64 {
+        let mut budget = self.budget.lock().expect("poisoned");
+        budget.memory_suspended = 0;
+        self.charged_out = budget.output_held;
+        self.fuel_given = self.limits.fuel.saturating_sub(budget.fuel_used);
+        self.fuel_given
+    }
+
     /// Hand a charged pair to the sink.
-    fn accept_pair(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), HostStop> {
-        if let Err(e) = self.sink.accept(key, value) {
+    fn accept_pair(&mut self, key: &[u8], value: &[u8]) -> Result<(), HostStop> {
+        if let Err(e) = self.sink.accept_slices(key, value) {
             self.sink_error = Some(format!("{e:#}"));
             return Err(HostStop::Sink(format!("{e:#}")));
         }
@@ -840,6 +945,7 @@ impl LoadedModule {
 /// several stores (skip mode's bisection, combiner batches, a map then its
 /// combiner): they share this context, so its limits hold for the attempt,
 /// all its stores together, not per store (issue 10).
+#[derive(Clone)]
 pub struct AttemptContext {
     pub limits: Limits,
     pub params: Arc<BTreeMap<String, String>>,
@@ -856,6 +962,9 @@ struct AttemptBudget {
     /// Output bytes (plus [`PAIR_OVERHEAD_BYTES`] per pair) the host holds
     /// for the attempt: what the output limit is checked against.
     output_held: u64,
+    /// Linear memory of a store suspended while another runs inside its
+    /// call (see [`spill_sink`]): the other may use the rest of the limit.
+    memory_suspended: u64,
 }
 
 impl AttemptContext {
@@ -875,6 +984,7 @@ impl AttemptContext {
                 deadline,
                 fuel_used: 0,
                 output_held: 0,
+                memory_suspended: 0,
             })),
         }
     }
@@ -1176,35 +1286,7 @@ impl Sandbox {
     }
 
     fn new_store(&self, ctx: &AttemptContext, sink: Box<dyn PairSink>) -> Store<AttemptState> {
-        let state = AttemptState::new(ctx, sink);
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| s as &mut dyn ResourceLimiter);
-        // Fuel and the epoch deadline must be set before instantiation: the
-        // fuel the attempt has left (the deadline is the attempt's, in the
-        // state).
-        let fuel = store.data().fuel_given;
-        store.set_fuel(fuel).expect("fuel is enabled");
-        // What one guest-to-host call may have the host copy: anything the
-        // guest hands over sits in its memory, so its memory limit bounds
-        // it; below that, wasmtime's default. Our own imports charge what
-        // they copy against the output and log limits first.
-        let hostcall = usize::try_from(ctx.limits.memory_bytes)
-            .unwrap_or(usize::MAX)
-            .max(DEFAULT_HOSTCALL_FUEL);
-        store.set_hostcall_fuel(hostcall);
-        store.set_max_component_handles(MAX_RESOURCES_PER_STORE);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            let state = ctx.data();
-            if state.cancel.load(Ordering::Relaxed) {
-                return Err(wasmtime::Error::new(HostStop::Cancelled));
-            }
-            if Instant::now() >= state.deadline {
-                return Err(wasmtime::Error::new(HostStop::TimedOut));
-            }
-            Ok(UpdateDeadline::Continue(1))
-        });
-        store
+        new_store(&self.engine, ctx, sink)
     }
 
     /// Run `map(key, value)` in a fresh store; pairs go to `sink`.
@@ -1258,9 +1340,38 @@ impl Sandbox {
         groups: &[Group],
         sink: Box<dyn PairSink>,
     ) -> Option<Result<(), AttemptFailure>> {
-        let pre = module.combine.as_ref()?;
-        let mut store = self.new_store(ctx, sink);
-        let result = pre.instantiate(&mut store).and_then(|inst| {
+        self.combiner(module, ctx)?.run(groups, sink)
+    }
+
+    /// The module's combiner for `ctx`'s attempt, to run from anywhere (a
+    /// spill); `None` when the module has none.
+    pub fn combiner(&self, module: &LoadedModule, ctx: &AttemptContext) -> Option<Combiner> {
+        Some(Combiner {
+            engine: self.engine.clone(),
+            pre: module.combine.clone()?,
+            ctx: ctx.clone(),
+        })
+    }
+}
+
+/// A module's combiner bound to one attempt: each run is a fresh store
+/// under the attempt's budget.
+pub struct Combiner {
+    engine: Engine,
+    pre: bindings::combine::CombineTaskPre<AttemptState>,
+    ctx: AttemptContext,
+}
+
+impl Combiner {
+    /// Run the combiner over `groups`; its pairs go to `sink`. `None` when
+    /// it declines (then the caller drops whatever it emitted).
+    pub fn run(
+        &self,
+        groups: &[Group],
+        sink: Box<dyn PairSink>,
+    ) -> Option<Result<(), AttemptFailure>> {
+        let mut store = new_store(&self.engine, &self.ctx, sink);
+        let result = self.pre.instantiate(&mut store).and_then(|inst| {
             inst.wmr_mapreduce_combiner()
                 .call_combine(&mut store, groups)
         });
@@ -1272,6 +1383,48 @@ impl Sandbox {
             (_, result) => Some(result),
         }
     }
+
+    pub fn ctx(&self) -> &AttemptContext {
+        &self.ctx
+    }
+}
+
+/// A fresh store for one of `ctx`'s guest call sequences.
+fn new_store(
+    engine: &Engine,
+    ctx: &AttemptContext,
+    sink: Box<dyn PairSink>,
+) -> Store<AttemptState> {
+    let state = AttemptState::new(ctx, sink);
+    let mut store = Store::new(engine, state);
+
+    store.limiter(|s| s as &mut dyn ResourceLimiter);
+    // Fuel and the epoch deadline must be set before instantiation: the
+    // fuel the attempt has left (the deadline is the attempt's, in the
+    // state).
+    let fuel = store.data().fuel_given;
+    store.set_fuel(fuel).expect("fuel is enabled");
+    // What one guest-to-host call may have the host copy: anything the
+    // guest hands over sits in its memory, so its memory limit bounds
+    // it; below that, wasmtime's default. Our own imports charge what
+    // they copy against the output and log limits first.
+    let hostcall = usize::try_from(ctx.limits.memory_bytes)
+        .unwrap_or(usize::MAX)
+        .max(DEFAULT_HOSTCALL_FUEL);
+    store.set_hostcall_fuel(hostcall);
+    store.set_max_component_handles(MAX_RESOURCES_PER_STORE);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|ctx| {
+        let state = ctx.data();
+        if state.cancel.load(Ordering::Relaxed) {
+            return Err(wasmtime::Error::new(HostStop::Cancelled));
+        }
+        if Instant::now() >= state.deadline {
+            return Err(wasmtime::Error::new(HostStop::TimedOut));
+        }
+        Ok(UpdateDeadline::Continue(1))
+    });
+    store
 }
 
 /// A sink that collects pairs where the caller can take them afterwards.
@@ -1305,6 +1458,7 @@ fn finish(
         budget.fuel_used = budget.fuel_used.saturating_add(fuel_used);
         budget.output_held = state.charged_out;
     }
+    let fuel_used = fuel_used + state.fuel_handed_over;
     let stdio = String::from_utf8_lossy(&state.stdio.contents()).into_owned();
     let mut log = std::mem::take(&mut state.log);
     append_capped(&mut log, &stdio, state.limits.log_bytes);
@@ -1351,6 +1505,7 @@ fn classify_trap(
             HostStop::Cancelled => AttemptFailure::Cancelled,
             HostStop::Sink(msg) => AttemptFailure::Host(format!("storing output: {msg}")),
             HostStop::Refused(msg) => AttemptFailure::Refused(msg.clone()),
+            HostStop::Spill(failure) => failure.clone(),
         };
     }
     if let Some(msg) = &state.sink_error {
@@ -1553,7 +1708,7 @@ mod tests {
                         let cost = (key.len() + value.len()) as u64 + PAIR_OVERHEAD_BYTES;
                         let got = state
                             .charge_pair(key.len(), value.len())
-                            .and_then(|()| state.accept_pair(key.clone(), value.clone()));
+                            .and_then(|()| state.accept_pair(&key, &value));
                         if charged + cost > OUTPUT_LIMIT {
                             prop_assert!(matches!(got, Err(HostStop::OutputLimit)), "{got:?}");
                             break 'calls;

@@ -16,7 +16,8 @@
 //! - `nap`: sleeps `--param ms=N` in the host (WASI `poll`), then counts words;
 //! - `slow-combine`: emits every word with `1` (no counting in `map`); its
 //!   combiner busy-waits `--param combine-ms=N` once per call (per batch of
-//!   groups, needs `--grant clock`), then sums;
+//!   groups, needs `--grant clock`), then sums; it panics on a group whose
+//!   key is `--param combine-trap-on=WORD`;
 //! - `socket-hoard`: opens unconnected TCP sockets through wasi-libc's
 //!   `socket()` until one is refused, keeping them all.
 //!
@@ -221,6 +222,9 @@ impl Job for Hostile {
         }
         if !WAITED.swap(true, std::sync::atomic::Ordering::Relaxed) {
             busy_wait(param_num("combine-ms"));
+        }
+        if wmr_guest::param("combine-trap-on").is_some_and(|k| k.as_bytes() == group.key) {
+            panic!("poisoned key in combine");
         }
         let total: u64 = group.values.iter().map(|v| wmr_guest::parse_u64(v)).sum();
         out.emit(&group.key, total.to_string());
