@@ -360,7 +360,7 @@ fn bad_components_and_missing_input_give_one_line_errors_and_no_output() {
             wrong.clone(),
             books(),
             format!(
-                "{}: the component exports `wmr:mapreduce/mapper@0.2.0` but this wmr speaks wmr:mapreduce@0.1.0: rebuild it against wit/ of this version",
+                "{}: the component exports `wmr:mapreduce/mapper@0.1.0` but this wmr speaks wmr:mapreduce@0.2.0: rebuild it against wit/ of this version",
                 wrong.display()
             ),
         ),
@@ -409,13 +409,33 @@ fn bad_components_and_missing_input_give_one_line_errors_and_no_output() {
             );
         }
     }
+    // A 0.1.0 reducer (pushed `list<group>` batches) as the `--reduce`.
+    let stderr = run_err(&[
+        "run",
+        "--map",
+        &path(&guest("wordcount")),
+        "--reduce",
+        &path(&wrong),
+        "--input",
+        &path(&books()),
+        "--output",
+        &path(&out),
+    ]);
+    assert_eq!(
+        stderr,
+        format!(
+            "error: {}: the component exports `wmr:mapreduce/reducer@0.1.0` but this wmr speaks wmr:mapreduce@0.2.0: rebuild it against wit/ of this version\n",
+            wrong.display()
+        )
+    );
+    assert!(!out.exists(), "old reducer: no output written");
 }
 
 #[test]
 fn validate_lists_the_roles_a_component_can_play() {
     let out = run_ok(&["validate", &path(&guest("wordcount"))]);
     let expected = format!(
-        "ok: {} fits wmr:mapreduce@0.1.0 (map, combine, reduce)\n",
+        "ok: {} fits wmr:mapreduce@0.2.0 (map, combine, reduce)\n",
         guest("wordcount").display()
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);

@@ -214,6 +214,77 @@ fn infinite_loop_with_unlimited_fuel_times_out() {
     assert_still_counts_words(&sandbox);
 }
 
+/// A reduce input that never ends: one key whose every batch continues.
+struct EndlessKey {
+    batches: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl wmr::sandbox::ReduceInput for EndlessKey {
+    fn next_batch(&mut self) -> anyhow::Result<Vec<wmr::sandbox::GroupPart>> {
+        self.batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(vec![wmr::sandbox::GroupPart {
+            key: b"hot".to_vec(),
+            values: vec![b"1".to_vec(); 10_000],
+            continues: true,
+        }])
+    }
+
+    fn ended(&self) -> bool {
+        false
+    }
+}
+
+/// Issue 12 (bounded reduce): fuel, the wall-clock limit and the output
+/// limit hold across a reducer's pulls of its input, not per batch. An
+/// endless hot key, pulled by a reducer that sums (`lines`) or emits every
+/// value (`sort`), ends the attempt with the limit that was reached after
+/// many batches, in one store.
+#[test]
+fn limits_hold_across_the_batches_a_reducer_pulls() {
+    let sandbox = Sandbox::new().unwrap();
+    let load = |name| {
+        sandbox
+            .load(&std::fs::read(guest(name)).unwrap(), Role::Reduce)
+            .unwrap()
+    };
+    let (lines, sort) = (load("lines"), load("sort"));
+    let cases = [
+        (&lines, limits(), AttemptFailure::OutOfFuel(2_000_000_000)),
+        (
+            &lines,
+            Limits {
+                fuel: u64::MAX / 2,
+                timeout_ms: 300,
+                ..limits()
+            },
+            AttemptFailure::TimedOut(300),
+        ),
+        (&sort, limits(), AttemptFailure::OutputLimit(1 << 20)),
+    ];
+    for (module, limits, want) in cases {
+        let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let input = EndlessKey {
+            batches: batches.clone(),
+        };
+        let started = std::time::Instant::now();
+        let sink = CollectPairs::default();
+        let call = sandbox.run_reduce(
+            module,
+            &context(limits, &[]),
+            Box::new(input),
+            Box::new(sink.clone()),
+        );
+        assert_eq!(call.result, Err(want.clone()));
+        let pulled = batches.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(pulled > 2, "{want}: only {pulled} batches pulled");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        let emitted: usize = sink.take().iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(emitted <= 1 << 20, "{want}: {emitted} bytes accepted");
+    }
+    assert_still_counts_words(&sandbox);
+}
+
 #[test]
 fn memory_bomb_runs_out_of_memory() {
     let sandbox = Sandbox::new().unwrap();

@@ -316,3 +316,90 @@ fn a_combiner_trapping_at_a_spill_fails_the_attempt_with_its_reason() {
     );
     assert!(!out.join("_SUCCESS").exists());
 }
+
+/// `wmr ARGS` under a small Python parent that reports the peak RSS (KiB)
+/// of its one child, `wmr`: a child's own `ru_maxrss` would include the
+/// memory of this (large) test process at `exec`. Returns wmr's output
+/// (stdout, and stderr without the parent's line) and the peak.
+fn run_with_peak_rss(args: &[&str], limit: Duration) -> (std::process::Output, u64) {
+    const PARENT: &str = "import resource, subprocess, sys\n\
+        r = subprocess.run(sys.argv[1:])\n\
+        sys.stderr.write('peak-rss-kib %d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+        sys.exit(r.returncode)\n";
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-c", PARENT, env!("CARGO_BIN_EXE_wmr")])
+        .args(args)
+        .env("WMR_LOG", "warn");
+    let mut out = output_within(cmd, &format!("wmr {args:?}"), limit);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (rest, peak) = stderr
+        .trim_end()
+        .rsplit_once("peak-rss-kib ")
+        .unwrap_or_else(|| panic!("wmr {args:?}: no peak RSS: {stderr}"));
+    out.stderr = rest.as_bytes().to_vec();
+    (out, peak.trim().parse().unwrap())
+}
+
+/// Values of the hot key: each a `1`, so its group takes 20 M × (8 + 1)
+/// bytes as the host counts a batch, and far more than the 64 MiB guest
+/// memory limit below as a reducer would hold it whole (each value is a
+/// list in guest memory: 8 bytes of pointer and length, an allocation).
+const HOT_VALUES: usize = 20_000_000;
+
+/// The bound on the hot-key run's peak RSS: measured ~100 MiB (two map
+/// workers with 16 MiB sort buffers and 64 MiB guests, then the reduce);
+/// holding the group whole took 1.1 GiB before the guest ran out of memory.
+const HOT_KEY_PEAK_RSS_KIB: u64 = 256 * 1024;
+
+/// Invariant (bounded reduce, issue 12): one key's values are reduced in
+/// bounded memory. A map emits the key `x` 20 million times (no combiner);
+/// the reducer's guest, limited to 64 MiB, counts them exactly, pulling
+/// them in ~1 MiB batches, and the peak RSS of the whole `wmr run` stays
+/// under a bound that does not depend on the key's size (holding the
+/// group whole took more than 1 GiB of host memory, and the guest ran out
+/// of memory).
+#[test]
+fn a_hot_key_of_twenty_million_values_is_reduced_in_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("hot.txt");
+    std::fs::write(&input, b"x\n".repeat(HOT_VALUES)).unwrap();
+    let out = tmp.path().join("out");
+    let (run, peak_kib) = run_with_peak_rss(
+        &[
+            "run",
+            "--map",
+            &path(&guest("lines")),
+            "--input",
+            &path(&input),
+            "--output",
+            &path(&out),
+            "--reducers",
+            "1",
+            "--workers",
+            "2",
+            "--split-size",
+            "4MiB",
+            "--sort-buffer",
+            "16MiB",
+            "--memory",
+            "64MiB",
+            "--work-dir",
+            &path(tmp.path()),
+        ],
+        Duration::from_secs(300),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(sorted_output(&out), [format!("x {HOT_VALUES}")]);
+    eprintln!(
+        "hot key of {HOT_VALUES} values: peak RSS {} MiB",
+        peak_kib / 1024
+    );
+    assert!(
+        peak_kib < HOT_KEY_PEAK_RSS_KIB,
+        "peak RSS {peak_kib} KiB, bound {HOT_KEY_PEAK_RSS_KIB} KiB"
+    );
+}

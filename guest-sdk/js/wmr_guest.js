@@ -7,7 +7,9 @@
 //       for (const line of decode(text).split("\n")) out.emit(String(line.length), "1");
 //     }
 //     reduce(key, values, out) {
-//       out.emit(key, String(values.reduce((n, v) => n + parseCount(v), 0)));
+//       let n = 0;
+//       for (const v of values) n += parseCount(v);
+//       out.emit(key, String(n));
 //     }
 //   }
 //
@@ -17,11 +19,14 @@
 // job with this SDK, then componentize-js against wit/, world `job`).
 //
 // Keys, values, file names and split text are Uint8Arrays; `emit` also takes
-// strings (encoded as UTF-8). An exception thrown by `map`, `reduce` or
+// strings (encoded as UTF-8). `reduce`'s `values` is an iterator, read once:
+// the values are pulled from the host in batches as it reaches them, so a
+// key's values need not fit in memory (`[...values]` holds them all); values
+// not read are skipped. `combine`'s `values` is an array. An exception thrown by `map`, `reduce` or
 // `combine` fails the attempt cleanly: its message is `Name: message (at
 // frame)` with the innermost stack frame; the whole stack goes to the
 // attempt's log.
-import * as host from "wmr:mapreduce/host@0.1.0";
+import * as host from "wmr:mapreduce/host@0.2.0";
 import { STARTS, ENDS } from "./alphabetic.js";
 
 // Pairs are handed to the host once this many key+value bytes are buffered
@@ -60,6 +65,52 @@ export class Emitter {
       host.emit(this.pending);
       this.pending = [];
       this.pendingBytes = 0;
+    }
+  }
+}
+
+// Where `reduce` is in its input: the batch pulled last and the values left
+// of the current key's part of it.
+class Cursor {
+  constructor(input) {
+    this.input = input;
+    this.parts = [];
+    this.nextIndex = 0;
+    this.values = [];
+    this.at = 0;
+    this.continues = false;
+  }
+
+  // Move to the next part and return its key; undefined at the end.
+  nextPart() {
+    if (this.nextIndex >= this.parts.length) {
+      this.parts = this.input.nextBatch();
+      this.nextIndex = 0;
+      if (this.parts.length === 0) return undefined;
+    }
+    const part = this.parts[this.nextIndex];
+    this.parts[this.nextIndex++] = undefined;
+    this.values = part.values;
+    this.at = 0;
+    this.continues = part.continues;
+    return part.key;
+  }
+
+  // The current key's values; a part that continues is followed by the
+  // next batch's first part, of the same key.
+  *groupValues() {
+    for (;;) {
+      while (this.at < this.values.length) yield this.values[this.at++];
+      if (!this.continues || this.nextPart() === undefined) return;
+    }
+  }
+
+  // The next key, past whatever is left of the current one's values.
+  nextKey() {
+    for (;;) {
+      this.at = this.values.length;
+      if (!this.continues) return this.nextPart();
+      if (this.nextPart() === undefined) return undefined;
     }
   }
 }
@@ -194,10 +245,13 @@ export function exportJob(JobClass) {
       },
     },
     reducer: {
-      reduce(groups) {
+      reduce(input) {
         try {
           const out = new Emitter();
-          for (const group of groups) job.reduce(group.key, group.values, out);
+          const cursor = new Cursor(input);
+          for (let key = cursor.nextKey(); key !== undefined; key = cursor.nextKey()) {
+            job.reduce(key, cursor.groupValues(), out);
+          }
           out.flush();
         } catch (error) {
           throw failure(error);

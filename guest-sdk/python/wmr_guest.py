@@ -10,7 +10,7 @@ and export the class from your app module::
             for line in text.split(b"\\n"):
                 out.emit(str(len(line)), "1")
 
-        def reduce(self, key: bytes, values: list[bytes], out: wmr_guest.Emitter) -> None:
+        def reduce(self, key: bytes, values: Iterator[bytes], out: wmr_guest.Emitter) -> None:
             out.emit(key, str(sum(wmr_guest.parse_int(v) for v in values)))
 
     Mapper, Reducer, Combiner = wmr_guest.export(LineLengths)
@@ -101,8 +101,12 @@ class Job:
         """Map one split: `file` is the input file's name, `text` whole lines of it."""
         raise NotImplementedError("map")
 
-    def reduce(self, key: bytes, values: List[bytes], out: Emitter) -> None:
-        """Reduce one key and all of its values (called in key order)."""
+    def reduce(self, key: bytes, values: Iterator[bytes], out: Emitter) -> None:
+        """Reduce one key and all of its values (called in key order).
+        `values` is an iterator, read once: the values are pulled from the
+        host in batches as it reaches them, so a key's values need not fit
+        in memory (`list(values)` holds them all). Values not read are
+        skipped."""
         raise NotImplementedError("reduce")
 
     # `combine(self, key, values, out)`: define it to combine one key's
@@ -172,6 +176,45 @@ def words(text: str) -> Iterator[str]:
             yield run[start:]
 
 
+class _Cursor:
+    """Where `reduce` is in its input: the batch pulled last and the values
+    left of the current key's part of it."""
+
+    __slots__ = ("_input", "_parts", "_values", "_continues")
+
+    def __init__(self, input) -> None:
+        self._input = input
+        self._parts: Iterator = iter(())
+        self._values: Iterator[bytes] = iter(())
+        self._continues = False
+
+    def _next_part(self) -> Optional[bytes]:
+        """Move to the next part and return its key; None at the end."""
+        part = next(self._parts, None)
+        if part is None:
+            self._parts = iter(self._input.next_batch())
+            part = next(self._parts, None)
+            if part is None:
+                return None
+        self._values = iter(part.values)
+        self._continues = part.continues
+        return part.key
+
+    def values(self) -> Iterator[bytes]:
+        """The current key's values; a part that continues is followed by
+        the next batch's first part, of the same key."""
+        while True:
+            yield from self._values
+            if not self._continues or self._next_part() is None:
+                return
+
+    def next_key(self) -> Optional[bytes]:
+        """The next key, past whatever is left of the current one's values."""
+        for _ in self.values():
+            pass
+        return self._next_part()
+
+
 def _failure(error: BaseException) -> Err:
     """The attempt's error for an exception: the traceback's last line and
     where it was raised. The whole traceback goes to the attempt's log."""
@@ -207,11 +250,14 @@ def export(job_class: type):
                 raise _failure(error) from None
 
     class Reducer:
-        def reduce(self, groups) -> None:
+        def reduce(self, input) -> None:
             try:
                 out = Emitter()
-                for group in groups:
-                    job.reduce(group.key, group.values, out)
+                cursor = _Cursor(input)
+                key = cursor.next_key()
+                while key is not None:
+                    job.reduce(key, cursor.values(), out)
+                    key = cursor.next_key()
                 out.flush()
             except Exception as error:
                 raise _failure(error) from None

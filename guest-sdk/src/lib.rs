@@ -7,7 +7,7 @@
 //!
 //! ```ignore
 //! use std::collections::HashMap;
-//! use wmr_guest::{Emitter, Group, Job};
+//! use wmr_guest::{Emitter, Job, Values};
 //!
 //! struct WordCount;
 //!
@@ -25,9 +25,11 @@
 //!         Ok(())
 //!     }
 //!
-//!     fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
-//!         let total: u64 = group.values.iter().map(|v| wmr_guest::parse_u64(v)).sum();
-//!         out.emit(&group.key, total.to_string());
+//!     fn reduce(key: &[u8], values: Values, out: &mut Emitter) -> Result<(), String> {
+//!         // The values are pulled from the host as the iteration goes: a
+//!         // key with any number of them is summed in bounded memory.
+//!         let total: u64 = values.map(|v| wmr_guest::parse_u64(&v)).sum();
+//!         out.emit(key, total.to_string());
 //!         Ok(())
 //!     }
 //! }
@@ -37,6 +39,7 @@
 //!
 //! ## Layout
 //! - [`Job`]: the three functions an author writes (`combine` is optional).
+//! - [`Values`]: a key's values in `reduce`, pulled from the host lazily.
 //! - [`Emitter`]: buffers pairs and hands them to the host in batches.
 //! - [`param`], [`incr_counter`], [`log`]: host services.
 
@@ -44,7 +47,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "wmr:mapreduce/job@0.1.0",
+        world: "wmr:mapreduce/job@0.2.0",
         pub_export_macro: true,
         export_macro_name: "__export_job_world",
         default_bindings_module: "::wmr_guest::bindings",
@@ -54,6 +57,7 @@ pub mod bindings {
 use bindings::wmr::mapreduce::host;
 pub use bindings::wmr::mapreduce::host::Level;
 pub use bindings::wmr::mapreduce::types::Group;
+use bindings::wmr::mapreduce::types::{GroupPart, ReduceInput};
 
 /// Pairs are handed to the host once this many key+value bytes are buffered.
 const EMIT_BATCH_BYTES: usize = 64 * 1024;
@@ -64,8 +68,11 @@ pub trait Job {
     /// Map one split: `file` is the input file's name, `text` whole lines of it.
     fn map(file: &[u8], text: &[u8], out: &mut Emitter) -> Result<(), String>;
 
-    /// Reduce one key and all of its values (called in key order).
-    fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String>;
+    /// Reduce one key and all of its values (called in key order). The
+    /// values come as the iteration goes (in batches pulled from the host),
+    /// so a key's values need not fit in memory; those not iterated are
+    /// skipped.
+    fn reduce(key: &[u8], values: Values, out: &mut Emitter) -> Result<(), String>;
 
     /// Combine one key's values on the map side. `None` (the default) means
     /// "no combiner": the host keeps the values as they are.
@@ -109,6 +116,82 @@ impl Emitter {
     }
 }
 
+/// One key's values in [`Job::reduce`], in order, pulled from the host in
+/// batches as the iteration reaches them.
+pub struct Values<'a> {
+    cursor: &'a mut dyn NextValue,
+}
+
+trait NextValue {
+    fn next_value(&mut self) -> Option<Vec<u8>>;
+}
+
+impl Iterator for Values<'_> {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        self.cursor.next_value()
+    }
+}
+
+/// Where `reduce` is in its input: the batch pulled last, and the values
+/// left of the current key's part of it.
+struct Cursor<'a> {
+    input: &'a ReduceInput,
+    parts: std::vec::IntoIter<GroupPart>,
+    values: std::vec::IntoIter<Vec<u8>>,
+    /// The current key's values go on in the next batch.
+    continues: bool,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(input: &'a ReduceInput) -> Self {
+        Cursor {
+            input,
+            parts: Vec::new().into_iter(),
+            values: Vec::new().into_iter(),
+            continues: false,
+        }
+    }
+
+    /// Move to the next part and return its key; `None` at the end of the
+    /// input.
+    fn next_part(&mut self) -> Option<Vec<u8>> {
+        let part = match self.parts.next() {
+            Some(part) => part,
+            None => {
+                self.parts = self.input.next_batch().into_iter();
+                self.parts.next()?
+            }
+        };
+        self.values = part.values.into_iter();
+        self.continues = part.continues;
+        Some(part.key)
+    }
+
+    /// The next key, past whatever is left of the current one's values.
+    fn next_key(&mut self) -> Option<Vec<u8>> {
+        while self.next_value().is_some() {}
+        self.next_part()
+    }
+}
+
+impl NextValue for Cursor<'_> {
+    /// The current key's next value. A part that continues is followed
+    /// by the next batch's first part, of the same key.
+    fn next_value(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some(value) = self.values.next() {
+                return Some(value);
+            }
+            if !self.continues {
+                return None;
+            }
+            self.next_part()?;
+        }
+    }
+}
+
 /// A job parameter given with `--param name=value`.
 pub fn param(name: &str) -> Option<String> {
     host::param(name)
@@ -145,10 +228,17 @@ impl<J: Job> bindings::exports::wmr::mapreduce::mapper::Guest for Export<J> {
 }
 
 impl<J: Job> bindings::exports::wmr::mapreduce::reducer::Guest for Export<J> {
-    fn reduce(groups: Vec<Group>) -> Result<(), String> {
+    fn reduce(input: &ReduceInput) -> Result<(), String> {
         let mut out = Emitter::new();
-        for group in &groups {
-            J::reduce(group, &mut out)?;
+        let mut cursor = Cursor::new(input);
+        while let Some(key) = cursor.next_key() {
+            J::reduce(
+                &key,
+                Values {
+                    cursor: &mut cursor,
+                },
+                &mut out,
+            )?;
         }
         out.flush();
         Ok(())

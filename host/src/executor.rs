@@ -10,7 +10,7 @@ use crate::model::{
     Assignment, AttemptEpoch, AttemptFailure, AttemptReport, AttemptStats, ModuleHash, TaskId,
     TaskInput, WorkerId,
 };
-use crate::sandbox::Group;
+use crate::reduce_input::{MergeSource, PartBatches};
 use crate::sandbox::{
     AttemptContext, CallOutcome, Combiner, LoadedModule, PairSink, Role, Sandbox, pair_charge,
 };
@@ -24,7 +24,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-/// Groups handed to one `reduce`/`combine` call, in bytes.
+/// Groups handed to one `combine` call, in bytes.
 const GROUP_BATCH_BYTES: usize = 1 << 20;
 /// Host counters of a map attempt that spilled: runs written, pairs in them.
 pub const SPILLS_COUNTER: &str = "wmr.map.spills";
@@ -515,11 +515,10 @@ impl Executor {
             }
         };
         let failed = Arc::new(Mutex::new(None));
-        let mut batches = GroupBatches {
+        let input = PartBatches::new(MergeSource {
             merge,
-            current: None,
             failed: failed.clone(),
-        };
+        });
         let path = dirs.reduce_attempt_file(a.task, a.epoch);
         let writer = match LineWriter::create(&path, a.output_format) {
             Ok(w) => w,
@@ -528,13 +527,13 @@ impl Executor {
         let written = writer.written.clone();
         let call = self
             .sandbox
-            .run_reduce(&module, ctx, &mut batches, Box::new(writer));
+            .run_reduce(&module, ctx, Box::new(input), Box::new(writer));
         let log = call.log.clone();
-        // The input ended early: whatever the guest did with part of it is
-        // discarded with the attempt.
-        if let Some((source, e)) = failed.lock().expect("poisoned").take() {
-            let i = origin[source][0];
-            return (Err(fetch_failed(i, e)), log);
+        // The input could not be read to its end: whatever the guest did
+        // with part of it is discarded with the attempt.
+        if let Some(e) = failed.lock().expect("poisoned").take() {
+            let i = origin[e.source][0];
+            return (Err(fetch_failed(i, e.error)), log);
         }
         let mut stats = stats_of(&call, bytes_in);
         if let Err(failure) = call.result {
@@ -632,62 +631,6 @@ fn merge_to_run(
     }
     writer.finish().map_err(local)?;
     BlockReader::open_partition(run, 0).map_err(local)
-}
-
-/// The groups of a merged partition, in batches of about
-/// [`GROUP_BATCH_BYTES`], built as the merge goes: memory holds one batch
-/// (and the whole of a key's values). A read error ends the groups early
-/// and is left in `failed` for the attempt to report.
-struct GroupBatches {
-    merge: Merge,
-    current: Option<Group>,
-    failed: Arc<Mutex<Option<(usize, anyhow::Error)>>>,
-}
-
-impl Iterator for GroupBatches {
-    type Item = Vec<Group>;
-
-    fn next(&mut self) -> Option<Vec<Group>> {
-        let mut batch: Vec<Group> = Vec::new();
-        let mut size = self.current.as_ref().map_or(0, group_bytes);
-        loop {
-            match self.merge.next() {
-                Ok(Some((key, value))) => {
-                    if let Some(group) = &mut self.current
-                        && group.key == key
-                    {
-                        group.values.push(value.to_vec());
-                        size += value.len() + 8;
-                        continue;
-                    }
-                    let group = Group {
-                        key: key.to_vec(),
-                        values: vec![value.to_vec()],
-                    };
-                    let added = group_bytes(&group);
-                    if let Some(done) = self.current.replace(group) {
-                        batch.push(done);
-                        if size >= GROUP_BATCH_BYTES {
-                            return Some(batch);
-                        }
-                    }
-                    size += added;
-                }
-                Ok(None) => {
-                    batch.extend(self.current.take());
-                    return (!batch.is_empty()).then_some(batch);
-                }
-                Err(e) => {
-                    *self.failed.lock().expect("poisoned") = Some((e.source, e.error));
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-fn group_bytes(group: &Group) -> usize {
-    group.key.len() + group.values.iter().map(|v| v.len() + 8).sum::<usize>()
 }
 
 /// The map output's combiner: each batch in a fresh store of the attempt;

@@ -7,6 +7,7 @@
 //! - [`sandbox`]: the wasmtime engine, one fresh store per attempt, limits.
 //! - [`compile_cache`]: compiled components on disk, shared by processes.
 //! - [`executor`]: runs one attempt into attempt-private files.
+//! - [`reduce_input`]: a reduce attempt's input, cut into the batches the guest pulls.
 //! - [`commit`]: job directory layout and the atomic commit of an attempt.
 //! - [`split`], [`shuffle`]: input splitting; partition, sort, group.
 //! - [`storage`]: `s3://` locations (object_store) next to local paths;
@@ -34,6 +35,7 @@ pub mod lifecycle;
 pub mod local;
 pub mod map_buffer;
 pub mod object_commit;
+pub mod reduce_input;
 pub mod sampler;
 pub mod sandbox;
 pub mod seq;

@@ -51,7 +51,10 @@ mod bindings {
         wasmtime::component::bindgen!({
             path: "../wit",
             world: "reduce-task",
-            with: { "wmr:mapreduce/host": super::wmr::mapreduce::host },
+            with: {
+                "wmr:mapreduce/host": super::wmr::mapreduce::host,
+                "wmr:mapreduce/types.reduce-input": crate::sandbox::ReduceInputHandle,
+            },
         });
     }
 
@@ -67,13 +70,15 @@ mod bindings {
     }
 }
 
-pub use bindings::reduce::wmr::mapreduce::types::Group;
+pub use bindings::reduce::wmr::mapreduce::types::{Group, GroupPart};
 use bindings::wmr::mapreduce::host;
 
 /// The WIT package version this host speaks.
-pub const WORLD_PACKAGE: &str = "wmr:mapreduce@0.1.0";
-const MAPPER_EXPORT: &str = "wmr:mapreduce/mapper@0.1.0";
-const REDUCER_EXPORT: &str = "wmr:mapreduce/reducer@0.1.0";
+pub const WORLD_PACKAGE: &str = "wmr:mapreduce@0.2.0";
+/// Its name without the version, as import and export names start.
+const WORLD_NAME: &str = "wmr:mapreduce";
+const MAPPER_EXPORT: &str = "wmr:mapreduce/mapper@0.2.0";
+const REDUCER_EXPORT: &str = "wmr:mapreduce/reducer@0.2.0";
 
 /// How often the epoch advances: the granularity of timeouts and cancels.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -102,7 +107,9 @@ const DEFAULT_HOSTCALL_FUEL: usize = 128 << 20;
 const KEEP_RESIDENT_BYTES: usize = 64 << 10;
 
 /// The instance name the host imports are linked under.
-const HOST_IMPORT: &str = "wmr:mapreduce/host@0.1.0";
+const HOST_IMPORT: &str = "wmr:mapreduce/host@0.2.0";
+/// The instance of the `reduce-input` resource and its method.
+const TYPES_IMPORT: &str = "wmr:mapreduce/types@0.2.0";
 
 /// A counter name longer than this fails the attempt
 /// (`incr-counter: counter name longer than 256 bytes`).
@@ -139,6 +146,20 @@ impl Role {
 
 /// An emitted pair: key and value bytes.
 pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// A reduce attempt's input, as the guest pulls it through
+/// `reduce-input.next-batch` (see [`crate::reduce_input`]).
+pub trait ReduceInput: Send {
+    /// The next batch of group parts, empty at the end (and after it).
+    fn next_batch(&mut self) -> anyhow::Result<Vec<GroupPart>>;
+    /// Whether a batch came back empty: the guest read everything.
+    fn ended(&self) -> bool;
+}
+
+/// The host type of the `reduce-input` resource. Its one handle is a borrow
+/// the host lends `reduce`; the input itself is the store's
+/// ([`AttemptState`]), as a store runs one `reduce` call.
+pub struct ReduceInputHandle;
 
 /// Where an attempt's emitted pairs go.
 pub trait PairSink: Send {
@@ -208,6 +229,10 @@ pub struct AttemptState {
     deadline: Instant,
     cancel: Arc<AtomicBool>,
     sink_error: Option<String>,
+    /// A reduce store's input.
+    reduce_input: Option<Box<dyn ReduceInput>>,
+    /// Why reading the reduce input failed, for the attempt's failure.
+    input_error: Option<String>,
 }
 
 impl WasiView for AttemptState {
@@ -599,6 +624,9 @@ enum HostStop {
     /// a spill): the attempt fails as that store did.
     #[error("{0}")]
     Spill(AttemptFailure),
+    /// The reduce input could not be read.
+    #[error("reading the reduce input: {0}")]
+    Input(String),
 }
 
 /// A `pair` as the guest laid it out, not yet copied: the host checks the
@@ -681,6 +709,25 @@ fn add_host_imports(linker: &mut Linker<AttemptState>) -> wasmtime::Result<()> {
                 .to_str(&store)
                 .map_err(|_| not_utf8("param: the name"))?;
             Ok((store.data().param(&name),))
+        },
+    )?;
+    let mut types = linker.instance(TYPES_IMPORT)?;
+    // The host lends the one handle and never hands out an owned one, so
+    // there is nothing to destroy.
+    types.resource(
+        "reduce-input",
+        wasmtime::component::ResourceType::host::<ReduceInputHandle>(),
+        |_, _| Ok(()),
+    )?;
+    types.func_wrap(
+        "[method]reduce-input.next-batch",
+        |mut store: StoreContextMut<'_, AttemptState>,
+         (_input,): (Resource<ReduceInputHandle>,)| {
+            store
+                .data_mut()
+                .next_batch()
+                .map(|batch| (batch,))
+                .map_err(stop)
         },
     )?;
     Ok(())
@@ -811,7 +858,29 @@ impl AttemptState {
             deadline,
             cancel: ctx.cancel.clone(),
             sink_error: None,
+            reduce_input: None,
+            input_error: None,
         }
+    }
+
+    /// `reduce-input.next-batch`. The time limit and a cancel are checked
+    /// here too: reading the input is the host's time, spent between the
+    /// guest's epoch checks.
+    fn next_batch(&mut self) -> Result<Vec<GroupPart>, HostStop> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(HostStop::Cancelled);
+        }
+        if Instant::now() >= self.deadline {
+            return Err(HostStop::TimedOut);
+        }
+        let input = self.reduce_input.as_mut().ok_or_else(|| {
+            HostStop::Refused("reduce-input: there is no reduce input outside `reduce`".into())
+        })?;
+        input.next_batch().map_err(|e| {
+            let message = format!("{e:#}");
+            self.input_error = Some(message.clone());
+            HostStop::Input(message)
+        })
     }
 
     /// Count one pair of `key_len + value_len` bytes against the output
@@ -1188,13 +1257,15 @@ impl Sandbox {
     ) -> anyhow::Result<LoadedModule> {
         check_is_component(bytes)?;
         let component = self.compile(bytes, digest)?;
+        // Versions first: a component of another version also imports
+        // what this wmr does not provide, and the version says why.
+        self.check_exports(&component, role)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!(
                 "the component needs an import wmr does not provide: {}",
                 one_line(&e)
             )
         })?;
-        self.check_exports(&component, role)?;
         let mut module = LoadedModule {
             map: None,
             reduce: None,
@@ -1259,6 +1330,16 @@ impl Sandbox {
             .map(|(n, _)| n.to_string())
             .collect();
         if exports.iter().any(|e| e == role.export()) {
+            // Its imports of the wmr world must be of this version too.
+            let other = ty
+                .imports(&self.engine)
+                .map(|(n, _)| n.to_string())
+                .find(|n| is_other_version(n));
+            if let Some(other) = other {
+                bail!(
+                    "the component imports `{other}` but this wmr speaks {WORLD_PACKAGE}: rebuild it against wit/ of this version"
+                );
+            }
             return Ok(());
         }
         let wanted_base = role.export().split('@').next().unwrap_or_default();
@@ -1306,27 +1387,33 @@ impl Sandbox {
         finish(store, result)
     }
 
-    /// Run `reduce` over `batches` of groups in one fresh store.
+    /// Run `reduce` once in a fresh store, lending it `input` to pull
+    /// from. A guest that returns before the end of its input succeeds;
+    /// the rest is not read, and the attempt's log says so.
     pub fn run_reduce(
         &self,
         module: &LoadedModule,
         ctx: &AttemptContext,
-        batches: &mut dyn Iterator<Item = Vec<Group>>,
+        input: Box<dyn ReduceInput>,
         sink: Box<dyn PairSink>,
     ) -> CallOutcome {
         let pre = module.reduce.as_ref().expect("loaded for reduce");
         let mut store = self.new_store(ctx, sink);
+        store.data_mut().reduce_input = Some(input);
         let result = pre.instantiate(&mut store).and_then(|inst| {
-            for batch in batches {
-                let r = inst
-                    .wmr_mapreduce_reducer()
-                    .call_reduce(&mut store, &batch)?;
-                if r.is_err() {
-                    return Ok(r);
-                }
-            }
-            Ok(Ok(()))
+            let input = Resource::<ReduceInputHandle>::new_borrow(0);
+            inst.wmr_mapreduce_reducer().call_reduce(&mut store, input)
         });
+        let state = store.data_mut();
+        if matches!(result, Ok(Ok(())))
+            && let Some(input) = state.reduce_input.take()
+            && !input.ended()
+        {
+            state.log(
+                host::Level::Info,
+                "reduce returned before the end of its input: the rest was not read",
+            );
+        }
         finish(store, result)
     }
 
@@ -1506,10 +1593,16 @@ fn classify_trap(
             HostStop::Sink(msg) => AttemptFailure::Host(format!("storing output: {msg}")),
             HostStop::Refused(msg) => AttemptFailure::Refused(msg.clone()),
             HostStop::Spill(failure) => failure.clone(),
+            HostStop::Input(msg) => {
+                AttemptFailure::Host(format!("reading the reduce input: {msg}"))
+            }
         };
     }
     if let Some(msg) = &state.sink_error {
         return AttemptFailure::Host(format!("storing output: {msg}"));
+    }
+    if let Some(msg) = &state.input_error {
+        return AttemptFailure::Host(format!("reading the reduce input: {msg}"));
     }
     // Not the guest's doing: the attempt is retried, never bisected.
     if let Some(full) = error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
@@ -1558,6 +1651,19 @@ fn error_message(error: &wasmtime::Error) -> String {
 fn one_line(error: &wasmtime::Error) -> String {
     let text = format!("{error:#}");
     text.lines().next().unwrap_or_default().to_string()
+}
+
+/// An import or export name of the wmr world at another version
+/// (`wmr:mapreduce/host@0.1.0`).
+fn is_other_version(name: &str) -> bool {
+    let version = WORLD_PACKAGE.split('@').nth(1).unwrap_or_default();
+    match name
+        .strip_prefix(WORLD_NAME)
+        .and_then(|n| n.strip_prefix('/'))
+    {
+        Some(rest) => rest.split('@').nth(1) != Some(version),
+        None => false,
+    }
 }
 
 /// A cheap, clear check before handing bytes to the compiler.

@@ -2,9 +2,11 @@
 //!
 //! The same components, one thread, no splitting and no partitioning: `map`
 //! once per whole input file, one global sort, `reduce` over every group in
-//! one store. No combiner (a combiner must not change the result).
+//! one store (pulled in the same batches as an attempt's). No combiner (a
+//! combiner must not change the result).
 
 use crate::model::{Limits, OutputFormat};
+use crate::reduce_input::{PartBatches, SortedPairs};
 use crate::sandbox::{AttemptContext, CollectPairs, Role, Sandbox};
 use crate::shuffle::{self, Pair};
 use crate::split;
@@ -64,10 +66,14 @@ pub fn run_sequential(
         pairs.append(&mut sink.take());
     }
     shuffle::sort_pairs(&mut pairs);
-    let groups = shuffle::group_sorted(pairs);
+    let input = PartBatches::new(SortedPairs::new(pairs));
     let sink = CollectPairs::default();
-    let mut all = std::iter::once(groups);
-    let call = sandbox.run_reduce(&reduce_module, &ctx(), &mut all, Box::new(sink.clone()));
+    let call = sandbox.run_reduce(
+        &reduce_module,
+        &ctx(),
+        Box::new(input),
+        Box::new(sink.clone()),
+    );
     call.result.map_err(|f| anyhow!("reduce: {f}"))?;
     let mut out = Vec::new();
     for (key, value) in &sink.take() {

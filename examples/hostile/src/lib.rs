@@ -62,7 +62,7 @@ mod count;
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use wmr_guest::{Emitter, Group, Job};
+use wmr_guest::{Emitter, Group, Job, Values};
 
 struct Hostile;
 
@@ -231,20 +231,20 @@ impl Job for Hostile {
         Some(Ok(()))
     }
 
-    fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
+    fn reduce(key: &[u8], values: Values, out: &mut Emitter) -> Result<(), String> {
         // `--param reduce-ms=N`: busy-wait N ms once per reduce attempt (a
         // fresh instance per attempt, so the flag starts false each time).
         static WAITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if !WAITED.swap(true, std::sync::atomic::Ordering::Relaxed) {
             busy_wait(param_num("reduce-ms"));
         }
-        if wmr_guest::param("reduce-trap-on").is_some_and(|k| k.as_bytes() == group.key) {
+        if wmr_guest::param("reduce-trap-on").is_some_and(|k| k.as_bytes() == key) {
             // Make sure some output reached the host before the trap.
             out.flush();
             panic!("poisoned key in reduce");
         }
-        let total: u64 = group.values.iter().map(|v| wmr_guest::parse_u64(v)).sum();
-        out.emit(&group.key, total.to_string());
+        let total: u64 = values.map(|v| wmr_guest::parse_u64(&v)).sum();
+        out.emit(key, total.to_string());
         Ok(())
     }
 }
@@ -336,7 +336,7 @@ fn escape(out: &mut Emitter) -> Result<(), String> {
 /// The host imports as the canonical ABI lowers them: pointers and lengths
 /// into this guest's linear memory, whatever they hold.
 mod raw {
-    #[link(wasm_import_module = "wmr:mapreduce/host@0.1.0")]
+    #[link(wasm_import_module = "wmr:mapreduce/host@0.2.0")]
     unsafe extern "C" {
         #[link_name = "emit"]
         pub fn emit(pairs: *mut u8, len: usize);

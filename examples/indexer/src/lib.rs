@@ -1,7 +1,7 @@
 //! Inverted index, as in the MIT 6.5840 lab: each output line is
 //! `word N doc1,doc2,...` with the N documents containing `word`, sorted.
 use std::collections::{BTreeSet, HashSet};
-use wmr_guest::{Emitter, Group, Job};
+use wmr_guest::{Emitter, Group, Job, Values};
 
 struct Indexer;
 
@@ -18,9 +18,9 @@ impl Job for Indexer {
         Ok(())
     }
 
-    fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
+    fn reduce(key: &[u8], values: Values, out: &mut Emitter) -> Result<(), String> {
         // A document split over several map tasks appears more than once.
-        let docs = distinct(group);
+        let docs: BTreeSet<Vec<u8>> = values.collect();
         let mut line = format!("{} ", docs.len()).into_bytes();
         for (i, doc) in docs.iter().enumerate() {
             if i > 0 {
@@ -28,7 +28,7 @@ impl Job for Indexer {
             }
             line.extend_from_slice(doc);
         }
-        out.emit(&group.key, line);
+        out.emit(key, line);
         Ok(())
     }
 

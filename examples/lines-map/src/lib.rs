@@ -3,7 +3,7 @@
 //! has no combiner export at all. Run it with `--reduce lines.wasm`.
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "wmr:mapreduce/map-task@0.1.0",
+    world: "wmr:mapreduce/map-task@0.2.0",
 });
 
 #[path = "../../lines/src/keys.rs"]

@@ -3,7 +3,7 @@
 //! `keys.rs`); `--param combine=sum` sums on the map side, `combine=decline`
 //! (the default) keeps the SDK's default combiner, which declines.
 use std::sync::OnceLock;
-use wmr_guest::{Emitter, Group, Job};
+use wmr_guest::{Emitter, Group, Job, Values};
 
 mod keys;
 
@@ -16,8 +16,8 @@ impl Job for Lines {
         Ok(())
     }
 
-    fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
-        out.emit(&group.key, sum(group).to_string());
+    fn reduce(key: &[u8], values: Values, out: &mut Emitter) -> Result<(), String> {
+        out.emit(key, sum(values).to_string());
         Ok(())
     }
 
@@ -29,7 +29,7 @@ impl Job for Lines {
             .as_deref()
         {
             Some("sum") => {
-                out.emit(&group.key, sum(group).to_string());
+                out.emit(&group.key, sum(group.values.iter()).to_string());
                 Some(Ok(()))
             }
             None | Some("decline") => None,
@@ -38,8 +38,8 @@ impl Job for Lines {
     }
 }
 
-fn sum(group: &Group) -> u64 {
-    group.values.iter().map(|v| wmr_guest::parse_u64(v)).sum()
+fn sum<V: AsRef<[u8]>>(values: impl Iterator<Item = V>) -> u64 {
+    values.map(|v| wmr_guest::parse_u64(v.as_ref())).sum()
 }
 
 wmr_guest::export!(Lines);

@@ -9,7 +9,7 @@
 //! output (`key value`) each output line is an input line, and with
 //! `--partitioner range` the part files concatenated are the input's lines
 //! sorted by key. Lines holding `\` or CR come out escaped (`\\`, `\r`).
-use wmr_guest::{Emitter, Group, Job};
+use wmr_guest::{Emitter, Job, Values};
 
 struct Sort;
 
@@ -44,9 +44,9 @@ impl Job for Sort {
         Ok(())
     }
 
-    fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
-        for value in &group.values {
-            out.emit(&group.key, value);
+    fn reduce(key: &[u8], values: Values, out: &mut Emitter) -> Result<(), String> {
+        for value in values {
+            out.emit(key, value);
         }
         Ok(())
     }

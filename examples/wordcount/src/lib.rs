@@ -2,7 +2,7 @@
 mod count;
 
 use std::collections::HashMap;
-use wmr_guest::{Emitter, Group, Job};
+use wmr_guest::{Emitter, Group, Job, Values};
 
 struct WordCount;
 
@@ -17,19 +17,19 @@ impl Job for WordCount {
         Ok(())
     }
 
-    fn reduce(group: &Group, out: &mut Emitter) -> Result<(), String> {
-        out.emit(&group.key, sum(group).to_string());
+    fn reduce(key: &[u8], values: Values, out: &mut Emitter) -> Result<(), String> {
+        out.emit(key, sum(values).to_string());
         Ok(())
     }
 
     fn combine(group: &Group, out: &mut Emitter) -> Option<Result<(), String>> {
-        out.emit(&group.key, sum(group).to_string());
+        out.emit(&group.key, sum(group.values.iter()).to_string());
         Some(Ok(()))
     }
 }
 
-fn sum(group: &Group) -> u64 {
-    group.values.iter().map(|v| wmr_guest::parse_u64(v)).sum()
+fn sum<V: AsRef<[u8]>>(values: impl Iterator<Item = V>) -> u64 {
+    values.map(|v| wmr_guest::parse_u64(v.as_ref())).sum()
 }
 
 wmr_guest::export!(WordCount);

@@ -12,7 +12,9 @@ class Throws extends Job {
   }
 
   reduce(key, values, out) {
-    out.emit(key, String(values.length));
+    let n = 0;
+    for (const _ of values) n += 1;
+    out.emit(key, String(n));
   }
 }
 

@@ -13,7 +13,7 @@ class Raises(wmr_guest.Job):
         parse(text.decode().split("\n")[0])
 
     def reduce(self, key, values, out):
-        out.emit(key, str(len(values)))
+        out.emit(key, str(sum(1 for _ in values)))
 
 
 Mapper, Reducer, Combiner = wmr_guest.export(Raises)
