@@ -24,8 +24,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-/// Groups handed to one `combine` call, in bytes.
-const GROUP_BATCH_BYTES: usize = 1 << 20;
 /// Host counters of a map attempt that spilled: runs written, pairs in them.
 pub const SPILLS_COUNTER: &str = "wmr.map.spills";
 pub const SPILLED_PAIRS_COUNTER: &str = "wmr.map.spilled-pairs";
