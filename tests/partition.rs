@@ -60,13 +60,7 @@ fn expected() -> &'static Vec<String> {
         let (map, books) = (path(&guest("hostile")), path(&books()));
         let mut args = vec!["seq", "--map", &map, "--input", &books];
         args.extend(job_params());
-        let out = run_ok(&args);
-        let mut lines: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        lines.sort();
+        let lines = sorted_lines_of(&args);
         assert!(lines.len() > 1000, "the reference is not trivial");
         lines
     })

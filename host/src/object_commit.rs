@@ -36,7 +36,6 @@ use crate::model::{AttemptEpoch, DeadLetter, JobId, TaskId};
 use crate::storage::{self, S3Url};
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
-use std::io::Read as _;
 use std::path::Path;
 
 const TEMPORARY: &str = "_temporary";
@@ -45,9 +44,6 @@ const PENDING: &str = ".pending";
 const OPEN: &str = "_open";
 /// The longest a `WMR_FAULT_HOLD_UPLOAD` hold lasts.
 const HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
-/// Bytes per uploaded part: S3 wants at least 5 MiB (but the last); one
-/// part is held in memory at a time.
-pub const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
 
 /// An attempt's upload, as its manifest records it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -192,27 +188,14 @@ impl ObjectOutput {
         };
         write_manifest(manifest, pending)?;
         self.ensure_open()?;
-        let mut file =
-            std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
-        let mut buffer = vec![0u8; UPLOAD_PART_BYTES];
-        loop {
-            let n = read_full(&mut file, &mut buffer)
-                .with_context(|| format!("reading {}", local.display()))?;
-            // One empty part for an empty output: an upload needs a part.
-            if n == 0 && !pending.parts.is_empty() {
-                break;
-            }
-            let bytes = bytes::Bytes::copy_from_slice(&buffer[..n]);
-            let etag = storage::upload_part(&part, &pending.upload, pending.parts.len(), bytes)?;
+        let upload = pending.upload.clone();
+        storage::upload_file_parts(&part, &upload, local, |etag, n| {
             pending.parts.push(etag);
             pending.bytes += n as u64;
             if pending.parts.len() == 1 {
                 self.hold_for_tests(Hold::Part, task, epoch);
             }
-            if n < buffer.len() {
-                break;
-            }
-        }
+        })?;
         pending.complete = true;
         write_manifest(manifest, pending)?;
         self.ensure_open()?;
@@ -399,16 +382,4 @@ fn write_manifest(url: &S3Url, pending: &Pending) -> anyhow::Result<()> {
 fn read_manifest(url: &S3Url) -> anyhow::Result<Pending> {
     let bytes = storage::get(url)?;
     serde_json::from_slice(&bytes).with_context(|| format!("{url}: not an upload manifest"))
-}
-
-/// Fill `buffer` unless the file ends first; the bytes read.
-fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
 }

@@ -32,7 +32,7 @@
 use crate::model::{AttemptEpoch, JobId, TaskId, TenantId};
 use crate::storage::{self, S3Url};
 use anyhow::Context as _;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::Path;
 
 /// Bytes per uploaded part and per ranged GET: one is held in memory at a
@@ -77,32 +77,21 @@ impl ShuffleObjects {
     pub fn upload(&self, task: TaskId, epoch: AttemptEpoch, local: &Path) -> anyhow::Result<()> {
         let object = self.attempt_object(task, epoch);
         let what = || format!("uploading the map output to {object}");
-        let mut file =
-            std::fs::File::open(local).with_context(|| format!("reading {}", local.display()))?;
-        let len = file.metadata()?.len();
-        let mut part = vec![0u8; (len as usize).min(RANGE_BYTES)];
-        if len as usize <= RANGE_BYTES {
-            file.read_exact(&mut part)
-                .with_context(|| format!("reading {}", local.display()))?;
-            return storage::put(&object, part).map_err(|e| storage::explain(e, what()));
+        let len = std::fs::metadata(local)
+            .with_context(|| format!("reading {}", local.display()))?
+            .len();
+        if len as usize <= storage::UPLOAD_PART_BYTES {
+            let bytes =
+                std::fs::read(local).with_context(|| format!("reading {}", local.display()))?;
+            return storage::put(&object, bytes).map_err(|e| storage::explain(e, what()));
         }
         let marker = self.marker(task, epoch);
         let upload = storage::create_upload(&object).map_err(|e| storage::explain(e, what()))?;
-        let parts = (|| -> anyhow::Result<Vec<String>> {
+        let parts = (|| -> anyhow::Result<()> {
             storage::put(&marker, upload.clone().into_bytes())?;
             let mut parts = Vec::new();
-            let mut left = len;
-            while left > 0 {
-                let n = (left as usize).min(RANGE_BYTES);
-                part.resize(n, 0);
-                file.read_exact(&mut part)
-                    .with_context(|| format!("reading {}", local.display()))?;
-                let bytes = bytes::Bytes::copy_from_slice(&part);
-                parts.push(storage::upload_part(&object, &upload, parts.len(), bytes)?);
-                left -= n as u64;
-            }
-            storage::complete_upload(&object, &upload, &parts)?;
-            Ok(parts)
+            storage::upload_file_parts(&object, &upload, local, |etag, _| parts.push(etag))?;
+            storage::complete_upload(&object, &upload, &parts)
         })();
         if let Err(e) = parts {
             let _ = storage::abort_upload(&object, &upload);

@@ -19,6 +19,7 @@
 //! one request on a small runtime of its own, from any thread (a worker's
 //! blocking attempt or the coordinator's async loop alike).
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use futures::TryStreamExt as _;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
@@ -493,6 +494,51 @@ pub fn upload_part(
     })
     .map_err(at(url))?;
     Ok(part.content_id)
+}
+
+/// Bytes per uploaded part: S3 wants at least 5 MiB (but the last); one
+/// part is held in memory at a time.
+pub const UPLOAD_PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// Upload the file at `local` as the parts of `upload`, in order, one part
+/// of [`UPLOAD_PART_BYTES`] in memory at a time (an empty file: one empty
+/// part, as an upload needs one). `each` gets every part's ETag and size
+/// as soon as it is stored.
+pub fn upload_file_parts(
+    url: &S3Url,
+    upload: &str,
+    local: &Path,
+    mut each: impl FnMut(String, usize),
+) -> anyhow::Result<()> {
+    let mut file =
+        std::fs::File::open(local).with_context(|| format!("opening {}", local.display()))?;
+    let mut buffer = vec![0u8; UPLOAD_PART_BYTES];
+    for index in 0.. {
+        let n = read_full(&mut file, &mut buffer)
+            .with_context(|| format!("reading {}", local.display()))?;
+        if n == 0 && index > 0 {
+            break;
+        }
+        let etag = upload_part(url, upload, index, Bytes::copy_from_slice(&buffer[..n]))?;
+        each(etag, n);
+        if n < buffer.len() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Fill `buffer` unless the file ends first; the bytes read.
+fn read_full(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read as _;
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// Make an upload's object visible, whole, at once.

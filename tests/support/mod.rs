@@ -142,7 +142,12 @@ pub fn reference(map: &Path, inputs: &[&Path], params: &[&str]) -> Vec<String> {
         args.extend(["--param".into(), param.to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = run_ok(&args);
+    sorted_lines_of(&args)
+}
+
+/// The lines `wmr ARGS` prints (e.g. a `seq` with its own flags), sorted.
+pub fn sorted_lines_of(args: &[&str]) -> Vec<String> {
+    let out = run_ok(args);
     let mut lines: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
