@@ -220,14 +220,14 @@ struct EndlessKey {
 }
 
 impl wmr::sandbox::ReduceInput for EndlessKey {
-    fn next_batch(&mut self) -> anyhow::Result<Vec<wmr::sandbox::GroupPart>> {
+    fn next_batch_framed(&mut self) -> anyhow::Result<Vec<u8>> {
         self.batches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(vec![wmr::sandbox::GroupPart {
+        Ok(wmr::reduce_input::frame_batch(&[wmr::sandbox::GroupPart {
             key: b"hot".to_vec(),
             values: vec![b"1".to_vec(); 10_000],
             continues: true,
-        }])
+        }]))
     }
 
     fn ended(&self) -> bool {
@@ -626,6 +626,27 @@ fn emit_of_a_pair_outside_linear_memory_traps_after_the_valid_pairs_before_it() 
         ))
     );
     assert_eq!(pairs, vec![(b"key".to_vec(), b"key".to_vec())]);
+    assert_still_counts_words(&sandbox);
+}
+
+/// `emit-framed` takes the whole pairs before a cut one, then refuses
+/// the buffer naming the byte where the cut pair starts.
+#[test]
+fn emit_framed_of_a_cut_pair_refuses_after_the_whole_pairs_before_it() {
+    let sandbox = Sandbox::new().unwrap();
+    let (call, pairs) = call_hostile(
+        &sandbox,
+        &hostile(&sandbox),
+        limits(),
+        &[("mode", "emit-framed-cut")],
+    );
+    assert_eq!(
+        call.result,
+        Err(AttemptFailure::Refused(
+            "emit-framed: the buffer does not frame whole pairs (at byte 4 of 7)".into()
+        ))
+    );
+    assert_eq!(pairs, vec![(b"a".to_vec(), b"b".to_vec())]);
     assert_still_counts_words(&sandbox);
 }
 

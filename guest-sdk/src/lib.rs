@@ -57,7 +57,7 @@ pub mod bindings {
 use bindings::wmr::mapreduce::host;
 pub use bindings::wmr::mapreduce::host::Level;
 pub use bindings::wmr::mapreduce::types::Group;
-use bindings::wmr::mapreduce::types::{GroupPart, ReduceInput};
+use bindings::wmr::mapreduce::types::ReduceInput;
 
 /// Pairs are handed to the host once this many key+value bytes are buffered.
 const EMIT_BATCH_BYTES: usize = 64 * 1024;
@@ -82,38 +82,45 @@ pub trait Job {
     }
 }
 
-/// Collects emitted pairs and passes them to the host in batches.
+/// Collects emitted pairs and passes them to the host in batches, framed
+/// in one buffer (`emit-framed`): no allocation per pair.
 pub struct Emitter {
-    pending: Vec<host::Pair>,
-    pending_bytes: usize,
+    framed: Vec<u8>,
 }
 
 impl Emitter {
     fn new() -> Self {
-        Emitter {
-            pending: Vec::new(),
-            pending_bytes: 0,
-        }
+        Emitter { framed: Vec::new() }
     }
 
     /// Emit one pair. Accepts `&str`, `String`, `&[u8]`, `Vec<u8>`, ...
     pub fn emit(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
-        let (key, value) = (key.as_ref().to_vec(), value.as_ref().to_vec());
-        self.pending_bytes += key.len() + value.len();
-        self.pending.push(host::Pair { key, value });
-        if self.pending_bytes >= EMIT_BATCH_BYTES {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        put_varint(&mut self.framed, key.len());
+        self.framed.extend_from_slice(key);
+        put_varint(&mut self.framed, value.len());
+        self.framed.extend_from_slice(value);
+        if self.framed.len() >= EMIT_BATCH_BYTES {
             self.flush();
         }
     }
 
     /// Hand everything buffered to the host now.
     pub fn flush(&mut self) {
-        if !self.pending.is_empty() {
-            host::emit(&self.pending);
-            self.pending.clear();
-            self.pending_bytes = 0;
+        if !self.framed.is_empty() {
+            host::emit_framed(&self.framed);
+            self.framed.clear();
         }
     }
+}
+
+/// Unsigned LEB128, as `emit-framed` and `next-batch-framed` frame lengths.
+fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
 /// One key's values in [`Job::reduce`], in order, pulled from the host in
@@ -134,60 +141,95 @@ impl Iterator for Values<'_> {
     }
 }
 
-/// Where `reduce` is in its input: the batch pulled last, and the values
-/// left of the current key's part of it.
+impl NextValue for Cursor<'_> {
+    fn next_value(&mut self) -> Option<Vec<u8>> {
+        let value = self.next_value_at()?;
+        Some(self.batch[value].to_vec())
+    }
+}
+
+/// The tags of `next-batch-framed`'s entries (see wit/).
+const TAG_KEY: u8 = 0;
+const TAG_VALUE: u8 = 1;
+const TAG_CONTINUES: u8 = 2;
+
+/// Where `reduce` is in its input: the framed batch pulled last and the
+/// next entry in it.
 struct Cursor<'a> {
     input: &'a ReduceInput,
-    parts: std::vec::IntoIter<GroupPart>,
-    values: std::vec::IntoIter<Vec<u8>>,
-    /// The current key's values go on in the next batch.
-    continues: bool,
+    batch: Vec<u8>,
+    at: usize,
 }
 
 impl<'a> Cursor<'a> {
     fn new(input: &'a ReduceInput) -> Self {
         Cursor {
             input,
-            parts: Vec::new().into_iter(),
-            values: Vec::new().into_iter(),
-            continues: false,
+            batch: Vec::new(),
+            at: 0,
         }
     }
 
-    /// Move to the next part and return its key; `None` at the end of the
-    /// input.
-    fn next_part(&mut self) -> Option<Vec<u8>> {
-        let part = match self.parts.next() {
-            Some(part) => part,
-            None => {
-                self.parts = self.input.next_batch().into_iter();
-                self.parts.next()?
-            }
-        };
-        self.values = part.values.into_iter();
-        self.continues = part.continues;
-        Some(part.key)
+    fn pull(&mut self) {
+        self.batch = self.input.next_batch_framed();
+        self.at = 0;
     }
 
-    /// The next key, past whatever is left of the current one's values.
-    fn next_key(&mut self) -> Option<Vec<u8>> {
-        while self.next_value().is_some() {}
-        self.next_part()
-    }
-}
-
-impl NextValue for Cursor<'_> {
-    /// The current key's next value. A part that continues is followed
-    /// by the next batch's first part, of the same key.
-    fn next_value(&mut self) -> Option<Vec<u8>> {
+    /// The length-prefixed bytes at the cursor, skipped.
+    fn field(&mut self) -> std::ops::Range<usize> {
+        let (mut len, mut shift) = (0usize, 0);
         loop {
-            if let Some(value) = self.values.next() {
-                return Some(value);
+            let byte = self.batch[self.at];
+            self.at += 1;
+            len |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
             }
-            if !self.continues {
-                return None;
+        }
+        let start = self.at;
+        self.at += len;
+        start..self.at
+    }
+
+    /// Move to the next key (past whatever is left of the current one's
+    /// values) and copy it into `key`; `false` at the end of the input.
+    fn next_key(&mut self, key: &mut Vec<u8>) -> bool {
+        while self.next_value_at().is_some() {}
+        if self.at == self.batch.len() {
+            self.pull();
+            if self.batch.is_empty() {
+                return false;
             }
-            self.next_part()?;
+        }
+        assert_eq!(self.batch[self.at], TAG_KEY, "a framed batch out of order");
+        self.at += 1;
+        let range = self.field();
+        key.clear();
+        key.extend_from_slice(&self.batch[range]);
+        true
+    }
+
+    /// The current key's next value, where it lies in `batch`. A key that
+    /// continues goes on past the next batch's first key entry (the same
+    /// key).
+    fn next_value_at(&mut self) -> Option<std::ops::Range<usize>> {
+        loop {
+            match self.batch.get(self.at) {
+                Some(&TAG_VALUE) => {
+                    self.at += 1;
+                    return Some(self.field());
+                }
+                Some(&TAG_CONTINUES) => {
+                    self.pull();
+                    if self.batch.first() != Some(&TAG_KEY) {
+                        return None;
+                    }
+                    self.at = 1;
+                    self.field();
+                }
+                _ => return None,
+            }
         }
     }
 }
@@ -231,7 +273,8 @@ impl<J: Job> bindings::exports::wmr::mapreduce::reducer::Guest for Export<J> {
     fn reduce(input: &ReduceInput) -> Result<(), String> {
         let mut out = Emitter::new();
         let mut cursor = Cursor::new(input);
-        while let Some(key) = cursor.next_key() {
+        let mut key = Vec::new();
+        while cursor.next_key(&mut key) {
             J::reduce(
                 &key,
                 Values {

@@ -462,23 +462,32 @@ impl Executor {
             }
             Ok(readers)
         };
-        // More sources than one merge holds: merge consecutive ones into
-        // runs first (keeping their order), naming the map task of a bad one.
-        // Level by level, each group of consecutive sources becomes one
-        // run: order is kept and each byte is rewritten once per level.
+        // More sources than one merge holds: merge groups of consecutive
+        // ones into runs first (keeping their order; as few as
+        // `merge_level` allows), naming the map task of a bad one.
         let mut pass = 0;
-        while sources.len() > intermediate::MERGE_FAN_IN {
-            let mut next_sources = Vec::new();
-            let mut next_origin = Vec::new();
-            while !sources.is_empty() {
-                let n = sources.len().min(intermediate::MERGE_FAN_IN);
-                let taken: Vec<_> = sources.drain(..n).collect();
-                let from: Vec<Vec<usize>> = origin.drain(..n).collect();
-                if n == 1 {
-                    next_sources.extend(taken);
-                    next_origin.extend(from);
-                    continue;
+        loop {
+            let level = intermediate::merge_level(sources.len(), intermediate::MERGE_FAN_IN);
+            if level.is_empty() {
+                break;
+            }
+            let mut items = std::mem::take(&mut sources)
+                .into_iter()
+                .zip(std::mem::take(&mut origin));
+            let mut at = 0;
+            for range in level {
+                let (kept, merged): (Vec<_>, Vec<_>) = items
+                    .by_ref()
+                    .take(range.end - at)
+                    .enumerate()
+                    .partition(|(i, _)| at + i < range.start);
+                at = range.end;
+                for (_, (source, from)) in kept {
+                    sources.push(source);
+                    origin.push(from);
                 }
+                let (taken, from): (Vec<_>, Vec<Vec<usize>>) =
+                    merged.into_iter().map(|(_, item)| item).unzip();
                 pass += 1;
                 let run = scratch.join(format!("merge{pass}"));
                 let readers = match open(taken, &from) {
@@ -493,11 +502,13 @@ impl Executor {
                 if let Err(failure) = merged {
                     return (Err(failure), String::new());
                 }
-                next_sources.push(ReduceSource::Merged(run, 0));
-                next_origin.push(from.concat());
+                sources.push(ReduceSource::Merged(run, 0));
+                origin.push(from.concat());
             }
-            sources = next_sources;
-            origin = next_origin;
+            for (source, from) in items {
+                sources.push(source);
+                origin.push(from);
+            }
         }
         let readers = match open(sources, &origin) {
             Ok(readers) => readers,

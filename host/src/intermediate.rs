@@ -41,11 +41,14 @@ pub const MAGIC: &[u8; 8] = b"WMRSHUF1";
 /// Raw bytes per block before it is cut.
 pub const BLOCK_BYTES: usize = 64 << 10;
 const BLOCK_HEADER: usize = 13;
-/// Runs merged at once; more are merged in levels (each source holds a
-/// block and a read buffer, ~200 KiB).
-pub const MERGE_FAN_IN: usize = 64;
-/// Read buffer of one merge source.
-const READ_BUFFER: usize = 64 << 10;
+/// Runs merged at once; more are merged first, as few as [`merge_level`]
+/// allows (each source holds a block as stored and raw, and a read
+/// buffer: ~150 KiB, so ~37 MiB at full fan-in). 256 keeps a 2 GiB job of
+/// 8 MiB splits to one merge pass on the reduce side.
+pub const MERGE_FAN_IN: usize = 256;
+/// Read buffer of one merge source: block headers go through it; a
+/// block's stored bytes are mostly read past it, straight into the block.
+const READ_BUFFER: usize = 16 << 10;
 
 const CODEC_NONE: u8 = 0;
 const CODEC_LZ4: u8 = 1;
@@ -189,7 +192,12 @@ impl RunWriter {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+/// The bytes [`put_varint`] writes for `n`.
+pub(crate) fn varint_len(n: u64) -> usize {
+    (64 - (n | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
         n >>= 7;
@@ -197,7 +205,7 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     out.push(n as u8);
 }
 
-fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+pub(crate) fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     let mut n: u64 = 0;
     for shift in (0..64).step_by(7) {
         let byte = *bytes.get(*at)?;
@@ -428,12 +436,25 @@ impl BlockReader {
     }
 }
 
+/// The first eight bytes of `key`, zero-padded, as a big-endian integer:
+/// if two keys' prefixes differ they order as the keys do (a shorter key
+/// pads with zeroes, and is a prefix of the other or differs before).
+pub fn key_prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
+}
+
 /// A k-way merge of sorted sources: records in key order, equal keys in
 /// source order (then each source's own order), so a key's values arrive
 /// in a deterministic order, the same as a stable sort of the sources
 /// concatenated.
 pub struct Merge {
     sources: Vec<BlockReader>,
+    /// Each source's current key's [`key_prefix`]: most comparisons end
+    /// there, without touching the keys' bytes.
+    prefixes: Vec<u64>,
     /// Indexes of sources with a current record, a binary min-heap.
     heap: Vec<usize>,
     /// The top source's record was handed out and must advance first.
@@ -454,13 +475,17 @@ pub struct SourceError {
 impl Merge {
     pub fn new(sources: Vec<BlockReader>) -> Result<Self, SourceError> {
         let mut merge = Merge {
+            prefixes: vec![0; sources.len()],
             sources,
             heap: Vec::new(),
             taken: false,
         };
         for i in 0..merge.sources.len() {
             match merge.sources[i].advance() {
-                Ok(true) => merge.heap.push(i),
+                Ok(true) => {
+                    merge.prefixes[i] = key_prefix(merge.sources[i].key());
+                    merge.heap.push(i);
+                }
                 Ok(false) => {}
                 Err(error) => return Err(SourceError { source: i, error }),
             }
@@ -473,7 +498,12 @@ impl Merge {
 
     fn less(&self, a: usize, b: usize) -> bool {
         let (sa, sb) = (self.heap[a], self.heap[b]);
-        (self.sources[sa].key(), sa) < (self.sources[sb].key(), sb)
+        match self.prefixes[sa].cmp(&self.prefixes[sb]) {
+            std::cmp::Ordering::Equal => {
+                (self.sources[sa].key(), sa) < (self.sources[sb].key(), sb)
+            }
+            order => order.is_lt(),
+        }
     }
 
     fn sift_down(&mut self, mut i: usize) {
@@ -501,7 +531,7 @@ impl Merge {
             self.taken = false;
             let top = self.heap[0];
             match self.sources[top].advance() {
-                Ok(true) => {}
+                Ok(true) => self.prefixes[top] = key_prefix(self.sources[top].key()),
                 Ok(false) => {
                     let last = self.heap.pop().expect("not empty");
                     if !self.heap.is_empty() {
@@ -521,6 +551,40 @@ impl Merge {
     }
 }
 
+/// The groups of consecutive sources (index ranges; the rest are left as
+/// they are) that the next merge level turns into one run each, so that
+/// `n` sources end in one merge of at most `fan_in`. Only as many sources
+/// as that needs are merged first (Hadoop's merge factor of the first
+/// pass): 75 sources at a fan-in of 64 rewrite 12, not 64. Only when even
+/// that needs more than `fan_in` groups is a level a full one (every
+/// `fan_in` consecutive sources). Consecutive, so equal keys keep source
+/// order.
+pub fn merge_level(n: usize, fan_in: usize) -> Vec<std::ops::Range<usize>> {
+    assert!(fan_in >= 2, "a merge of fewer than two sources");
+    if n <= fan_in {
+        return Vec::new();
+    }
+    // A group of `s` sources leaves one run: `s - 1` fewer sources.
+    let excess = n - fan_in;
+    let groups = excess.div_ceil(fan_in - 1);
+    if groups > fan_in {
+        return (0..n)
+            .step_by(fan_in)
+            .map(|start| start..(start + fan_in).min(n))
+            .filter(|group| group.len() > 1)
+            .collect();
+    }
+    let (mut level, mut start, mut left) = (Vec::with_capacity(groups), 0, excess);
+    while left > 0 {
+        let size = left.min(fan_in - 1) + 1;
+        level.push(start..start + size);
+        start += size;
+        left -= size - 1;
+    }
+    debug_assert_eq!(n - excess, fan_in);
+    level
+}
+
 /// Merge the runs at `runs` (every partition of each, run order breaking
 /// ties) into one run at `out`; at most [`MERGE_FAN_IN`] runs are open at
 /// once: more are merged level by level, into files next to `out`. Returns the
@@ -533,16 +597,19 @@ pub fn merge_runs(
 ) -> anyhow::Result<u64> {
     let mut runs = runs.to_vec();
     let mut temporary: Vec<PathBuf> = Vec::new();
-    // Level by level: each group of consecutive runs becomes one run, so
-    // run order (and so the order of equal keys) is kept, and every byte
-    // is rewritten once per level, log_64(runs) times in all.
-    while runs.len() > MERGE_FAN_IN {
-        let mut next = Vec::with_capacity(runs.len().div_ceil(MERGE_FAN_IN));
-        for group in runs.chunks(MERGE_FAN_IN) {
-            if let [single] = group {
-                next.push(single.clone());
-                continue;
-            }
+    // Level by level: groups of consecutive runs become one run each, so
+    // run order (and so the order of equal keys) is kept.
+    loop {
+        let level = merge_level(runs.len(), MERGE_FAN_IN);
+        if level.is_empty() {
+            break;
+        }
+        let mut next = Vec::with_capacity(runs.len());
+        let mut at = 0;
+        for range in level {
+            next.extend_from_slice(&runs[at..range.start]);
+            at = range.end;
+            let group = &runs[range];
             // `{out}.passN`, the whole name kept: `m-00003.a2` and a stale
             // `m-00003.a1` of the same task must not share a file.
             let mut merged = out.as_os_str().to_owned();
@@ -558,6 +625,7 @@ pub fn merge_runs(
             }
             next.push(merged);
         }
+        next.extend_from_slice(&runs[at..]);
         runs = next;
     }
     let bytes = merge_into(&runs, partitions, codec, out);
@@ -713,6 +781,58 @@ mod tests {
         assert_eq!(read(&out, 0).unwrap(), want);
         let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(files, runs.len() + 1, "merge levels left files behind");
+    }
+
+    /// Merge planning: whatever the count, levels of disjoint groups of
+    /// 2..=fan_in consecutive sources end in at most fan_in sources; when
+    /// one level can get there it is the only one and merges the fewest
+    /// sources that can (each group of `s` removes `s - 1`).
+    #[test]
+    fn merge_levels_end_within_the_fan_in_rewriting_the_fewest() {
+        for fan_in in [2, 3, 4, 7, 64] {
+            for n in 0..=(fan_in * fan_in * 3 + 5) {
+                let mut count = n;
+                let mut levels = 0;
+                loop {
+                    let level = merge_level(count, fan_in);
+                    if level.is_empty() {
+                        break;
+                    }
+                    levels += 1;
+                    let mut end = 0;
+                    for group in &level {
+                        assert!(group.start >= end && (2..=fan_in).contains(&group.len()));
+                        end = group.end;
+                    }
+                    assert!(end <= count);
+                    let merged: usize = level.iter().map(|g| g.len()).sum();
+                    if count <= fan_in * fan_in {
+                        let excess = count - fan_in;
+                        assert_eq!(merged, excess + excess.div_ceil(fan_in - 1), "n={count}");
+                    }
+                    count -= merged - level.len();
+                }
+                assert!(count <= fan_in, "n={n} fan_in={fan_in}: {count} left");
+                if n <= fan_in * fan_in {
+                    assert!(levels <= 1, "n={n} fan_in={fan_in}: {levels} levels");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Keys whose prefixes differ order as their prefixes do (zero
+        /// bytes and keys shorter than eight bytes included).
+        #[test]
+        fn key_prefixes_order_as_keys_do(
+            a in proptest::collection::vec(0u8..3, 0..12),
+            b in proptest::collection::vec(0u8..3, 0..12),
+        ) {
+            let (pa, pb) = (key_prefix(&a), key_prefix(&b));
+            if pa != pb {
+                proptest::prop_assert_eq!(pa.cmp(&pb), a.cmp(&b));
+            }
+        }
     }
 
     /// Golden bytes: changing them changes what every reader of a map

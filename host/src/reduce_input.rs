@@ -47,55 +47,118 @@ impl<S: RecordSource> PartBatches<S> {
         }
     }
 
-    fn batch(&mut self) -> anyhow::Result<Vec<GroupPart>> {
-        let mut batch: Vec<GroupPart> = Vec::new();
+    /// The next batch, framed as `next-batch-framed` lays it out.
+    fn batch(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
         let mut size = 0;
-        if let Some((key, value)) = self.pending.take() {
-            size += key.len() + value.len() + 8;
-            batch.push(GroupPart {
-                key,
-                values: vec![value],
-                continues: false,
-            });
+        // The current part's key, where it lies in `out`.
+        let mut key: Option<std::ops::Range<usize>> = None;
+        if let Some((k, v)) = self.pending.take() {
+            size += k.len() + v.len() + 8;
+            key = Some(put_key(&mut out, &k));
+            put_value(&mut out, &v);
         }
         while !self.exhausted {
-            let Some((key, value)) = self.source.next_record().inspect_err(|_| {
+            let Some((k, v)) = self.source.next_record().inspect_err(|_| {
                 self.exhausted = true;
             })?
             else {
                 self.exhausted = true;
                 break;
             };
-            let last = batch.last_mut();
-            let same_key = last.as_ref().is_some_and(|p| p.key == key);
+            let same_key = key.as_ref().is_some_and(|at| out[at.clone()] == *k);
             if size < self.limit {
                 if same_key {
-                    size += value.len() + 8;
-                    last.expect("same key").values.push(value.to_vec());
+                    size += v.len() + 8;
                 } else {
-                    size += key.len() + value.len() + 8;
-                    batch.push(GroupPart {
-                        key: key.to_vec(),
-                        values: vec![value.to_vec()],
-                        continues: false,
-                    });
+                    size += k.len() + v.len() + 8;
+                    key = Some(put_key(&mut out, k));
                 }
+                put_value(&mut out, v);
                 continue;
             }
             // Full: this record starts the next batch, continuing the
             // last part's key or not.
             if same_key {
-                last.expect("same key").continues = true;
+                out.push(TAG_CONTINUES);
             }
-            self.pending = Some((key.to_vec(), value.to_vec()));
+            self.pending = Some((k.to_vec(), v.to_vec()));
             break;
         }
-        Ok(batch)
+        Ok(out)
     }
 }
 
+/// The tags of `next-batch-framed`'s entries (see wit/).
+const TAG_KEY: u8 = 0;
+const TAG_VALUE: u8 = 1;
+const TAG_CONTINUES: u8 = 2;
+
+/// Start a part of `key`; returns where the key's bytes are.
+fn put_key(out: &mut Vec<u8>, key: &[u8]) -> std::ops::Range<usize> {
+    out.push(TAG_KEY);
+    crate::intermediate::put_varint(out, key.len() as u64);
+    out.extend_from_slice(key);
+    out.len() - key.len()..out.len()
+}
+
+fn put_value(out: &mut Vec<u8>, value: &[u8]) {
+    out.push(TAG_VALUE);
+    crate::intermediate::put_varint(out, value.len() as u64);
+    out.extend_from_slice(value);
+}
+
+/// Group parts framed as `next-batch-framed` lays them out (the inverse
+/// of [`unframe_batch`]).
+pub fn frame_batch(parts: &[GroupPart]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in parts {
+        put_key(&mut out, &part.key);
+        for value in &part.values {
+            put_value(&mut out, value);
+        }
+        if part.continues {
+            out.push(TAG_CONTINUES);
+        }
+    }
+    out
+}
+
+/// A framed batch as `next-batch`'s group parts (for guests that pull
+/// those).
+pub fn unframe_batch(framed: &[u8]) -> anyhow::Result<Vec<GroupPart>> {
+    let mut parts: Vec<GroupPart> = Vec::new();
+    let mut at = 0;
+    let bytes = |at: &mut usize| -> Option<Vec<u8>> {
+        let len = usize::try_from(crate::intermediate::get_varint(framed, at)?).ok()?;
+        let bytes = framed.get(*at..at.checked_add(len)?)?.to_vec();
+        *at += len;
+        Some(bytes)
+    };
+    while let Some(&tag) = framed.get(at) {
+        at += 1;
+        match (tag, parts.last_mut()) {
+            (TAG_KEY, _) => {
+                let key =
+                    bytes(&mut at).ok_or_else(|| anyhow::anyhow!("a framed batch cut short"))?;
+                parts.push(GroupPart {
+                    key,
+                    values: Vec::new(),
+                    continues: false,
+                });
+            }
+            (TAG_VALUE, Some(part)) => part
+                .values
+                .push(bytes(&mut at).ok_or_else(|| anyhow::anyhow!("a framed batch cut short"))?),
+            (TAG_CONTINUES, Some(part)) if at == framed.len() => part.continues = true,
+            (tag, _) => anyhow::bail!("a framed batch has tag {tag} at byte {}", at - 1),
+        }
+    }
+    Ok(parts)
+}
+
 impl<S: RecordSource> ReduceInput for PartBatches<S> {
-    fn next_batch(&mut self) -> anyhow::Result<Vec<GroupPart>> {
+    fn next_batch_framed(&mut self) -> anyhow::Result<Vec<u8>> {
         let batch = self.batch()?;
         self.ended |= batch.is_empty();
         Ok(batch)
@@ -189,7 +252,10 @@ mod tests {
             let mut input = PartBatches::with_limit(SortedPairs::new(pairs), limit);
             let mut batches = Vec::new();
             loop {
-                let batch = input.next_batch().unwrap();
+                // Framed and unframed say the same.
+                let framed = input.next_batch_framed().unwrap();
+                let batch = unframe_batch(&framed).unwrap();
+                prop_assert_eq!(frame_batch(&batch), framed);
                 if batch.is_empty() {
                     break;
                 }

@@ -20,6 +20,7 @@
 //! call) bounds the rest, including WASI calls.
 
 use crate::compile_cache::{CacheOptions, CacheReport, CompileCache};
+use crate::intermediate;
 use crate::model::{AttemptFailure, Limits};
 use anyhow::{Context as _, bail};
 use std::collections::BTreeMap;
@@ -150,8 +151,14 @@ pub type Pair = (Vec<u8>, Vec<u8>);
 /// A reduce attempt's input, as the guest pulls it through
 /// `reduce-input.next-batch` (see [`crate::reduce_input`]).
 pub trait ReduceInput: Send {
+    /// The next batch, framed as `next-batch-framed` lays it out; empty at
+    /// the end (and after it).
+    fn next_batch_framed(&mut self) -> anyhow::Result<Vec<u8>>;
+
     /// The next batch of group parts, empty at the end (and after it).
-    fn next_batch(&mut self) -> anyhow::Result<Vec<GroupPart>>;
+    fn next_batch(&mut self) -> anyhow::Result<Vec<GroupPart>> {
+        crate::reduce_input::unframe_batch(&self.next_batch_framed()?)
+    }
     /// Whether a batch came back empty: the guest read everything.
     fn ended(&self) -> bool;
 }
@@ -678,6 +685,21 @@ fn add_host_imports(linker: &mut Linker<AttemptState>) -> wasmtime::Result<()> {
         },
     )?;
     host.func_wrap(
+        "emit-framed",
+        |mut store: StoreContextMut<'_, AttemptState>, (framed,): (WasmList<u8>,)| {
+            // Copied a window at a time into a buffer kept across calls:
+            // host memory stays bounded whatever the guest passes, and each
+            // pair is charged before it is accepted (a pair larger than a
+            // window is charged before it is copied at all).
+            let mut window = std::mem::take(&mut store.data_mut().scratch);
+            let result = emit_framed(&mut store, &framed, &mut window);
+            if window.capacity() <= SCRATCH_KEPT_BYTES {
+                store.data_mut().scratch = window;
+            }
+            result
+        },
+    )?;
+    host.func_wrap(
         "incr-counter",
         |mut store: StoreContextMut<'_, AttemptState>, (name, delta): (WasmStr, i64)| {
             let name = name
@@ -725,12 +747,114 @@ fn add_host_imports(linker: &mut Linker<AttemptState>) -> wasmtime::Result<()> {
          (_input,): (Resource<ReduceInputHandle>,)| {
             store
                 .data_mut()
-                .next_batch()
+                .next_batch(|input| input.next_batch())
+                .map(|batch| (batch,))
+                .map_err(stop)
+        },
+    )?;
+    types.func_wrap(
+        "[method]reduce-input.next-batch-framed",
+        |mut store: StoreContextMut<'_, AttemptState>,
+         (_input,): (Resource<ReduceInputHandle>,)| {
+            store
+                .data_mut()
+                .next_batch(|input| input.next_batch_framed())
                 .map(|batch| (batch,))
                 .map_err(stop)
         },
     )?;
     Ok(())
+}
+
+/// `emit-framed`: the pairs of `framed` (in guest memory), through
+/// `window`, each charged and accepted as `emit` does.
+fn emit_framed(
+    store: &mut StoreContextMut<'_, AttemptState>,
+    framed: &WasmList<u8>,
+    window: &mut Vec<u8>,
+) -> wasmtime::Result<()> {
+    let total = framed.len();
+    let malformed = |at: usize| {
+        stop(HostStop::Refused(format!(
+            "emit-framed: the buffer does not frame whole pairs (at byte {at} of {total})"
+        )))
+    };
+    let mut at = 0;
+    'windows: while at < total {
+        let end = total.min(at + SCRATCH_KEPT_BYTES);
+        window.clear();
+        window.extend_from_slice(&framed.as_le_slice(&*store)[at..end]);
+        let mut pos = 0;
+        loop {
+            // `varint key-len | key | varint value-len | value`: the key at
+            // `key_at`, the value at `value_at`, the record ending at
+            // `record_end` (offsets in the window).
+            let mut header = framed_header(window, pos);
+            if header.is_none() && pos == 0 && end < total {
+                // A key larger than the window: its header, read in place.
+                header = framed_header(&framed.as_le_slice(&*store)[at..], 0);
+            }
+            let Some((key_at, key_len, value_at, value_len)) = header else {
+                // A header cut by the window's end is read again from the
+                // next window; cut by the buffer's end, it is malformed.
+                if pos == window.len() || (pos > 0 && end < total) {
+                    break;
+                }
+                return Err(malformed(at + pos));
+            };
+            let record_end = value_at
+                .checked_add(value_len)
+                .filter(|&n| at + n <= total)
+                .ok_or_else(|| malformed(at + pos))?;
+            if record_end > window.len() {
+                if pos > 0 {
+                    break;
+                }
+                // Larger than a window: charged, then copied on its own.
+                store
+                    .data_mut()
+                    .charge_pair(key_len, value_len)
+                    .map_err(stop)?;
+                let slice = framed.as_le_slice(&*store);
+                let key = slice[at + key_at..at + key_at + key_len].to_vec();
+                let value = slice[at + value_at..at + record_end].to_vec();
+                store.data_mut().accept_pair(&key, &value).map_err(stop)?;
+                if store.data().sink.spill_due() {
+                    spill_sink(store)?;
+                }
+                at += record_end;
+                continue 'windows;
+            } else {
+                let state = store.data_mut();
+                state.charge_pair(key_len, value_len).map_err(stop)?;
+                let (key, value) = (
+                    &window[key_at..key_at + key_len],
+                    &window[value_at..record_end],
+                );
+                state.accept_pair(key, value).map_err(stop)?;
+                pos = record_end;
+            }
+            if store.data().sink.spill_due() {
+                spill_sink(store)?;
+            }
+            if pos == window.len() {
+                break;
+            }
+        }
+        at += pos;
+    }
+    Ok(())
+}
+
+/// The framed pair at `pos` of `bytes` (`varint key-len | key | varint
+/// value-len | value`): where its key and value start and their lengths;
+/// `None` if its header is cut short or malformed.
+fn framed_header(bytes: &[u8], pos: usize) -> Option<(usize, usize, usize, usize)> {
+    let mut key_at = pos;
+    let key_len = usize::try_from(intermediate::get_varint(bytes, &mut key_at)?).ok()?;
+    let mut value_at = key_at.checked_add(key_len)?;
+    let value_len = usize::try_from(intermediate::get_varint(bytes, &mut value_at)?).ok()?;
+    Some((key_at, key_len, value_at, value_len))
 }
 
 /// The emit buffer a store keeps between calls, at most.
@@ -866,7 +990,10 @@ impl AttemptState {
     /// `reduce-input.next-batch`. The time limit and a cancel are checked
     /// here too: reading the input is the host's time, spent between the
     /// guest's epoch checks.
-    fn next_batch(&mut self) -> Result<Vec<GroupPart>, HostStop> {
+    fn next_batch<T>(
+        &mut self,
+        next: impl FnOnce(&mut dyn ReduceInput) -> anyhow::Result<T>,
+    ) -> Result<T, HostStop> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(HostStop::Cancelled);
         }
@@ -876,7 +1003,7 @@ impl AttemptState {
         let input = self.reduce_input.as_mut().ok_or_else(|| {
             HostStop::Refused("reduce-input: there is no reduce input outside `reduce`".into())
         })?;
-        input.next_batch().map_err(|e| {
+        next(input.as_mut()).map_err(|e| {
             let message = format!("{e:#}");
             self.input_error = Some(message.clone());
             HostStop::Input(message)

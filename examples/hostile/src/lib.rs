@@ -150,6 +150,12 @@ impl Job for Hostile {
                 // SAFETY: the host must refuse the out-of-bounds pair.
                 unsafe { raw::emit(pairs.as_ptr().cast_mut().cast(), pairs.len()) };
             }
+            "emit-framed-cut" => {
+                // One whole pair (`a` → `b`), then a key of 5 bytes of
+                // which the buffer holds 2.
+                let framed = [1, b'a', 1, b'b', 5, b'k', b'e'];
+                wmr_guest::bindings::wmr::mapreduce::host::emit_framed(&framed);
+            }
             "emit-newline-key" => {
                 out.emit("a\nforged-record 999999", "1");
                 out.emit(b"\xff\r", "1");
