@@ -579,6 +579,20 @@ impl CombinedWrite<'_> {
                 range_start = j;
                 continue;
             }
+            let value_bytes =
+                || -> usize { part[i..j].iter().map(|r| buffer.value(r).len() + 8).sum() };
+            if j - i > 1 && value_bytes() >= COMBINE_BATCH_BYTES {
+                // A hot key: combined in chunks of its own, so that one
+                // combiner call never holds more than a batch of it.
+                if !batch.is_empty() {
+                    self.flush(p, &mut batch, range_start, i)?;
+                    batch_bytes = 0;
+                }
+                self.hot_group(p, i, j)?;
+                i = j;
+                range_start = j;
+                continue;
+            }
             if j - i > 1 {
                 let group = Group {
                     key: buffer.key(&part[i]).to_vec(),
@@ -603,6 +617,96 @@ impl CombinedWrite<'_> {
         Ok(())
     }
 
+    /// The group `part[i..j]` of one key too large for a batch, combined a
+    /// batch of its values at a time. Pairs of its key go straight to the
+    /// run (everything before was written, everything after is greater);
+    /// others the combiner emits go to the stray runs.
+    fn hot_group(&mut self, p: u32, i: usize, j: usize) -> Result<(), AttemptFailure> {
+        let buffer = self.buffer;
+        let part = &buffer.parts[p as usize];
+        let key = buffer.key(&part[i]);
+        let mut start = i;
+        while start < j {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < j && (end == start || bytes < COMBINE_BATCH_BYTES) {
+                bytes += buffer.value(&part[end]).len() + 8;
+                end += 1;
+            }
+            let declined = self.declined.load(std::sync::atomic::Ordering::Relaxed);
+            let combined = if declined {
+                None
+            } else {
+                let mut batch = vec![Group {
+                    key: key.to_vec(),
+                    values: part[start..end]
+                        .iter()
+                        .map(|r| buffer.value(r).to_vec())
+                        .collect(),
+                }];
+                self.combine(&mut batch)?
+            };
+            match combined {
+                None => {
+                    for r in &part[start..end] {
+                        self.write(p, key, buffer.value(r))?;
+                    }
+                }
+                Some(out) => {
+                    let reducers = buffer.reducers();
+                    let (own, outside): (Vec<Pair>, Vec<Pair>) =
+                        out.into_iter().partition(|(k, _)| {
+                            k == key && buffer.partitioner.partition(k, reducers) == p
+                        });
+                    self.to_stray(&outside)?;
+                    for (k, v) in own {
+                        self.write(p, &k, &v)?;
+                    }
+                }
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Pairs the combiner emitted outside the range it combined: to the
+    /// stray runs, merged with the map output at the end.
+    fn to_stray(&mut self, pairs: &[Pair]) -> Result<(), AttemptFailure> {
+        let mut stray = self.stray.lock().expect("poisoned");
+        for (k, v) in pairs {
+            stray.push(k, v)?;
+        }
+        Ok(())
+    }
+
+    /// Run the combiner over `batch` (emptied): its output, or `None` when
+    /// it declined (which it then does for the rest of the attempt).
+    fn combine(&mut self, batch: &mut Vec<Group>) -> Result<Option<Vec<Pair>>, AttemptFailure> {
+        let collected = Arc::new(Mutex::new(Collected {
+            pairs: Vec::new(),
+            bytes: 0,
+            cap: self.scratch,
+            emitted: 0,
+            stray: self.stray.clone(),
+        }));
+        let combined = (self.combine)(batch, Box::new(CollectSink(collected.clone())))?;
+        let (out, emitted) = {
+            let mut collected = collected.lock().expect("poisoned");
+            (std::mem::take(&mut collected.pairs), collected.emitted)
+        };
+        if !combined {
+            self.declined
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            batch.clear();
+            return Ok(None);
+        }
+        self.counters.combine_input_pairs +=
+            batch.iter().map(|g| g.values.len() as u64).sum::<u64>();
+        self.counters.combine_output_pairs += emitted;
+        batch.clear();
+        Ok(Some(out))
+    }
+
     /// Combine `batch` (the groups of several values in `part[start..end]`)
     /// and write the range: the combiner's output and the single values.
     fn flush(
@@ -614,32 +718,13 @@ impl CombinedWrite<'_> {
     ) -> Result<(), AttemptFailure> {
         let buffer = self.buffer;
         let part = &buffer.parts[p as usize];
-        let collected = Arc::new(Mutex::new(Collected {
-            pairs: Vec::new(),
-            bytes: 0,
-            cap: self.scratch,
-            emitted: 0,
-            stray: self.stray.clone(),
-        }));
-        let combined = (self.combine)(batch, Box::new(CollectSink(collected.clone())))?;
-        let (mut out, emitted) = {
-            let mut collected = collected.lock().expect("poisoned");
-            (std::mem::take(&mut collected.pairs), collected.emitted)
-        };
-        if !combined {
+        let Some(mut out) = self.combine(batch)? else {
             // Declined: the range stays as it came, and so does the rest.
-            self.declined
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            batch.clear();
             for r in &part[start..end] {
                 self.write(p, buffer.key(r), buffer.value(r))?;
             }
             return Ok(());
-        }
-        self.counters.combine_input_pairs +=
-            batch.iter().map(|g| g.values.len() as u64).sum::<u64>();
-        self.counters.combine_output_pairs += emitted;
-        batch.clear();
+        };
         out.sort_by(|a, b| a.0.cmp(&b.0));
         let low = buffer.key(&part[start]);
         let high = part.get(end).map(|r| buffer.key(r));
@@ -649,12 +734,7 @@ impl CombinedWrite<'_> {
                 && high.is_none_or(|h| k.as_slice() < h)
                 && buffer.partitioner.partition(k, reducers) == p
         });
-        {
-            let mut stray = self.stray.lock().expect("poisoned");
-            for (k, v) in &outside {
-                stray.push(k, v)?;
-            }
-        }
+        self.to_stray(&outside)?;
         // Merge the single values of the range with the combined pairs.
         let mut combined = inside.into_iter().peekable();
         let mut i = start;
@@ -939,6 +1019,62 @@ mod tests {
             std::fs::remove_file(&out).unwrap();
         }
         // No run is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A hot key (more of its values in one spill than a combiner batch)
+    /// is combined a batch of its values at a time: no call gets more than
+    /// a batch and one value, and summing, declining part-way through the
+    /// key, or emitting strays keeps every count.
+    #[test]
+    fn a_hot_key_is_combined_a_batch_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        for (case, decline_from, stray) in [
+            ("sum", usize::MAX, false),
+            ("decline", 2, false),
+            ("stray", usize::MAX, true),
+        ] {
+            let (summing, calls) = summing(decline_from, stray);
+            let largest = Arc::new(Mutex::new(0usize));
+            let seen = largest.clone();
+            let combine: CombineFn = Arc::new(move |groups: &[Group], sink| {
+                let bytes = groups.iter().map(group_bytes).sum::<usize>();
+                let mut seen = seen.lock().unwrap();
+                *seen = (*seen).max(bytes);
+                summing(groups, sink)
+            });
+            let prefix = dir.path().join(case);
+            let mut output = MapOutput::new(new_buffer(2), 16 << 20, Compression::Lz4, &prefix)
+                .with_combiner(combine);
+            let emitted = 600_000u64;
+            for i in 0..emitted {
+                let key = if i % 10 == 0 {
+                    format!("a-{}", i % 100)
+                } else {
+                    "hot".to_string()
+                };
+                output.push(key.as_bytes(), b"1").unwrap();
+            }
+            let counters = output.counters;
+            let out = dir.path().join(format!("{case}.out"));
+            output.finish(&out).unwrap();
+            let sums = sums_of(&out, 2);
+            assert_eq!(sums.values().sum::<u64>(), emitted, "{case}");
+            let hot: u64 = sums
+                .iter()
+                .filter(|(k, _)| k.ends_with(b"hot"))
+                .map(|(_, n)| n)
+                .sum();
+            assert_eq!(hot, emitted * 9 / 10, "{case}");
+            assert!(counters.spills >= 1, "{case}: {counters:?}");
+            let largest = *largest.lock().unwrap();
+            assert!(
+                largest <= COMBINE_BATCH_BYTES + 9 + 3,
+                "{case}: a call of {largest} bytes"
+            );
+            assert!(*calls.lock().unwrap() >= 2, "{case}");
+            std::fs::remove_file(&out).unwrap();
+        }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
