@@ -285,6 +285,40 @@ fn limits_hold_across_the_batches_a_reducer_pulls() {
     assert_still_counts_words(&sandbox);
 }
 
+/// A reducer may stop pulling before the end of its input (`first-key`
+/// emits its partition's first key and returns): the attempt succeeds
+/// with what it emitted, and its log says the rest was not read.
+#[test]
+fn a_reducer_that_returns_early_succeeds_and_its_log_says_so() {
+    let sandbox = Sandbox::new().unwrap();
+    let module = sandbox
+        .load(&std::fs::read(guest("first-key")).unwrap(), Role::Reduce)
+        .unwrap();
+    // Past several batches: the guest reads one of them.
+    let pairs: Vec<wmr::shuffle::Pair> = (0..200_000u32)
+        .map(|i| {
+            (
+                format!("k{:07}", i / 3).into_bytes(),
+                i.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    let input = wmr::reduce_input::PartBatches::new(wmr::reduce_input::SortedPairs::new(pairs));
+    let sink = CollectPairs::default();
+    let call = sandbox.run_reduce(
+        &module,
+        &context(limits(), &[]),
+        Box::new(input),
+        Box::new(sink.clone()),
+    );
+    assert_eq!(call.result, Ok(()));
+    assert_eq!(sink.take(), vec![(b"k0000000".to_vec(), b"0".to_vec())]);
+    assert_eq!(
+        call.log,
+        "[Level::Info] reduce returned before the end of its input: the rest was not read\n"
+    );
+}
+
 #[test]
 fn memory_bomb_runs_out_of_memory() {
     let sandbox = Sandbox::new().unwrap();

@@ -44,74 +44,127 @@ function asBytes(data) {
   throw new TypeError(`emit takes a string or bytes, not ${Object.prototype.toString.call(data)}`);
 }
 
-/** Collects emitted pairs and passes them to the host in batches. */
+/**
+ * Collects emitted pairs and passes them to the host in batches, framed in
+ * one buffer (`emit-framed`: `varint key-len | key | varint value-len |
+ * value`), so a batch crosses into the host as one byte array rather than
+ * an object per pair.
+ */
 export class Emitter {
   constructor() {
-    this.pending = [];
-    this.pendingBytes = 0;
+    this.buffer = new Uint8Array(EMIT_BATCH_BYTES + 1024);
+    this.length = 0;
+  }
+
+  reserve(n) {
+    if (this.length + n <= this.buffer.length) return;
+    const grown = new Uint8Array(Math.max(2 * this.buffer.length, this.length + n));
+    grown.set(this.buffer.subarray(0, this.length));
+    this.buffer = grown;
+  }
+
+  putVarint(n) {
+    while (n >= 0x80) {
+      this.buffer[this.length++] = (n & 0x7f) | 0x80;
+      n = Math.floor(n / 128);
+    }
+    this.buffer[this.length++] = n;
+  }
+
+  putBytes(bytes) {
+    this.putVarint(bytes.length);
+    this.buffer.set(bytes, this.length);
+    this.length += bytes.length;
   }
 
   /** Emit one pair; strings are encoded as UTF-8. */
   emit(key, value = "") {
-    const pair = { key: asBytes(key), value: asBytes(value) };
-    this.pending.push(pair);
-    this.pendingBytes += pair.key.length + pair.value.length;
-    if (this.pendingBytes >= EMIT_BATCH_BYTES) this.flush();
+    const k = asBytes(key);
+    const v = asBytes(value);
+    this.reserve(k.length + v.length + 20);
+    this.putBytes(k);
+    this.putBytes(v);
+    if (this.length >= EMIT_BATCH_BYTES) this.flush();
   }
 
   /** Hand everything buffered to the host now. */
   flush() {
-    if (this.pending.length > 0) {
-      host.emit(this.pending);
-      this.pending = [];
-      this.pendingBytes = 0;
+    if (this.length > 0) {
+      host.emitFramed(this.buffer.subarray(0, this.length));
+      this.length = 0;
     }
   }
 }
 
-// Where `reduce` is in its input: the batch pulled last and the values left
-// of the current key's part of it.
+// The tags of `next-batch-framed`'s entries (see wit/).
+const TAG_KEY = 0;
+const TAG_VALUE = 1;
+const TAG_CONTINUES = 2;
+
+// Where `reduce` is in its input: the framed batch pulled last (one byte
+// array: `next-batch-framed`) and the next entry in it. Keys and values are
+// views into the batch, not copies.
 class Cursor {
   constructor(input) {
     this.input = input;
-    this.parts = [];
-    this.nextIndex = 0;
-    this.values = [];
+    this.batch = new Uint8Array(0);
     this.at = 0;
-    this.continues = false;
   }
 
-  // Move to the next part and return its key; undefined at the end.
-  nextPart() {
-    if (this.nextIndex >= this.parts.length) {
-      this.parts = this.input.nextBatch();
-      this.nextIndex = 0;
-      if (this.parts.length === 0) return undefined;
+  pull() {
+    this.batch = this.input.nextBatchFramed();
+    this.at = 0;
+  }
+
+  // The length-prefixed bytes at the cursor, skipped.
+  field() {
+    let len = 0;
+    let scale = 1;
+    let byte;
+    do {
+      byte = this.batch[this.at++];
+      len += (byte & 0x7f) * scale;
+      scale *= 128;
+    } while (byte & 0x80);
+    const start = this.at;
+    this.at += len;
+    return this.batch.subarray(start, this.at);
+  }
+
+  // The current key's next value, or undefined; a key that continues goes
+  // on past the next batch's first key entry (the same key).
+  nextValue() {
+    for (;;) {
+      const tag = this.batch[this.at];
+      if (tag === TAG_VALUE) {
+        this.at++;
+        return this.field();
+      }
+      if (tag !== TAG_CONTINUES) return undefined;
+      this.pull();
+      if (this.batch[0] !== TAG_KEY) return undefined;
+      this.at = 1;
+      this.field();
     }
-    const part = this.parts[this.nextIndex];
-    this.parts[this.nextIndex++] = undefined;
-    this.values = part.values;
-    this.at = 0;
-    this.continues = part.continues;
-    return part.key;
   }
 
-  // The current key's values; a part that continues is followed by the
-  // next batch's first part, of the same key.
+  // The current key's values, read once.
   *groupValues() {
-    for (;;) {
-      while (this.at < this.values.length) yield this.values[this.at++];
-      if (!this.continues || this.nextPart() === undefined) return;
+    for (let value = this.nextValue(); value !== undefined; value = this.nextValue()) {
+      yield value;
     }
   }
 
-  // The next key, past whatever is left of the current one's values.
+  // The next key, past whatever is left of the current one's values;
+  // undefined at the end of the input.
   nextKey() {
-    for (;;) {
-      this.at = this.values.length;
-      if (!this.continues) return this.nextPart();
-      if (this.nextPart() === undefined) return undefined;
+    while (this.nextValue() !== undefined);
+    if (this.at >= this.batch.length) {
+      this.pull();
+      if (this.batch.length === 0) return undefined;
     }
+    this.at++; // TAG_KEY
+    return this.field();
   }
 }
 

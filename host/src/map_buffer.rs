@@ -658,7 +658,7 @@ impl CombinedWrite<'_> {
                         out.into_iter().partition(|(k, _)| {
                             k == key && buffer.partitioner.partition(k, reducers) == p
                         });
-                    self.to_stray(&outside)?;
+                    self.write_strays(&outside)?;
                     for (k, v) in own {
                         self.write(p, &k, &v)?;
                     }
@@ -671,7 +671,7 @@ impl CombinedWrite<'_> {
 
     /// Pairs the combiner emitted outside the range it combined: to the
     /// stray runs, merged with the map output at the end.
-    fn to_stray(&mut self, pairs: &[Pair]) -> Result<(), AttemptFailure> {
+    fn write_strays(&mut self, pairs: &[Pair]) -> Result<(), AttemptFailure> {
         let mut stray = self.stray.lock().expect("poisoned");
         for (k, v) in pairs {
             stray.push(k, v)?;
@@ -734,7 +734,7 @@ impl CombinedWrite<'_> {
                 && high.is_none_or(|h| k.as_slice() < h)
                 && buffer.partitioner.partition(k, reducers) == p
         });
-        self.to_stray(&outside)?;
+        self.write_strays(&outside)?;
         // Merge the single values of the range with the combined pairs.
         let mut combined = inside.into_iter().peekable();
         let mut i = start;
