@@ -353,6 +353,65 @@ fn private_worker(
     c.spawn(&format!("worker-{name}"), cmd)
 }
 
+/// Commit protocol on a store without rename: a coordinator that dies
+/// between the job commit's clean-up (the upload manifests deleted) and
+/// `_SUCCESS` lists every part after its restart, from the listing it kept
+/// before the clean-up. It used to find no manifests and write an empty
+/// `_SUCCESS` over complete parts.
+#[test]
+fn a_coordinator_dying_before_success_lists_every_part_after_its_restart() {
+    use std::time::Duration;
+    use support::cluster::Cluster;
+    const REDUCERS: u64 = 3;
+    let server = S3Server::start();
+    server.seed("books", "in", &books());
+    let once = tempfile::tempdir().unwrap();
+    let marker = once.path().join("die-once");
+    std::fs::write(&marker, "").unwrap();
+    let mut env = aws_env(&server);
+    env.push((
+        "WMR_FAULT_DIE_BEFORE_SUCCESS".into(),
+        marker.to_string_lossy().into_owned(),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut c = Cluster::options()
+        .env(&env)
+        .reducers(REDUCERS)
+        .bound(Duration::from_secs(300))
+        .start();
+    c.add_workers(2, &[]);
+    let out = server.root.join("books/out");
+    let mut deploy = c.deploy(
+        &guest("wordcount"),
+        Path::new("s3://books/in"),
+        Path::new("s3://books/out"),
+        &["--split-size", "256KiB"],
+    );
+    let status = c.coordinator_exited(Duration::from_secs(180));
+    assert!(!status.success(), "the coordinator should have aborted");
+    assert!(!marker.exists());
+    assert!(!out.join("_SUCCESS").exists());
+    // The clean-up ran: of the job's temporary objects only the kept
+    // listing is left, and it names every part.
+    let temporary = files_below(&out.join("_temporary"));
+    assert_eq!(temporary.len(), 1, "{temporary:?}");
+    assert!(temporary[0].ends_with("/_success_listing"), "{temporary:?}");
+    c.start_coordinator();
+    // The kept listing goes right after `_SUCCESS`.
+    c.poll(
+        "_SUCCESS after the restart",
+        Duration::from_secs(120),
+        || {
+            (out.join("_SUCCESS").exists() && files_below(&out.join("_temporary")).is_empty())
+                .then_some(())
+        },
+    );
+    assert_success_lists_parts(&out, REDUCERS as usize);
+    let expected = reference(&guest("wordcount"), &[&books()], &[]);
+    assert_eq!(sorted_output(&out), expected);
+    deploy.kill_now();
+}
+
 /// The objects a reader listing `dir` sees (files below it, `_temporary/`
 /// left out), with their sizes.
 fn visible_objects(dir: &Path) -> std::collections::BTreeMap<String, u64> {

@@ -40,6 +40,9 @@ use std::path::Path;
 
 const TEMPORARY: &str = "_temporary";
 const PENDING: &str = ".pending";
+/// The job commit's `_SUCCESS` listing, kept under the job's temporary
+/// prefix from before the clean-up until `_SUCCESS` is written.
+const LISTING: &str = "_success_listing";
 /// The job still takes uploads while `_temporary/job-<id>/_open` exists.
 const OPEN: &str = "_open";
 /// The longest a `WMR_FAULT_HOLD_UPLOAD` hold lasts.
@@ -238,6 +241,50 @@ impl ObjectOutput {
     pub fn finish(&self, dead_letters: &[DeadLetter]) -> anyhow::Result<()> {
         // I14: no attempt's manifest can appear unseen after this.
         self.close()?;
+        // The listing is kept before the manifests go: a coordinator that
+        // restarts between the clean-up and `_SUCCESS` finds it there
+        // (it would otherwise list no manifests and commit an empty
+        // `_SUCCESS`).
+        let kept = self.job_temporary().join(LISTING);
+        let (listing, completed) = match storage::get(&kept) {
+            // Every committed upload was completed before the listing was
+            // kept: those left must not be aborted.
+            Ok(bytes) => (
+                String::from_utf8(bytes.to_vec()).context("the kept _SUCCESS listing")?,
+                self.committed_uploads()?,
+            ),
+            Err(e) if is_not_found(&e) => {
+                let (listing, completed) = self.complete_parts(dead_letters)?;
+                storage::put(&kept, listing.clone().into_bytes())?;
+                (listing, completed)
+            }
+            Err(e) => return Err(e),
+        };
+        self.cleanup_except(&completed)?;
+        die_before_success_for_tests(self.job);
+        storage::put(
+            &self.output.join(crate::commit::SUCCESS_MARKER),
+            listing.into_bytes(),
+        )?;
+        storage::delete(&kept)
+    }
+
+    /// The uploads of the committed manifests still there.
+    fn committed_uploads(&self) -> anyhow::Result<Vec<String>> {
+        let mut uploads = Vec::new();
+        for manifest in storage::list(&self.job_temporary().join("committed/"))? {
+            match read_manifest(&manifest.url) {
+                Ok(pending) => uploads.push(pending.upload),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(uploads)
+    }
+
+    /// Complete every committed part's upload and write the dead letters:
+    /// the `_SUCCESS` listing and the uploads completed.
+    fn complete_parts(&self, dead_letters: &[DeadLetter]) -> anyhow::Result<(String, Vec<String>)> {
         let mut listing = String::new();
         let mut completed = Vec::new();
         // Every reduce task commits (an empty one too), so these are all
@@ -271,17 +318,14 @@ impl ObjectOutput {
             )?;
             listing.push_str(&format!("{} {len}\n", crate::commit::DEAD_LETTERS));
         }
-        self.cleanup_except(&completed)?;
-        storage::put(
-            &self.output.join(crate::commit::SUCCESS_MARKER),
-            listing.into_bytes(),
-        )
+        Ok((listing, completed))
     }
 
     /// Abort every upload of this job not yet completed and delete its
     /// manifests (a failed or cancelled job, or after the job commit).
     pub fn cleanup(&self) -> anyhow::Result<()> {
-        self.cleanup_except(&[])
+        self.cleanup_except(&[])?;
+        storage::delete(&self.job_temporary().join(LISTING))
     }
 
     /// [`Self::cleanup`], but leave the uploads in `completed` be (an
@@ -289,6 +333,10 @@ impl ObjectOutput {
     fn cleanup_except(&self, completed: &[String]) -> anyhow::Result<()> {
         self.close()?;
         for manifest in storage::list(&self.job_temporary())? {
+            // The listing of a commit in progress goes after `_SUCCESS`.
+            if manifest.url.key.ends_with(LISTING) {
+                continue;
+            }
             discard_manifest(&manifest.url, completed)?;
         }
         Ok(())
@@ -301,6 +349,21 @@ impl ObjectOutput {
 #[error("job {job} has closed its output (it committed or ended): the upload is aborted")]
 struct Closed {
     job: JobId,
+}
+
+/// Fault injection (as `WMR_FAULT_HOLD_UPLOAD`): with
+/// `WMR_FAULT_DIE_BEFORE_SUCCESS=FILE` in its environment and FILE there,
+/// the process removes FILE and aborts between the job commit's clean-up
+/// and `_SUCCESS`, as a machine dying there would; once, since FILE is
+/// gone for the restarted process.
+fn die_before_success_for_tests(job: JobId) {
+    let Some(once) = std::env::var_os("WMR_FAULT_DIE_BEFORE_SUCCESS") else {
+        return;
+    };
+    if std::fs::remove_file(once).is_ok() {
+        tracing::warn!(%job, "fault injected: dying before _SUCCESS");
+        std::process::abort();
+    }
 }
 
 /// Where `WMR_FAULT_HOLD_UPLOAD` holds an upload.

@@ -587,6 +587,13 @@ impl Cluster {
         self.coordinator = Some(coordinator);
     }
 
+    /// The coordinator, which exited by itself (a fault injected), is
+    /// gone: its exit status (a restart may follow).
+    pub fn coordinator_exited(&mut self, limit: Duration) -> ExitStatus {
+        let mut coordinator = self.coordinator.take().expect("a coordinator");
+        coordinator.wait_within(limit)
+    }
+
     /// SIGKILL the coordinator: no chance to write anything more.
     pub fn kill_coordinator(&mut self) {
         let mut coordinator = self.coordinator.take().expect("a running coordinator");
