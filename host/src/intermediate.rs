@@ -581,7 +581,11 @@ pub fn merge_level(n: usize, fan_in: usize) -> Vec<std::ops::Range<usize>> {
         start += size;
         left -= size - 1;
     }
-    debug_assert_eq!(n - excess, fan_in);
+    debug_assert_eq!(
+        n - level.iter().map(|g| g.len() - 1).sum::<usize>(),
+        fan_in,
+        "the final merge takes exactly the fan-in"
+    );
     level
 }
 
